@@ -1,0 +1,72 @@
+"""``Idempotency-Key`` for POST: replay, 422 for another body, 409 while in flight.
+
+Handlers call :func:`begin` with the parsed body; the returned claim goes down to the
+storage call, which records the response in the same transaction as the work.
+If the work fails, :func:`release` frees the key so a retry runs at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.auth import principal_of
+from server.database import POOL_KEY
+from server.errors import ApiError
+from server.jsonio import json_response
+from server.settings import SETTINGS_KEY
+from storage import db
+from storage import idempotency as store
+from storage.idempotency import Claim, Outcome
+
+log = logging.getLogger(__name__)
+HEADER = "Idempotency-Key"
+
+
+def request_hash(request: web.Request, body: Any) -> bytes:
+    """Fingerprint of what is asked: method, path and the body (key order ignored)."""
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(f"{request.method} {request.path}\n".encode() + canonical).digest()
+
+
+async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
+    """Claim the request's key. ``None``: no key sent; a Response: answer with it now."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 characters",
+                       errors=[{"field": HEADER, "message": "must be 1 to 255 characters"}])
+    settings = request.app[SETTINGS_KEY]
+    tenant_id = principal_of(request).tenant_id
+    digest = request_hash(request, body)
+    result = await db.call(
+        request.app[POOL_KEY],
+        lambda conn: store.claim(conn, tenant_id, key, digest, ttl_s=settings.idempotency_ttl_s),
+        acquire_timeout_s=settings.db_acquire_timeout_s,
+    )
+    if result.outcome is Outcome.CLAIMED:
+        return result.claim
+    if result.outcome is Outcome.MISMATCH:
+        raise ApiError(422, "Idempotency-Key was already used with a different request")
+    if result.outcome is Outcome.IN_FLIGHT:
+        raise ApiError(409, "a request with this Idempotency-Key is still in progress",
+                       headers={"Retry-After": "1"})
+    assert result.status_code is not None  # REPLAY always carries the stored answer
+    return json_response(result.response, status=result.status_code,
+                         headers={"Idempotent-Replayed": "true"})
+
+
+async def release(request: web.Request, claim: Claim | None) -> None:
+    """Free ``claim`` after its work failed; errors here are logged, never raised."""
+    if claim is None:
+        return
+    try:
+        await db.call(request.app[POOL_KEY], lambda conn: store.release(conn, claim))
+    except Exception:
+        # the claim's lock expires by itself (storage.idempotency.LOCK_S)
+        log.warning("could not release idempotency key", exc_info=True)

@@ -1,0 +1,97 @@
+"""JSON in and out: orjson responses, body and query parsing with pydantic models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from aiohttp import web
+
+from server.errors import ApiError
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+JSON_TYPE = "application/json"
+_DUMP_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    # asyncpg returns its own UUID type (a uuid.UUID look-alike orjson does not know)
+    if isinstance(value, uuid.UUID) or type(value).__name__ == "UUID":
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize ``value``: UUIDs as strings, datetimes as RFC 3339 with ``Z``."""
+    return orjson.dumps(value, option=_DUMP_OPTS, default=_default)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response with ``application/json; charset=utf-8``."""
+    return web.Response(
+        body=dumps(data), status=status, headers=headers,
+        content_type=JSON_TYPE, charset="utf-8",
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body: 415 for another content type, 413 past the limit, 400 if bad."""
+    if request.content_type != JSON_TYPE:
+        raise ApiError(415, "Content-Type must be application/json")
+    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    if not raw:
+        raise ApiError(400, "request body is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "request body is not valid JSON") from None
+
+
+def validate(model: type[M], data: Any, *, location: str = "body") -> M:
+    """Validate ``data`` against ``model``; 400 with one entry per bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = [
+            {"field": _field_name(err["loc"]) or location, "message": _message(err)}
+            for err in exc.errors(include_url=False)
+        ]
+        message = "request body is invalid" if location == "body" else "query is invalid"
+        raise ApiError(400, message, errors=errors) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """Read and validate the JSON body as ``model``."""
+    return validate(model, await read_json(request))
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """Validate the query string as ``model`` (each parameter given once)."""
+    data: dict[str, str] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise ApiError(400, "query is invalid",
+                           errors=[{"field": key, "message": "given more than once"}])
+        data[key] = values[0]
+    return validate(model, data, location="query")
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "is required"
+    msg = str(err.get("msg", "is invalid"))
+    # pydantic prefixes custom errors with "Value error, "
+    return msg.removeprefix("Value error, ")

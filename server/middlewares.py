@@ -1,0 +1,143 @@
+"""Middlewares, outermost first: request id, access log + errors, auth, rate limit.
+
+Headers every response must carry (``X-Request-ID``, ``RateLimit-*``) are added in
+``on_response_prepare`` so streamed responses and WebSocket handshakes get them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from actors.errors import ActorError, Overloaded, ShuttingDown
+from server import auth, metrics, ratelimit
+from server.errors import ApiError, error_body
+from server.jsonio import json_response
+from server.logs import REQUEST_ID
+from storage.errors import Conflict, InvalidReference, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("chat_storage.access")
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+RETRY_AFTER_S = "1"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Adopt a valid client ``X-Request-ID`` or make one; expose it to logs."""
+    given = request.headers.get("X-Request-ID", "")
+    rid = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = rid
+    token = REQUEST_ID.set(rid)
+    try:
+        return await handler(request)
+    finally:
+        REQUEST_ID.reset(token)
+
+
+def error_response(request: web.Request, err: ApiError) -> web.Response:
+    """Render ``err`` as the error body of API.md."""
+    body = error_body(
+        path=request.path, status=err.status, message=err.message,
+        request_id=request.get(REQUEST_ID_KEY, ""), errors=err.errors,
+    )
+    return json_response(body, status=err.status, headers=err.headers)
+
+
+def to_api_error(exc: BaseException) -> ApiError | None:
+    """Map a known exception of any layer to an :class:`ApiError` (``None``: unexpected)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        if exc.status == 413:
+            return ApiError(413, "request body is too large")
+        if exc.status == 405:
+            allow = exc.headers.get("Allow", "")
+            return ApiError(405, "method not allowed", headers={"Allow": allow})
+        if exc.status == 404:
+            return ApiError(404, "no such route")
+        return ApiError(exc.status, exc.reason or "error")
+    if isinstance(exc, NotFound):
+        return ApiError(404, str(exc) or "not found")
+    if isinstance(exc, InvalidReference):
+        return ApiError(400, "request body is invalid",
+                        errors=[{"field": exc.field, "message": exc.message}])
+    if isinstance(exc, Conflict):
+        return ApiError(409, str(exc))
+    if isinstance(exc, Overloaded | Unavailable | ShuttingDown):
+        reason = {Overloaded: "server is overloaded", ShuttingDown: "server is shutting down"}
+        message = reason.get(type(exc), "database is unavailable")
+        return ApiError(503, f"{message}; nothing was stored, retry later",
+                        headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, ActorError):
+        return ApiError(503, "write could not be completed; retry later",
+                        headers={"Retry-After": RETRY_AFTER_S})
+    return None
+
+
+@web.middleware
+async def access_and_errors_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Turn every exception into the error body and log one line per request."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            err = to_api_error(exc)
+            if err is None:
+                log.exception("unhandled error", extra={"path": request.path})
+                err = ApiError(500, "internal server error")
+            elif isinstance(exc, Unavailable):
+                log.warning("database unavailable", extra={"error": str(exc)})
+            response = error_response(request, err)
+        status = response.status
+        return response
+    finally:
+        elapsed_s = time.perf_counter() - started
+        route = _route_name(request)
+        metrics.REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(request.method, route).observe(elapsed_s)
+        principal = request.get(auth.PRINCIPAL_KEY)
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(elapsed_s * 1000, 3),
+                "tenant": principal.tenant_name if principal else None,
+            },
+        )
+
+
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers that every response carries."""
+    rid = request.get(REQUEST_ID_KEY)
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
+    ratelimit.apply_headers(request, response)
+
+
+def setup(app: web.Application) -> None:
+    """Install the middlewares in order, and the response header hook."""
+    app.middlewares.extend(
+        [request_id_middleware, access_and_errors_middleware,
+         auth.auth_middleware, ratelimit.ratelimit_middleware]
+    )
+    app.on_response_prepare.append(on_response_prepare)

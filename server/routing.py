@@ -1,0 +1,79 @@
+"""A route table that also describes each endpoint for the OpenAPI document.
+
+Each routes module owns one :class:`RouteTable`; the app factory registers them all.
+The OpenAPI document is generated from the same pydantic models the handlers use to
+validate requests, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import pydantic
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One method + path, with what it takes and answers."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[pydantic.BaseModel] | None = None
+    query: type[pydantic.BaseModel] | None = None
+    # status -> response model, or None for no body, or a media type string
+    responses: Mapping[int, type[pydantic.BaseModel] | str | None] = dataclasses.field(
+        default_factory=dict
+    )
+    auth: bool = True
+    idempotent: bool = False
+
+
+class RouteTable:
+    """Collects endpoints declared with the method decorators of this table."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.endpoints: list[Endpoint] = []
+
+    def route(self, method: str, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        """Declare ``handler`` for ``method path``; ``spec`` fills :class:`Endpoint`."""
+
+        def decorate(handler: Handler) -> Handler:
+            summary = spec.pop("summary", None) or (handler.__doc__ or "").strip().split("\n")[0]
+            self.endpoints.append(
+                Endpoint(method=method, path=path, handler=handler, summary=summary,
+                         tag=spec.pop("tag", self.tag), **spec)
+            )
+            return handler
+
+        return decorate
+
+    def get(self, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **spec)
+
+    def post(self, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **spec)
+
+    def put(self, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **spec)
+
+    def patch(self, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **spec)
+
+    def delete(self, path: str, **spec: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **spec)
+
+    def register(self, app: web.Application) -> None:
+        """Add every endpoint to ``app``'s router and to its endpoint list."""
+        for ep in self.endpoints:
+            app.router.add_route(ep.method, ep.path, ep.handler)
+        app.setdefault(ENDPOINTS_KEY, []).extend(self.endpoints)

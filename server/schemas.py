@@ -1,0 +1,218 @@
+"""Request and response models. Handlers validate with them; OpenAPI is generated from them.
+
+Request models forbid unknown fields (no mass assignment). Limits that are settings
+(content, context and metadata sizes) are checked by :mod:`server.limits`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Role = Literal["user", "assistant", "system", "tool"]
+Status = Literal["complete", "streaming", "aborted", "interrupted", "deleted"]
+JsonObject = dict[str, Any]
+
+
+class Strict(BaseModel):
+    """Base of request bodies: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- sessions
+
+class SessionCreate(Strict):
+    user_id: Annotated[Text, Field(min_length=1, max_length=128)]
+    title: Annotated[Text, Field(max_length=200)] = ""
+    metadata: JsonObject = Field(default_factory=dict)
+    ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+
+
+class SessionUpdate(Strict):
+    """Any subset; ``ttl_s: null`` makes the session permanent again."""
+
+    title: Annotated[Text, Field(max_length=200)] | None = None
+    favorite: bool | None = None
+    metadata: JsonObject | None = None
+    ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
+
+
+class SessionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Session(BaseModel):
+    id: uuid.UUID
+    user_id: str
+    title: str
+    favorite: bool
+    metadata: JsonObject
+    message_count: int
+    last_seq: int
+    usage: SessionUsage
+    expires_at: dt.datetime | None
+    last_message_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+# ---------------------------------------------------------------- messages
+
+class ContextItem(Strict):
+    """One retrieved passage an answer was built from."""
+
+    source_id: Annotated[Text, Field(min_length=1, max_length=512)]
+    title: Text | None = None
+    uri: Annotated[Text, Field(max_length=4096)] | None = None
+    snippet: Text | None = None
+    score: float | None = None
+    metadata: JsonObject | None = None
+
+
+class MessageUsage(Strict):
+    model: Annotated[Text, Field(max_length=200)] | None = None
+    prompt_tokens: Annotated[int, Field(ge=0)] | None = None
+    completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    total_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class Feedback(Strict):
+    rating: Literal[1, -1]
+    comment: Annotated[Text, Field(max_length=4000)] | None = None
+
+
+class MessageCreate(Strict):
+    role: Role
+    content: Text
+    sender_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    parent_id: uuid.UUID | None = None
+    context: list[ContextItem] | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+    usage: MessageUsage | None = None
+    attachment_ids: Annotated[list[uuid.UUID], Field(max_length=32)] = Field(default_factory=list)
+
+
+class MessageBatch(Strict):
+    messages: Annotated[list[MessageCreate], Field(min_length=1, max_length=500)]
+
+
+class MessageUpdate(Strict):
+    """``feedback: null`` removes the feedback."""
+
+    metadata: JsonObject | None = None
+    feedback: Feedback | None = None
+
+
+class Message(BaseModel):
+    id: uuid.UUID
+    session_id: uuid.UUID
+    seq: int
+    parent_id: uuid.UUID | None
+    role: Role
+    content: str
+    sender_id: str | None
+    context: list[JsonObject] | None
+    metadata: JsonObject
+    usage: JsonObject | None
+    feedback: JsonObject | None
+    status: Status
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+class MessageList(BaseModel):
+    data: list[Message]
+
+
+class SearchHit(BaseModel):
+    session_id: uuid.UUID
+    message_id: uuid.UUID
+    seq: int
+    role: Role
+    snippet: str
+    created_at: dt.datetime
+
+
+# ---------------------------------------------------------------- pages and queries
+
+class PageQuery(BaseModel):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+
+class SessionListQuery(PageQuery):
+    user_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    favorite: bool | None = None
+    q: Annotated[Text, Field(min_length=1, max_length=200)] | None = None
+
+
+class HistoryQuery(PageQuery):
+    after_seq: Annotated[int, Field(ge=0)] | None = None
+    before_seq: Annotated[int, Field(ge=1)] | None = None
+    order: Literal["asc", "desc"] = "asc"
+    leaf: uuid.UUID | None = None
+
+
+class FeedbackQuery(PageQuery):
+    rating: Literal["1", "-1"] | None = None
+    since: dt.datetime | None = None
+    user_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class SearchQuery(PageQuery):
+    q: Annotated[Text, Field(min_length=1, max_length=500)]
+    user_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    session_id: uuid.UUID | None = None
+
+
+class ExportQuery(BaseModel):
+    format: Literal["json", "jsonl", "markdown"] = "json"
+
+
+class SessionPage(BaseModel):
+    data: list[Session]
+    next_cursor: str | None
+    has_more: bool
+
+
+class MessagePage(BaseModel):
+    data: list[Message]
+    next_cursor: str | None
+    has_more: bool
+
+
+class SearchPage(BaseModel):
+    data: list[SearchHit]
+    next_cursor: str | None
+    has_more: bool
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Error(BaseModel):
+    """The body of every error response."""
+
+    timestamp: dt.datetime
+    path: str
+    status: int
+    error: str
+    message: str
+    request_id: str
+    errors: list[FieldError] | None = None

@@ -1,0 +1,111 @@
+"""Idempotency keys: claim before the work, answer in the work's own transaction.
+
+A claim holds a lock (``locked_until``) while the first request runs. The response
+is written by the same transaction that stores the work, so a crash can never leave
+work stored without its recorded answer (a retry would store it twice) or an answer
+without its work. A claim whose holder died expires and can be taken over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from typing import Any
+
+import asyncpg
+
+LOCK_S = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """A held idempotency key: the work must record its response with it."""
+
+    tenant_id: uuid.UUID
+    key: str
+    request_hash: bytes
+
+
+class Outcome(enum.Enum):
+    CLAIMED = "claimed"  # go ahead, then record_response in the work's transaction
+    REPLAY = "replay"  # same key, same request, finished: replay the stored response
+    MISMATCH = "mismatch"  # same key, another request: 422
+    IN_FLIGHT = "in_flight"  # same key, first request still running: 409
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: Outcome
+    claim: Claim | None = None
+    status_code: int | None = None
+    response: Any = None
+
+
+async def claim(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, request_hash: bytes,
+    *, ttl_s: int,
+) -> ClaimResult:
+    """Claim ``key`` for a request whose hash is ``request_hash``."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until)
+        VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+        ON CONFLICT (tenant_id, key) DO UPDATE
+            SET request_hash = EXCLUDED.request_hash,
+                locked_until = EXCLUDED.locked_until,
+                created_at = now()
+            -- take over an expired key, or a claim whose holder died before answering
+            WHERE k.created_at < now() - make_interval(secs => $5)
+               OR (k.status_code IS NULL AND k.locked_until < now())
+        RETURNING true
+        """,
+        tenant_id, key, request_hash, LOCK_S, float(ttl_s),
+    )
+    if row is not None:
+        return ClaimResult(Outcome.CLAIMED, Claim(tenant_id, key, request_hash))
+    existing = await conn.fetchrow(
+        "SELECT request_hash, status_code, response FROM idempotency_keys "
+        "WHERE tenant_id = $1 AND key = $2",
+        tenant_id, key,
+    )
+    if existing is None:  # deleted between the two statements: try once more
+        return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s)
+    if bytes(existing["request_hash"]) != request_hash:
+        return ClaimResult(Outcome.MISMATCH)
+    if existing["status_code"] is None:
+        return ClaimResult(Outcome.IN_FLIGHT)
+    return ClaimResult(Outcome.REPLAY, None, existing["status_code"], existing["response"])
+
+
+async def record_response(
+    conn: asyncpg.Connection, idem: Claim, status_code: int, response: Any
+) -> None:
+    """Store the answer to a claimed key; call inside the work's transaction."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL "
+        "WHERE tenant_id = $1 AND key = $2",
+        idem.tenant_id, idem.key, status_code, response,
+    )
+
+
+async def release(conn: asyncpg.Connection, idem: Claim) -> None:
+    """Give up a claim whose work failed, so a retry can run at once."""
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 "
+        "AND request_hash = $3 AND status_code IS NULL",
+        idem.tenant_id, idem.key, idem.request_hash,
+    )
+
+
+async def purge_expired(conn: asyncpg.Connection, ttl_s: int, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` answered keys older than ``ttl_s``; return how many."""
+    result: str = await conn.execute(
+        """
+        DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM idempotency_keys
+            WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))
+        """,
+        float(ttl_s), limit,
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,192 @@
+"""Tenants, API keys and the audit log."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from storage.errors import Conflict, NotFound
+from storage.ids import new_id
+
+KEY_PREFIX = "cs"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant and the API key used."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key; ``key`` is the only time the secret exists in clear."""
+
+    id: str
+    tenant: str
+    name: str
+    key: str
+
+
+def hash_key(key: str) -> bytes:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def make_key() -> tuple[str, str]:
+    """Return ``(key_id, key)`` for a new random key ``cs_<id>_<secret>``."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+
+
+def key_id_of(key: str) -> str | None:
+    """The id part of a well-formed key, else ``None``."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 16 or not parts[2]:
+        return None
+    return parts[1]
+
+
+async def create_tenant(
+    conn: asyncpg.Connection, name: str, retention_days: int | None = None
+) -> uuid.UUID:
+    """Create tenant ``name``; :class:`Conflict` if it exists."""
+    try:
+        tenant_id: uuid.UUID = await conn.fetchval(
+            "INSERT INTO tenants (id, name, retention_days) VALUES ($1, $2, $3) RETURNING id",
+            new_id(), name, retention_days,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"tenant {name!r} already exists") from None
+    await audit(conn, None, "cli", "tenant.create", name, {"retention_days": retention_days})
+    return tenant_id
+
+
+async def ensure_tenant(conn: asyncpg.Connection, name: str) -> uuid.UUID:
+    """Return the id of tenant ``name``, creating it if needed."""
+    tenant_id: uuid.UUID = await conn.fetchval(
+        """
+        INSERT INTO tenants (id, name) VALUES ($1, $2)
+        ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+        RETURNING id
+        """,
+        new_id(), name,
+    )
+    return tenant_id
+
+
+async def tenant_id_by_name(conn: asyncpg.Connection, name: str) -> uuid.UUID:
+    """The id of tenant ``name``; :class:`NotFound` if there is none."""
+    tenant_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM tenants WHERE name = $1", name
+    )
+    if tenant_id is None:
+        raise NotFound(f"tenant {name!r} does not exist")
+    return tenant_id
+
+
+async def create_key(
+    conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None
+) -> CreatedKey:
+    """Create a key for ``tenant``; with ``key`` given, store that one (seeding)."""
+    tenant_id = await tenant_id_by_name(conn, tenant)
+    if key is None:
+        key_id, key = make_key()
+    else:
+        parsed = key_id_of(key)
+        # a seeded key that is not in our format gets a derived, stable id
+        key_id = parsed or hashlib.sha256(key.encode()).hexdigest()[:16]
+    async with conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (id) DO NOTHING
+            """,
+            key_id, tenant_id, name, hash_key(key),
+        )
+        await audit(conn, tenant_id, "cli", "key.create", key_id, {"name": name})
+    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key)
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str) -> None:
+    """Revoke key ``key_id``; :class:`NotFound` if there is no such active key."""
+    async with conn.transaction():
+        tenant_id = await conn.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
+            "RETURNING tenant_id",
+            key_id,
+        )
+        if tenant_id is None:
+            raise NotFound(f"no active key {key_id!r}")
+        await audit(conn, tenant_id, "cli", "key.revoke", key_id)
+
+
+async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
+    """The keys of ``tenant`` (never their secrets)."""
+    tenant_id = await tenant_id_by_name(conn, tenant)
+    rows = await conn.fetch(
+        "SELECT id, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
+        "ORDER BY created_at",
+        tenant_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
+    """The principal of an active ``key``, or ``None`` (unknown, revoked, malformed).
+
+    The key is found by its id and its hash compared in constant time.
+    """
+    key_id = key_id_of(key)
+    candidates = [key_id] if key_id else []
+    candidates.append(hashlib.sha256(key.encode()).hexdigest()[:16])
+    row = await conn.fetchrow(
+        """
+        SELECT k.id, k.key_hash, k.tenant_id, t.name AS tenant_name
+        FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        WHERE k.id = ANY($1::text[]) AND k.revoked_at IS NULL
+        LIMIT 1
+        """,
+        candidates,
+    )
+    if row is None or not hmac.compare_digest(bytes(row["key_hash"]), hash_key(key)):
+        return None
+    return Principal(row["tenant_id"], row["tenant_name"], row["id"])
+
+
+async def audit(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID | None,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Append one record to the audit log (in the caller's transaction, if any)."""
+    await conn.execute(
+        "INSERT INTO audit_log (tenant_id, actor, action, target, details, request_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        tenant_id, actor, action, target, details or {}, request_id,
+    )
+
+
+async def audit_records(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The audit records of a tenant, oldest first (used by tests and operators)."""
+    rows = await conn.fetch(
+        "SELECT actor, action, target, details, request_id, created_at FROM audit_log "
+        "WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2) ORDER BY id",
+        tenant_id, since,
+    )
+    return [dict(r) for r in rows]
