@@ -18,7 +18,7 @@ import asyncpg
 
 from actors import metrics
 from actors.errors import ShuttingDown
-from actors.session_actor import ActorConfig, SessionActor, Stored
+from actors.session_actor import ActorConfig, OnCommit, SessionActor, Stored
 from storage.messages import WriteGroup
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class Registry:
         self._janitor: asyncio.Task[None] | None = None
         # asks the layers above whether a session still has subscribers (issue: streaming)
         self.in_use: Callable[[ActorKey], bool] = lambda key: False
+        # told of every commit (fan-out of message.created); set by the streaming layer
+        self.on_commit: OnCommit | None = None
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -58,11 +60,17 @@ class Registry:
         key = (tenant_id, session_id)
         actor = self._actors.get(key)
         if actor is None:
-            actor = SessionActor(tenant_id, session_id, self._pool, self._config)
+            actor = SessionActor(
+                tenant_id, session_id, self._pool, self._config, on_commit=self._committed
+            )
             actor.start()
             self._actors[key] = actor
             metrics.ACTIVE_ACTORS.set(len(self._actors))
         return actor
+
+    def _committed(self, tenant_id: uuid.UUID, session_id: uuid.UUID, stored: Stored) -> None:
+        if self.on_commit is not None:
+            self.on_commit(tenant_id, session_id, stored)
 
     async def write(
         self, tenant_id: uuid.UUID, session_id: uuid.UUID, group: WriteGroup

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,8 @@ from storage.messages import WriteGroup
 log = logging.getLogger(__name__)
 
 Stored = list[dict[str, Any]]
+# Called after each commit with the messages it stored, in seq order; must not block.
+OnCommit = Callable[[uuid.UUID, uuid.UUID, Stored], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -51,9 +54,10 @@ class SessionActor:
 
     def __init__(
         self, tenant_id: uuid.UUID, session_id: uuid.UUID, pool: asyncpg.Pool,
-        config: ActorConfig,
+        config: ActorConfig, on_commit: OnCommit | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._on_commit = on_commit
         self.session_id = session_id
         self._pool = pool
         self._config = config
@@ -158,13 +162,20 @@ class SessionActor:
             _fail(live[0], exc)
             return
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        committed: Stored = []
         for write, result in zip(live, results, strict=True):
-            if write.future.done():
-                continue
             if isinstance(result, Exception):
-                write.future.set_exception(result)
-            else:
+                _fail(write, result)
+                continue
+            committed.extend(result)
+            if not write.future.done():
                 write.future.set_result(result)
+        if committed and self._on_commit is not None:
+            committed.sort(key=lambda m: int(m["seq"]))
+            try:
+                self._on_commit(self.tenant_id, self.session_id, committed)
+            except Exception:
+                log.exception("on_commit hook failed", extra={"session_id": str(self.session_id)})
 
     async def _store(self, live: list[Write]) -> list[Stored | Exception]:
         groups = [w.group for w in live]
