@@ -1,11 +1,14 @@
-"""Session rows: create, read, list, update, delete. Every query is scoped by tenant."""
+"""Session rows: create, read, list, update, delete, user erasure. Scoped by tenant.
+
+Lock order, kept by every writer so none deadlocks: a session row, then its messages.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -21,7 +24,7 @@ COLUMNS = (
 )
 
 
-def to_json(row: Mapping[str, Any]) -> dict[str, Any]:
+def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
     """The API's session object from a row of :data:`COLUMNS`."""
     return {
         "id": row["id"],
@@ -69,6 +72,7 @@ async def create(
             """,
             new_id(), tenant_id, user_id, title, dict(metadata or {}), _expires(ttl_s),
         )
+        assert row is not None  # INSERT ... RETURNING always returns the row
         session = to_json(row)
         if idem is not None:
             await record_response(conn, idem, 201, session)
@@ -122,22 +126,147 @@ async def update(
     return to_json(row)
 
 
+class Listed(NamedTuple):
+    """A listed session and its sort key ``(activity_at, id)``, which a cursor encodes."""
+
+    session: dict[str, Any]
+    key: tuple[dt.datetime, uuid.UUID]
+
+
+def like_pattern(text: str) -> str:
+    """A ``LIKE`` pattern matching ``text`` anywhere, its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_sessions(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    *,
+    user_id: str | None = None,
+    favorite: bool | None = None,
+    q: str | None = None,
+    after: tuple[dt.datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> list[Listed]:
+    """Up to ``limit`` sessions, most recent activity first, after the key ``after``.
+
+    Keyset order ``(activity_at, id) DESC`` never repeats a session across pages; a
+    session that gets a new message meanwhile moves to the top, so a client already
+    past its old place does not see it again in this walk.
+    """
+    args: list[Any] = [tenant_id]
+    where = ["tenant_id = $1"]
+    if user_id is not None:
+        args.append(user_id)
+        where.append(f"user_id = ${len(args)}")
+    if favorite is not None:
+        args.append(favorite)
+        where.append(f"favorite = ${len(args)}")
+    if q is not None:
+        args.append(like_pattern(q))
+        where.append(f"title ILIKE ${len(args)} ESCAPE '\\'")
+    if after is not None:
+        args.extend(after)
+        where.append(f"(activity_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM sessions WHERE {' AND '.join(where)} "
+        f"ORDER BY activity_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [Listed(to_json(r), (r["activity_at"], r["id"])) for r in rows]
+
+
+class Erased(NamedTuple):
+    """What a delete removed; ``object_keys`` are stored objects the caller must delete."""
+
+    sessions: int
+    messages: int
+    object_keys: list[str]
+    session_ids: list[uuid.UUID]
+
+
 async def delete(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     *, actor: str, request_id: str | None = None,
 ) -> list[str]:
-    """Delete a session and everything under it; return its attachments' object keys."""
+    """Delete a session and everything under it; return its attachments' object keys.
+
+    Audited. A session actor still running for it finds no row at its next write,
+    which then fails with :class:`NotFound`.
+    """
     async with conn.transaction():
-        keys = await conn.fetch(
-            "SELECT object_key FROM attachments WHERE session_id = $1 AND tenant_id = $2",
-            session_id, tenant_id,
-        )
-        deleted = await conn.fetchval(
-            "DELETE FROM sessions WHERE id = $1 AND tenant_id = $2 RETURNING id",
-            session_id, tenant_id,
-        )
-        if deleted is None:
+        erased = await _erase(conn, tenant_id, "id = $2", session_id)
+        if erased.sessions == 0:
             raise NotFound("session not found")
         await audit(conn, tenant_id, actor, "session.delete", str(session_id),
-                    request_id=request_id)
-    return [r["object_key"] for r in keys]
+                    {"messages": erased.messages}, request_id)
+    return erased.object_keys
+
+
+async def erase_user(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
+    *, actor: str, request_id: str | None = None,
+) -> Erased:
+    """Erase every session and message of ``user_id`` in the tenant, in one transaction.
+
+    One audit record carries the counts. Sessions created while this runs are not
+    part of it (a new erasure request covers them).
+    """
+    async with conn.transaction():
+        erased = await _erase(conn, tenant_id, "user_id = $2", user_id)
+        await _forget_replies(conn, tenant_id, user_id, erased.session_ids)
+        await audit(conn, tenant_id, actor, "user.erase", f"user:{user_id}",
+                    {"sessions": erased.sessions, "messages": erased.messages}, request_id)
+    return erased
+
+
+async def _erase(conn: asyncpg.Connection, tenant_id: uuid.UUID, match: str,
+                 value: Any) -> Erased:
+    """Delete the tenant's sessions matching ``match`` (``$2`` is ``value``)."""
+    # Session rows first, in id order: the lock order of every writer (a message
+    # insert or tombstone locks its session before its messages), so none deadlocks
+    # with this; once held, no message can be added to these sessions.
+    locked = await conn.fetch(
+        f"SELECT id FROM sessions WHERE tenant_id = $1 AND {match} ORDER BY id FOR UPDATE",
+        tenant_id, value,
+    )
+    ids = [r["id"] for r in locked]
+    if not ids:
+        return Erased(0, 0, [], [])
+    messages = await conn.fetchval(
+        "SELECT count(*) FROM messages WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])",
+        tenant_id, ids,
+    )
+    keys = await conn.fetch(
+        "SELECT object_key FROM attachments WHERE tenant_id = $1 "
+        "AND session_id = ANY($2::uuid[])",
+        tenant_id, ids,
+    )
+    await conn.execute("DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
+                       tenant_id, ids)
+    return Erased(len(ids), messages, [r["object_key"] for r in keys], ids)
+
+
+async def _forget_replies(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
+    session_ids: Sequence[uuid.UUID],
+) -> None:
+    """Drop stored idempotent replies that hold the user's sessions or messages.
+
+    A reply is a copy of what was erased (titles, message content); keeping it for
+    the key's lifetime would defeat the erasure. A retry with such a key runs again.
+    This reads all the tenant's live keys, so only an erasure does it, not every
+    session delete.
+    """
+    # the shapes of the replies recorded by create (session), message and batch
+    await conn.execute(
+        """
+        DELETE FROM idempotency_keys WHERE tenant_id = $1 AND response IS NOT NULL AND (
+            response->>'user_id' = $2
+            OR response->>'session_id' = ANY($3::text[])
+            OR response->'data'->0->>'session_id' = ANY($3::text[]))
+        """,
+        tenant_id, user_id, [str(i) for i in session_ids],
+    )

@@ -2,23 +2,63 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
 from aiohttp import web
 
-from server import idempotency
+from server import idempotency, pagination
 from server.auth import principal_of
-from server.jsonio import json_response, read_json, validate
+from server.errors import ApiError
+from server.jsonio import json_response, parse_query, read_json, validate
 from server.limits import check_json
-from server.routes.common import path_uuid, run
+from server.routes.common import actor_name, path_uuid, request_id, run
 from server.routing import RouteTable
-from server.schemas import Error, Session, SessionCreate
+from server.schemas import (
+    Error,
+    Session,
+    SessionCreate,
+    SessionListQuery,
+    SessionPage,
+    SessionUpdate,
+)
 from server.settings import SETTINGS_KEY
 from storage import sessions
 
+log = logging.getLogger(__name__)
+
 routes = RouteTable("sessions")
+SESSIONS_PATH = "/api/v1/sessions"
 SESSION_PATH = "/api/v1/sessions/{session_id}"
+USER_SESSIONS_PATH = "/api/v1/users/{user_id}/sessions"
+MAX_USER_ID = 128
 
 
-@routes.post("/api/v1/sessions", body=SessionCreate, idempotent=True,
+def check_user_id(user_id: str, field: str = "user_id") -> str:
+    """``user_id`` if it could name a user (1 to 128 characters, no NUL); else 400."""
+    if not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
+        raise ApiError(400, "request is invalid", errors=[{
+            "field": field,
+            "message": f"must be 1 to {MAX_USER_ID} characters without NUL"}])
+    return user_id
+
+
+async def discard_objects(request: web.Request, keys: list[str], target: str) -> None:
+    """Delete the stored objects of attachments whose rows were just deleted.
+
+    TODO(attachments): there is no object store yet. When there is, delete ``keys``
+    from it here — after the rows' commit, so a failed commit never loses the files
+    of rows that still exist. Until then the keys are logged so that an operator can
+    find objects left behind; nothing pretends they were deleted.
+    """
+    if keys:
+        log.warning("attachment objects left in place: no object store yet",
+                    extra={"target": target, "object_keys": keys})
+
+
+@routes.post(SESSIONS_PATH, body=SessionCreate, idempotent=True,
              responses={201: Session, 400: Error, 409: Error, 422: Error})
 async def create_session(request: web.Request) -> web.Response:
     """Create a session."""
@@ -41,6 +81,32 @@ async def create_session(request: web.Request) -> web.Response:
                          headers={"Location": f"/api/v1/sessions/{session['id']}"})
 
 
+@routes.get(SESSIONS_PATH, query=SessionListQuery, responses={200: SessionPage, 400: Error})
+async def list_sessions(request: web.Request) -> web.Response:
+    """List sessions, most recent activity first (filter by user, favorite, title)."""
+    query = parse_query(request, SessionListQuery)
+    if query.user_id is not None:
+        check_user_id(query.user_id)
+    tenant_id = principal_of(request).tenant_id
+    # the cursor is only valid for the same tenant and the same filters
+    scope = pagination.scope_of("GET " + SESSIONS_PATH, tenant_id, query.user_id,
+                                query.favorite, query.q)
+    key = pagination.decode(query.cursor, scope, (dt.datetime, uuid.UUID))
+    after = None if key is None else (key[0], key[1])
+    listed = await run(request, lambda conn: sessions.list_sessions(
+        conn, tenant_id, user_id=query.user_id, favorite=query.favorite, q=query.q,
+        after=after, limit=query.limit + 1,
+    ))
+    keys = {item.session["id"]: item.key for item in listed}
+
+    def key_of(session: dict[str, Any]) -> list[Any]:
+        activity_at, session_id = keys[session["id"]]
+        return [activity_at, str(session_id)]
+
+    return json_response(pagination.page([i.session for i in listed], query.limit, scope,
+                                         key_of))
+
+
 @routes.get(SESSION_PATH, responses={200: Session, 404: Error})
 async def get_session(request: web.Request) -> web.Response:
     """Get a session."""
@@ -49,3 +115,72 @@ async def get_session(request: web.Request) -> web.Response:
     return json_response(await run(request, lambda conn: sessions.get(conn, tenant_id, session_id)))
 
 
+@routes.patch(SESSION_PATH, body=SessionUpdate, responses={200: Session, 400: Error, 404: Error})
+async def update_session(request: web.Request) -> web.Response:
+    """Rename, favorite or unfavorite a session, replace its metadata or its TTL.
+
+    Only the fields present in the body change. ``ttl_s: null`` makes the session
+    permanent again (``expires_at`` becomes null); ``title``, ``favorite`` and
+    ``metadata`` cannot be null. An empty body ``{}`` changes nothing and answers the
+    session as it is, like any PATCH that sets no field.
+    """
+    session_id = path_uuid(request, "session_id", "session")
+    body = validate(SessionUpdate, await read_json(request))
+    given = body.model_fields_set
+    nulls = [f for f in ("title", "favorite", "metadata")
+             if f in given and getattr(body, f) is None]
+    if nulls:
+        raise ApiError(400, "request body is invalid",
+                       errors=[{"field": f, "message": "must not be null"} for f in nulls])
+    check_json("metadata", body.metadata, request.app[SETTINGS_KEY].max_metadata_bytes)
+    tenant_id = principal_of(request).tenant_id
+    if not given:
+        return json_response(await run(request, lambda conn: sessions.get(
+            conn, tenant_id, session_id)))
+    changes = {field: getattr(body, field) for field in given}
+    return json_response(await run(request, lambda conn: sessions.update(
+        conn, tenant_id, session_id, **changes)))
+
+
+async def _set_favorite(request: web.Request, favorite: bool) -> web.Response:
+    session_id = path_uuid(request, "session_id", "session")
+    tenant_id = principal_of(request).tenant_id
+    return json_response(await run(request, lambda conn: sessions.update(
+        conn, tenant_id, session_id, favorite=favorite)))
+
+
+@routes.put(SESSION_PATH + "/favorite", responses={200: Session, 404: Error})
+async def favorite_session(request: web.Request) -> web.Response:
+    """Mark a session as a favorite (idempotent)."""
+    return await _set_favorite(request, True)
+
+
+@routes.delete(SESSION_PATH + "/favorite", responses={200: Session, 404: Error})
+async def unfavorite_session(request: web.Request) -> web.Response:
+    """Remove a session from the favorites (idempotent)."""
+    return await _set_favorite(request, False)
+
+
+@routes.delete(SESSION_PATH, responses={204: None, 404: Error})
+async def delete_session(request: web.Request) -> web.Response:
+    """Delete a session with its messages and attachments. Audited."""
+    session_id = path_uuid(request, "session_id", "session")
+    tenant_id = principal_of(request).tenant_id
+    keys = await run(request, lambda conn: sessions.delete(
+        conn, tenant_id, session_id, actor=actor_name(request), request_id=request_id(request),
+    ))
+    await discard_objects(request, keys, f"session:{session_id}")
+    return web.Response(status=204)
+
+
+@routes.delete(USER_SESSIONS_PATH, responses={204: None, 400: Error})
+async def erase_user(request: web.Request) -> web.Response:
+    """Erase every session and message of a user (right to erasure). Audited."""
+    user_id = check_user_id(request.match_info["user_id"])
+    tenant_id = principal_of(request).tenant_id
+    erased = await run(request, lambda conn: sessions.erase_user(
+        conn, tenant_id, user_id, actor=actor_name(request), request_id=request_id(request),
+    ))
+    log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
+    await discard_objects(request, erased.object_keys, f"user:{user_id}")
+    return web.Response(status=204)
