@@ -76,11 +76,14 @@ def to_api_error(exc: BaseException) -> ApiError | None:
                         errors=[{"field": exc.field, "message": exc.message}])
     if isinstance(exc, Conflict):
         return ApiError(409, str(exc))
-    if isinstance(exc, Overloaded | Unavailable | ShuttingDown):
-        reason = {Overloaded: "server is overloaded", ShuttingDown: "server is shutting down"}
-        message = reason.get(type(exc), "database is unavailable")
+    if isinstance(exc, Overloaded | ShuttingDown):
+        message = "server is overloaded" if isinstance(exc, Overloaded) else (
+            "server is shutting down")
         return ApiError(503, f"{message}; nothing was stored, retry later",
                         headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, Unavailable):
+        return ApiError(503, "database is unavailable; retry later with the same "
+                        "Idempotency-Key", headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(exc, ActorError):
         return ApiError(503, "write could not be completed; retry later",
                         headers={"Retry-After": RETRY_AFTER_S})

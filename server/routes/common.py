@@ -37,7 +37,8 @@ async def run(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable
 def request_id(request: web.Request) -> str:
     from server.middlewares import REQUEST_ID_KEY
 
-    return request.get(REQUEST_ID_KEY, "")
+    rid: str = request.get(REQUEST_ID_KEY, "")
+    return rid
 
 
 def actor_name(request: web.Request) -> str:

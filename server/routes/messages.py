@@ -6,21 +6,33 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency
+from server import idempotency, pagination, streaming
 from server.auth import principal_of
 from server.errors import ApiError
-from server.jsonio import json_response, read_json, validate
+from server.jsonio import json_response, parse_query, read_json, validate
 from server.limits import check_json, check_text
-from server.routes.common import path_uuid
+from server.routes.common import actor_name, path_uuid, request_id, run
 from server.routing import RouteTable
-from server.schemas import Error, Message, MessageBatch, MessageCreate, MessageList
+from server.schemas import (
+    Error,
+    HistoryQuery,
+    Message,
+    MessageBatch,
+    MessageCreate,
+    MessageList,
+    MessagePage,
+    MessageUpdate,
+)
 from server.settings import SETTINGS_KEY, Settings
 from server.writer import REGISTRY_KEY
+from storage import history, messages
+from storage.errors import InvalidReference
 from storage.ids import new_id
 from storage.messages import NewMessage, WriteGroup
 
 routes = RouteTable("messages")
 MESSAGES_PATH = "/api/v1/sessions/{session_id}/messages"
+MESSAGE_PATH = MESSAGES_PATH + "/{message_id}"
 
 
 def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") -> NewMessage:
@@ -81,3 +93,81 @@ async def create_batch(request: web.Request) -> web.Response:
         return claim
     stored = await _write(request, raw, WriteGroup(new, idem=claim, wrap=True))
     return json_response({"data": stored}, status=201)
+
+
+@routes.get(MESSAGES_PATH, query=HistoryQuery,
+            responses={200: MessagePage, 400: Error, 404: Error})
+async def list_messages(request: web.Request) -> web.Response:
+    """List a session's messages in seq order, or only the branch that ends at ``leaf``."""
+    session_id = path_uuid(request, "session_id", "session")
+    query = parse_query(request, HistoryQuery)
+    tenant_id = principal_of(request).tenant_id
+    scope = pagination.scope_of("messages", tenant_id, session_id, query.order, query.leaf,
+                                query.after_seq, query.before_seq)
+    key = pagination.decode(query.cursor, scope, (int,))
+    after_seq, before_seq = query.after_seq, query.before_seq
+    if key is not None:
+        # the cursor's seq is inside the requested range: it narrows it
+        if query.order == "asc":
+            after_seq = key[0]
+        else:
+            before_seq = key[0]
+    try:
+        rows = await run(request, lambda conn: history.history(
+            conn, tenant_id, session_id, limit=query.limit + 1,
+            descending=query.order == "desc", after_seq=after_seq, before_seq=before_seq,
+            leaf=query.leaf,
+        ))
+    except InvalidReference as exc:
+        raise ApiError(400, "query is invalid",
+                       errors=[{"field": exc.field, "message": exc.message}]) from None
+    streaming.overlay_live(request, tenant_id, session_id, rows)  # content streamed so far
+    return json_response(pagination.page(rows, query.limit, scope, lambda m: [m["seq"]]))
+
+
+@routes.get(MESSAGE_PATH, responses={200: Message, 404: Error})
+async def get_message(request: web.Request) -> web.Response:
+    """Get one message (a tombstone too)."""
+    session_id = path_uuid(request, "session_id", "session")
+    message_id = path_uuid(request, "message_id", "message")
+    tenant_id = principal_of(request).tenant_id
+    message = await run(request, lambda conn: messages.get(conn, tenant_id, session_id, message_id))
+    streaming.overlay_live(request, tenant_id, session_id, [message])  # content streamed so far
+    return json_response(message)
+
+
+@routes.patch(MESSAGE_PATH, body=MessageUpdate,
+              responses={200: Message, 400: Error, 404: Error, 409: Error})
+async def update_message(request: web.Request) -> web.Response:
+    """Change a message's metadata or feedback (``feedback: null`` clears it).
+
+    Content is immutable. A tombstone cannot be changed (409).
+    """
+    session_id = path_uuid(request, "session_id", "session")
+    message_id = path_uuid(request, "message_id", "message")
+    body = validate(MessageUpdate, await read_json(request))
+    check_json("metadata", body.metadata, request.app[SETTINGS_KEY].max_metadata_bytes)
+    changes: dict[str, Any] = {}
+    if body.metadata is not None:
+        changes["metadata"] = body.metadata
+    # absent leaves feedback alone; an explicit null removes it
+    if "feedback" in body.model_fields_set:
+        changes["feedback"] = (None if body.feedback is None
+                               else body.feedback.model_dump(exclude_none=True))
+    tenant_id = principal_of(request).tenant_id
+    return json_response(await run(request, lambda conn: messages.update(
+        conn, tenant_id, session_id, message_id, **changes)))
+
+
+@routes.delete(MESSAGE_PATH, responses={204: None, 404: Error, 409: Error})
+async def delete_message(request: web.Request) -> web.Response:
+    """Erase a message, leaving a ``deleted`` tombstone that keeps its seq. Audited."""
+    session_id = path_uuid(request, "session_id", "session")
+    message_id = path_uuid(request, "message_id", "message")
+    tenant_id = principal_of(request).tenant_id
+    actor, rid = actor_name(request), request_id(request)
+    # the returned object keys are the message's attachments; attachments cannot be
+    # linked to messages yet (see to_new_message), so there are no objects to remove
+    await run(request, lambda conn: messages.tombstone(
+        conn, tenant_id, session_id, message_id, actor=actor, request_id=rid))
+    return web.Response(status=204)
