@@ -1,8 +1,17 @@
-"""Prometheus metrics of the HTTP edge. Other layers declare their own next to their code."""
+"""Prometheus metrics of the HTTP edge. Other layers declare their own next to their code.
+
+The database pool is read when Prometheus scrapes (a collector), not sampled on a
+timer, so the figures are never stale and cost nothing between scrapes.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REQUESTS = Counter(
     "chat_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -11,3 +20,52 @@ REQUEST_SECONDS = Histogram(
     "chat_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+class SizedPool(Protocol):
+    """What the collector reads of a connection pool (``asyncpg.Pool`` has it)."""
+
+    def get_size(self) -> int: ...
+
+    def get_idle_size(self) -> int: ...
+
+    def get_max_size(self) -> int: ...
+
+
+class PoolCollector(Collector):
+    """Connections of the pools of this process: open, in use, and the maximum.
+
+    A process normally has one pool; with several (tests) the figures are summed.
+    """
+
+    def __init__(self) -> None:
+        self._pools: list[SizedPool] = []
+
+    def watch(self, pool: SizedPool) -> None:
+        """Report ``pool`` from now on."""
+        self._pools.append(pool)
+
+    def unwatch(self, pool: SizedPool) -> None:
+        """Stop reporting ``pool`` (before it closes)."""
+        self._pools = [p for p in self._pools if p is not pool]
+
+    def collect(self) -> Iterator[Metric]:
+        """Read every watched pool now."""
+        size = sum(p.get_size() for p in self._pools)
+        idle = sum(p.get_idle_size() for p in self._pools)
+        maximum = sum(p.get_max_size() for p in self._pools)
+        yield GaugeMetricFamily(
+            "chat_db_pool_connections", "Open connections in the database pool", value=size
+        )
+        yield GaugeMetricFamily(
+            "chat_db_pool_connections_in_use", "Pool connections checked out by a request or "
+            "job", value=size - idle,
+        )
+        yield GaugeMetricFamily(
+            "chat_db_pool_max_connections", "Largest size the database pool may grow to",
+            value=maximum,
+        )
+
+
+DB_POOL = PoolCollector()
+REGISTRY.register(DB_POOL)

@@ -1,0 +1,271 @@
+"""The OpenAPI 3.1 document, generated from the route tables.
+
+Every :class:`~server.routing.Endpoint` names the pydantic models it validates and
+answers with; their JSON schemas (draft 2020-12, which OpenAPI 3.1 uses as is) go to
+``components.schemas`` and operations refer to them. The errors every endpoint can
+answer (auth, rate limit, body checks, overload) and the headers every response
+carries are added here from the endpoint's flags, so route modules declare only
+what is particular to them.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pydantic
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from server.routing import Endpoint
+from server.schemas import Error
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1"
+REF_TEMPLATE = "#/components/schemas/{model}"
+JSON = "application/json"
+# (model, "validation" | "serialization") -> {"$ref": ...}
+Refs = Mapping[tuple[Any, str], dict[str, Any]]
+_PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")
+
+# Path parameters that are not UUIDs; any other ``*_id`` is one.
+_PATH_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The client's request id if it sent a valid one, else a new one; "
+                       "it is in every log line and error body of the request.",
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Limit": {"description": "Token bucket capacity of the API key.",
+                        "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "Tokens left in the bucket.",
+                            "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "Seconds until the bucket is full again.",
+                        "schema": {"type": "integer"}},
+    "Retry-After": {"description": "Seconds to wait before retrying; nothing was stored.",
+                    "schema": {"type": "integer"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request "
+                       "with the same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "WWW-Authenticate": {"description": "`ApiKey`: send the key in X-Api-Key.",
+                         "schema": {"type": "string"}},
+}
+
+_IDEMPOTENCY_KEY_PARAM: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retried POST safe: same key and body replay the first answer "
+                   "(24 h); a different body gets 422; a request still in flight gets 409.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+_ERROR_MESSAGES = {
+    400: "The body, query or a field is invalid (see `errors`).",
+    401: "No API key.",
+    403: "The API key is unknown or revoked.",
+    404: "No such resource (or it belongs to another tenant).",
+    409: "Conflict (e.g. the same Idempotency-Key is still in flight).",
+    413: "The request body is over the configured limit.",
+    415: "Content-Type is not application/json.",
+    422: "The Idempotency-Key was used with a different body.",
+    429: "Rate limit exceeded; see Retry-After.",
+    503: "Overloaded or the database is unavailable; nothing was stored. See Retry-After.",
+}
+
+
+def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage") -> dict[str, Any]:
+    """The OpenAPI 3.1 document describing ``endpoints``."""
+    endpoints = list(endpoints)
+    schemas, refs = _component_schemas(endpoints)
+    paths: dict[str, dict[str, Any]] = {}
+    tags: dict[str, None] = {}
+    operation_ids: set[str] = set()
+    for ep in endpoints:
+        path = _PATH_PARAM.sub(r"{\1}", ep.path)
+        operation = _operation(ep, refs, schemas)
+        operation["operationId"] = _unique_id(ep, operation_ids)
+        paths.setdefault(path, {})[ep.method.lower()] = operation
+        tags[ep.tag] = None
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": title,
+            "version": API_VERSION,
+            "description": "Durable, live-streaming conversation storage for RAG chat "
+                           "applications. Every `/api/v1` call needs an `X-Api-Key`.",
+        },
+        "tags": [{"name": name} for name in tags],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "headers": _HEADERS,
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+    }
+
+
+def _component_schemas(endpoints: list[Endpoint]) -> tuple[dict[str, Any], Refs]:
+    """Schemas of every body and response model, and the ``$ref`` of each (model, mode)."""
+    wanted: dict[tuple[type[pydantic.BaseModel], JsonSchemaMode], None] = {
+        (Error, "serialization"): None
+    }
+    for ep in endpoints:
+        if ep.body is not None:
+            wanted[(ep.body, "validation")] = None
+        for model in ep.responses.values():
+            if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+                wanted[(model, "serialization")] = None
+    key_map, top = models_json_schema(list(wanted), ref_template=REF_TEMPLATE)
+    refs = {(model, str(mode)): schema for (model, mode), schema in key_map.items()}
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    return schemas, refs
+
+
+def _operation(ep: Endpoint, refs: Refs, schemas: dict[str, Any]) -> dict[str, Any]:
+    operation: dict[str, Any] = {"tags": [ep.tag], "summary": ep.summary}
+    params = _path_parameters(ep.path)
+    if ep.query is not None:
+        params.extend(_query_parameters(ep.query, schemas))
+    if ep.idempotent:
+        params.append(dict(_IDEMPOTENCY_KEY_PARAM))
+    if params:
+        operation["parameters"] = params
+    if ep.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": refs[(ep.body, "validation")]}},
+        }
+    operation["responses"] = _responses(ep, refs)
+    operation["security"] = [{"ApiKey": []}] if ep.auth else []
+    return operation
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    params = []
+    for name in _PATH_PARAM.findall(path):
+        schema = _PATH_PARAM_SCHEMAS.get(name)
+        if schema is None:
+            schema = ({"type": "string", "format": "uuid"} if name.endswith("_id") or name == "aid"
+                      else {"type": "string"})
+        params.append({"name": name, "in": "path", "required": True, "schema": dict(schema)})
+    return params
+
+
+def _query_parameters(
+    model: type[pydantic.BaseModel], schemas: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One query parameter per field of ``model``; nested definitions go to ``schemas``."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode="validation")
+    schemas.update(schema.get("$defs", {}))
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = _without_null(dict(prop))
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        if prop.get("default", 0) is None:
+            del prop["default"]  # absent, not null
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                 "schema": prop}
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drop the ``null`` branch of an optional field: a query parameter is absent, not null."""
+    any_of = schema.get("anyOf")
+    if not isinstance(any_of, list):
+        return schema
+    rest = [s for s in any_of if s != {"type": "null"}]
+    if len(rest) == len(any_of):
+        return schema
+    del schema["anyOf"]
+    if len(rest) == 1:
+        return {**rest[0], **schema}
+    schema["anyOf"] = rest
+    return schema
+
+
+def _standard_errors(ep: Endpoint) -> set[int]:
+    """Error statuses an endpoint can answer because of the middlewares and its inputs."""
+    statuses: set[int] = set()
+    if ep.auth:
+        statuses |= {401, 403, 429, 503}
+    if ep.body is not None:
+        statuses |= {400, 413, 415}
+    if ep.query is not None:
+        statuses.add(400)
+    if _PATH_PARAM.search(ep.path):
+        statuses.add(404)
+    if ep.idempotent:
+        statuses |= {409, 422}
+    return statuses
+
+
+def _responses(ep: Endpoint, refs: Refs) -> dict[str, Any]:
+    declared: dict[int, type[pydantic.BaseModel] | str | None] = dict(ep.responses)
+    for status in _standard_errors(ep):
+        declared.setdefault(status, Error)
+    out: dict[str, Any] = {}
+    for status in sorted(declared):
+        out[str(status)] = _response(ep, status, declared[status], refs)
+    return out
+
+
+def _response(
+    ep: Endpoint, status: int, model: type[pydantic.BaseModel] | str | None, refs: Refs
+) -> dict[str, Any]:
+    description = _ERROR_MESSAGES.get(status) if model is Error else None
+    if description is None:
+        try:
+            description = http.HTTPStatus(status).phrase
+        except ValueError:
+            description = f"Status {status}"
+    response: dict[str, Any] = {
+        "description": description, "headers": _response_headers(ep, status, model is Error),
+    }
+    if isinstance(model, str):
+        media = model.split(";")[0].strip()
+        # a JSON document may be any JSON value; anything else (JSON Lines too) is text
+        schema: dict[str, Any] = {} if media == JSON or media.endswith("+json") else {
+            "type": "string"}
+        response["content"] = {model: {"schema": schema}}
+    elif model is not None:
+        response["content"] = {JSON: {"schema": refs[(model, "serialization")]}}
+    return response
+
+
+def _response_headers(ep: Endpoint, status: int, is_error: bool) -> dict[str, Any]:
+    names = ["X-Request-ID"]
+    if ep.auth and status not in (401, 403):
+        names += ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+    if is_error and status in (429, 503):
+        names.append("Retry-After")
+    if status == 401:
+        names.append("WWW-Authenticate")
+    if ep.idempotent and 200 <= status < 300:
+        names.append("Idempotent-Replayed")
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _unique_id(ep: Endpoint, used: set[str]) -> str:
+    """The handler's name, prefixed with the tag when another endpoint already has it."""
+    base = getattr(ep.handler, "__name__", "") or f"{ep.method.lower()}_{ep.tag}"
+    candidate = base if base not in used else f"{ep.tag}_{base}"
+    n = 2
+    while candidate in used:
+        candidate = f"{ep.tag}_{base}_{n}"
+        n += 1
+    used.add(candidate)
+    return candidate
