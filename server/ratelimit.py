@@ -8,7 +8,6 @@ the same :class:`Decision`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Protocol
 
@@ -17,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from server.auth import PRINCIPAL_KEY
 from server.errors import ApiError
+from storage.ratelimit_redis import take_result
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,9 +60,7 @@ class MemoryLimiter:
 
 def decision(allowed: bool, tokens: float, burst: int, rate_per_s: float) -> Decision:
     """Build a :class:`Decision` from a bucket's tokens after the take."""
-    reset_s = math.ceil((burst - tokens) / rate_per_s)
-    retry_s = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate_per_s))
-    return Decision(allowed, burst, int(tokens), reset_s, retry_s)
+    return Decision(*take_result(allowed, tokens, burst, rate_per_s))  # one formula for both
 
 
 LIMITER_KEY = web.AppKey("limiter", Limiter)

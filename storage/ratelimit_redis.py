@@ -1,0 +1,106 @@
+"""Token buckets in Redis, shared by every replica: one atomic Lua script per take.
+
+The script reads the bucket, refills it for the time elapsed, takes a token if there
+is one and writes it back, all inside Redis, so concurrent takes from any number of
+processes never overspend. Time comes from Redis ``TIME`` inside the script, so the
+replicas' clocks do not matter (tests may pass ``now_ms`` to make time explicit). A
+bucket is stored only while it is not full: its key expires when it would be full
+again, and a missing key means a full bucket.
+
+``server/`` turns a :class:`Take` into its ``Decision`` (``server.ratelimit``) and
+decides what happens when Redis fails (:class:`RateLimitUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from storage.errors import StorageError
+from storage.redis_keys import RedisKeys
+
+# KEYS[1] bucket; ARGV rate per s, burst, now in ms ('' = Redis TIME). Replies
+# {allowed 0|1, tokens left as a string} (Lua numbers would be truncated to integers).
+TOKEN_BUCKET = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  ts = now
+end
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+-- after a take the bucket is below burst, so this is at least 1 ms
+local full_in_ms = math.max(1, math.ceil((burst - tokens) * 1000 / rate))
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], full_in_ms)
+return {allowed, tostring(tokens)}
+"""
+
+
+class RateLimitUnavailable(StorageError):
+    """Redis did not answer the take in time; the caller picks a fallback."""
+
+
+class Take(NamedTuple):
+    """The outcome of taking one token; the fields of ``server.ratelimit.Decision``."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # seconds until the bucket is full again
+    retry_after_s: int  # seconds until one token is available (0 when allowed)
+
+
+def take_result(allowed: bool, tokens: float, burst: int, rate_per_s: float) -> Take:
+    """Build a :class:`Take` from a bucket's tokens after the take."""
+    reset_s = math.ceil((burst - tokens) / rate_per_s)
+    retry_s = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate_per_s))
+    return Take(allowed, burst, int(tokens), reset_s, retry_s)
+
+
+class RedisLimiter:
+    """Per-key token buckets in Redis: ``rate_per_s`` refill, ``burst`` capacity."""
+
+    def __init__(self, client: Redis, *, prefix: str, rate_per_s: float, burst: int,
+                 timeout_s: float = 0.5) -> None:
+        if rate_per_s <= 0 or burst <= 0:
+            raise ValueError("rate_per_s and burst must be greater than 0")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.timeout_s = timeout_s
+        self.keys = RedisKeys(prefix)
+        # EVALSHA, and on NOSCRIPT (a restarted or failed-over Redis) SCRIPT LOAD + retry
+        self._script = client.register_script(TOKEN_BUCKET)
+
+    async def take(self, key: str, *, now_ms: float | None = None) -> Take:
+        """Take one token from ``key``'s bucket; :class:`RateLimitUnavailable` on outage.
+
+        ``now_ms`` replaces Redis's clock (tests); keep it monotonic per key.
+        """
+        args: list[Any] = [repr(self.rate_per_s), self.burst, "" if now_ms is None else now_ms]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                allowed, tokens = await self._script(keys=[self.keys.rate_bucket(key)], args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RateLimitUnavailable(f"rate limit of {key} unavailable") from exc
+        return take_result(bool(allowed), float(tokens), self.burst, self.rate_per_s)

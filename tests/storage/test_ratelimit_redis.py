@@ -1,0 +1,125 @@
+"""The Redis token bucket against the real Redis (``TEST_REDIS_URL``).
+
+Time is injected (``now_ms``) where the arithmetic is checked, so nothing depends on
+how fast the test runs; one test lets Redis's own clock refill the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from storage.broker_redis import connect
+from storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter, take_result
+from tests.conftest import REDIS_URL
+from tests.storage.test_broker_redis import PrivateRedis, delete_keys, free_port
+
+T0 = 1_700_000_000_000.0  # an injected "now", in ms
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Redis]:
+    c = connect(REDIS_URL)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def prefix(client: Redis) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    value = f"chat-test-{os.getpid()}-{secrets.token_hex(4)}"
+    yield value
+    await delete_keys(client, value)
+
+
+def limiter(client: Redis, prefix: str, rate_per_s: float, burst: int) -> RedisLimiter:
+    # a generous timeout: 200 concurrent takes share one pool on a busy test machine
+    return RedisLimiter(client, prefix=prefix, rate_per_s=rate_per_s, burst=burst,
+                        timeout_s=10.0)
+
+
+async def test_concurrent_takes_never_overspend(client: Redis, prefix: str) -> None:
+    bucket = limiter(client, prefix, rate_per_s=0.001, burst=50)
+    results = await asyncio.gather(*(bucket.take("k1") for _ in range(200)))
+    assert sum(r.allowed for r in results) == 50
+    denied = [r for r in results if not r.allowed]
+    assert all(r.remaining == 0 and r.retry_after_s >= 1 for r in denied)
+    assert (await bucket.take("k2")).allowed  # buckets are per key
+
+
+async def test_refill_follows_the_clock(client: Redis, prefix: str) -> None:
+    bucket = limiter(client, prefix, rate_per_s=10.0, burst=5)
+    taken = [await bucket.take("k", now_ms=T0) for _ in range(6)]
+    assert [t.allowed for t in taken] == [True] * 5 + [False]
+    assert [t.remaining for t in taken[:5]] == [4, 3, 2, 1, 0]
+    assert taken[5].retry_after_s == 1
+    assert taken[5].reset_s == 1  # 5 tokens at 10/s
+    assert not (await bucket.take("k", now_ms=T0 + 50)).allowed  # half a token
+    assert (await bucket.take("k", now_ms=T0 + 100)).allowed  # one whole token
+    assert not (await bucket.take("k", now_ms=T0 + 100)).allowed
+    full = await bucket.take("k", now_ms=T0 + 60_000)  # refill stops at burst
+    assert full.allowed and full.remaining == 4
+    back = await bucket.take("k", now_ms=T0 + 30_000)  # a clock that went back
+    assert back.allowed and back.remaining == 3
+    again = await bucket.take("k", now_ms=T0 + 60_000)
+    assert again.remaining == 2  # ... and then forward again refills nothing twice
+
+
+async def test_bucket_key_expires_when_it_would_be_full(client: Redis, prefix: str) -> None:
+    bucket = limiter(client, prefix, rate_per_s=10.0, burst=5)
+    await bucket.take("k", now_ms=T0)
+    ttl_ms = await client.pttl(f"{prefix}:rl:k")
+    assert 0 < ttl_ms <= 100  # one token missing, 10 tokens per second
+    for _ in range(4):
+        await bucket.take("k", now_ms=T0)
+    assert 100 < await client.pttl(f"{prefix}:rl:k") <= 500
+
+
+async def test_refill_uses_redis_time(client: Redis, prefix: str) -> None:
+    bucket = limiter(client, prefix, rate_per_s=2.0, burst=1)
+    assert (await bucket.take("k")).allowed
+    denied = await bucket.take("k")
+    assert not denied.allowed and denied.retry_after_s == 1
+    # Redis's clock refills the bucket: poll until it does (bounded), no sleep-and-hope
+    for _ in range(200):
+        if (await bucket.take("k")).allowed:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the bucket never refilled")
+
+
+async def test_script_reloads_after_redis_forgot_it(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    c = connect(server.url)
+    try:
+        bucket = limiter(c, "chat-test", rate_per_s=1.0, burst=3)
+        assert (await bucket.take("k", now_ms=T0)).remaining == 2
+        await c.script_flush()  # as after a restart or failover: EVALSHA gets NOSCRIPT
+        assert (await bucket.take("k", now_ms=T0)).remaining == 1
+    finally:
+        await c.aclose()
+        await server.kill()
+
+
+async def test_outage_raises_a_narrow_error() -> None:
+    c = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        bucket = RedisLimiter(c, prefix="chat-test", rate_per_s=1.0, burst=1)
+        with pytest.raises(RateLimitUnavailable):
+            await asyncio.wait_for(bucket.take("k"), timeout=20)
+    finally:
+        await c.aclose()
+
+
+def test_take_result_matches_the_header_arithmetic() -> None:
+    assert take_result(True, 4.5, 10, 2.0) == (True, 10, 4, 3, 0)
+    assert take_result(False, 0.25, 10, 2.0) == (False, 10, 0, 5, 1)
+    assert take_result(False, 0.0, 10, 0.1).retry_after_s == 10
