@@ -79,12 +79,19 @@ async def migrate(conn: asyncpg.Connection, directory: Path) -> list[int]:
                         f"migration {m.version:04d}_{m.name} was edited after it was applied"
                     )
                 continue
-            async with conn.transaction():
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    m.version, m.name, m.checksum,
-                )
+            try:
+                async with conn.transaction():
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        m.version, m.name, m.checksum,
+                    )
+            except asyncpg.PostgresError as exc:
+                # rolled back whole: the database stays at the previous version
+                raise MigrationError(
+                    f"migration {m.version:04d}_{m.name} failed: {exc}"
+                ) from exc
             log.info("migration applied", extra={"version": m.version, "migration": m.name})
             done.append(m.version)
         return done

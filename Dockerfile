@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The chat-storage service. Production settings come from the environment
+# (DATABASE_URL, REDIS_URL, CHAT_*; see .env.example).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY actors ./actors
+COPY storage ./storage
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin chat \
+    && mkdir /data && chown chat:chat /data
+COPY --from=build /opt/venv /opt/venv
+# migrations are plain files next to the code, not part of the installed package
+COPY sql /app/sql
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    CHAT_MIGRATIONS_DIR=/app/sql \
+    CHAT_DATA_DIR=/data
+WORKDIR /app
+USER chat
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CHAT_PORT', '8080'), timeout=2)"]
+CMD ["chat-storage", "serve", "--host", "0.0.0.0"]

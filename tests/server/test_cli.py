@@ -1,0 +1,377 @@
+"""The ``chat-storage`` command, run for real as a subprocess against real Postgres.
+
+Each test module run gets a database of its own, created empty (so ``migrate`` has
+work to do) and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from server.settings import Settings, _env_name
+from storage import tenants
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 60.0
+
+
+def _cli() -> list[str]:
+    """The installed console script, or the module when it is not installed."""
+    script = shutil.which("chat-storage", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "server.cli"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment without any chat-storage setting, plus ``extra``."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("CHAT_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(extra)
+    return env
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion; never longer than the deadline."""
+    return subprocess.run(
+        [*_cli(), *args], env=_env(**env), cwd=REPO, capture_output=True, text=True,
+        timeout=DEADLINE_S, check=False,
+    )
+
+
+def _admin(sql: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """A new, empty (unmigrated) database for this module."""
+    name = f"chat_test_cli_{secrets.token_hex(4)}"
+    _admin(f'CREATE DATABASE "{name}"')
+    base, _, _ = ADMIN_URL.rpartition("/")
+    yield f"{base}/{name}"
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def authenticate(url: str, key: str) -> tenants.Principal | None:
+    async def go() -> tenants.Principal | None:
+        conn = await asyncpg.connect(url)
+        try:
+            return await tenants.authenticate(conn, key)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("chat-storage: error: "), lines[0]
+    return lines[0]
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+def test_migrate_applies_then_is_a_noop(database_url: str) -> None:
+    first = run("migrate", DATABASE_URL=database_url)
+    assert first.returncode == 0, first.stderr
+    assert "applied: 0001" in first.stdout
+    before = query(database_url, "SELECT version, checksum, applied_at FROM schema_migrations")
+    assert 1 in {r["version"] for r in before}
+
+    second = run("migrate", DATABASE_URL=database_url)
+    assert second.returncode == 0, second.stderr
+    assert "applied: none" in second.stdout
+    last = max(r["version"] for r in before)
+    assert f"schema version: {last:04d}" in second.stdout
+    after = query(database_url, "SELECT version, checksum, applied_at FROM schema_migrations")
+    assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+
+
+# -- tenants and keys ---------------------------------------------------------------------
+
+
+def test_tenant_and_key_lifecycle(database_url: str) -> None:
+    name = f"acme-{secrets.token_hex(4)}"
+    created = run("tenants", "create", name, "--retention-days", "30",
+                  DATABASE_URL=database_url)
+    assert created.returncode == 0, created.stderr
+    rows = query(database_url, "SELECT retention_days FROM tenants WHERE name = $1", name)
+    assert [r["retention_days"] for r in rows] == [30]
+
+    again = run("tenants", "create", name, DATABASE_URL=database_url)
+    assert again.returncode == 1
+    assert "already exists" in one_line_error(again)
+
+    made = run("keys", "create", "--tenant", name, "--name", "ci", "--json",
+               DATABASE_URL=database_url)
+    assert made.returncode == 0, made.stderr
+    assert len(made.stdout.strip().splitlines()) == 1
+    key = json.loads(made.stdout)
+    assert set(key) == {"id", "tenant", "key"}
+    assert key["tenant"] == name
+    principal = authenticate(database_url, key["key"])
+    assert principal is not None
+    assert (principal.tenant_name, principal.key_id) == (name, key["id"])
+
+    plain = run("keys", "create", "--tenant", name, DATABASE_URL=database_url)
+    assert plain.returncode == 0, plain.stderr
+    plain_key = plain.stdout.strip()
+    assert authenticate(database_url, plain_key) is not None
+
+    listed = run("keys", "list", "--tenant", name, "--json", DATABASE_URL=database_url)
+    assert listed.returncode == 0, listed.stderr
+    keys = json.loads(listed.stdout)
+    assert len(keys) == 2 and keys[0]["id"] == key["id"]
+    assert keys[0]["name"] == "ci" and keys[0]["revoked_at"] is None
+    assert key["key"] not in listed.stdout and plain_key not in listed.stdout
+
+    table = run("keys", "list", "--tenant", name, DATABASE_URL=database_url)
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.strip().splitlines()
+    assert header.split() == ["ID", "NAME", "CREATED", "REVOKED"]
+    assert len(lines) == 2 and lines[0].startswith(key["id"])
+
+    revoked = run("keys", "revoke", key["id"], DATABASE_URL=database_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert authenticate(database_url, key["key"]) is None
+    assert authenticate(database_url, plain_key) is not None  # only that key
+
+    twice = run("keys", "revoke", key["id"], DATABASE_URL=database_url)
+    assert twice.returncode == 1
+    one_line_error(twice)
+    relisted = json.loads(
+        run("keys", "list", "--tenant", name, "--json", DATABASE_URL=database_url).stdout
+    )
+    assert relisted[0]["revoked_at"] is not None
+
+
+def test_unknown_tenant_is_one_line_exit_1(database_url: str) -> None:
+    for args in (("keys", "create", "--tenant", "nobody"), ("keys", "list", "--tenant", "nobody")):
+        result = run(*args, DATABASE_URL=database_url)
+        assert result.returncode == 1
+        assert "'nobody' does not exist" in one_line_error(result)
+        assert result.stdout == ""
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("CHAT_PORT", "eighty"),
+        ("CHAT_DB_POOL_MIN", "500"),
+        ("CHAT_ALLOW_UNSAFE_DB", "perhaps"),
+        ("DATABASE_URL", "mysql://localhost/chat"),
+    ],
+)
+def test_bad_setting_exits_2_naming_the_variable(var: str, value: str) -> None:
+    for args in (("migrate",), ("serve",)):
+        result = run(*args, **{var: value})
+        assert result.returncode == 2
+        assert var in one_line_error(result)
+
+
+def test_workers_without_redis_exits_2(database_url: str) -> None:
+    result = run("serve", "--workers", "2", DATABASE_URL=database_url)
+    assert result.returncode == 2
+    assert "REDIS_URL" in one_line_error(result)
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@dataclasses.dataclass
+class Server:
+    """A ``chat-storage serve`` subprocess and where its output goes."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    out: Path
+    err: Path
+    code: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def wait_healthy(server: Server) -> bool:
+    """True once /healthz answers; False if the server exited first."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            return False
+        try:
+            status, body = http("GET", f"{server.url}/healthz")
+        except OSError:
+            time.sleep(0.1)
+            continue
+        assert (status, body) == (200, {"status": "ok"})
+        return True
+    pytest.fail("server did not answer /healthz in time")
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, **env: str) -> Iterator[Server]:
+    """Run ``serve`` on a free port until the block ends, then SIGTERM it.
+
+    A port taken by someone else between choosing and binding it is retried.
+    On a failure, the server's log is printed (pytest shows it with the failure).
+    """
+    for attempt in range(1, 4):
+        out, err = tmp_path / f"stdout{attempt}", tmp_path / f"stderr{attempt}"
+        port = free_port()
+        with out.open("w") as out_file, err.open("w") as err_file:
+            proc = subprocess.Popen(
+                [*_cli(), "serve", "--port", str(port)], env=_env(**env), cwd=REPO,
+                stdout=out_file, stderr=err_file, text=True,
+            )
+        server = Server(proc, port, out, err)
+        try:
+            healthy = wait_healthy(server)
+        except BaseException:
+            stop(proc)
+            print(err.read_text()[-5000:])
+            raise
+        if healthy:
+            break
+        if "address already in use" not in err.read_text() or attempt == 3:
+            pytest.fail(f"server exited with {proc.returncode}:\n{err.read_text()[-5000:]}")
+    try:
+        yield server
+    except BaseException:
+        print(server.err.read_text()[-5000:])
+        raise
+    finally:
+        server.code = stop(server.proc)
+
+
+def test_serve_answers_healthz_and_stops_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    with serving(tmp_path, DATABASE_URL=database_url) as server:
+        pass  # serving() waited for a healthy /healthz
+    assert server.code == 0, server.err.read_text()
+    logs = [json.loads(line) for line in server.err.read_text().splitlines()
+            if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert "listening" in messages
+    assert messages.index("shutdown requested") < messages.index("shutdown complete")
+    assert not any(entry["level"] == "ERROR" for entry in logs), logs
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A 0700 directory outside ``/tmp/pytest-of-<user>`` (see tests/storage/test_embedded)."""
+    path = Path(tempfile.mkdtemp(prefix="chat-cli-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_serve_zero_config_prints_a_working_key(tmp_path: Path, data_dir: Path) -> None:
+    """No DATABASE_URL: embedded Postgres in CHAT_DATA_DIR, a dev tenant and its key."""
+    with serving(tmp_path, CHAT_DATA_DIR=str(data_dir)) as server:
+        deadline = time.monotonic() + DEADLINE_S
+        while "curl" not in server.out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        printed = server.out.read_text()
+        key = next(word for word in printed.split() if word.startswith("cs_"))
+        assert f"{server.url}/api/v1/sessions" in printed
+        status, session = http(
+            "POST", f"{server.url}/api/v1/sessions", b'{"user_id":"me"}',
+            {"X-Api-Key": key, "Content-Type": "application/json"},
+        )
+        assert status == 201, session
+        assert session["user_id"] == "me"
+    assert server.code == 0, server.err.read_text()
+    assert printed.count(key) == 2  # once alone, once in the curl line
+    assert key not in server.err.read_text()  # never logged
+    assert not (data_dir / "pg" / "postmaster.pid").exists()  # the server was stopped
+
+
+# -- .env.example -------------------------------------------------------------------------
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    lines = (REPO / ".env.example").read_text().splitlines()
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines):
+        if not line or line.startswith("#"):
+            continue
+        var, sep, value = line.partition("=")
+        assert sep, line
+        assert lines[number - 1].startswith("# "), f"{var} has no comment line"
+        values[var] = value
+    wanted = {_env_name(field.name) for field in dataclasses.fields(Settings)}
+    assert set(values) == wanted
+    assert Settings.from_env(values) == Settings()
