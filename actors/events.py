@@ -1,0 +1,143 @@
+"""Session events: what subscribers receive, each encoded once, and their broker envelope.
+
+Every event is a JSON text frame of API.md ("Streaming over WebSocket"), built once
+and sent as is to every WebSocket subscriber (SSE adds its ``id:``/``event:`` lines).
+The fields the fan-out needs to order and de-duplicate (``seq``, ``stream_id``,
+``offset``) travel beside the frame so nothing is parsed twice in one process.
+
+A stream's id is its message's id: a subscriber on any replica, or a REST reader, can
+tie a stream to its row without another lookup. ``offset`` counts Unicode code points
+(Python ``len``), not bytes nor UTF-16 units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+CREATED = "message.created"
+STARTED = "stream.started"
+SNAPSHOT = "stream.snapshot"
+DELTA = "stream.delta"
+COMPLETED = "stream.completed"
+ABORTED = "stream.aborted"
+INTERRUPTED = "stream.interrupted"
+FINAL_BY_STATUS = {"complete": COMPLETED, "aborted": ABORTED, "interrupted": INTERRUPTED}
+FINALS = frozenset(FINAL_BY_STATUS.values())
+_DUMP_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    # asyncpg returns its own UUID type, which orjson does not know
+    if isinstance(value, uuid.UUID) or type(value).__name__ == "UUID":
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON as the API writes it: UUIDs as strings, datetimes RFC 3339 with ``Z``."""
+    return orjson.dumps(value, option=_DUMP_OPTS, default=_default)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a session, with its encoded frame."""
+
+    kind: str
+    frame: bytes
+    seq: int = 0  # the message's seq; 0 for a delta (its stream has one)
+    stream_id: str = ""
+    offset: int = 0  # delta: content length before it; snapshot: content length
+    text: str = ""  # delta text, or snapshot content
+    role: str = ""
+    message: Mapping[str, Any] | None = None
+
+    @property
+    def end(self) -> int:
+        """For a delta: the content length after it."""
+        return self.offset + len(self.text)
+
+
+def created(message: Mapping[str, Any]) -> Event:
+    """``message.created``: a committed message (any final status)."""
+    return Event(CREATED, dumps({"type": CREATED, "message": message}), int(message["seq"]),
+                 str(message["id"]), message=message)
+
+
+def started(message: Mapping[str, Any]) -> Event:
+    """``stream.started``: a streamed message took its place in the session."""
+    sid = str(message["id"])
+    frame = {"type": STARTED, "stream_id": sid, "message_id": sid, "seq": message["seq"],
+             "role": message["role"]}
+    return Event(STARTED, dumps(frame), int(message["seq"]), sid, role=str(message["role"]),
+                 message=message)
+
+
+def delta(stream_id: str, offset: int, text: str) -> Event:
+    """``stream.delta``: ``text`` appended at ``offset``."""
+    frame = {"type": DELTA, "stream_id": stream_id, "offset": offset, "delta": text}
+    return Event(DELTA, dumps(frame), 0, stream_id, offset, text)
+
+
+def snapshot(stream_id: str, seq: int, content: str) -> Event:
+    """``stream.snapshot``: everything streamed so far, for one who joins mid-stream."""
+    frame = {"type": SNAPSHOT, "stream_id": stream_id, "message_id": stream_id, "seq": seq,
+             "content": content, "offset": len(content)}
+    return Event(SNAPSHOT, dumps(frame), seq, stream_id, len(content), content)
+
+
+def final(message: Mapping[str, Any]) -> Event:
+    """``stream.completed`` / ``aborted`` / ``interrupted`` for a message that ended."""
+    kind = FINAL_BY_STATUS[str(message["status"])]
+    return Event(kind, dumps({"type": kind, "message": message}), int(message["seq"]),
+                 str(message["id"]), message=message)
+
+
+def from_row(message: Mapping[str, Any]) -> Event:
+    """The event that announces a stored row: started if still streaming, else created."""
+    return started(message) if message["status"] == "streaming" else created(message)
+
+
+def trimmed(event: Event, have: int) -> Event:
+    """``event`` (a delta overlapping what is already there) without its first part."""
+    return delta(event.stream_id, have, event.text[have - event.offset:])
+
+
+def reply(kind: str, **fields: Any) -> bytes:
+    """A frame for one connection only (``ack``, ``error``, ``pong``, ...)."""
+    return dumps({"type": kind, **fields})
+
+
+def envelope(origin: bytes, event: Event) -> bytes:
+    """The broker form of ``event``: who published it, a space, the frame."""
+    return origin + b" " + event.frame
+
+
+def open_envelope(data: bytes, skip_origin: bytes | None = None) -> tuple[bytes, Event | None]:
+    """``(origin, event)`` from :func:`envelope`; ``event`` is ``None`` if unreadable.
+
+    An event from ``skip_origin`` is not parsed (``None``): it is this process's own.
+    """
+    origin, _, frame = data.partition(b" ")
+    if origin == skip_origin:
+        return origin, None
+    try:
+        body = orjson.loads(frame)
+        kind = body["type"]
+        if kind == DELTA:
+            return origin, Event(DELTA, frame, 0, body["stream_id"], int(body["offset"]),
+                                 body["delta"])
+        if kind == STARTED:
+            return origin, Event(STARTED, frame, int(body["seq"]), body["stream_id"],
+                                 role=body["role"])
+        if kind == CREATED or kind in FINALS:
+            message = body["message"]
+            return origin, Event(kind, frame, int(message["seq"]), message["id"],
+                                 message=message)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        pass
+    return origin, None

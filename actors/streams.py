@@ -1,0 +1,296 @@
+"""Answers being streamed by producers connected to this process.
+
+Life of a stream (the id of a stream is its message's id):
+
+- ``start``: the message is inserted with ``status: streaming`` through the session's
+  actor (so its ``seq`` is fixed, and ``stream.started`` goes out from the commit hook).
+- ``delta``: appended in memory, announced at once; the content is checkpointed to
+  Postgres every ``checkpoint_interval_s`` or ``checkpoint_chars`` (whichever first).
+- ``end`` / ``abort``: the whole content, metadata and usage are written in one
+  transaction with ``complete`` / ``aborted``; then ``stream.completed`` /
+  ``stream.aborted`` goes out.
+- The producer's connection goes away: after ``grace_s`` the stream is stored
+  ``interrupted`` with everything received. Within the grace period a new connection
+  of the same tenant and session takes it over with ``resume`` (the producer learns
+  the offset to continue from). ``resume`` also takes over a stream whose old
+  connection the server still believes alive (a half-open TCP connection).
+
+Resume works on the replica that holds the stream; on another one the stream is not
+found and is interrupted when its grace ends (route a session's producers to one
+replica, e.g. by hashing the session id, if producers must survive reconnects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+import asyncpg
+
+from actors import events, stream_metrics
+from actors.events import Event
+from actors.stream_state import OwnedStream, Owner, StreamConfig, StreamError, StreamKey
+from storage import db
+from storage import streams as store
+from storage.errors import Conflict, NotFound
+from storage.messages import NewMessage, WriteGroup
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Emit = Callable[[uuid.UUID, uuid.UUID, Event], None]
+Write = Callable[[uuid.UUID, uuid.UUID, WriteGroup], Awaitable[list[dict[str, Any]]]]
+
+
+class Streams:
+    """The streams of this process, by id and by session."""
+
+    def __init__(self, pool: asyncpg.Pool, config: StreamConfig, emit: Emit,
+                 write: Write) -> None:
+        self.config = config
+        self._pool = pool
+        self._emit = emit
+        self._write = write
+        self._by_id: dict[str, OwnedStream] = {}
+        self._by_session: dict[StreamKey, set[str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def active(self, key: StreamKey) -> bool:
+        """Whether this process holds a stream of the session ``key``."""
+        return key in self._by_session
+
+    def local(self, key: StreamKey) -> dict[str, str]:
+        """Content so far of the session's streams held here, by stream id."""
+        return {sid: self._by_id[sid].text() for sid in self._by_session.get(key, ())}
+
+    def content(self, key: StreamKey, stream_id: str) -> str | None:
+        """Content so far of one stream of the session, if held here."""
+        st = self._by_id.get(stream_id)
+        return st.text() if st is not None and st.key == key else None
+
+    async def start(self, key: StreamKey, owner: Owner, message: NewMessage) -> dict[str, Any]:
+        """Insert ``message`` (status streaming) and hold it; returns the stored row."""
+        stored = await self._write(key[0], key[1], WriteGroup([message]))
+        row = stored[0]
+        st = OwnedStream(row, key, owner)
+        self._by_id[st.id] = st
+        self._by_session.setdefault(key, set()).add(st.id)
+        stream_metrics.STREAMS_OPEN.inc()
+        if owner.closed:  # the producer left while the row was being written
+            self._orphan(st)
+        return row
+
+    def delta(self, key: StreamKey, stream_id: str, owner: Owner, text: str) -> None:
+        """Append ``text`` to a stream this connection owns and announce it (never waits)."""
+        st = self._owned(key, stream_id, owner)
+        if not text:
+            return
+        size = len(text) if text.isascii() else len(text.encode())
+        if st.size_bytes + size > self.config.max_content_bytes:
+            raise StreamError("too_large", f"content would exceed "
+                                           f"{self.config.max_content_bytes} bytes")
+        if "\x00" in text:
+            raise StreamError("invalid", "delta must not contain NUL characters")
+        offset = st.length
+        st.chunks.append(text)
+        st.length += len(text)
+        st.size_bytes += size
+        stream_metrics.DELTAS.inc()
+        self._emit(key[0], key[1], events.delta(st.id, offset, text))
+        if st.length - st.saved_len >= self.config.checkpoint_chars:
+            self._checkpoint_soon(st)
+
+    async def end(self, key: StreamKey, stream_id: str, owner: Owner, *,
+                  metadata: Mapping[str, Any] | None = None,
+                  usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Store the stream complete; returns the final message."""
+        st = self._owned(key, stream_id, owner)
+        return await self._shielded(self._finish(st, "complete", metadata, usage))
+
+    async def abort(self, key: StreamKey, stream_id: str, owner: Owner,
+                    reason: str | None = None) -> dict[str, Any]:
+        """Store the stream aborted with what it has; ``reason`` goes into its metadata."""
+        st = self._owned(key, stream_id, owner)
+        meta = {"abort_reason": reason} if reason else None
+        return await self._shielded(self._finish(st, "aborted", meta, None))
+
+    def resume(self, key: StreamKey, stream_id: str, owner: Owner) -> int:
+        """Hand the stream to ``owner``; returns the offset to continue from."""
+        st = self._by_id.get(stream_id)
+        if st is None or st.key != key:
+            raise StreamError("not_found", "no such stream in progress on this server")
+        if st.ending:
+            raise StreamError("ended", "the stream has ended")
+        if st.grace is not None:
+            st.grace.cancel()
+            st.grace = None
+        st.owner = owner
+        return st.length
+
+    def release(self, owner: Owner) -> None:
+        """``owner`` went away: its streams wait ``grace_s`` for a resume."""
+        for st in list(self._by_id.values()):
+            if st.owner is owner and not st.ending:
+                self._orphan(st)
+
+    # ------------------------------------------------------------ background work
+    def tick(self, now: float) -> None:
+        """Start the checkpoints that are due by time."""
+        for st in self._by_id.values():
+            if (st.length > st.saved_len and not st.ending
+                    and now - st.touched_at >= self.config.checkpoint_interval_s):
+                self._checkpoint_soon(st)
+
+    async def heartbeat(self, older_than_s: float) -> None:
+        """Tell Postgres the streams not touched for ``older_than_s`` are still alive."""
+        now = time.monotonic()
+        quiet = [st for st in self._by_id.values() if now - st.touched_at >= older_than_s]
+        if not quiet:
+            return
+        await self._db(lambda c: store.heartbeat(c, [(s.key[0], s.message_id) for s in quiet]))
+        for st in quiet:
+            st.touched_at = now
+
+    def forget(self, stream_id: str) -> None:
+        """Drop a stream someone else ended (the sweeper, a deleted session)."""
+        st = self._by_id.get(stream_id)
+        if st is not None:
+            self._drop(st)
+
+    async def close(self) -> None:
+        """Shutdown: store every stream ``interrupted`` with its content."""
+        self._closing = True
+        for st in list(self._by_id.values()):
+            if not st.ending:
+                self._spawn(self._finish(st, "interrupted", None, None))
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------ internals
+    def _owned(self, key: StreamKey, stream_id: str, owner: Owner) -> OwnedStream:
+        st = self._by_id.get(stream_id)
+        if st is None or st.key != key:
+            raise StreamError("not_found", "no such stream in progress")
+        if st.ending:
+            raise StreamError("ended", "the stream has ended")
+        if st.owner is not owner:
+            raise StreamError("not_owner", "the stream belongs to another connection")
+        return st
+
+    def _orphan(self, st: OwnedStream) -> None:
+        st.owner = None
+        if st.grace is None:
+            st.grace = asyncio.get_running_loop().call_later(
+                self.config.grace_s, self._expire, st.id)
+
+    def _expire(self, stream_id: str, attempt: int = 0) -> None:
+        st = self._by_id.get(stream_id)
+        if st is None or st.owner is not None or st.ending:
+            return
+        st.grace = None
+        self._spawn(self._interrupt(st, attempt))
+
+    async def _interrupt(self, st: OwnedStream, attempt: int) -> None:
+        try:
+            await self._finish(st, "interrupted", None, None)
+        except StreamError:
+            pass
+        except Exception as exc:
+            # give up: once no heartbeat touches it, the sweeper ends it
+            if attempt >= 30 or self._closing:
+                log.error("cannot store interrupted stream", extra={"stream_id": st.id})
+                self._drop(st)
+                return
+            log.warning("cannot store interrupted stream yet; retrying",
+                        extra={"stream_id": st.id, "error": repr(exc)})
+            st.grace = asyncio.get_running_loop().call_later(
+                1.0, self._expire, st.id, attempt + 1)
+
+    async def _finish(self, st: OwnedStream, status: str, metadata: Mapping[str, Any] | None,
+                      usage: Mapping[str, Any] | None) -> dict[str, Any]:
+        if st.ending:
+            raise StreamError("ended", "the stream is already ending")
+        st.ending = True
+        if st.grace is not None:
+            st.grace.cancel()
+            st.grace = None
+        if st.saving is not None:
+            await asyncio.gather(st.saving, return_exceptions=True)
+        content = st.text()
+        try:
+            message = await self._db(lambda c: store.finish(
+                c, st.key[0], st.key[1], st.message_id, content=content, status=status,
+                metadata=metadata, usage=usage))
+        except (Conflict, NotFound):
+            self._drop(st)  # ended elsewhere (the sweeper) or erased: its final went out there
+            raise StreamError("ended", "the stream had already ended") from None
+        except BaseException:
+            st.ending = False
+            if st.owner is None or st.owner.closed:
+                self._orphan(st)
+            raise
+        self._drop(st)
+        stream_metrics.STREAMS_ENDED.labels(status).inc()
+        self._emit(st.key[0], st.key[1], events.final(message))
+        return message
+
+    def _checkpoint_soon(self, st: OwnedStream) -> None:
+        if st.saving is None and not st.ending:
+            st.saving = self._spawn(self._checkpoint(st))
+
+    async def _checkpoint(self, st: OwnedStream) -> None:
+        content = st.text()
+        try:
+            kept = await self._db(lambda c: store.checkpoint(
+                c, st.key[0], st.key[1], st.message_id, stored_len=st.saved_len,
+                tail=content[st.saved_len:], content=content))
+            st.saved_len = len(content)
+            if not kept and not st.ending:
+                log.warning("streamed message ended elsewhere", extra={"stream_id": st.id})
+                self._drop(st)
+        except Exception as exc:
+            stream_metrics.CHECKPOINT_ERRORS.inc()
+            log.warning("checkpoint failed", extra={"stream_id": st.id, "error": repr(exc)})
+        finally:
+            st.touched_at = time.monotonic()
+            st.saving = None
+
+    def _drop(self, st: OwnedStream) -> None:
+        if self._by_id.pop(st.id, None) is None:
+            return
+        stream_metrics.STREAMS_OPEN.dec()
+        if st.grace is not None:
+            st.grace.cancel()
+            st.grace = None
+        ids = self._by_session.get(st.key)
+        if ids is not None:
+            ids.discard(st.id)
+            if not ids:
+                del self._by_session[st.key]
+
+    async def _db(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        return await db.call(self._pool, fn, acquire_timeout_s=self.config.acquire_timeout_s)
+
+    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        # a producer that hangs up mid-write must not cancel the write itself
+        return await asyncio.shield(self._spawn(coro))
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(
+                exc, StreamError):
+            log.debug("stream task failed", extra={"error": repr(exc)})

@@ -1,0 +1,171 @@
+"""Client → server WebSocket frames: their models, and parsing that never raises past here.
+
+A frame that is not JSON, not an object, of an unknown ``type`` or with bad fields is
+a *bad frame*: the client gets ``error {code, message, ref?, errors?}`` and the
+connection stays open. ``stream.delta``, by far the most frequent frame, is checked
+by hand (a few ``isinstance``) instead of through pydantic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+import pydantic
+from pydantic import Field
+
+from server.errors import ApiError
+from server.schemas import ContextItem, JsonObject, MessageCreate, MessageUsage, Role, Strict, Text
+
+Ref = Annotated[str, Field(min_length=1, max_length=128)]
+StreamId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class StreamPosition(Strict):
+    """How much of a stream in progress the client already has."""
+
+    seq: Annotated[int, Field(ge=1)]
+    offset: Annotated[int, Field(ge=0)]
+
+
+class Subscribe(Strict):
+    type: Literal["subscribe"]
+    ref: Ref | None = None
+    after_seq: Annotated[int, Field(ge=0)] = 0
+    # extension for exact resume: streams the client saw in progress, at or below after_seq
+    streams: Annotated[list[StreamPosition], Field(max_length=64)] = Field(default_factory=list)
+
+
+class MessageCreateFrame(MessageCreate):
+    type: Literal["message.create"]
+    ref: Ref | None = None
+
+    def message(self) -> MessageCreate:
+        """The message fields alone."""
+        return MessageCreate.model_validate(self.model_dump(exclude={"type", "ref"}))
+
+
+class StreamStart(Strict):
+    type: Literal["stream.start"]
+    ref: Ref | None = None
+    role: Role = "assistant"
+    sender_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    parent_id: uuid.UUID | None = None
+    context: list[ContextItem] | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class StreamEnd(Strict):
+    type: Literal["stream.end"]
+    ref: Ref | None = None
+    stream_id: StreamId
+    metadata: JsonObject | None = None
+    usage: MessageUsage | None = None
+
+
+class StreamAbort(Strict):
+    type: Literal["stream.abort"]
+    ref: Ref | None = None
+    stream_id: StreamId
+    reason: Annotated[Text, Field(max_length=1000)] | None = None
+
+
+class StreamResume(Strict):
+    type: Literal["stream.resume"]
+    ref: Ref | None = None
+    stream_id: StreamId
+
+
+class Ping(Strict):
+    type: Literal["ping"]
+    ref: Ref | None = None
+
+
+Frame = Subscribe | MessageCreateFrame | StreamStart | StreamEnd | StreamAbort | StreamResume | Ping
+MODELS: dict[str, type[pydantic.BaseModel]] = {
+    "subscribe": Subscribe,
+    "message.create": MessageCreateFrame,
+    "stream.start": StreamStart,
+    "stream.end": StreamEnd,
+    "stream.abort": StreamAbort,
+    "stream.resume": StreamResume,
+    "ping": Ping,
+}
+_DELTA_KEYS = frozenset({"type", "stream_id", "delta"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delta:
+    """A parsed ``stream.delta``."""
+
+    stream_id: str
+    delta: str
+
+
+class BadFrame(Exception):
+    """A frame the server cannot act on; becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None,
+                 errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+        self.errors = errors or []
+
+    def fields(self) -> dict[str, Any]:
+        """The ``error`` frame's fields."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.ref is not None:
+            out["ref"] = self.ref
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def parse(raw: str) -> Frame | Delta:
+    """The frame in ``raw``, or :class:`BadFrame`."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadFrame("bad_frame", "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadFrame("bad_frame", "frame must be a JSON object")
+    kind = data.get("type")
+    if kind == "stream.delta" and data.keys() == _DELTA_KEYS:
+        sid, text = data["stream_id"], data["delta"]
+        if isinstance(sid, str) and isinstance(text, str):
+            return Delta(sid, text)
+    ref = data.get("ref") if isinstance(data.get("ref"), str) else None
+    if kind == "stream.delta":
+        raise BadFrame("invalid", "stream.delta takes exactly a string stream_id and a "
+                       "string delta", ref)
+    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise BadFrame("unknown_type", f"unknown frame type {kind!r}", ref)
+    try:
+        frame: Frame = model.model_validate(data)  # type: ignore[assignment]
+    except pydantic.ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "frame",
+                   "message": _message(e)} for e in exc.errors(include_url=False)]
+        raise BadFrame("invalid", "frame is invalid", ref, errors) from None
+    return frame
+
+
+def from_api_error(err: ApiError, ref: str | None) -> BadFrame:
+    """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame."""
+    code = {400: "invalid", 404: "not_found", 409: "conflict", 413: "too_large",
+            422: "invalid", 429: "rate_limited", 500: "internal",
+            503: "unavailable"}.get(err.status, "error")
+    return BadFrame(code, err.message, ref, err.errors)
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "is required"
+    return str(err.get("msg", "is invalid")).removeprefix("Value error, ")

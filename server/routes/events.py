@@ -1,0 +1,144 @@
+"""``GET …/events``: a session's events as Server-Sent Events, for read-only clients.
+
+The same events as the WebSocket's subscription, each as ``id:``, ``event: <type>``
+and ``data: <the JSON frame>``. The ``id`` is the client's position after the event:
+``<seq>`` (every message up to ``seq`` received) followed by ``,<seq>:<offset>`` for
+each stream in progress (its first ``offset`` code points received), e.g.
+``42,41:1337``. A reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and
+gets exactly what it lacks: later messages, the rest of each stream as one delta, or
+the final event of a stream that ended meanwhile. ``after_seq`` starts a new reader
+from a position of its choice (``Last-Event-ID`` wins when both are given).
+
+Comments (``: keep-alive``) go out every ``CHAT_WS_HEARTBEAT_S`` so proxies keep the
+connection and a vanished client is noticed. A reader that does not keep up with its
+send queue is disconnected; its ``EventSource`` reconnects with its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Annotated
+
+import pydantic
+from aiohttp import web
+
+from actors import stream_metrics
+from actors.subscriber import ConnectionCut, Outbox
+from server import frames
+from server.auth import principal_of
+from server.errors import ApiError
+from server.jsonio import dumps, parse_query
+from server.middlewares import to_api_error
+from server.routes.common import path_uuid, run
+from server.routing import RouteTable
+from server.schemas import Error
+from server.settings import SETTINGS_KEY
+from server.streaming import CONNECTIONS_KEY, HUB_KEY
+from storage import sessions
+
+log = logging.getLogger(__name__)
+routes = RouteTable("streaming")
+_POSITION = re.compile(r"^(\d{1,18})((?:,\d{1,18}:\d{1,12}){0,64})$")
+
+
+class EventsQuery(pydantic.BaseModel):
+    after_seq: Annotated[int, pydantic.Field(ge=0)] = 0
+    ticket: str | None = None
+
+
+def parse_position(raw: str) -> tuple[int, dict[int, int]]:
+    """``(after_seq, {seq: offset})`` from an event id; 400 if it is not one of ours."""
+    match = _POSITION.match(raw.strip())
+    if match is None:
+        raise ApiError(400, "Last-Event-ID is invalid",
+                       errors=[{"field": "Last-Event-ID", "message": "is not an event id "
+                                "of this stream"}])
+    known: dict[int, int] = {}
+    for part in match.group(2).split(",")[1:]:
+        seq, _, offset = part.partition(":")
+        known[int(seq)] = int(offset)
+    return int(match.group(1)), known
+
+
+@routes.get("/api/v1/sessions/{session_id}/events", query=EventsQuery,
+            responses={200: "text/event-stream", 400: Error, 404: Error, 429: Error})
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """Follow a session's events (Server-Sent Events), resumable with Last-Event-ID."""
+    session_id = path_uuid(request, "session_id", "session")
+    query = parse_query(request, EventsQuery)
+    after_seq, known = query.after_seq, dict[int, int]()
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id:
+        after_seq, known = parse_position(last_id)
+    tenant_id = principal_of(request).tenant_id
+    await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
+    app = request.app
+    settings = app[SETTINGS_KEY]
+    transport = request.transport
+
+    def cut() -> None:
+        # the writer may be stuck on a full socket; the client resumes by its last id
+        stream_metrics.CUT.labels("sse").inc()
+        if transport is not None:
+            transport.abort()
+
+    outbox = Outbox(settings.ws_send_queue, on_overflow=cut)
+
+    async def close() -> None:
+        outbox.close()
+
+    connections = app[CONNECTIONS_KEY]
+    token = connections.open(tenant_id, "sse", close)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    key = (tenant_id, session_id)
+    hub = app[HUB_KEY]
+    sub = None
+    writer: asyncio.Task[None] | None = None
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 1000\n\n")
+        writer = asyncio.create_task(_write_loop(response, outbox, settings.ws_heartbeat_s))
+        try:
+            sub = await hub.subscribe(key, outbox, after_seq=after_seq, known=known, sse=True)
+        except (ConnectionCut, ConnectionError):
+            raise
+        except Exception as exc:  # headers are sent: the error can only be an event now
+            api = to_api_error(exc)
+            if api is None:
+                raise
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await response.write(b"event: error\ndata: " + dumps(
+                {"type": "error", "code": frames.from_api_error(api, None).code,
+                 "message": api.message}) + b"\n\n")
+            return response
+        await writer
+    except (ConnectionCut, ConnectionError):
+        pass
+    finally:
+        outbox.close()
+        if sub is not None:
+            hub.unsubscribe(key, sub)
+        if writer is not None and not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        connections.close(tenant_id, "sse", token)
+    return response
+
+
+async def _write_loop(response: web.StreamResponse, outbox: Outbox, heartbeat_s: float) -> None:
+    try:
+        while True:
+            batch = await outbox.take(timeout_s=heartbeat_s)
+            if batch:
+                await response.write(b"".join(batch))
+            elif outbox.closed:
+                return
+            else:
+                await response.write(b": keep-alive\n\n")
+    except ConnectionError:
+        outbox.close()

@@ -1,0 +1,307 @@
+"""The session WebSocket (``GET …/ws``) and its single-use tickets (``POST …/ws-tickets``).
+
+Before the upgrade: API key or ticket (middleware), ``Origin``, the session belongs to
+the caller's tenant (404 otherwise), the tenant's connection limit (429). After it,
+one connection is this handler's task reading frames, plus a writer task emptying the
+connection's bounded outbox; nothing else ever writes to the socket.
+
+Close codes: 1001 server shutting down; 1008 a binary frame (protocol violation);
+1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the client did not read fast enough
+and its send queue (``CHAT_WS_SEND_QUEUE`` frames) overflowed — reconnect and
+``subscribe`` from where it was. Frames and their replies: ``docs/streaming.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+
+import pydantic
+from aiohttp import WSMsgType, web
+
+from actors import events, stream_metrics
+from actors.stream_state import StreamError
+from actors.subscriber import ConnectionCut, Outbox, Subscription
+from server import frames
+from server.auth import principal_of
+from server.errors import ApiError
+from server.jsonio import json_response
+from server.limits import check_json
+from server.middlewares import to_api_error
+from server.routes.common import path_uuid, run
+from server.routes.messages import to_new_message
+from server.routing import RouteTable
+from server.schemas import Error
+from server.settings import SETTINGS_KEY
+from server.streaming import CONNECTIONS_KEY, HUB_KEY, check_origin
+from server.writer import REGISTRY_KEY
+from storage import sessions, tickets
+from storage.ids import new_id
+from storage.messages import NewMessage, WriteGroup
+
+log = logging.getLogger(__name__)
+routes = RouteTable("streaming")
+SESSION_PATH = "/api/v1/sessions/{session_id}"
+MAX_STREAMS_PER_CONNECTION = 16
+TICKET_TTL_S = 60.0
+CLOSE_LINGER_S = 5.0
+
+
+class WsTicket(pydantic.BaseModel):
+    """A single-use ticket for ``…/ws?ticket=`` (or ``…/events?ticket=``)."""
+
+    ticket: str
+    expires_at: dt.datetime
+
+
+class StreamQuery(pydantic.BaseModel):
+    ticket: str | None = None
+
+
+@routes.post(SESSION_PATH + "/ws-tickets", responses={201: WsTicket, 404: Error})
+async def create_ticket(request: web.Request) -> web.Response:
+    """Make a single-use ticket (60 s) for a browser to open this session's stream."""
+    session_id = path_uuid(request, "session_id", "session")
+    principal = principal_of(request)
+    ticket, expires_at = await run(request, lambda conn: tickets.create(
+        conn, principal.tenant_id, session_id, principal.key_id, TICKET_TTL_S))
+    return json_response({"ticket": ticket, "expires_at": expires_at}, status=201)
+
+
+@routes.get(SESSION_PATH + "/ws", query=StreamQuery,
+            responses={101: None, 400: Error, 403: Error, 404: Error, 429: Error})
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Open the session's WebSocket: subscribe to it, write to it, stream answers into it."""
+    session_id = path_uuid(request, "session_id", "session")
+    check_origin(request)
+    tenant_id = principal_of(request).tenant_id
+    await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
+    settings = request.app[SETTINGS_KEY]
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, compress=False,
+                               max_msg_size=settings.ws_max_frame_bytes, timeout=2.0)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "expected a WebSocket upgrade request")
+    conn = Connection(request, ws, (tenant_id, session_id))
+    connections = request.app[CONNECTIONS_KEY]
+    token = connections.open(tenant_id, "ws", conn.shutdown)
+    try:
+        await ws.prepare(request)
+        await conn.run()
+    finally:
+        connections.close(tenant_id, "ws", token)
+    return ws
+
+
+class Connection:
+    """One WebSocket: what it subscribes to and the streams it produces."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse,
+                 key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        app = request.app
+        self.key = key
+        self.ws = ws
+        self.settings = app[SETTINGS_KEY]
+        self.hub = app[HUB_KEY]
+        self.registry = app[REGISTRY_KEY]
+        self.outbox = Outbox(self.settings.ws_send_queue, on_overflow=self._overflowed)
+        self.sub: Subscription | None = None
+        self.own: set[str] = set()  # streams this connection produces
+        self.closed = False
+        self._subscribing = False
+        self._request = request
+        self._writer: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Read frames until the connection ends; then hand over its streams (grace)."""
+        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg.type == WSMsgType.TEXT:
+                    await self._handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self._close(1008, "binary frames are not accepted; send JSON text")
+                    break
+                else:  # closed by the client, by us, too big (1009), or broken
+                    break
+        finally:
+            self.closed = True
+            self.hub.streams.release(self)
+            if self.sub is not None:
+                self.hub.unsubscribe(self.key, self.sub)
+            self.outbox.close()
+            await _finish(self._writer)
+            if self._closing is not None:
+                await _finish(self._closing)
+
+    async def shutdown(self) -> None:
+        """Close with 1001 (server going away)."""
+        await self._close(1001, "server shutting down")
+
+    # ------------------------------------------------------------ frames
+    async def _handle(self, raw: str) -> None:
+        ref: str | None = None
+        try:
+            frame = frames.parse(raw)
+            if isinstance(frame, frames.Delta):
+                self.hub.streams.delta(self.key, frame.stream_id, self, frame.delta)
+                return
+            ref = frame.ref
+            await self._dispatch(frame)
+        except frames.BadFrame as bad:
+            self._reply("error", **bad.fields())
+        except StreamError as err:
+            self._reply("error", code=err.code, message=err.message, ref=ref)
+        except ConnectionCut:
+            return
+        except Exception as exc:
+            api = to_api_error(exc)
+            if api is None:
+                log.exception("websocket frame failed", extra={"session_id": str(self.key[1])})
+                api = ApiError(500, "internal error")
+            self._reply("error", **frames.from_api_error(api, ref).fields())
+
+    async def _dispatch(self, frame: frames.Frame) -> None:
+        tenant_id, session_id = self.key
+        if isinstance(frame, frames.Subscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, frames.MessageCreateFrame):
+            message = to_new_message(frame.message(), self.settings)
+            stored = await self.registry.write(tenant_id, session_id, WriteGroup([message]))
+            self._reply("ack", ref=frame.ref, message=stored[0])
+        elif isinstance(frame, frames.StreamStart):
+            await self._start(frame)
+        elif isinstance(frame, frames.StreamEnd):
+            check_json("metadata", frame.metadata, self.settings.max_metadata_bytes)
+            usage = None if frame.usage is None else frame.usage.model_dump(exclude_none=True)
+            ended = await self.hub.streams.end(self.key, frame.stream_id, self,
+                                               metadata=frame.metadata, usage=usage)
+            self._reply("stream.completed", ref=frame.ref, message=ended)
+            self.own.discard(frame.stream_id)
+        elif isinstance(frame, frames.StreamAbort):
+            aborted = await self.hub.streams.abort(self.key, frame.stream_id, self,
+                                                   frame.reason)
+            self._reply("stream.aborted", ref=frame.ref, message=aborted)
+            self.own.discard(frame.stream_id)
+        elif isinstance(frame, frames.StreamResume):
+            offset = self.hub.streams.resume(self.key, frame.stream_id, self)
+            self.own.add(frame.stream_id)
+            self._reply("stream.resumed", ref=frame.ref, stream_id=frame.stream_id,
+                        offset=offset)
+        else:
+            self._reply("pong", ref=frame.ref)
+
+    async def _subscribe(self, frame: frames.Subscribe) -> None:
+        if self.sub is not None or self._subscribing:
+            raise frames.BadFrame("already_subscribed", "this connection is already "
+                                  "subscribed", frame.ref)
+        self._subscribing = True
+        try:
+            self.sub = await self.hub.subscribe(
+                self.key, self.outbox, after_seq=frame.after_seq,
+                known={p.seq: p.offset for p in frame.streams}, own=self.own)
+        finally:
+            self._subscribing = False
+
+    async def _start(self, frame: frames.StreamStart) -> None:
+        if len(self.own) >= MAX_STREAMS_PER_CONNECTION:
+            raise frames.BadFrame("limit", f"at most {MAX_STREAMS_PER_CONNECTION} streams "
+                                  "at once per connection", frame.ref)
+        context = None if frame.context is None else [
+            c.model_dump(exclude_none=True) for c in frame.context]
+        check_json("context", context, self.settings.max_context_bytes)
+        check_json("metadata", frame.metadata, self.settings.max_metadata_bytes)
+        message_id = new_id()
+        stream_id = str(message_id)
+        # known before the commit, so this connection's subscription does not echo
+        # the broadcast stream.started it also gets as this reply
+        self.own.add(stream_id)
+        try:
+            row = await self.hub.streams.start(self.key, self, NewMessage(
+                id=message_id, role=frame.role, content="", sender_id=frame.sender_id,
+                parent_id=frame.parent_id, context=context, metadata=frame.metadata,
+                status="streaming"))
+        except BaseException:
+            self.own.discard(stream_id)
+            raise
+        self._reply("stream.started", ref=frame.ref, stream_id=stream_id,
+                    message_id=stream_id, seq=row["seq"], role=row["role"])
+
+    def _reply(self, kind: str, *, ref: str | None = None, **fields: object) -> None:
+        if ref is not None:
+            fields["ref"] = ref
+        self.outbox.put(events.reply(kind, **fields))
+
+    # ------------------------------------------------------------ writing and closing
+    async def _write_loop(self) -> None:
+        send = self.ws.send_frame
+        transport = self._request.transport
+        protocol = self._request.protocol
+        try:
+            while True:
+                batch = await self.outbox.take()
+                if not batch:
+                    if self.outbox.closed:
+                        return
+                    continue
+                if len(batch) == 1 or transport is None:
+                    for frame in batch:
+                        await send(frame, WSMsgType.TEXT)
+                    continue
+                if transport.is_closing():
+                    return
+                # many frames in one write (one syscall instead of one each); complete
+                # frames only, so aiohttp's own control frames cannot land inside one
+                transport.write(b"".join([part for f in batch for part in (_header(f), f)]))
+                # aiohttp's flow control (what its send_frame awaits): wait while the
+                # transport is over its high-water mark
+                await protocol._drain_helper()
+        except ConnectionError:
+            return  # the peer went away; the reader sees it too
+
+    def _overflowed(self) -> None:
+        stream_metrics.CUT.labels("ws").inc()
+        log.info("websocket cut: send queue overflow", extra={"session_id": str(self.key[1])})
+        if self._closing is None:
+            self._closing = asyncio.create_task(
+                self._close(1013, "send queue overflow; subscribe again from your last seq"))
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.outbox.close()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()  # it may be stuck on a full socket
+        transport = self._request.transport
+        if transport is not None:
+            # the close frame queues behind what the socket still holds; a client that
+            # does not read for CLOSE_LINGER_S more is dropped without it
+            asyncio.get_running_loop().call_later(CLOSE_LINGER_S, transport.abort)
+        try:
+            async with asyncio.timeout(CLOSE_LINGER_S):
+                await self.ws.close(code=code, message=reason.encode(), drain=False)
+        except TimeoutError:
+            pass
+
+
+def _header(frame: bytes) -> bytes:
+    """The header of a final, unmasked text frame of ``frame``'s length (RFC 6455 5.2)."""
+    size = len(frame)
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` to end (cancelled if still running); never swallow our own cancel."""
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

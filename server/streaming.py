@@ -1,0 +1,179 @@
+"""Streaming's place in the app: the hub, its hooks into the write path, open connections.
+
+Start order: after the broker (``server.redis``) and the session registry
+(``server.writer``): the hub writes through the registry, is told of every commit
+(``registry.on_commit``) and keeps busy sessions' actors alive (``registry.in_use``).
+
+Shutdown, in steps: ``on_shutdown`` closes every WebSocket (1001, going away) and
+ends every event stream; the cleanup step then stores each answer still being
+streamed here as ``interrupted`` with all it received, and flushes the broker queue —
+before the registry flushes and the pool closes (their cleanups run after this one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from actors import stream_metrics
+from actors.hub import Hub, HubConfig
+from actors.stream_state import StreamConfig
+from server import auth
+from server.database import POOL_KEY
+from server.errors import ApiError
+from server.redis import BROKER_KEY
+from server.settings import SETTINGS_KEY, Settings
+from server.writer import REGISTRY_KEY
+from storage import db, tickets
+from storage.ids import parse_uuid
+from storage.tenants import Principal
+
+STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
+
+
+class Connections:
+    """Open streaming connections: counted per tenant, all closed on shutdown."""
+
+    def __init__(self, per_tenant: int) -> None:
+        self.per_tenant = per_tenant
+        self._counts: dict[uuid.UUID, int] = {}
+        self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._ids = itertools.count()
+
+    def open(self, tenant_id: uuid.UUID, kind: str,
+             closer: Callable[[], Awaitable[None]]) -> int:
+        """Count a new connection of ``tenant_id``; 429 past the limit. Returns its token."""
+        count = self._counts.get(tenant_id, 0)
+        if count >= self.per_tenant:
+            raise ApiError(429, "too many streaming connections for this tenant",
+                           headers={"Retry-After": "5"})
+        self._counts[tenant_id] = count + 1
+        token = next(self._ids)
+        self._closers[token] = closer
+        stream_metrics.CONNECTIONS.labels(kind).inc()
+        return token
+
+    def close(self, tenant_id: uuid.UUID, kind: str, token: int) -> None:
+        """Forget a connection that ended."""
+        if self._closers.pop(token, None) is None:
+            return
+        stream_metrics.CONNECTIONS.labels(kind).dec()
+        count = self._counts.get(tenant_id, 1) - 1
+        if count > 0:
+            self._counts[tenant_id] = count
+        else:
+            self._counts.pop(tenant_id, None)
+
+    def count(self, tenant_id: uuid.UUID) -> int:
+        return self._counts.get(tenant_id, 0)
+
+    async def close_all(self) -> None:
+        """Close every open connection (shutdown)."""
+        closers = list(self._closers.values())
+        await asyncio.gather(*(c() for c in closers), return_exceptions=True)
+
+
+HUB_KEY = web.AppKey("hub", Hub)
+CONNECTIONS_KEY = web.AppKey("stream_connections", Connections)
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser page at the request's ``Origin`` may open a stream.
+
+    No ``Origin`` (not a browser): allowed, the API key or ticket is the check.
+    With ``CHAT_ALLOWED_ORIGINS`` set: only those origins (``*`` allows any).
+    Unset: only the server's own origin (same host and port as the request).
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if allowed:
+        return "*" in allowed or origin in {a.rstrip("/").lower() for a in allowed}
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host.lower()
+
+
+def check_origin(request: web.Request) -> None:
+    """403 before any upgrade when the page's origin is not allowed."""
+    if not origin_allowed(request, request.app[SETTINGS_KEY].allowed_origins):
+        raise ApiError(403, "origin not allowed")
+
+
+async def ticket_authenticator(request: web.Request) -> Principal | None:
+    """Authenticate a stream request by its single-use ``?ticket=`` (browsers)."""
+    ticket = request.query.get("ticket")
+    if ticket is None or not request.path.endswith(STREAM_PATHS):
+        return None
+    session_id = parse_uuid(request.match_info.get("session_id", ""))
+    if session_id is None:
+        raise ApiError(403, "ticket is not valid")
+    settings = request.app[SETTINGS_KEY]
+    principal = await db.call(
+        request.app[POOL_KEY], lambda conn: tickets.consume(conn, ticket, session_id),
+        acquire_timeout_s=settings.db_acquire_timeout_s)
+    if principal is None:
+        raise ApiError(403, "ticket is not valid (unknown, expired, used or for another "
+                            "session)")
+    return principal
+
+
+def overlay_live(request: web.Request, tenant_id: uuid.UUID, session_id: uuid.UUID,
+                 messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put the content streamed so far into messages still ``streaming`` (REST history).
+
+    Postgres holds the last checkpoint; this process may know more (it holds the
+    stream, or mirrors it for its subscribers). Changes ``messages`` in place.
+    """
+    hub = request.app.get(HUB_KEY)
+    if hub is None:
+        return messages
+    for message in messages:
+        if message.get("status") == "streaming":
+            live = hub.live_content((tenant_id, session_id), message["id"])
+            if live is not None and len(live) >= len(message["content"]):
+                message["content"] = live
+    return messages
+
+
+def hub_config(settings: Settings) -> HubConfig:
+    """The streaming knobs from the settings."""
+    return HubConfig(
+        send_queue=settings.ws_send_queue,
+        stream=StreamConfig(
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+            checkpoint_chars=settings.checkpoint_chars,
+            grace_s=settings.stream_grace_s,
+            max_content_bytes=settings.max_content_bytes,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
+        ),
+    )
+
+
+def setup(app: web.Application) -> None:
+    """Register the hub's lifecycle, the ticket authenticator and shutdown of connections."""
+    settings = app[SETTINGS_KEY]
+    app[CONNECTIONS_KEY] = Connections(settings.ws_max_connections_per_tenant)
+    app[auth.AUTHENTICATORS_KEY].append(ticket_authenticator)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await app[CONNECTIONS_KEY].close_all()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        registry = app[REGISTRY_KEY]
+        hub = Hub(app[POOL_KEY], app[BROKER_KEY], registry.write, hub_config(settings))
+        registry.on_commit = hub.on_commit
+        registry.in_use = hub.in_use
+        hub.start()
+        app[HUB_KEY] = hub
+        yield
+        await hub.close(settings.shutdown_timeout_s / 2)
+
+    app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(ctx)

@@ -1,0 +1,106 @@
+"""The demo page in headless Chromium (Debian's ``chromium``): two tabs, one streamed answer.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``) and the ``playwright``
+package; the test is skipped, with the reason, where either is missing. Playwright's
+own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Tenant
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright_api = pytest.importorskip("playwright.async_api")
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def _sign_in(page: Any, base: str, tenant: Tenant, user: str) -> None:
+    await page.goto(base + "/?echo_delay_ms=120")
+    await page.fill("#api-key", tenant.key)
+    await page.fill("#user-id", user)
+    await page.click("#settings button")
+    await page.wait_for_selector("#new-chat:not([disabled])", timeout=TIMEOUT_MS)
+
+
+async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
+                                                  browser: Any) -> None:
+    base = f"http://{client.host}:{client.port}"
+    context = await browser.new_context()
+    errors: list[str] = []
+    writer = await context.new_page()
+    writer.on("pageerror", lambda e: errors.append(str(e)))
+    await _sign_in(writer, base, tenant, "ada")
+    await writer.click("#new-chat")
+    await writer.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    session_id = writer.url.split("#", 1)[1]
+
+    # the second tab finds the chat in the user's list and opens it
+    reader = await context.new_page()
+    reader.on("pageerror", lambda e: errors.append(str(e)))
+    await _sign_in(reader, base, tenant, "ada")
+    await reader.click(f'#sessions li[data-id="{session_id}"]')
+    await reader.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+
+    words = " ".join(f"word{i}" for i in range(12))
+    await writer.fill("#input", words)
+    await writer.click("#send")
+    expected = f"You said: {words}"
+    # the reader sees the answer while it is still streaming, then complete
+    streaming = await reader.wait_for_selector(
+        'li[data-role="assistant"][data-status="streaming"]', timeout=TIMEOUT_MS)
+    partial = await streaming.eval_on_selector(".content", "e => e.textContent")
+    assert expected.startswith(partial) and partial != expected
+    for page in (reader, writer):
+        done = await page.wait_for_selector('li[data-role="assistant"][data-status="complete"]',
+                                            timeout=TIMEOUT_MS)
+        assert await done.eval_on_selector(".content", "e => e.textContent") == expected
+        user = await page.wait_for_selector('li[data-role="user"]', timeout=TIMEOUT_MS)
+        assert await user.eval_on_selector(".content", "e => e.textContent") == words
+
+    # stored: the REST history has both, complete
+    r = await client.get(f"/api/v1/sessions/{session_id}/messages", headers=tenant.headers)
+    stored = [(m["role"], m["content"], m["status"]) for m in (await r.json())["data"]]
+    assert stored == [("user", words, "complete"), ("assistant", expected, "complete")]
+
+    # a fresh tab shows the history, and the chat got its title from the first message
+    late = await context.new_page()
+    await _sign_in(late, base, tenant, "ada")
+    item = await late.wait_for_selector(f'#sessions li[data-id="{session_id}"]',
+                                        timeout=TIMEOUT_MS)
+    assert await item.text_content() == words
+    await item.click()
+    done = await late.wait_for_selector('li[data-role="assistant"][data-status="complete"]',
+                                        timeout=TIMEOUT_MS)
+    assert await done.eval_on_selector(".content", "e => e.textContent") == expected
+    assert errors == []
+    await context.close()
+
+
+async def test_page_is_served_with_a_strict_policy(client: Any) -> None:
+    r = await client.get("/")
+    assert r.status == 200 and r.content_type == "text/html"
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    r = await client.get("/web/chat-storage.js")
+    assert r.status == 200 and r.content_type == "text/javascript"
+    assert (await client.get("/web/../server/app.py")).status == 404
+    assert (await client.get("/web/nope.js")).status == 404

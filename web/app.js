@@ -1,0 +1,136 @@
+// The demo chat page: sessions of a user, a session's history, live answers.
+// Answers are an "echo" streamed by this page itself through the WebSocket, word by
+// word, so a second tab on the same chat shows them arriving live. The API key stays
+// in this browser (localStorage) and is sent only to this server; the WebSocket is
+// opened with a single-use ticket (browsers cannot set headers on it).
+import { ChatStorage } from "/web/chat-storage.js";
+
+const $ = (id) => document.getElementById(id);
+const store = window.localStorage;
+const params = new URLSearchParams(window.location.search);
+const echoDelayMs = Number(params.get("echo_delay_ms") || 60);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let api = null;
+let live = null;
+let userId = "";
+
+function init() {
+  $("api-key").value = store.getItem("chat-storage.apiKey") || "";
+  $("user-id").value = store.getItem("chat-storage.userId") || "demo-user";
+  $("settings").addEventListener("submit", (e) => { e.preventDefault(); useKey(); });
+  $("new-chat").addEventListener("click", () => newChat().catch(showError));
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send().catch(showError); });
+  $("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send().catch(showError); }
+  });
+  window.addEventListener("hashchange", () => { const id = window.location.hash.slice(1); if (api && id) open(id); });
+  if ($("api-key").value) useKey();
+}
+
+function showError(err) {
+  $("status").textContent = `error: ${err.message || err}`;
+  $("status").className = "status";
+}
+
+async function useKey() {
+  const key = $("api-key").value.trim();
+  userId = $("user-id").value.trim();
+  if (!key || !userId) return;
+  store.setItem("chat-storage.apiKey", key);
+  store.setItem("chat-storage.userId", userId);
+  api = new ChatStorage({ apiKey: key });
+  try {
+    await loadSessions();
+  } catch (err) { showError(err); return; }
+  $("new-chat").disabled = false;
+  const wanted = window.location.hash.slice(1);
+  if (wanted) open(wanted);
+}
+
+async function loadSessions() {
+  const page = await api.listSessions({ userId });
+  const ul = $("sessions");
+  ul.textContent = "";
+  for (const s of page.data) {
+    const li = document.createElement("li");
+    li.dataset.id = s.id;
+    li.textContent = s.title || `Chat of ${new Date(s.created_at).toLocaleString()}`;
+    li.title = `${s.message_count} messages`;
+    li.addEventListener("click", () => open(s.id));
+    if (live && live.sessionId === s.id) li.classList.add("current");
+    ul.append(li);
+  }
+}
+
+async function newChat() {
+  const session = await api.createSession({ userId });
+  await loadSessions();
+  open(session.id);
+}
+
+function open(id) {
+  if (live && live.sessionId === id) return;
+  if (live) live.close();
+  window.location.hash = id;
+  for (const li of $("sessions").children) li.classList.toggle("current", li.dataset.id === id);
+  $("messages").textContent = "";
+  $("hint").hidden = true;
+  live = api.session(id);
+  live.addEventListener("change", render);
+  live.addEventListener("state", (e) => {
+    $("status").textContent = e.detail.state === "open" ? "live" : e.detail.state;
+    $("status").className = `status ${e.detail.state}`;
+  });
+  live.addEventListener("error", (e) => showError(e.detail.error));
+  $("input").disabled = false;
+  $("send").disabled = false;
+  $("input").focus();
+}
+
+function render() {
+  const ol = $("messages");
+  const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
+  let previous = null;
+  for (const m of live.messages()) {
+    let li = ol.querySelector(`li[data-seq="${m.seq}"]`);
+    if (!li) {
+      li = document.createElement("li");
+      li.className = "message";
+      li.dataset.seq = m.seq;
+      li.innerHTML = '<span class="meta"></span><span class="content"></span>';
+      if (previous) previous.after(li); else ol.prepend(li);
+    }
+    li.dataset.role = m.role;
+    li.dataset.status = m.status;
+    li.dataset.id = m.id;
+    li.querySelector(".meta").textContent = `${m.role} · #${m.seq}`;
+    const content = li.querySelector(".content");
+    if (content.textContent !== m.content) content.textContent = m.content;
+    previous = li;
+  }
+  if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+async function send() {
+  const text = $("input").value.trim();
+  if (!text || !live) return;
+  $("input").value = "";
+  const socket = live;
+  const first = socket.messages().length === 0;
+  await socket.createMessage({ role: "user", content: text, sender_id: userId });
+  if (first) {
+    await api.request("PATCH", `/api/v1/sessions/${encodeURIComponent(socket.sessionId)}`, { title: text.slice(0, 80) });
+    loadSessions().catch(showError);
+  }
+  // the built-in echo producer: the answer streams back word by word
+  const answer = await socket.startStream({ role: "assistant", metadata: { producer: "echo" } });
+  const words = `You said: ${text}`.split(/(\s+)/).filter(Boolean);
+  for (const word of words) {
+    answer.write(word);
+    await sleep(echoDelayMs);
+  }
+  await answer.end({ metadata: { finish_reason: "stop" }, usage: { completion_tokens: words.filter((w) => w.trim()).length } });
+}
+
+init();
