@@ -8,8 +8,17 @@ class ActorError(Exception):
 
 
 class Overloaded(ActorError):
-    """The session's mailbox is full, or the write missed its deadline before it ran."""
+    """A write queue is full, or the write missed its deadline before it ran: not stored."""
 
 
 class ShuttingDown(ActorError):
-    """The registry is stopping and takes no new writes."""
+    """The registry is stopping and takes no new writes: not stored."""
+
+
+class OutcomeUnknown(ActorError):
+    """The connection broke during the commit and the database stayed unreachable.
+
+    The write may or may not be stored; it is never answered as stored. A client that
+    sent an ``Idempotency-Key`` can retry safely; the message id is fixed, so it can
+    never be stored twice by the server's own retries.
+    """

@@ -1,169 +1,191 @@
 """One actor per active session: a bounded mailbox and one group-commit task.
 
-The loop waits for a write, takes whatever else is queued (up to ``max_batch``),
-stores all of it in one transaction and only then resolves the waiters. A write is
-never answered as stored unless its transaction is known to have committed.
+The loop waits for a write, takes whatever else is queued (up to ``max_batch``
+messages), hands all of it to the committer as one batch and only then resolves the
+waiters, in mailbox order, so seq follows arrival. A write is never answered as
+stored unless its transaction is known to have committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import dataclasses
+import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
-
-import asyncpg
+from typing import Protocol
 
 from actors import metrics
+from actors.committer import ActorConfig
 from actors.errors import Overloaded, ShuttingDown
-from storage import messages
-from storage.db import CONNECTION_ERRORS
-from storage.errors import Unavailable
+from actors.shared import Done
 from storage.messages import WriteGroup
+from storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
 
-Stored = list[dict[str, Any]]
 # Called after each commit with the messages it stored, in seq order; must not block.
 OnCommit = Callable[[uuid.UUID, uuid.UUID, Stored], None]
 
 
-@dataclasses.dataclass(slots=True)
+class Sink(Protocol):
+    """Where an actor sends its batches (:mod:`actors.shared`)."""
+
+    def submit(self, batch: SessionBatch, done: Done) -> None: ...
+
+
+@dataclasses.dataclass(slots=True, eq=False)
 class Write:
     """A queued write and the future its sender awaits."""
 
     group: WriteGroup
     future: asyncio.Future[Stored]
-    deadline: float  # monotonic; a write not started by then is rejected, never stored
+    deadline: float  # loop time; a write not started by then is rejected, never stored
+    started: bool = False
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ActorConfig:
-    max_batch: int = 256
-    mailbox_size: int = 1024
-    acquire_timeout_s: float = 2.0
-    settle_timeout_s: float = 10.0  # how long to try to learn an unknown commit outcome
+    def withdraw(self, error: BaseException) -> bool:
+        """Answer ``error`` if the write has not started; ``False`` if it is committing."""
+        if self.started or self.future.done():
+            return False
+        self.future.set_exception(error)
+        return True
 
 
 class SessionActor:
     """Owns one session's write mailbox and its commit loop."""
 
     def __init__(
-        self, tenant_id: uuid.UUID, session_id: uuid.UUID, pool: asyncpg.Pool,
+        self, tenant_id: uuid.UUID, session_id: uuid.UUID, sink: Sink,
         config: ActorConfig, on_commit: OnCommit | None = None,
     ) -> None:
         self.tenant_id = tenant_id
-        self._on_commit = on_commit
         self.session_id = session_id
-        self._pool = pool
+        self._sink = sink
         self._config = config
-        self._mailbox: asyncio.Queue[Write] = asyncio.Queue(config.mailbox_size)
+        self._on_commit = on_commit
+        self._mailbox: collections.deque[Write] = collections.deque()
+        self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._busy = False
+        self._landing: asyncio.Future[None] | None = None  # the batch being committed
         self._closing = False
-        self.last_active = time.monotonic()
+        self.last_active = asyncio.get_running_loop().time()
 
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing being committed."""
-        return not self._busy and self._mailbox.empty()
+        return not self._mailbox and self._landing is None
+
+    @property
+    def depth(self) -> int:
+        """Writes waiting in the mailbox."""
+        return len(self._mailbox)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(
-            self._run(), name=f"session-actor:{self.session_id}"
-        )
+        """Start the commit loop."""
+        self._task = asyncio.create_task(self._run(), name=f"session-actor:{self.session_id}")
+        self._task.add_done_callback(self._ended)
 
-    def submit(self, group: WriteGroup, timeout_s: float) -> asyncio.Future[Stored]:
-        """Queue ``group``; the future resolves after its commit. Never blocks."""
+    def submit(self, group: WriteGroup, deadline: float) -> Write:
+        """Queue ``group``; its future resolves after its commit. Never blocks."""
         if self._closing:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ShuttingDown("session actor is stopping")
-        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        try:
-            self._mailbox.put_nowait(Write(group, future, time.monotonic() + timeout_s))
-        except asyncio.QueueFull:
+        if len(self._mailbox) >= self._config.mailbox_size:
             metrics.REJECTED.labels("mailbox_full").inc()
-            raise Overloaded("session write queue is full") from None
-        metrics.MAILBOX_DEPTH.inc()
-        self.last_active = time.monotonic()
-        return future
+            raise Overloaded("session write queue is full")
+        loop = asyncio.get_running_loop()
+        write = Write(group, loop.create_future(), deadline)
+        self._mailbox.append(write)
+        self._wakeup.set()
+        self.last_active = loop.time()
+        return write
 
     async def stop(self) -> None:
         """Take no more writes, commit what is queued, answer everyone, then end."""
         self._closing = True
-        if self._task is None:
-            return
-        await self._mailbox.join()  # every queued write committed and answered
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.wait([self._task])  # never raises; never cancels the loop
 
     def terminate(self) -> None:
-        """Stop at once; queued writes are answered with :class:`ShuttingDown`."""
+        """Stop now: queued writes are answered :class:`ShuttingDown` (not stored).
+
+        A batch already handed to the committer is answered by the committer.
+        """
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-        while not self._mailbox.empty():
-            write = self._mailbox.get_nowait()
-            self._mailbox.task_done()
-            metrics.MAILBOX_DEPTH.dec()
-            if not write.future.done():
-                write.future.set_exception(ShuttingDown("server stopped before the write"))
+        self._fail_queued(ShuttingDown("server stopped before the write"))
+
+    def expire(self, now: float) -> int:
+        """Answer the queued writes whose deadline passed (not stored); return how many."""
+        expired = 0
+        # one timeout for all writes: the oldest are at the front
+        while self._mailbox and self._mailbox[0].deadline <= now:
+            write = self._mailbox.popleft()
+            if write.withdraw(Overloaded("write waited too long in the queue")):
+                expired += 1
+        if expired:
+            metrics.REJECTED.labels("deadline").inc(expired)
+        return expired
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            first = await self._mailbox.get()
-            self._busy = True
-            batch = [first]
+            while not self._mailbox:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._take(loop.time())
+            if not batch:
+                continue
+            # one batch in flight per session: the next one gets the next seq numbers
+            self._landing = landing = loop.create_future()
+            self._sink.submit(
+                SessionBatch(self.tenant_id, self.session_id, [w.group for w in batch]),
+                functools.partial(self._landed, batch, landing),
+            )
             try:
-                while len(batch) < self._config.max_batch and not self._mailbox.empty():
-                    batch.append(self._mailbox.get_nowait())
-                metrics.MAILBOX_DEPTH.dec(len(batch))
-                # the commit must finish even if the actor is being stopped
-                await asyncio.shield(self._commit(batch))
+                await landing
             finally:
-                for _ in batch:
-                    self._mailbox.task_done()
-                self._busy = False
-                self.last_active = time.monotonic()
+                self._landing = None
+            self.last_active = loop.time()
 
-    async def _commit(self, batch: list[Write]) -> None:
-        now = time.monotonic()
-        live: list[Write] = []
-        for write in batch:
-            if write.deadline < now:
+    def _take(self, now: float) -> list[Write]:
+        """Writes for one transaction: up to ``max_batch`` messages, expired ones refused."""
+        batch: list[Write] = []
+        size = 0
+        while self._mailbox:
+            write = self._mailbox[0]
+            n = len(write.group.messages)
+            if batch and size + n > self._config.max_batch:
+                break
+            self._mailbox.popleft()
+            if write.future.done():
+                continue  # its sender went away
+            if write.deadline <= now:
                 metrics.REJECTED.labels("deadline").inc()
-                _fail(write, Overloaded("write waited too long in the queue"))
-            else:
-                live.append(write)
-        if not live:
+                write.withdraw(Overloaded("write waited too long in the queue"))
+                continue
+            write.started = True
+            batch.append(write)
+            size += n
+        return batch
+
+    def _landed(self, batch: list[Write], landing: asyncio.Future[None],
+                outcome: list[Stored | Exception] | BaseException) -> None:
+        """Answer every write of a committed (or failed) batch, then announce it."""
+        if not landing.done():
+            landing.set_result(None)
+        if isinstance(outcome, BaseException):
+            for write in batch:
+                _fail(write, outcome)
             return
-        metrics.BATCH_SIZE.observe(len(live))
-        started = time.perf_counter()
-        try:
-            results = await self._store(live)
-        except Unavailable as exc:
-            for write in live:
-                _fail(write, exc)
-            return
-        except Exception as exc:
-            if len(live) > 1:
-                # one bad write must not sink its batch-mates: store them one by one
-                log.warning("batch failed; retrying writes one by one",
-                            extra={"session_id": str(self.session_id), "error": repr(exc)})
-                for write in live:
-                    await self._commit([write])
-                return
-            log.exception("write failed", extra={"session_id": str(self.session_id)})
-            _fail(live[0], exc)
-            return
-        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         committed: Stored = []
-        for write, result in zip(live, results, strict=True):
+        for write, result in zip(batch, outcome, strict=True):
             if isinstance(result, Exception):
                 _fail(write, result)
                 continue
@@ -177,58 +199,21 @@ class SessionActor:
             except Exception:
                 log.exception("on_commit hook failed", extra={"session_id": str(self.session_id)})
 
-    async def _store(self, live: list[Write]) -> list[Stored | Exception]:
-        groups = [w.group for w in live]
-        try:
-            async with self._pool.acquire(timeout=self._config.acquire_timeout_s) as conn:
-                return await messages.insert_groups(conn, self.tenant_id, self.session_id, groups)
-        except TimeoutError:
-            metrics.REJECTED.labels("pool_exhausted").inc()
-            raise Unavailable("no database connection free") from None
-        except CONNECTION_ERRORS as exc:
-            # the connection broke: maybe before COMMIT, maybe after it reached the server
-            return await self._settle(groups, exc)
+    def _fail_queued(self, error: BaseException) -> None:
+        while self._mailbox:
+            self._mailbox.popleft().withdraw(error)
 
-    async def _settle(
-        self, groups: list[WriteGroup], cause: BaseException
-    ) -> list[Stored | Exception]:
-        """Learn whether a transaction whose connection broke committed.
-
-        The whole batch was one transaction, so its first message decides for all.
-        If it is stored, answer with the stored rows; if not, nothing is stored and
-        the writes fail as unavailable (the client may retry). If the database stays
-        unreachable, the outcome is unknown and the writes fail with 503 too.
-        """
-        probe = groups[0].messages[0].id
-        deadline = time.monotonic() + self._config.settle_timeout_s
-        delay = 0.05
-        while True:
-            try:
-                async with self._pool.acquire(timeout=self._config.acquire_timeout_s) as conn:
-                    if not await messages.exists(conn, [probe]):
-                        metrics.REJECTED.labels("db_unavailable").inc()
-                        raise Unavailable(f"database connection lost: {cause}")
-                    ids = [m.id for g in groups for m in g.messages]
-                    rows = await messages.fetch_by_ids(conn, ids)
-            except (*CONNECTION_ERRORS, TimeoutError):
-                if time.monotonic() + delay > deadline:
-                    metrics.REJECTED.labels("outcome_unknown").inc()
-                    log.error("commit outcome unknown", extra={"session_id": str(self.session_id)})
-                    raise Unavailable("database unreachable; outcome unknown") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            log.warning("commit confirmed after connection loss",
-                        extra={"session_id": str(self.session_id)})
-            # a group left out of the transaction (bad reference) has no rows: not stored
-            return [
-                [rows[m.id] for m in g.messages]
-                if all(m.id in rows for m in g.messages)
-                else Unavailable("write was not stored")
-                for g in groups
-            ]
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # the loop only ends by stop/terminate; anything else is a bug: fail loudly, and
+        # answer the queue so nobody waits for a loop that is gone
+        self._closing = True
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session actor crashed", exc_info=task.exception(),
+                      extra={"session_id": str(self.session_id)})
+        self._fail_queued(ShuttingDown("session actor stopped"))
 
 
-def _fail(write: Write, exc: BaseException) -> None:
+def _fail(write: Write, error: BaseException) -> None:
     if not write.future.done():
-        write.future.set_exception(exc)
+        write.future.set_exception(error)
+

@@ -1,37 +1,67 @@
-"""The write path's place in the app: the actor registry and its lifecycle."""
+"""The write path's place in the app: the actor registry and its lifecycle.
+
+Shutdown: ``on_shutdown`` (sites already closed) makes the registry refuse new
+writes (503) and start flushing, bounded by 80% of ``CHAT_SHUTDOWN_TIMEOUT_S`` so
+that every waiting handler has its answer before aiohttp's own deadline; the
+cleanup step then waits for that flush, before the pool closes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from actors.committer import ActorConfig
 from actors.registry import Registry
-from actors.session_actor import ActorConfig
 from server.database import POOL_KEY
-from server.settings import SETTINGS_KEY
+from server.settings import SETTINGS_KEY, Settings
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
+FLUSH_SHARE = 0.8  # of the shutdown timeout; the rest is for the pool and the exit
+
+
+def actor_config(settings: Settings) -> ActorConfig:
+    """The write path's knobs from the settings."""
+    return ActorConfig(
+        max_batch=settings.max_batch,
+        mailbox_size=settings.mailbox_size,
+        # all mailboxes together: bounded memory however many sessions are written to
+        max_pending=max(settings.mailbox_size * 16, settings.max_batch * 4),
+        acquire_timeout_s=settings.db_acquire_timeout_s,
+        commit_timeout_s=settings.write_timeout_s,
+        settle_timeout_s=settings.write_timeout_s,
+    )
 
 
 def setup(app: web.Application) -> None:
     """Start the registry after the pool; on shutdown flush it before the pool closes."""
+    closing: list[asyncio.Task[None]] = []  # the one flush, started by whichever comes first
+
+    def start_closing(registry: Registry, settings: Settings) -> asyncio.Task[None]:
+        if not closing:
+            registry.begin_shutdown()
+            closing.append(asyncio.create_task(
+                registry.close(settings.shutdown_timeout_s * FLUSH_SHARE),
+                name="registry-close",
+            ))
+        return closing[0]
+
+    async def on_shutdown(app: web.Application) -> None:
+        if REGISTRY_KEY in app:
+            start_closing(app[REGISTRY_KEY], app[SETTINGS_KEY])
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS_KEY]
         registry = Registry(
-            app[POOL_KEY],
-            ActorConfig(
-                max_batch=settings.max_batch,
-                mailbox_size=settings.mailbox_size,
-                acquire_timeout_s=settings.db_acquire_timeout_s,
-            ),
-            idle_s=settings.actor_idle_s,
+            app[POOL_KEY], actor_config(settings), idle_s=settings.actor_idle_s,
             write_timeout_s=settings.write_timeout_s,
         )
         registry.start()
         app[REGISTRY_KEY] = registry
         yield
-        await registry.close(settings.shutdown_timeout_s)
+        await start_closing(registry, settings)
 
+    app.on_shutdown.append(on_shutdown)
     app.cleanup_ctx.append(ctx)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
 from storage.errors import Unavailable, UnsafeDatabase
@@ -16,6 +18,10 @@ T = TypeVar("T")
 
 Pool = asyncpg.Pool
 Connection = asyncpg.Connection
+# A connection or what ``pool.acquire()`` yields (a proxy that behaves like one).
+Conn: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
+# Names this service's connections in pg_stat_activity (and lets it end only its own).
+APPLICATION_NAME = "chat-storage"
 
 # Exceptions that mean "the database is not there right now", as opposed to a bug.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -30,6 +36,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionRejectionError,
+    # the server ended an idle connection and its FATAL arrived before the socket closed:
+    # asyncpg's next operation on it fails with "another operation is in progress"
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -51,8 +60,13 @@ async def create_pool(
     min_size: int = 2,
     max_size: int = 20,
     connect_timeout_s: float = 5.0,
+    application_name: str = APPLICATION_NAME,
 ) -> asyncpg.Pool:
-    """Open a pool whose connections decode ``json``/``jsonb`` with orjson."""
+    """Open a pool whose connections decode ``json``/``jsonb`` with orjson.
+
+    Connections are named ``application_name`` unless the DSN names them itself.
+    """
+    named = "application_name" in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -60,6 +74,7 @@ async def create_pool(
             max_size=max_size,
             timeout=connect_timeout_s,
             init=_init_connection,
+            server_settings=None if named else {"application_name": application_name},
             # prepared statements survive; a dead connection is replaced by the pool
             max_inactive_connection_lifetime=300.0,
         )
@@ -95,11 +110,37 @@ async def check_durability(pool: asyncpg.Pool, *, allow_unsafe: bool) -> None:
     )
 
 
+def as_connection(conn: Conn) -> asyncpg.Connection:
+    """``conn`` typed as a Connection (a pool's proxy forwards everything to one)."""
+    return cast(asyncpg.Connection, conn)
+
+
+async def terminate_backend(conn: Conn, pid: int) -> bool:
+    """End the server process ``pid`` if it serves one of this service's own connections.
+
+    Used after a connection broke mid-transaction: until its server process notices,
+    it may hold locks and its transaction's outcome is not final. Only a process of
+    the same database, role and application name is touched (never another client).
+    Returns whether one was signalled; lacking the privilege is not an error.
+    """
+    try:
+        return bool(await conn.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 "
+            "AND datname = current_database() AND usename = current_user "
+            "AND application_name = current_setting('application_name')",
+            pid,
+        ))
+    except asyncpg.PostgresError as exc:
+        log.warning("could not end a lost connection's server process",
+                    extra={"pid": pid, "error": str(exc)})
+        return False
+
+
 async def call(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]],
                *, acquire_timeout_s: float = 2.0) -> T:
     """Run ``fn`` on a pooled connection; connection failures become :class:`Unavailable`."""
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
-            return await fn(conn)
+            return await fn(as_connection(conn))
     except CONNECTION_ERRORS as exc:
         raise Unavailable(str(exc) or type(exc).__name__) from exc

@@ -1,0 +1,413 @@
+"""The load generators of ``bench_writes.py``: HTTP, WebSocket and LangChain writers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import itertools
+import os
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+CONTENT = ("What did the retrieved passages say about the capital of France, and which of "
+           "them would you cite in the answer? Please keep it short. token=")
+
+
+@dataclasses.dataclass
+class Result:
+    """What one mode achieved."""
+
+    name: str
+    seconds: float
+    requests: int = 0
+    messages: int = 0
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    server_cpu_s: float | None = None  # CPU time the server process used while measured
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        if self.server_cpu_s is None or not self.requests:
+            return float("nan")
+        return self.server_cpu_s * 1000 / self.requests
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def _pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def p50_ms(self) -> float:
+        return self._pct(0.50)
+
+    @property
+    def p99_ms(self) -> float:
+        return self._pct(0.99)
+
+    @property
+    def error_summary(self) -> str:
+        return str(sum(self.errors.values())) if self.errors else "0"
+
+
+def message(n: int = 0) -> dict[str, Any]:
+    return {"role": "user", "content": CONTENT + secrets.token_hex(8) + f"-{n}"}
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(name: str, args: argparse.Namespace, concurrency: int,
+                one: Callable[[int], Awaitable[tuple[int, str | None]]]) -> Result:
+    """Run ``one(worker)`` in ``concurrency`` loops: warm-up, then ``duration`` measured.
+
+    ``one`` returns (messages stored, error label or None).
+    """
+    result = Result(name, args.duration)
+    measuring = False
+    stop_at = time.perf_counter() + args.warmup + args.duration
+
+    async def worker(i: int) -> None:
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            stored, error = await one(i)
+            if not measuring:
+                continue
+            result.requests += 1
+            result.latencies.append(time.perf_counter() - started)
+            result.messages += stored
+            if error is not None:
+                result.errors[error] += 1
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(args.warmup)
+    measuring = True
+    began = time.perf_counter()
+    cpu_before = cpu_seconds(args.server_pid)
+    await asyncio.gather(*tasks)
+    result.seconds = time.perf_counter() - began
+    cpu_after = cpu_seconds(args.server_pid)
+    if cpu_before is not None and cpu_after is not None:
+        result.server_cpu_s = cpu_after - cpu_before
+    print(f"  {name:<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms  "
+          f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_ms_per_request:.3f} ms/req  "
+          f"errors {dict(result.errors) or 0}", flush=True)
+    return result
+
+
+def _http(args: argparse.Namespace) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.concurrency * 2),
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
+
+
+async def create_sessions(base: str, key: str, n: int) -> list[str]:
+    """``n`` sessions made through the API, 32 at a time."""
+    headers = {"X-Api-Key": key, "Content-Type": "application/json"}
+    ids: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        async def one(i: int) -> None:
+            body = orjson.dumps({"user_id": f"user-{i % 100}", "title": f"bench {i}"})
+            async with http.post(f"{base}/api/v1/sessions", data=body, headers=headers) as r:
+                if r.status != 201:
+                    raise SystemExit(f"creating a session: {r.status} {await r.text()}")
+                ids.append((await r.json())["id"])
+
+        for start in range(0, n, 32):
+            await asyncio.gather(*(one(i) for i in range(start, min(n, start + 32))))
+    return ids
+
+
+async def run_http(name: str, base: str, key: str, sessions: list[str],
+                   args: argparse.Namespace, batch: int) -> Result:
+    """POST messages (or batches of ``batch``) round-robin over ``sessions``."""
+    headers = {"X-Api-Key": key, "Content-Type": "application/json"}
+    turn = itertools.count()
+    suffix = "/batch" if batch else ""
+    async with _http(args) as http:
+        async def one(worker: int) -> tuple[int, str | None]:
+            n = next(turn)
+            session = sessions[n % len(sessions)]
+            body: dict[str, Any] = (
+                {"messages": [message(n) for _ in range(batch)]} if batch else message(n)
+            )
+            try:
+                async with http.post(f"{base}/api/v1/sessions/{session}/messages{suffix}",
+                                     data=orjson.dumps(body), headers=headers) as r:
+                    await r.read()
+                    if r.status == 201:
+                        return max(batch, 1), None
+                    return 0, str(r.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return 0, type(exc).__name__
+
+        return await drive(name, args, args.concurrency, one)
+
+
+async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Namespace
+                    ) -> Result:
+    """``concurrency`` writers sending ``paced_rate`` messages/s in all, on a schedule.
+
+    Latency counts from the scheduled send time, so a stall shows up in full
+    (no coordinated omission); this is the p99 a chat UI would see at that load.
+    """
+    headers = {"X-Api-Key": key, "Content-Type": "application/json"}
+    interval = args.concurrency / args.paced_rate
+    turn = itertools.count()
+    result = Result("http-paced", args.duration)
+    async with _http(args) as http:
+        async def writer(i: int, start: float) -> None:
+            due = start + interval * i / args.concurrency  # spread the writers out
+            while due < start + args.duration:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                n = next(turn)
+                body = orjson.dumps(message(n))
+                async with http.post(
+                    f"{base}/api/v1/sessions/{sessions[n % len(sessions)]}/messages",
+                    data=body, headers=headers,
+                ) as r:
+                    await r.read()
+                    result.requests += 1
+                    result.latencies.append(time.perf_counter() - due)
+                    if r.status == 201:
+                        result.messages += 1
+                    else:
+                        result.errors[str(r.status)] += 1
+                due += interval
+
+        start = time.perf_counter() + 0.1
+        cpu_before = cpu_seconds(args.server_pid)
+        await asyncio.gather(*(writer(i, start) for i in range(args.concurrency)))
+        result.seconds = time.perf_counter() - start
+        cpu_after = cpu_seconds(args.server_pid)
+        if cpu_before is not None and cpu_after is not None:
+            result.server_cpu_s = cpu_after - cpu_before
+    print(f"  {'http-paced':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
+          f"  p99 {result.p99_ms:6.2f} ms  ({args.concurrency} writers, {args.paced_rate:g}/s "
+          f"offered)  errors {dict(result.errors) or 0}", flush=True)
+    return result
+
+
+async def run_ws(base: str, key: str, sessions: list[str], args: argparse.Namespace
+                 ) -> Result | None:
+    """Each client its own WebSocket (own session), ``message.create`` then wait for ack."""
+    async with _http(args) as http:
+        url = f"{base}/api/v1/sessions/{sessions[0]}/ws"
+        try:
+            probe = await http.ws_connect(url, headers={"X-Api-Key": key})
+        except aiohttp.WSServerHandshakeError as exc:
+            print(f"  ws           skipped: GET {url.replace(base, '')} answered {exc.status} "
+                  "(the WebSocket endpoint is not there yet)", flush=True)
+            return None
+        await probe.close()
+        sockets = await asyncio.gather(*(
+            http.ws_connect(f"{base}/api/v1/sessions/{sessions[i % len(sessions)]}/ws",
+                            headers={"X-Api-Key": key}, heartbeat=None)
+            for i in range(args.concurrency)
+        ))
+        refs = itertools.count()
+
+        async def one(worker: int) -> tuple[int, str | None]:
+            ws = sockets[worker]
+            ref = f"c{next(refs)}"
+            try:
+                await ws.send_str(orjson.dumps({"type": "message.create", "ref": ref,
+                                                **message()}).decode())
+            except aiohttp.ClientError as exc:
+                return 0, type(exc).__name__
+            while True:
+                frame = await ws.receive(timeout=30)
+                if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    return 0, f"closed:{frame.type.name}"
+                event = orjson.loads(frame.data)
+                if event.get("ref") != ref:
+                    continue  # an event of the session, not our answer
+                if event.get("type") == "ack":
+                    return 1, None
+                return 0, str(event.get("code", event.get("type")))
+
+        try:
+            return await drive("ws", args, args.concurrency, one)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def run_ws_pipelined(base: str, key: str, sessions: list[str],
+                           args: argparse.Namespace) -> Result:
+    """Each client its own WebSocket, keeping ``ws_window`` creates in flight.
+
+    What WebSocket ingest is for: a producer does not wait a round trip per message
+    (acks carry the ``ref``), so the session actor can commit many per transaction.
+    Latency is per message, from send to its ack.
+    """
+    result = Result("ws-pipe", args.duration)
+    async with _http(args) as http:
+        sockets = await asyncio.gather(*(
+            http.ws_connect(f"{base}/api/v1/sessions/{sessions[i % len(sessions)]}/ws",
+                            headers={"X-Api-Key": key}, heartbeat=None)
+            for i in range(args.concurrency)
+        ))
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + args.warmup
+        stop_at = measure_from + args.duration
+
+        async def client(ws: aiohttp.ClientWebSocketResponse) -> None:
+            window = asyncio.Semaphore(args.ws_window)
+            sent: dict[str, float] = {}
+            done = asyncio.Event()
+
+            async def reader() -> None:
+                while sent or not done.is_set():
+                    frame = await ws.receive(timeout=30)
+                    if frame.type is not aiohttp.WSMsgType.TEXT:
+                        result.errors[f"closed:{frame.type.name}"] += 1
+                        return
+                    event = orjson.loads(frame.data)
+                    at = sent.pop(event.get("ref", ""), None)
+                    if at is None:
+                        continue  # an event of the session, not an answer of ours
+                    window.release()
+                    now = loop.time()
+                    if measure_from <= at and now <= stop_at:
+                        result.requests += 1
+                        result.latencies.append(now - at)
+                        if event.get("type") == "ack":
+                            result.messages += 1
+                        else:
+                            result.errors[str(event.get("code"))] += 1
+
+            task = asyncio.create_task(reader())
+            n = 0
+            while loop.time() < stop_at and not task.done():
+                await window.acquire()
+                ref = f"c{n}"
+                n += 1
+                sent[ref] = loop.time()
+                await ws.send_str(orjson.dumps({"type": "message.create", "ref": ref,
+                                                **message(n)}).decode())
+            done.set()
+            await task
+
+        await asyncio.sleep(max(0.0, measure_from - loop.time()))
+        cpu_before = cpu_seconds(args.server_pid)
+        try:
+            await asyncio.gather(*(client(ws) for ws in sockets))
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        result.seconds = args.duration
+        cpu_after = cpu_seconds(args.server_pid)
+        if cpu_before is not None and cpu_after is not None:
+            result.server_cpu_s = cpu_after - cpu_before
+    print(f"  {'ws-pipe':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
+          f"  p99 {result.p99_ms:6.2f} ms  ({args.ws_window} in flight per socket)  "
+          f"errors {dict(result.errors) or 0}", flush=True)
+    return result
+
+
+async def batch_counts(base: str) -> tuple[float, float]:
+    """(sum, count) of the service's ``chat_write_batch_size`` histogram."""
+    total = count = 0.0
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("chat_write_batch_size_sum"):
+                total = float(line.split()[-1])
+            elif line.startswith("chat_write_batch_size_count"):
+                count = float(line.split()[-1])
+    return total, count
+
+
+async def run_service_mode(mode: str, base: str, key: str, quiet: list[str], hot: list[str],
+                           args: argparse.Namespace) -> Result | None:
+    """One of the modes that talk to the service; prints the writes per transaction."""
+    before = await batch_counts(base)
+    result = await _run_service_mode(mode, base, key, quiet, hot, args)
+    after = await batch_counts(base)
+    if result is not None and after[1] > before[1]:
+        print(f"  {'':<12} {(after[0] - before[0]) / (after[1] - before[1]):9.1f} writes per "
+              "transaction", flush=True)
+    return result
+
+
+async def _run_service_mode(mode: str, base: str, key: str, quiet: list[str], hot: list[str],
+                            args: argparse.Namespace) -> Result | None:
+    if mode == "http-quiet":
+        return await run_http(mode, base, key, quiet, args, batch=0)
+    if mode == "http-hot":
+        return await run_http(mode, base, key, hot, args, batch=0)
+    if mode == "http-paced":
+        return await run_paced(base, key, quiet, args)
+    if mode == "batch":
+        return await run_http(mode, base, key, quiet, args, batch=args.batch_size)
+    if mode == "ws":
+        return await run_ws(base, key, quiet, args)
+    if mode == "ws-pipe":
+        return await run_ws_pipelined(base, key, quiet, args)
+    raise ValueError(mode)
+
+
+def run_langchain(url: str, args: argparse.Namespace) -> Result | None:
+    """``PostgresChatMessageHistory.add_messages`` from ``lc_threads`` threads."""
+    try:
+        import psycopg
+        from langchain_core.messages import HumanMessage
+        from langchain_postgres import PostgresChatMessageHistory
+    except ImportError as exc:
+        print(f"  langchain    skipped: {exc} (pip install -e '.[bench]')", flush=True)
+        return None
+    dsn = url
+    table = "langchain_history"
+    with psycopg.connect(dsn) as conn:
+        PostgresChatMessageHistory.create_tables(conn, table)
+    result = Result("langchain", args.duration)
+    lock = threading.Lock()
+    start = time.perf_counter() + args.warmup
+    stop_at = start + args.duration
+
+    def worker() -> None:
+        with psycopg.connect(dsn) as conn:
+            history = PostgresChatMessageHistory(table, str(uuid.uuid4()), sync_connection=conn)
+            while (began := time.perf_counter()) < stop_at:
+                history.add_messages([HumanMessage(content=message()["content"])])
+                if began >= start:
+                    with lock:
+                        result.requests += 1
+                        result.messages += 1
+                        result.latencies.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.lc_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"  {'langchain':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
+          f"  p99 {result.p99_ms:6.2f} ms  ({args.lc_threads} threads)", flush=True)
+    return result

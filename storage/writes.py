@@ -1,0 +1,226 @@
+"""Message writes: the group-commit insert and the read that settles a lost commit.
+
+Sequence numbers are assigned inside the inserting transaction by bumping
+``sessions.last_seq`` under that row's lock, so concurrent writers on any replica
+get consecutive, gap-free numbers in commit order. One statement can store the
+batches of many sessions; message ids are chosen before the commit, so a retry can
+never store a message twice (the primary key refuses it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from storage.db import dumps_json
+from storage.errors import InvalidReference, NotFound
+from storage.idempotency import record_response
+from storage.messages import COLUMNS, NewMessage, WriteGroup, to_json
+
+Stored = list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionBatch:
+    """The write groups of one session that go into one transaction, in this order."""
+
+    tenant_id: uuid.UUID
+    session_id: uuid.UUID
+    groups: Sequence[WriteGroup]
+
+
+def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:
+    if not usage:
+        return 0, 0, 0
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    total = int(usage.get("total_tokens") or (prompt + completion))
+    return prompt, completion, total
+
+
+# One statement bumps each session's last_seq under its row lock and inserts the rows
+# numbered after it. Without idempotency records it is its own transaction: one round trip.
+# It returns one row per session found (its seq base and the commit's timestamp): the
+# stored messages are built from what was sent, so nothing big travels back.
+_INSERT = """
+WITH b AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::int8[])
+        AS b(session_id, tenant_id, n, live, prompt, completion, total)
+), s AS (
+    UPDATE sessions AS s SET last_seq = s.last_seq + b.n,
+        message_count = s.message_count + b.live, last_message_at = now(),
+        activity_at = now(), updated_at = now(),
+        prompt_tokens = s.prompt_tokens + b.prompt,
+        completion_tokens = s.completion_tokens + b.completion,
+        total_tokens = s.total_tokens + b.total
+    FROM b WHERE s.id = b.session_id AND s.tenant_id = b.tenant_id
+    RETURNING s.id, s.last_seq - b.n AS base
+), m AS (
+    INSERT INTO messages (id, tenant_id, session_id, seq, parent_id, role, content,
+        sender_id, context, metadata, usage, status, completed_at)
+    SELECT u.id, u.tenant_id, u.session_id, s.base + u.pos, u.parent_id, u.role, u.content,
+        u.sender_id, u.context::jsonb, u.metadata::jsonb, u.usage::jsonb, u.status,
+        CASE WHEN u.status = 'streaming' THEN NULL ELSE now() END
+    FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::int8[], $12::uuid[], $13::text[],
+                $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+        AS u(id, tenant_id, session_id, pos, parent_id, role, content, sender_id, context,
+             metadata, usage, status)
+    JOIN s ON s.id = u.session_id
+)
+SELECT s.id, s.base, now() AS at FROM s
+"""
+
+
+async def insert_batches(
+    conn: asyncpg.Connection, batches: Sequence[SessionBatch]
+) -> list[list[Stored | Exception]]:
+    """Store the groups of every batch in ONE transaction; return each group's outcome.
+
+    Per batch, per group: its stored messages (consecutive seq, in group order), or
+    :class:`NotFound` (no such session for that tenant), or :class:`InvalidReference`
+    (a ``parent_id`` that is not a message of the session; the group is left out so it
+    cannot fail the others). Any other error aborts the whole transaction and is raised.
+    """
+    results: list[list[Stored | Exception]] = [[[] for _ in b.groups] for b in batches]
+    await _check_parents(conn, batches, results)
+    keep = [(bi, gi) for bi, b in enumerate(batches) for gi in range(len(b.groups))
+            if not isinstance(results[bi][gi], Exception)]
+    if not keep:
+        return results
+    args = _insert_args(batches, keep)
+    idem = [(bi, gi) for bi, gi in keep if batches[bi].groups[gi].idem is not None]
+    if idem:
+        async with conn.transaction():
+            _fill(batches, keep, await conn.fetch(_INSERT, *args), results)
+            for bi, gi in idem:
+                group, stored = batches[bi].groups[gi], results[bi][gi]
+                if group.idem is None or isinstance(stored, Exception):
+                    continue  # its session is gone: the route releases the key
+                await record_response(conn, group.idem, 201,
+                                      {"data": stored} if group.wrap else stored[0])
+    else:
+        _fill(batches, keep, await conn.fetch(_INSERT, *args), results)
+    return results
+
+
+def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
+          rows: Sequence[asyncpg.Record], results: list[list[Stored | Exception]]) -> None:
+    """Each kept group's stored messages, as a read would return them."""
+    found = {r["id"]: (r["base"], r["at"]) for r in rows}
+    pos: dict[int, int] = {}
+    for bi, gi in keep:
+        batch = batches[bi]
+        if batch.session_id not in found:
+            results[bi][gi] = NotFound("session not found")
+            continue
+        base, at = found[batch.session_id]
+        stored = []
+        for m in batch.groups[gi].messages:
+            pos[bi] = pos.get(bi, 0) + 1
+            stored.append(to_json({
+                "id": m.id, "session_id": batch.session_id, "seq": base + pos[bi],
+                "parent_id": m.parent_id, "role": m.role, "content": m.content,
+                "sender_id": m.sender_id, "context": m.context, "metadata": m.metadata,
+                "usage": m.usage, "feedback": None, "status": m.status, "created_at": at,
+                "completed_at": None if m.status == "streaming" else at,
+            }))
+        results[bi][gi] = stored
+
+
+def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]]) -> list[Any]:
+    """The 19 array parameters of :data:`_INSERT` for the kept groups."""
+    per_session: dict[int, list[NewMessage]] = {}
+    for bi, gi in keep:
+        per_session.setdefault(bi, []).extend(batches[bi].groups[gi].messages)
+    b: list[list[Any]] = [[] for _ in range(7)]
+    rows: list[tuple[SessionBatch, int, NewMessage]] = []
+    for bi, msgs in per_session.items():
+        batch = batches[bi]
+        rows.extend((batch, pos, m) for pos, m in enumerate(msgs, start=1))
+        tokens = [_tokens(m.usage) for m in msgs]
+        live = sum(1 for m in msgs if m.status != "deleted")
+        for column, v in zip(b, (
+            batch.session_id, batch.tenant_id, len(msgs), live, sum(t[0] for t in tokens),
+            sum(t[1] for t in tokens), sum(t[2] for t in tokens),
+        ), strict=True):
+            column.append(v)
+    return [
+        *b,
+        [m.id for _, _, m in rows], [s.tenant_id for s, _, _ in rows],
+        [s.session_id for s, _, _ in rows], [pos for _, pos, _ in rows],
+        [m.parent_id for _, _, m in rows], [m.role for _, _, m in rows],
+        [m.content for _, _, m in rows], [m.sender_id for _, _, m in rows],
+        # JSON goes as text: asyncpg would take a list value for a nested array
+        [_json(m.context) for _, _, m in rows], [_json(m.metadata) for _, _, m in rows],
+        [_json(m.usage) for _, _, m in rows], [m.status for _, _, m in rows],
+    ]
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else dumps_json(value)
+
+
+async def _check_parents(
+    conn: asyncpg.Connection,
+    batches: Sequence[SessionBatch],
+    results: list[list[Stored | Exception]],
+) -> None:
+    """Mark the groups whose ``parent_id``s are not messages of their session."""
+    wanted = {m.parent_id for b in batches for g in b.groups for m in g.messages
+              if m.parent_id is not None}
+    if not wanted:
+        return
+    rows = await conn.fetch(
+        "SELECT id, session_id FROM messages "
+        "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[])",
+        list(wanted), list({b.tenant_id for b in batches}),
+    )
+    session_of = {r["id"]: r["session_id"] for r in rows}
+    for bi, batch in enumerate(batches):
+        for gi, group in enumerate(batch.groups):
+            bad = next((j for j, m in enumerate(group.messages) if m.parent_id is not None
+                        and session_of.get(m.parent_id) != batch.session_id), None)
+            if bad is not None:
+                field = f"messages.{bad}.parent_id" if group.wrap else "parent_id"
+                results[bi][gi] = InvalidReference(field, "is not a message of this session")
+
+
+async def fetch_settled(
+    conn: asyncpg.Connection,
+    sessions: Sequence[tuple[uuid.UUID, uuid.UUID]],
+    ids: Sequence[uuid.UUID],
+    *,
+    lock_timeout_s: float,
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The stored messages among ``ids``, read once no transaction can still store them.
+
+    A transaction that inserts into a session holds that session's row lock until it
+    ends, so taking the locks of ``sessions`` (``(tenant_id, session_id)`` pairs) waits
+    for a writer whose connection was lost to commit or roll back; the read after
+    that sees its final outcome. Raises ``LockNotAvailableError`` after ``lock_timeout_s``.
+    """
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout_s * 1000))}")
+        await conn.execute(
+            "SELECT 1 FROM sessions WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) "
+            "ORDER BY id FOR UPDATE",
+            [s for _, s in sessions], list({t for t, _ in sessions}),
+        )
+        return await fetch_by_ids(conn, [t for t, _ in sessions], ids)
+
+
+async def fetch_by_ids(
+    conn: asyncpg.Connection, tenant_ids: Sequence[uuid.UUID], ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Stored messages among ``ids`` of the tenants ``tenant_ids``, by id."""
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM messages "
+        "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[])",
+        list(ids), list(set(tenant_ids)),
+    )
+    return {r["id"]: to_json(r) for r in rows}
