@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
+from typing import Any
 
 import pydantic
 from aiohttp import WSMsgType, web
@@ -42,6 +44,8 @@ from storage.ids import new_id
 from storage.messages import NewMessage, WriteGroup
 
 log = logging.getLogger(__name__)
+# message.create frames of one connection waiting for their commit at once
+MAX_CREATES_IN_FLIGHT = 256
 routes = RouteTable("streaming")
 SESSION_PATH = "/api/v1/sessions/{session_id}"
 MAX_STREAMS_PER_CONNECTION = 16
@@ -112,6 +116,7 @@ class Connection:
         self._subscribing = False
         self._request = request
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -165,13 +170,10 @@ class Connection:
             self._reply("error", **frames.from_api_error(api, ref).fields())
 
     async def _dispatch(self, frame: frames.Frame) -> None:
-        tenant_id, session_id = self.key
         if isinstance(frame, frames.Subscribe):
             await self._subscribe(frame)
         elif isinstance(frame, frames.MessageCreateFrame):
-            message = to_new_message(frame.message(), self.settings)
-            stored = await self.registry.write(tenant_id, session_id, WriteGroup([message]))
-            self._reply("ack", ref=frame.ref, message=stored[0])
+            await self._create(frame)
         elif isinstance(frame, frames.StreamStart):
             await self._start(frame)
         elif isinstance(frame, frames.StreamEnd):
@@ -193,6 +195,37 @@ class Connection:
                         offset=offset)
         else:
             self._reply("pong", ref=frame.ref)
+
+    async def _create(self, frame: frames.MessageCreateFrame) -> None:
+        """Queue the write and go on reading: creates are pipelined, acked after COMMIT.
+
+        Writes of one connection are queued in frame order, so they commit (and are
+        acked) in that order; at most ``MAX_CREATES_IN_FLIGHT`` wait at once, which
+        keeps a fast client's memory bounded without a round trip per message.
+        """
+        message = to_new_message(frame.message(), self.settings)
+        await self._in_flight.acquire()
+        try:
+            future = self.registry.submit(self.key[0], self.key[1], WriteGroup([message]))
+        except BaseException:
+            self._in_flight.release()
+            raise
+        future.add_done_callback(functools.partial(self._acked, frame.ref))
+
+    def _acked(self, ref: str | None, future: asyncio.Future[list[dict[str, Any]]]) -> None:
+        self._in_flight.release()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._reply("ack", ref=ref, message=future.result()[0])
+            return
+        api = to_api_error(error)
+        if api is None:
+            log.error("websocket write failed", exc_info=error,
+                      extra={"session_id": str(self.key[1])})
+            api = ApiError(500, "internal error")
+        self._reply("error", **frames.from_api_error(api, ref).fields())
 
     async def _subscribe(self, frame: frames.Subscribe) -> None:
         if self.sub is not None or self._subscribing:
@@ -239,7 +272,9 @@ class Connection:
     async def _write_loop(self) -> None:
         send = self.ws.send_frame
         transport = self._request.transport
-        protocol = self._request.protocol
+        # aiohttp's flow control, awaited by its own send_frame; private API, so if a
+        # later aiohttp lacks it we fall back to one send_frame per frame
+        drain = getattr(self._request.protocol, "_drain_helper", None)
         try:
             while True:
                 batch = await self.outbox.take()
@@ -247,7 +282,7 @@ class Connection:
                     if self.outbox.closed:
                         return
                     continue
-                if len(batch) == 1 or transport is None:
+                if len(batch) == 1 or transport is None or drain is None:
                     for frame in batch:
                         await send(frame, WSMsgType.TEXT)
                     continue
@@ -256,9 +291,8 @@ class Connection:
                 # many frames in one write (one syscall instead of one each); complete
                 # frames only, so aiohttp's own control frames cannot land inside one
                 transport.write(b"".join([part for f in batch for part in (_header(f), f)]))
-                # aiohttp's flow control (what its send_frame awaits): wait while the
-                # transport is over its high-water mark
-                await protocol._drain_helper()
+                # wait while the transport is over its high-water mark
+                await drain()
         except ConnectionError:
             return  # the peer went away; the reader sees it too
 
