@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import auth, database, middlewares, ratelimit, writer
-from server.routes import docs, exports, messages, ops, search, sessions
+from server import auth, database, ingest, middlewares, ratelimit, redis, streaming, writer
+from server.routes import docs, events, exports, messages, ops, search, sessions, ws
+from server.routes import web as web_page
 from server.settings import SETTINGS_KEY, Settings
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, search.routes,
-                exports.routes)
+                exports.routes, ws.routes, events.routes)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -28,7 +29,13 @@ def create_app(settings: Settings) -> web.Application:
     )
     middlewares.setup(app)
     database.setup(app)
+    redis.setup(app)  # broker + shared rate limit (replaces the memory limiter)
     writer.setup(app)
+    streaming.setup(app)  # hub: after the registry and broker; closes connections first
+    ingest.setup(app)  # async ingestion consumer (CHAT_INGEST_MODE=async): after the hub
     for table in ROUTE_TABLES:
         table.register(app)
+    ops.setup(app, settings)  # /metrics (here or its own port), pool gauge; after database
+    docs.setup(app)  # Swagger UI files, OpenAPI document cache
+    web_page.setup(app)  # demo page at / and the JS client under /web/
     return app

@@ -71,15 +71,20 @@ def _fail(message: str) -> None:
 # -- serve --------------------------------------------------------------------------------
 
 
-def serve(settings: Settings) -> int:
-    """Run the HTTP server until SIGTERM or SIGINT, then shut down gracefully."""
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Run the HTTP server until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``reuse_port``: listen with SO_REUSEPORT (a worker of ``--workers N``).
+    """
     if settings.workers > 1:
         if settings.redis_url is None:
             raise UsageError(
                 f"--workers {settings.workers} needs REDIS_URL: worker processes "
                 "coordinate through Redis"
             )
-        raise UsageError("--workers greater than 1 is not supported yet; run one process")
+        from server import workers  # the parent of N worker processes
+
+        return workers.run(settings)
     logs.configure(settings.log_level)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
@@ -89,10 +94,10 @@ def serve(settings: Settings) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings))
+        return runner.run(_serve(settings, reuse_port))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, reuse_port: bool = False) -> int:
     from server.app import create_app  # the whole app is only needed to serve
 
     loop = asyncio.get_running_loop()
@@ -120,7 +125,8 @@ async def _serve(settings: Settings) -> int:
         log.info("starting", extra={"embedded_db": settings.embedded})
         try:
             await runner.setup()  # the app's start-up: database, migrations, registry
-            await web.TCPSite(runner, settings.host, settings.port).start()
+            await web.TCPSite(runner, settings.host, settings.port,
+                              reuse_port=reuse_port).start()
             log.info("listening", extra={"host": settings.host, "port": settings.port})
             if settings.embedded:
                 await _first_run_key(runner.app, settings)

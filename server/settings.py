@@ -72,6 +72,11 @@ class Settings:
     checkpoint_chars: int = 2000
     stream_grace_s: float = 30.0
     redis_prefix: str = "chat"
+    # async ingestion: writes answered 202 once in a Redis stream, stored by consumers
+    ingest_mode: str = "sync"
+    ingest_batch: int = 100
+    ingest_claim_idle_s: float = 30.0
+    ingest_max_backlog: int = 100_000
 
     @property
     def embedded(self) -> bool:
@@ -109,7 +114,8 @@ class Settings:
             "port", "workers", "rate_limit_burst", "max_body_bytes", "max_content_bytes",
             "max_context_bytes", "max_metadata_bytes", "idempotency_ttl_s", "db_pool_max",
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
-            "ws_max_connections_per_tenant", "checkpoint_chars",
+            "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
+            "ingest_max_backlog",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -117,7 +123,7 @@ class Settings:
         positive_float = (
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
-            "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s",
+            "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
         )
         for name in positive_float:
             if getattr(self, name) <= 0:
@@ -138,6 +144,11 @@ class Settings:
             ("redis://", "rediss://", "unix://")
         ):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.ingest_mode not in ("sync", "async"):
+            raise SettingsError("CHAT_INGEST_MODE must be sync or async")
+        if self.ingest_mode == "async" and self.redis_url is None:
+            raise SettingsError("CHAT_INGEST_MODE=async needs REDIS_URL: accepted messages "
+                                "wait in a Redis stream until they are stored")
 
 
 def _env_name(field: str) -> str:
@@ -187,4 +198,5 @@ _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _parse_api_keys,
     "allowed_origins": _parse_csv,
+    "ingest_mode": lambda raw: raw.strip().lower(),
 }

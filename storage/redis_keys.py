@@ -21,10 +21,12 @@ READER_WAKE = "{prefix}:wake:{node}"
 # Token bucket of one API key (hash ``t`` tokens, ``ts`` ms), deleted when it would be
 # full again. Written by storage.ratelimit_redis.
 RATE_BUCKET = "{prefix}:rl:{key_id}"
-# Async ingestion (CHAT_INGEST_MODE=async): the stream writes are appended to, and the
-# consumer group that persists them.
+# Async ingestion (CHAT_INGEST_MODE=async): the stream writes are appended to, the
+# consumer group that persists them, and the dead-letter stream of entries that can
+# never be stored (session gone, bad reference). Written by storage.ingest.
 INGEST_STREAM = "{prefix}:ingest"
 INGEST_GROUP = "{prefix}:ingest:writers"
+INGEST_DEAD = "{prefix}:ingest:dead"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,6 +64,11 @@ class RedisKeys:
     def ingest_group(self) -> str:
         """The consumer group of the async-ingestion workers."""
         return INGEST_GROUP.format(prefix=self.prefix)
+
+    @property
+    def ingest_dead(self) -> str:
+        """The dead-letter stream of async ingestion."""
+        return INGEST_DEAD.format(prefix=self.prefix)
 
     @property
     def pattern(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency, pagination, streaming
+from server import idempotency, ingest, pagination, streaming
 from server.auth import principal_of
 from server.errors import ApiError
 from server.jsonio import json_response, parse_query, read_json, validate
@@ -64,26 +64,29 @@ async def _write(request: web.Request, raw: Any, group: WriteGroup) -> list[dict
 
 
 @routes.post(MESSAGES_PATH, body=MessageCreate, idempotent=True,
-             responses={201: Message, 400: Error, 404: Error, 409: Error, 422: Error, 503: Error})
+             responses={201: Message, 202: ingest.MessageAccepted, 400: Error, 404: Error,
+                        409: Error, 422: Error, 503: Error})
 async def create_message(request: web.Request) -> web.Response:
-    """Add a message; answered 201 only after it is committed."""
+    """Add a message; answered 201 only after it is committed (202 in async ingest mode)."""
     session_id = path_uuid(request, "session_id", "session")
     raw = await read_json(request)
     message = to_new_message(validate(MessageCreate, raw), request.app[SETTINGS_KEY])
     claim = await idempotency.begin(request, raw)
     if isinstance(claim, web.Response):
         return claim
+    if ingest.is_async(request.app):  # CHAT_INGEST_MODE=async: 202 once queued in Redis
+        return await ingest.accept(request, session_id, [message], claim=claim)
     stored = await _write(request, raw, WriteGroup([message], idem=claim))
     return json_response(stored[0], status=201, headers={
         "Location": f"/api/v1/sessions/{session_id}/messages/{stored[0]['id']}"})
 
 
 @routes.post(MESSAGES_PATH + "/batch", body=MessageBatch, idempotent=True,
-             responses={201: MessageList, 400: Error, 404: Error, 409: Error, 422: Error,
-                        503: Error})
+             responses={201: MessageList, 202: ingest.MessageAcceptedList, 400: Error,
+                        404: Error, 409: Error, 422: Error, 503: Error})
 async def create_batch(request: web.Request) -> web.Response:
-    """Add up to 500 messages at once: all or nothing, consecutive seq."""
-    path_uuid(request, "session_id", "session")
+    """Add up to 500 messages at once: all or nothing, consecutive seq (202 when async)."""
+    session_id = path_uuid(request, "session_id", "session")
     raw = await read_json(request)
     body = validate(MessageBatch, raw)
     settings = request.app[SETTINGS_KEY]
@@ -91,6 +94,8 @@ async def create_batch(request: web.Request) -> web.Response:
     claim = await idempotency.begin(request, raw)
     if isinstance(claim, web.Response):
         return claim
+    if ingest.is_async(request.app):  # CHAT_INGEST_MODE=async: 202 once queued in Redis
+        return await ingest.accept(request, session_id, new, claim=claim, wrap=True)
     stored = await _write(request, raw, WriteGroup(new, idem=claim, wrap=True))
     return json_response({"data": stored}, status=201)
 

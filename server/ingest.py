@@ -1,0 +1,145 @@
+"""Async ingestion in the app (``CHAT_INGEST_MODE=async``): accept with 202, persist later.
+
+Accepting: a validated ``POST …/messages`` (or ``…/batch``) becomes ONE entry of the
+Redis ingest stream, its message ids chosen now, and is answered **202** with
+``{"id", "session_id", "status": "accepted"}`` (``{"data": [...]}`` for a batch) as soon
+as Redis has appended it. Postgres is not touched on the way (except to claim and
+record an ``Idempotency-Key``), so the session is not checked yet: an entry whose
+session does not exist (or was deleted meanwhile), or whose ``parent_id`` is not a
+message of the session, is dead-lettered when it is persisted. A full backlog
+(``CHAT_INGEST_MAX_BACKLOG``) or an unreachable Redis is 503: nothing was accepted.
+
+Persisting: every process runs one :class:`actors.ingest.IngestConsumer`, writing
+through this process's session actors (same seq and group-commit rules as a 201).
+
+Idempotency-Key: claimed in Postgres as for a 201, and the 202 answer is recorded
+right after the append. Should the process die between the two, the key's claim
+expires (30 s) and a retry is accepted again: at least once, never lost.
+
+Start order: after the registry and the hub (persisted messages are fanned out like
+any other). Shutdown: ``on_shutdown`` stops reading; the cleanup step lets the batch
+under way commit and be acknowledged while the registry flushes, before the registry
+and the Redis client close. Anything not acknowledged is taken over by another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from aiohttp import web
+from prometheus_client import Counter
+from pydantic import BaseModel
+
+from actors.ingest import IngestConsumer
+from server import idempotency
+from server.auth import principal_of
+from server.database import POOL_KEY
+from server.errors import ApiError
+from server.jsonio import json_response
+from server.redis import REDIS_KEY
+from server.settings import SETTINGS_KEY
+from server.writer import FLUSH_SHARE, REGISTRY_KEY
+from storage import db
+from storage.idempotency import Claim, record_response
+from storage.ingest import Entry, IngestFull, IngestStream, IngestUnavailable
+from storage.messages import NewMessage
+
+log = logging.getLogger(__name__)
+
+INGEST_KEY = web.AppKey("ingest", IngestStream)  # absent in sync mode
+CONSUMER_KEY = web.AppKey("ingest_consumer", IngestConsumer)
+ACCEPTED = Counter("chat_ingest_accepted_total",
+                   "Async writes answered by this process, by outcome (accepted, full, "
+                   "unavailable)", ["outcome"])
+RETRY_AFTER_S = "1"
+
+
+class MessageAccepted(BaseModel):
+    """A message accepted for storage (async ingestion): in Redis, not yet in Postgres.
+
+    It is stored shortly after with this ``id`` (``GET`` its URL: 404 until then), or
+    dead-lettered if its session no longer exists.
+    """
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    status: Literal["accepted"]
+
+
+class MessageAcceptedList(BaseModel):
+    """The messages of a batch accepted for storage: stored together, consecutive seq."""
+
+    data: list[MessageAccepted]
+
+
+def is_async(app: web.Application) -> bool:
+    """Whether writes are answered 202 and persisted from the ingest stream."""
+    return app[SETTINGS_KEY].ingest_mode == "async"
+
+
+async def accept(request: web.Request, session_id: uuid.UUID, messages: Sequence[NewMessage],
+                 *, claim: Claim | None, wrap: bool = False) -> web.Response:
+    """Append the request's messages to the ingest stream and answer 202."""
+    stream = request.app[INGEST_KEY]
+    entry = Entry(principal_of(request).tenant_id, session_id, messages, wrap)
+    try:
+        await stream.append(entry)
+    except (IngestFull, IngestUnavailable) as exc:
+        await idempotency.release(request, claim)
+        full = isinstance(exc, IngestFull)
+        ACCEPTED.labels("full" if full else "unavailable").inc()
+        if not full:
+            log.warning("ingest stream unavailable", extra={"error": str(exc)})
+        reason = "write backlog is full" if full else "write queue is unavailable"
+        raise ApiError(503, f"{reason}; nothing was accepted, retry later",
+                       headers={"Retry-After": RETRY_AFTER_S}) from None
+    ACCEPTED.labels("accepted").inc()
+    items = [{"id": m.id, "session_id": session_id, "status": "accepted"} for m in messages]
+    body: Any = {"data": items} if wrap else items[0]
+    if claim is not None:
+        await _record(request, claim, body)
+    headers = {} if wrap else {
+        "Location": f"/api/v1/sessions/{session_id}/messages/{messages[0].id}"}
+    return json_response(body, status=202, headers=headers)
+
+
+async def _record(request: web.Request, claim: Claim, body: Any) -> None:
+    """Record the 202 for the Idempotency-Key; the entry is in already, so never fail."""
+    try:
+        await db.call(request.app[POOL_KEY], lambda conn: record_response(conn, claim, 202, body),
+                      acquire_timeout_s=request.app[SETTINGS_KEY].db_acquire_timeout_s)
+    except Exception:
+        # the claim expires by itself; a retry after that is accepted a second time
+        log.warning("could not record the answer to an Idempotency-Key", exc_info=True)
+
+
+def setup(app: web.Application) -> None:
+    """In async mode, run this process's consumer; call after writer and streaming setup."""
+
+    async def on_shutdown(app: web.Application) -> None:
+        consumer = app.get(CONSUMER_KEY)
+        if consumer is not None:
+            consumer.stop_reading()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS_KEY]
+        if settings.ingest_mode != "async":
+            yield
+            return
+        stream = IngestStream(app[REDIS_KEY], prefix=settings.redis_prefix,
+                              max_backlog=settings.ingest_max_backlog)
+        consumer = IngestConsumer(stream, app[REGISTRY_KEY].write, app[POOL_KEY],
+                                  batch=settings.ingest_batch,
+                                  claim_idle_s=settings.ingest_claim_idle_s)
+        app[INGEST_KEY] = stream
+        app[CONSUMER_KEY] = consumer
+        consumer.start()
+        log.info("async ingestion on", extra={"consumer": consumer.name})
+        yield
+        await consumer.close(settings.shutdown_timeout_s * FLUSH_SHARE)
+
+    app.on_shutdown.append(on_shutdown)
+    app.cleanup_ctx.append(ctx)

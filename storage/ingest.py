@@ -1,0 +1,285 @@
+"""Async ingestion's storage: the Redis ingest stream, its consumer group, dead letters.
+
+With ``CHAT_INGEST_MODE=async`` a validated write is appended to ONE stream
+(``{prefix}:ingest``) as one entry per request (a batch request stays one entry, so it
+is still stored all or nothing with consecutive seq). Its message ids are chosen
+before the append, so storing an entry twice is refused by the primary key: a
+redelivered entry can never be stored twice.
+
+Entry lifecycle: ``append`` (``XADD``, refused past ``max_backlog`` entries, atomically
+in one script) → ``read`` / ``claim`` (``XREADGROUP`` / ``XAUTOCLAIM``: the entry is now
+pending for one consumer) → ``ack`` after the commit (``XACK`` and ``XDEL`` together),
+or ``dead_letter`` (copied to ``{prefix}:ingest:dead`` with the reason, then acked and
+deleted, in one ``MULTI``). Acked entries are deleted rather than trimmed by length,
+because ``MAXLEN`` could drop entries not stored yet; so ``XLEN`` of the stream is
+exactly what still has to be stored (pending + never delivered).
+
+Redis errors and timeouts become :class:`IngestUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from storage.errors import StorageError
+from storage.messages import NewMessage
+from storage.redis_keys import RedisKeys
+
+DATA_FIELD = b"d"
+FORMAT_VERSION = 1
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+Fields = dict[bytes, bytes]
+
+# XLEN counts exactly the entries not stored yet (acked ones are deleted), so the
+# backlog check and the append are one atomic step.
+_APPEND = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+    return false
+end
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+"""
+
+
+class IngestUnavailable(StorageError):
+    """Redis did not answer (in time): nothing was appended, read or acknowledged."""
+
+
+class IngestFull(StorageError):
+    """The ingest stream holds ``max_backlog`` entries not stored yet: not appended."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One accepted request: a group of messages for one session of one tenant."""
+
+    tenant_id: uuid.UUID
+    session_id: uuid.UUID
+    messages: Sequence[NewMessage]
+    wrap: bool = False  # a batch request (the answer would be ``{"data": [...]}``)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """An entry as read from the stream: its stream id, raw fields and decoded entry.
+
+    ``entry`` is ``None`` when the fields cannot be decoded (``error`` says why).
+    """
+
+    id: str
+    fields: Fields
+    entry: Entry | None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stats:
+    """The figures of the stream that the lag gauges show."""
+
+    lag: int  # entries never delivered to a consumer
+    pending: int  # delivered, not acknowledged yet
+    backlog: int  # all entries not stored yet (lag + pending)
+    dead: int  # entries in the dead-letter stream
+
+
+def encode(entry: Entry) -> bytes:
+    """The stream payload of ``entry``."""
+    return orjson.dumps({
+        "v": FORMAT_VERSION, "t": str(entry.tenant_id), "s": str(entry.session_id),
+        "w": entry.wrap,
+        "m": [{"id": str(m.id), "role": m.role, "content": m.content,
+               "sender_id": m.sender_id,
+               "parent_id": None if m.parent_id is None else str(m.parent_id),
+               "context": m.context, "metadata": m.metadata, "usage": m.usage}
+              for m in entry.messages],
+    })
+
+
+def decode(payload: bytes) -> Entry:
+    """The entry in ``payload``; :class:`ValueError` if it is not one of ours."""
+    try:
+        data = orjson.loads(payload)
+        if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
+            raise ValueError("unknown entry format")
+        raw = data["m"]
+        if not isinstance(raw, list) or not raw:
+            raise ValueError("an entry needs at least one message")
+        messages = [
+            NewMessage(
+                id=uuid.UUID(m["id"]), role=str(m["role"]), content=str(m["content"]),
+                sender_id=m["sender_id"],
+                parent_id=None if m["parent_id"] is None else uuid.UUID(m["parent_id"]),
+                context=m["context"], metadata=dict(m["metadata"]), usage=m["usage"],
+            )
+            for m in raw
+        ]
+        return Entry(uuid.UUID(data["t"]), uuid.UUID(data["s"]), messages, bool(data["w"]))
+    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"malformed entry: {exc!r}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _delivery(entry_id: bytes | str, fields: Fields) -> Delivery:
+    try:
+        return Delivery(_text(entry_id), fields, decode(fields[DATA_FIELD]))
+    except (KeyError, ValueError) as exc:
+        return Delivery(_text(entry_id), fields, None, str(exc) or "no payload")
+
+
+class IngestStream:
+    """The ingest stream and its consumer group, on one Redis client (see module doc)."""
+
+    def __init__(self, client: Redis, *, prefix: str, max_backlog: int = 100_000,
+                 dead_max_len: int = 100_000, op_timeout_s: float = 2.0) -> None:
+        self.keys = RedisKeys(prefix)
+        self.max_backlog = max_backlog
+        self.dead_max_len = dead_max_len
+        self.op_timeout_s = op_timeout_s
+        self._client = client
+        self._append = client.register_script(_APPEND)
+
+    async def append(self, entry: Entry) -> str:
+        """Append ``entry`` and return its stream id.
+
+        Raises :class:`IngestFull` or :class:`IngestUnavailable` (not appended).
+        """
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                entry_id = await self._append(keys=[self.keys.ingest_stream],
+                                              args=[self.max_backlog, DATA_FIELD, encode(entry)])
+        except REDIS_ERRORS as exc:
+            # a timeout leaves it unknown whether the entry went in; the client is told
+            # 503 and may retry: at worst the message is stored twice under two ids
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+        if entry_id is None:
+            raise IngestFull(f"ingest backlog is at its limit ({self.max_backlog} entries)")
+        return _text(entry_id)
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist."""
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                await self._client.xgroup_create(self.keys.ingest_stream, self.keys.ingest_group,
+                                                 id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise IngestUnavailable(f"redis: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+
+    async def read(self, consumer: str, *, count: int, block_ms: int) -> list[Delivery]:
+        """Up to ``count`` entries never delivered before, waiting up to ``block_ms``."""
+        try:
+            async with asyncio.timeout(self.op_timeout_s + block_ms / 1000):
+                reply: Any = await self._client.xreadgroup(
+                    self.keys.ingest_group, consumer, {self.keys.ingest_stream: ">"},
+                    count=count, block=block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost its data)
+                await self.ensure_group()
+                return []
+            raise IngestUnavailable(f"redis: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+        if not reply:
+            return []
+        return [_delivery(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def claim(self, consumer: str, *, min_idle_ms: int, start: str,
+                    count: int) -> tuple[str, list[Delivery]]:
+        """Take over entries pending longer than ``min_idle_ms`` (their consumer died).
+
+        Scans the pending list from ``start``; returns the id to continue from
+        (``"0-0"``: the scan is complete) and the entries now owned by ``consumer``.
+        """
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                reply: Any = await self._client.xautoclaim(
+                    self.keys.ingest_stream, self.keys.ingest_group, consumer,
+                    min_idle_time=min_idle_ms, start_id=start, count=count)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                await self.ensure_group()
+                return "0-0", []
+            raise IngestUnavailable(f"redis: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+        entries = [_delivery(entry_id, fields) for entry_id, fields in reply[1]
+                   if fields is not None]  # (Redis 6.2 lists deleted entries as nil)
+        return _text(reply[0]), entries
+
+    async def ack(self, ids: Sequence[str]) -> None:
+        """Mark ``ids`` stored: acknowledge and delete them, together."""
+        if not ids:
+            return
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xack(self.keys.ingest_stream, self.keys.ingest_group, *ids)
+                pipe.xdel(self.keys.ingest_stream, *ids)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+
+    async def dead_letter(self, dead: Sequence[tuple[Delivery, str, str]]) -> None:
+        """Move ``(delivery, reason, error)``s to the dead-letter stream, in one MULTI."""
+        if not dead:
+            return
+        ids = [d.id for d, _, _ in dead]
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                pipe = self._client.pipeline(transaction=True)
+                for delivery, reason, error in dead:
+                    fields: dict[Any, Any] = {**delivery.fields, b"entry": delivery.id,
+                                              b"reason": reason, b"error": error[:1000]}
+                    pipe.xadd(self.keys.ingest_dead, fields, maxlen=self.dead_max_len,
+                              approximate=True)
+                pipe.xack(self.keys.ingest_stream, self.keys.ingest_group, *ids)
+                pipe.xdel(self.keys.ingest_stream, *ids)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+
+    async def stats(self) -> Stats:
+        """Lag, pending, backlog and dead-letter counts, read in one round trip."""
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.xinfo_groups(self.keys.ingest_stream)
+                pipe.xlen(self.keys.ingest_stream)
+                pipe.xlen(self.keys.ingest_dead)
+                groups, backlog, dead = await pipe.execute(raise_on_error=False)
+        except REDIS_ERRORS as exc:
+            raise IngestUnavailable(f"redis: {exc!r}") from exc
+        if isinstance(backlog, Exception) or isinstance(dead, Exception):
+            raise IngestUnavailable(f"redis: {backlog!r} {dead!r}")
+        group_name = self.keys.ingest_group.encode()
+        ours = [] if isinstance(groups, Exception) else [
+            g for g in groups if g.get("name") in (group_name, self.keys.ingest_group)]
+        pending = int(ours[0]["pending"]) if ours else 0
+        lag = ours[0].get("lag") if ours else None
+        # lag is unknown to Redis after some deletions: every entry not pending is undelivered
+        lag = int(lag) if lag is not None else max(0, int(backlog) - pending)
+        return Stats(lag=lag, pending=pending, backlog=int(backlog), dead=int(dead))
+
+
+async def stored_ids(
+    conn: asyncpg.Connection, tenant_ids: Sequence[uuid.UUID], ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """The ids among ``ids`` already stored as messages of the tenants ``tenant_ids``."""
+    rows = await conn.fetch(
+        "SELECT id FROM messages WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[])",
+        list(ids), list(set(tenant_ids)),
+    )
+    return {r["id"] for r in rows}
