@@ -16,11 +16,13 @@ RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin chat \
     && mkdir /data && chown chat:chat /data
 COPY --from=build /opt/venv /opt/venv
-# migrations are plain files next to the code, not part of the installed package
+# migrations and the demo page are plain files next to the code, not in the package
 COPY sql /app/sql
+COPY web /app/web
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CHAT_MIGRATIONS_DIR=/app/sql \
+    CHAT_WEB_DIR=/app/web \
     CHAT_DATA_DIR=/data
 WORKDIR /app
 USER chat

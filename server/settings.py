@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql"
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class SettingsError(ValueError):
@@ -34,6 +35,7 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path(".chat-storage")
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+    web_dir: Path = DEFAULT_WEB_DIR
     # serving
     host: str = "127.0.0.1"
     port: int = 8080

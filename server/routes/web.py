@@ -1,6 +1,6 @@
 """The demo chat page at ``/`` and the reference client under ``/web/``.
 
-Plain files from the repository's ``web/`` directory, no API key needed (the page
+Plain files from the repository's ``web/`` directory (``CHAT_WEB_DIR``), no API key needed (the page
 asks its user for one and keeps it in the browser). Not part of the API, so not in
 the OpenAPI document. A strict Content-Security-Policy: the page loads nothing from
 another origin and talks only to this server.
@@ -13,15 +13,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+from server.settings import SETTINGS_KEY
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(?:html|js|css)$")
 _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def _file(name: str) -> web.Response:
-    path = WEB_DIR / name
+def _file(web_dir: Path, name: str) -> web.Response:
+    path = web_dir / name
     if not _NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound()
     kind = name.rsplit(".", 1)[1]
@@ -34,12 +35,12 @@ def _file(name: str) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     """The demo chat page."""
-    return _file("index.html")
+    return _file(request.app[SETTINGS_KEY].web_dir, "index.html")
 
 
 async def asset(request: web.Request) -> web.Response:
     """A file of the page or the reference client."""
-    return _file(request.match_info["name"])
+    return _file(request.app[SETTINGS_KEY].web_dir, request.match_info["name"])
 
 
 def setup(app: web.Application) -> None:
