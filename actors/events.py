@@ -107,6 +107,16 @@ def trimmed(event: Event, have: int) -> Event:
     return delta(event.stream_id, have, event.text[have - event.offset:])
 
 
+def tail(history: list[Event], stream_id: str, have: int) -> str:
+    """The text of ``stream_id`` that ``history`` holds beyond its first ``have`` code points."""
+    parts: list[str] = []
+    for ev in history:
+        if ev.kind == DELTA and ev.stream_id == stream_id and ev.offset <= have < ev.end:
+            parts.append(ev.text[have - ev.offset:])
+            have = ev.end
+    return "".join(parts)
+
+
 def reply(kind: str, **fields: Any) -> bytes:
     """A frame for one connection only (``ack``, ``error``, ``pong``, ...)."""
     return dumps({"type": kind, **fields})

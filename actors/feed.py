@@ -67,6 +67,10 @@ class Mirror:
         self._chunks.append(text)
         self.length += len(text)
 
+    def reset(self, content: str) -> None:
+        self._chunks = [content] if content else []
+        self.length = len(content)
+
     def text(self) -> str:
         if len(self._chunks) > 1:
             self._chunks = ["".join(self._chunks)]
@@ -90,6 +94,11 @@ class Feed:
         self._ended_order: collections.deque[str] = collections.deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # streams whose deltas skipped ahead (the broker lost some): deltas waiting
+        # while their content is read again, and when each was last read
+        self._resyncing: dict[str, list[Event]] = {}
+        self._resynced_at: dict[str, float] = {}
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Load the session's state; events ingested meanwhile wait for it."""
@@ -103,6 +112,8 @@ class Feed:
 
     async def close(self) -> None:
         """Stop any load in flight; the subscriptions are the connections' to end."""
+        for resync in list(self._resyncs):
+            resync.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -184,7 +195,7 @@ class Feed:
             if ev.end <= have:
                 return
             if ev.offset > have:
-                stream_metrics.FEED_GAPS.labels("delta").inc()
+                self._gap(ev)
                 return
             if ev.offset < have:
                 ev = events.trimmed(ev, have)
@@ -220,6 +231,7 @@ class Feed:
         if kind in events.FINALS:
             self.last_seq = max(self.last_seq, ev.seq)
             self.mirrors.pop(ev.stream_id, None)
+            self._resynced_at.pop(ev.stream_id, None)
             self._end(ev.stream_id)
         self._emit(ev)
 
@@ -241,6 +253,43 @@ class Feed:
                 "session_id": str(self.key[1]), "after_seq": self.last_seq, "upto": upto})
             self.last_seq = upto
         self._release()
+
+    def _gap(self, ev: Event) -> None:
+        """A delta past the mirror's end: read the stream's content again, then go on."""
+        waiting = self._resyncing.get(ev.stream_id)
+        if waiting is not None:
+            if len(waiting) < self._block_limit:
+                waiting.append(ev)
+            return
+        stream_metrics.FEED_GAPS.labels("delta").inc()
+        self._resyncing[ev.stream_id] = [ev]
+        task = asyncio.create_task(self._resync(ev.stream_id), name=f"feed-resync:{ev.stream_id}")
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
+
+    async def _resync(self, stream_id: str) -> None:
+        # the last checkpoint in Postgres, continued by what the broker still holds; at
+        # most once a second per stream (a checkpoint may be needed to bridge the hole)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._resynced_at.get(stream_id, 0.0) + 1.0 - loop.time()))
+        text = ""
+        try:
+            _, rows = await self._source.load(self.key)
+            base = next((str(r["content"]) for r in rows if str(r["id"]) == stream_id), "")
+            text = base + events.tail(await self._source.history(self.key), stream_id, len(base))
+        except Exception as exc:
+            log.warning("cannot read a stream's content again", extra={
+                "session_id": str(self.key[1]), "stream_id": stream_id, "error": repr(exc)})
+        self._resynced_at[stream_id] = loop.time()
+        waiting = self._resyncing.pop(stream_id, [])
+        mirror = self.mirrors.get(stream_id)
+        if mirror is None or self.broken:
+            return  # ended meanwhile: its final event carries the whole content
+        if len(text) > mirror.length:
+            mirror.reset(text)
+            self._emit(events.snapshot(stream_id, mirror.seq, text))
+        for ev in waiting:  # those still past the end start the next round
+            self.ingest(ev)
 
     def _emit(self, ev: Event) -> None:
         for sub in self.subs:

@@ -263,7 +263,11 @@ class Hub:
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
                                            store.SWEEP_LOCK):
                     return []
-                return await store.sweep_orphans(conn, self.config.orphan_after_s)
+                swept = await store.sweep_orphans(conn, self.config.orphan_after_s)
+                # in the same transaction, so no reader sees the content without it: what
+                # the dead owner streamed past its last checkpoint, if the broker has it
+                # (Redis reads are bounded by the broker's op timeout, tried once per sweep)
+                return await self._recover(conn, swept)
 
         swept = await self._db(run)
         for tenant_id, message in swept:
@@ -274,6 +278,25 @@ class Hub:
             self.emit(tenant_id, message["session_id"], events.final(message))
         stream_metrics.SWEPT.inc(len(swept))
         return len(swept)
+
+    async def _recover(self, conn: asyncpg.Connection,
+                       swept: list[tuple[uuid.UUID, dict[str, Any]]],
+                       ) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+        out: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        for i, (tenant_id, message) in enumerate(swept):
+            try:
+                history = await self.history((tenant_id, message["session_id"]))
+            except Exception as exc:  # broker down: keep what Postgres has
+                log.warning("cannot recover swept streams from the broker",
+                            extra={"error": repr(exc)})
+                return out + swept[i:]
+            have = len(message["content"])
+            lost = events.tail(history, str(message["id"]), have)
+            if lost:
+                message = await store.append_recovered(
+                    conn, tenant_id, message["id"], have, lost) or message
+            out.append((tenant_id, message))
+        return out
 
     async def close(self, timeout_s: float) -> None:
         """Store every held stream interrupted, flush the broker queue, stop."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -39,6 +39,10 @@ class Broker(Protocol):
 
     async def publish(self, channel: str, data: bytes) -> str:
         """Append ``data`` to ``channel``; return its id."""
+        ...
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Append each ``(channel, data)``, in order, in one round trip where possible."""
         ...
 
     async def read(self, channel: str, after_id: str | None, limit: int = 1000) -> list[Event]:
@@ -77,6 +81,10 @@ class MemoryBroker:
         for listener in list(self._listeners.get(channel, ())):
             listener(event)
         return event.id
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for channel, data in items:
+            await self.publish(channel, data)
 
     async def read(self, channel: str, after_id: str | None, limit: int = 1000) -> list[Event]:
         log = self._logs.get(channel)

@@ -140,6 +140,27 @@ async def sweep_orphans(
     return [(r["tenant_id"], to_json(r)) for r in rows]
 
 
+async def append_recovered(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, message_id: uuid.UUID,
+    stored_len: int, tail: str,
+) -> dict[str, Any] | None:
+    """Append ``tail`` to a just-interrupted message whose content is ``stored_len`` long.
+
+    The sweeper's recovery of what its dead owner had streamed past the last
+    checkpoint; ``None`` if the row is not in that state any more.
+    """
+    row = await conn.fetchrow(
+        f"""
+        UPDATE messages SET content = content || $4
+        WHERE tenant_id = $1 AND id = $2 AND status = 'interrupted'
+          AND char_length(content) = $3
+        RETURNING {COLUMNS}
+        """,
+        tenant_id, message_id, stored_len, tail,
+    )
+    return None if row is None else to_json(row)
+
+
 # pg_try_advisory_lock key of the stream sweeper ("chatswep" in ASCII)
 SWEEP_LOCK = 0x6368617473776570
 
