@@ -13,11 +13,12 @@ tie a stream to its row without another lookup. ``offset`` counts Unicode code p
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from storage.jsoncodec import dumps
 
 CREATED = "message.created"
 STARTED = "stream.started"
@@ -28,19 +29,7 @@ ABORTED = "stream.aborted"
 INTERRUPTED = "stream.interrupted"
 FINAL_BY_STATUS = {"complete": COMPLETED, "aborted": ABORTED, "interrupted": INTERRUPTED}
 FINALS = frozenset(FINAL_BY_STATUS.values())
-_DUMP_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
-
-
-def _default(value: Any) -> Any:
-    # asyncpg returns its own UUID type, which orjson does not know
-    if isinstance(value, uuid.UUID) or type(value).__name__ == "UUID":
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(value: Any) -> bytes:
-    """JSON as the API writes it: UUIDs as strings, datetimes RFC 3339 with ``Z``."""
-    return orjson.dumps(value, option=_DUMP_OPTS, default=_default)
+__all__ = ["dumps"]  # re-exported: the encoding of every frame
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

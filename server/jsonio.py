@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -11,22 +10,12 @@ import pydantic
 from aiohttp import web
 
 from server.errors import ApiError
+from storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON_TYPE = "application/json"
-_DUMP_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
-
-
-def _default(value: Any) -> Any:
-    # asyncpg returns its own UUID type (a uuid.UUID look-alike orjson does not know)
-    if isinstance(value, uuid.UUID) or type(value).__name__ == "UUID":
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(value: Any) -> bytes:
-    """Serialize ``value``: UUIDs as strings, datetimes as RFC 3339 with ``Z``."""
-    return orjson.dumps(value, option=_DUMP_OPTS, default=_default)
+__all__ = ["JSON_TYPE", "dumps", "json_response", "parse_body", "parse_query", "read_json",
+           "validate"]
 
 
 def json_response(

@@ -11,6 +11,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
+from storage import jsoncodec
 from storage.errors import Unavailable, UnsafeDatabase
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def dumps_json(value: Any) -> str:
     """Encode JSON for Postgres (``jsonb`` text format)."""
-    return orjson.dumps(value, option=orjson.OPT_UTC_Z, default=str).decode()
+    return jsoncodec.dumps(value).decode()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from aiohttp import web
 import swagger_ui as swagger_ui_pkg
+from aiohttp import web
 
 from server import openapi
 from server.jsonio import JSON_TYPE, dumps
