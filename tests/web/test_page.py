@@ -110,3 +110,18 @@ async def test_page_is_served_with_a_strict_policy(client: Any) -> None:
     assert r.status == 200 and r.content_type == "text/javascript"
     assert (await client.get("/web/../server/app.py")).status == 404
     assert (await client.get("/web/nope.js")).status == 404
+
+
+async def test_swagger_ui_renders_every_operation(client: Any, browser: Any) -> None:
+    """/docs is served from local files and its UI can read our OpenAPI 3.1 document."""
+    base = f"http://{client.host}:{client.port}"
+    document = await (await client.get("/openapi.json")).json()
+    operations = sum(len(methods) for methods in document["paths"].values())
+    page = await browser.new_page()
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(base) else outside.append(r.url))
+    await page.goto(base + "/docs")
+    await page.wait_for_selector(".opblock", timeout=TIMEOUT_MS)
+    assert await page.locator(".opblock").count() == operations
+    assert await page.locator(".errors-wrapper").count() == 0
+    assert outside == []
