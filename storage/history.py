@@ -16,6 +16,7 @@ import asyncpg
 
 from storage.errors import InvalidReference, NotFound
 from storage.messages import COLUMNS, to_json
+from storage.sqlparams import Params
 
 MAX_SEQ = 2**63 - 1
 # the message columns, qualified for queries that join
@@ -128,29 +129,22 @@ async def feedback(
     ``user_id`` filters by the session's user; ``before`` is the ``(feedback_at, id)``
     of the last item served.
     """
-    args: list[Any] = [tenant_id, limit]
+    p = Params(tenant_id, limit)
     where = ["m.tenant_id = $1", "m.feedback IS NOT NULL"]
-    join = ""
     if rating is not None:
-        args.append(rating)
-        where.append(f"(m.feedback ->> 'rating')::int = ${len(args)}")
+        where.append(p.fill("(m.feedback ->> 'rating')::int = {}", rating))
     if since is not None:
-        args.append(since)
-        where.append(f"m.feedback_at >= ${len(args)}")
-    if user_id is not None:
-        args.append(user_id)
-        join = (f"JOIN sessions s ON s.id = m.session_id AND s.tenant_id = $1 "
-                f"AND s.user_id = ${len(args)}")
+        where.append(p.fill("m.feedback_at >= {}", since))
+    join = "" if user_id is None else _user_join(p, user_id)
     if before is not None:
-        args.extend(before)
-        where.append(f"(m.feedback_at, m.id) < (${len(args) - 1}, ${len(args)})")
+        where.append(p.fill("(m.feedback_at, m.id) < ({}, {})", *before))
     rows = await conn.fetch(
         f"""
         SELECT {M_COLUMNS}, m.feedback_at FROM messages m {join}
         WHERE {' AND '.join(where)}
         ORDER BY m.feedback_at DESC, m.id DESC LIMIT $2
         """,
-        *args,
+        *p.values,
     )
     return [(to_json(r), r["feedback_at"]) for r in rows]
 
@@ -170,20 +164,14 @@ async def search(
     ``query`` uses web-search syntax (``"a phrase"``, ``or``, ``-word``) with English
     stemming. The match expression is the one of the ``messages_search`` GIN index.
     """
-    args: list[Any] = [tenant_id, query, limit]
+    p = Params(tenant_id, query, limit)
     where = ["m.tenant_id = $1", "m.status <> 'deleted'",
              "to_tsvector('english', m.content) @@ websearch_to_tsquery('english', $2)"]
-    join = ""
     if session_id is not None:
-        args.append(session_id)
-        where.append(f"m.session_id = ${len(args)}")
-    if user_id is not None:
-        args.append(user_id)
-        join = (f"JOIN sessions s ON s.id = m.session_id AND s.tenant_id = $1 "
-                f"AND s.user_id = ${len(args)}")
+        where.append(p.fill("m.session_id = {}", session_id))
+    join = "" if user_id is None else _user_join(p, user_id)
     if before is not None:
-        args.extend(before)
-        where.append(f"(m.created_at, m.id) < (${len(args) - 1}, ${len(args)})")
+        where.append(p.fill("(m.created_at, m.id) < ({}, {})", *before))
     # the headline is costly: make it only for the rows of the page
     rows = await conn.fetch(
         f"""
@@ -198,6 +186,12 @@ async def search(
         ) hit
         ORDER BY hit.created_at DESC, hit.id DESC
         """,
-        *args,
+        *p.values,
     )
     return [dict(r) for r in rows]
+
+
+def _user_join(p: Params, user_id: str) -> str:
+    """Keep only messages of sessions of ``user_id`` (in the same tenant, ``$1``)."""
+    return p.fill("JOIN sessions s ON s.id = m.session_id AND s.tenant_id = $1 "
+                  "AND s.user_id = {}", user_id)

@@ -14,6 +14,7 @@ import asyncpg
 
 from storage.errors import Conflict, NotFound
 from storage.idempotency import Claim
+from storage.sqlparams import Params
 from storage.tenants import audit
 
 COLUMNS = (
@@ -98,22 +99,21 @@ async def update(
     :class:`NotFound` if there is no such message; :class:`Conflict` for a tombstone,
     whose erased fields must stay erased.
     """
+    p = Params(message_id, session_id, tenant_id)
     sets = []
-    args: list[Any] = [message_id, session_id, tenant_id]
     if metadata is not None:
-        args.append(dict(metadata))
-        sets.append(f"metadata = ${len(args)}")
+        sets.append(p.fill("metadata = {}", dict(metadata)))
     if feedback is not _UNSET:
-        args.append(None if feedback is None else dict(feedback))
-        sets.append(f"feedback = ${len(args)}")
-        sets.append(f"feedback_at = CASE WHEN ${len(args)}::jsonb IS NULL THEN NULL ELSE now() END")
+        given = p(None if feedback is None else dict(feedback))
+        sets.append(f"feedback = {given}")
+        sets.append(f"feedback_at = CASE WHEN {given}::jsonb IS NULL THEN NULL ELSE now() END")
     row = None
     if sets:
         row = await conn.fetchrow(
             f"UPDATE messages SET {', '.join(sets)} "
             "WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status <> 'deleted' "
             f"RETURNING {COLUMNS}",
-            *args,
+            *p.values,
         )
     if row is not None:
         return to_json(row)

@@ -15,6 +15,7 @@ import asyncpg
 from storage.errors import NotFound
 from storage.idempotency import Claim, record_response
 from storage.ids import new_id
+from storage.sqlparams import Params
 from storage.tenants import audit
 
 COLUMNS = (
@@ -106,20 +107,18 @@ async def update(
     ttl_s: int | Any | None = _UNSET,
 ) -> dict[str, Any]:
     """Change the given fields; ``ttl_s=None`` clears ``expires_at``."""
+    p = Params(session_id, tenant_id)
     sets = ["updated_at = now()"]
-    args: list[Any] = [session_id, tenant_id]
     for column, value in (("title", title), ("favorite", favorite),
                           ("metadata", None if metadata is None else dict(metadata))):
         if value is not None:
-            args.append(value)
-            sets.append(f"{column} = ${len(args)}")
+            sets.append(p.fill(f"{column} = {{}}", value))
     if ttl_s is not _UNSET:
-        args.append(_expires(ttl_s))
-        sets.append(f"expires_at = ${len(args)}")
+        sets.append(p.fill("expires_at = {}", _expires(ttl_s)))
     row = await conn.fetchrow(
         f"UPDATE sessions SET {', '.join(sets)} WHERE id = $1 AND tenant_id = $2 "
         f"RETURNING {COLUMNS}",
-        *args,
+        *p.values,
     )
     if row is None:
         raise NotFound("session not found")
@@ -155,25 +154,20 @@ async def list_sessions(
     session that gets a new message meanwhile moves to the top, so a client already
     past its old place does not see it again in this walk.
     """
-    args: list[Any] = [tenant_id]
+    p = Params(tenant_id)
     where = ["tenant_id = $1"]
     if user_id is not None:
-        args.append(user_id)
-        where.append(f"user_id = ${len(args)}")
+        where.append(p.fill("user_id = {}", user_id))
     if favorite is not None:
-        args.append(favorite)
-        where.append(f"favorite = ${len(args)}")
+        where.append(p.fill("favorite = {}", favorite))
     if q is not None:
-        args.append(like_pattern(q))
-        where.append(f"title ILIKE ${len(args)} ESCAPE '\\'")
+        where.append(p.fill("title ILIKE {} ESCAPE '\\'", like_pattern(q)))
     if after is not None:
-        args.extend(after)
-        where.append(f"(activity_at, id) < (${len(args) - 1}, ${len(args)})")
-    args.append(limit)
+        where.append(p.fill("(activity_at, id) < ({}, {})", *after))
     rows = await conn.fetch(
         f"SELECT {COLUMNS} FROM sessions WHERE {' AND '.join(where)} "
-        f"ORDER BY activity_at DESC, id DESC LIMIT ${len(args)}",
-        *args,
+        f"ORDER BY activity_at DESC, id DESC LIMIT {p(limit)}",
+        *p.values,
     )
     return [Listed(to_json(r), (r["activity_at"], r["id"])) for r in rows]
 
