@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import os
 import secrets
 import sys
 import tempfile
@@ -32,17 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import migrations, tenants  # noqa: E402
-from tests.server.procs import RedisServer, Server  # noqa: E402
+from loadtest import harness
+from storage import tenants
+from tests.server.procs import RedisServer, Server
 
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATHS = ("same replica", "cross replica")
 
 
@@ -163,43 +159,14 @@ class Load:
 
 
 # ---------------------------------------------------------------- setup and report
-async def make_database() -> tuple[str, str]:
-    name = f"chat_bench_replicas_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = ADMIN_URL.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrations.migrate(conn, ROOT / "sql")
-    finally:
-        await conn.close()
-    return name, url
-
-
 async def cleanup(name: str, redis_url: str, prefix: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await harness.drop_database(name)
     client = Redis.from_url(redis_url)
     try:
         async for k in client.scan_iter(match=f"{prefix}:*"):
             await client.delete(k)
     finally:
         await client.aclose()
-
-
-async def make_sessions(base: str, key: str, n: int) -> list[str]:
-    async with aiohttp.ClientSession(headers={"X-Api-Key": key}) as http:
-        ids = []
-        for i in range(n):
-            async with http.post(f"{base}/api/v1/sessions", json={"user_id": f"bench{i}"}) as r:
-                ids.append(str((await r.json())["id"]))
-        return ids
 
 
 def report(args: argparse.Namespace, runs: list[Run]) -> None:
@@ -234,7 +201,8 @@ async def main() -> None:
     args = parse_args()
     key = tenants.make_key()[1]
     prefix = f"bench-{secrets.token_hex(4)}"
-    name, url = await make_database()
+    name = f"chat_bench_replicas_{secrets.token_hex(4)}"
+    url = await harness.create_database(name)
     logdir = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     redis: RedisServer | None = None
     redis_url = args.redis_url
@@ -249,7 +217,7 @@ async def main() -> None:
     try:
         await asyncio.gather(a.start(), b.start())
         for load in [x for x in args.loads.split(",") if x]:
-            sessions = await make_sessions(a.base, key, args.producers)
+            sessions = await harness.make_sessions(a.base, key, args.producers)
             rate = None if load == "max" else args.rate
             runs.append(await Load(a, b, key, args, rate, load).run(sessions))
     finally:
@@ -262,8 +230,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(main())
+    harness.run(main())

@@ -22,30 +22,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import migrations, tenants  # noqa: E402
-
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from loadtest import harness
+from storage import tenants
 
 
 # ---------------------------------------------------------------- the ceiling server
@@ -193,80 +186,7 @@ class Load:
                 return frame
 
 
-# ---------------------------------------------------------------- processes and setup
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{url}: server exited")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as r:
-                    if r.status < 500:
-                        return
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url}: not ready in 60 s")
-
-
-async def make_database() -> tuple[str, str]:
-    name = f"chat_bench_stream_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = ADMIN_URL.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrations.migrate(conn, ROOT / "sql")
-    finally:
-        await conn.close()
-    return name, url
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-async def make_sessions(base: str, key: str, n: int) -> list[str]:
-    async with aiohttp.ClientSession(headers={"X-Api-Key": key}) as http:
-        ids = []
-        for i in range(n):
-            async with http.post(f"{base}/api/v1/sessions", json={"user_id": f"bench{i}"}) as r:
-                ids.append(str((await r.json())["id"]))
-        return ids
-
-
-def service_cmd(args: argparse.Namespace, port: int) -> list[str]:
-    if args.serve_cmd:
-        return [part.replace("{port}", str(port)) for part in args.serve_cmd.split()]
-    return [str(Path(sys.executable).parent / "chat-storage"), "serve", "--port", str(port)]
-
-
+# ---------------------------------------------------------------- setup and report
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark of live token streaming.")
     p.add_argument("--producers", type=int, default=8, help="producers, one session each")
@@ -289,7 +209,8 @@ async def main() -> None:
     args = parse_args()
     loads = [x for x in args.loads.split(",") if x]
     key = tenants.make_key()[1]
-    name, url = await make_database()
+    name = f"chat_bench_stream_{secrets.token_hex(4)}"
+    url = await harness.create_database(name)
     env = {**os.environ, "DATABASE_URL": url, "CHAT_API_KEYS": f"bench:{key}",
            "CHAT_RATE_LIMIT_PER_S": "1000000", "CHAT_RATE_LIMIT_BURST": "1000000",
            "CHAT_LOG_LEVEL": "WARNING"}
@@ -297,23 +218,24 @@ async def main() -> None:
     logdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     results: list[Result] = []
     try:
-        cport, sport = free_port(), free_port()
-        with process([sys.executable, __file__, "--ceiling-server", str(cport)], env,
-                     logdir / "ceiling.log") as ceiling, \
-             process(service_cmd(args, sport), env, logdir / "service.log") as service:
+        cport, sport = harness.free_port(), harness.free_port()
+        clog, slog = logdir / "ceiling.log", logdir / "service.log"
+        with harness.process([sys.executable, __file__, "--ceiling-server", str(cport)], env,
+                             clog) as ceiling, \
+             harness.process(harness.service_cmd(args.serve_cmd, sport), env, slog) as service:
             cbase, sbase = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{sport}"
-            await wait_ready(cbase + "/", ceiling)
-            await wait_ready(sbase + "/healthz", service)
+            await harness.wait_ready(cbase + "/", ceiling, clog, any_answer=True)
+            await harness.wait_ready(sbase + "/healthz", service, slog)
             rooms = [f"room{i}" for i in range(args.producers)]
             for load in loads:
                 rate = None if load == "max" else args.rate
                 results.append(await Load(cbase, key, args, False, rate).run(
                     f"ceiling/{load}", rooms))
-                sessions = await make_sessions(sbase, key, args.producers)
+                sessions = await harness.make_sessions(sbase, key, args.producers)
                 results.append(await Load(sbase, key, args, True, rate).run(
                     f"service/{load}", sessions))
     finally:
-        await drop_database(name)
+        await harness.drop_database(name)
     print(f"\n{args.producers} producers x {args.subscribers} subscribers, "
           f"{args.duration:.0f} s each, moderate = {args.rate:.0f} deltas/s per producer")
     print(f"{'run':<18} {'accepted/s':>12} {'delivered/s':>14} {'p50 ms':>8} {'p99 ms':>8} "
@@ -326,14 +248,7 @@ async def main() -> None:
 if __name__ == "__main__":
     if "--ceiling-server" in sys.argv:
         port = int(sys.argv[sys.argv.index("--ceiling-server") + 1])
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
-        web.run_app(ceiling_app(), host="127.0.0.1", port=port, print=None)
+        web.run_app(ceiling_app(), host="127.0.0.1", port=port, print=None,
+                    loop=harness.new_loop())
     else:
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
-        asyncio.run(main())
+        harness.run(main())

@@ -26,28 +26,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
-import asyncpg
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtest import bench_clients as clients
+from loadtest import harness
+from loadtest.bench_clients import Result
+from storage import db, tenants
 
-from loadtest import bench_clients as clients  # noqa: E402
-from loadtest.bench_clients import Result  # noqa: E402
-from storage import db, migrations, tenants  # noqa: E402
-
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MODES = ("ceiling", "http-quiet", "http-hot", "http-paced", "batch", "ws", "ws-pipe",
          "langchain")
 
@@ -73,82 +64,18 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def db_url(name: str) -> str:
-    return f"{ADMIN_URL.rpartition('/')[0]}/{name}"
-
-
 async def create_database() -> tuple[str, str, str]:
     """A fresh migrated database with one tenant; returns (name, url, api key)."""
     name = f"chat_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    pool = await db.create_pool(db_url(name), min_size=1, max_size=1)
+    url = await harness.create_database(name)
+    pool = await db.create_pool(url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
-            await migrations.migrate(conn, ROOT / "sql")
             await tenants.create_tenant(conn, "bench")
             key = (await tenants.create_key(conn, "bench", name="bench")).key
     finally:
         await pool.close()
-    return name, db_url(name), key
-
-
-async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` for the duration of the block; its output goes to ``log``."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{url}: server exited:\n{tail(log)}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as r:
-                    if r.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url}: not ready after 60 s:\n{tail(log)}")
-
-
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:]
-
-
-def service_cmd(args: argparse.Namespace, port: int) -> list[str]:
-    if args.serve_cmd:
-        return [part.replace("{port}", str(port)) for part in args.serve_cmd.split()]
-    return [str(Path(sys.executable).parent / "chat-storage"), "serve", "--port", str(port)]
+    return name, url, key
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
@@ -193,23 +120,24 @@ async def main() -> None:
     try:
         env = {**os.environ, "DATABASE_URL": url, "CHAT_LOG_LEVEL": "WARNING",
                "CHAT_RATE_LIMIT_PER_S": "1000000000", "CHAT_RATE_LIMIT_BURST": "1000000000",
-               "CHAT_DB_POOL_MAX": str(args.pool), "PYTHONPATH": str(ROOT)}
+               "CHAT_DB_POOL_MAX": str(args.pool), "PYTHONPATH": str(harness.ROOT)}
         if "ceiling" in modes:
-            port = free_port()
-            cmd = [sys.executable, str(ROOT / "loadtest" / "ceiling_server.py"), "--port",
+            port = harness.free_port()
+            cmd = [sys.executable, str(harness.ROOT / "loadtest" / "ceiling_server.py"), "--port",
                    str(port)]
-            with process(cmd, env, logdir / "ceiling.log") as proc:
+            with harness.process(cmd, env, logdir / "ceiling.log") as proc:
                 base = f"http://127.0.0.1:{port}"
-                await wait_ready(f"{base}/healthz", proc, logdir / "ceiling.log")
+                await harness.wait_ready(f"{base}/healthz", proc, logdir / "ceiling.log")
                 args.server_pid = proc.pid
                 results.append(await clients.run_http(
                     "ceiling", base, key, [secrets.token_hex(8)], args, batch=0))
         service_modes = [m for m in modes if m not in ("ceiling", "langchain")]
         if service_modes:
-            port = free_port()
-            with process(service_cmd(args, port), env, logdir / "service.log") as proc:
+            port = harness.free_port()
+            cmd = harness.service_cmd(args.serve_cmd, port)
+            with harness.process(cmd, env, logdir / "service.log") as proc:
                 base = f"http://127.0.0.1:{port}"
-                await wait_ready(f"{base}/readyz", proc, logdir / "service.log")
+                await harness.wait_ready(f"{base}/readyz", proc, logdir / "service.log")
                 print(f"service pid {proc.pid} on {base}", flush=True)
                 args.server_pid = proc.pid
                 quiet = await clients.create_sessions(base, key, args.sessions)
@@ -224,17 +152,10 @@ async def main() -> None:
                 results.append(result)
     finally:
         if not args.keep_db:
-            await drop_database(name)
+            await harness.drop_database(name)
     print_table(results, args)
     print(f"\nserver logs: {logdir}")
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+    harness.run(main())

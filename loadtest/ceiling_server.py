@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import uuid
+from pathlib import Path
 
 import orjson
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest import harness
 
 
 async def create(request: web.Request) -> web.Response:
@@ -39,15 +45,7 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/api/v1/sessions/{session_id}/messages", create)
     app.router.add_get("/healthz", healthz)
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(app, args.host, args.port))
+    harness.run(_serve(app, args.host, args.port))
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:
