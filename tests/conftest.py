@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from server.app import create_app
 from server.settings import DEFAULT_MIGRATIONS_DIR, Settings
@@ -63,6 +64,24 @@ def database_url() -> Iterator[str]:
     url = asyncio.run(create_database(name))
     yield url
     asyncio.run(drop_database(name))
+
+
+async def delete_keys(client: Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (``prefix:*``)."""
+    async for key in client.scan_iter(match=f"{prefix}:*", count=500):
+        await client.delete(key)
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    value = f"chat-test-{os.getpid()}-{secrets.token_hex(4)}"
+    yield value
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await delete_keys(client, value)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from storage.ingest import Entry, IngestStream
 from storage.messages import NewMessage, WriteGroup
 from tests.actors.conftest import MakeRegistry, metric, new_session, row_locked, stored
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.test_workers import metric_total, replica_env, running
+from tests.server.procs import metric_total, replica_env, running
 
 DEADLINE_S = 30.0
 
@@ -43,15 +43,6 @@ async def redis() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-async def prefix(redis: Redis) -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    value = f"test-ingest-{secrets.token_hex(4)}"
-    yield value
-    async for key in redis.scan_iter(match=f"{value}:*"):
-        await redis.delete(key)
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Real processes for tests that must kill things: ``chat-storage serve`` and redis-server.
 
-A :class:`Server` is the real command on a free loopback port, its output in a log
-file; :meth:`Server.start` returns once ``/readyz`` answers 200 (bounded). A
+A :class:`Server` is the real command on a free loopback port (optionally with
+``--workers N``), its output in a log file; :meth:`Server.start` returns once ``/readyz``
+answers 200 (bounded), and :func:`running` starts and kills a few of them. A
 :class:`RedisServer` is a private, throw-away ``redis-server`` (no persistence) that a
 test may stop and restart — never the shared one the other tests use. A
 :class:`Cluster` is several servers as replicas (one database, one Redis, a key prefix
-of their own), and a :class:`Reader` keeps reading a WebSocket of one of them.
+of their own); tests/server/procws.py talks WebSocket to them.
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tests.conftest import REDIS_URL, Tenant
+from tests.conftest import REDIS_URL, delete_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
-Frame = dict[str, Any]
+SHUTDOWN_TIMEOUT_S = 8.0  # what running() gives servers to drain on SIGTERM
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 # what every test server gets unless the test says otherwise: quiet logs, limits out of
@@ -51,63 +53,154 @@ def free_port() -> int:
         return port
 
 
-def serve_command() -> list[str]:
-    """``chat-storage serve`` of this virtualenv (or the module, if not installed)."""
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive loopback ports that are free right now."""
+    for _ in range(100):
+        first = free_port()
+        if first + n <= 65536 and all(_port_free(first + i) for i in range(1, n)):
+            return first
+    raise RuntimeError("no free consecutive ports")
+
+
+def cli_command() -> list[str]:
+    """The installed ``chat-storage`` console script, or the module when it is not installed."""
     script = Path(sys.executable).parent / "chat-storage"
-    if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-m", "server.cli", "serve"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any chat-storage setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CHAT_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(extra)
+    return env
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes (multiprocessing spawn children) of ``parent``, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` (Prometheus text) whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
 
 
 class Server:
     """``chat-storage serve`` on the test database, started and stopped by the test.
 
-    ``env`` adds to (and overrides) :data:`BASE_ENV`; ``REDIS_URL`` is taken from
-    ``redis_url`` only, never inherited. Each :meth:`start` picks a new port.
+    The environment is this one without chat-storage settings, then :data:`BASE_ENV`,
+    then ``env``; ``database_url=None`` runs the embedded Postgres. With ``workers > 1``
+    it is the parent of the workers, and ``metrics`` gives each worker a metrics port
+    (``metrics_port + i``). Each :meth:`start` picks a new port.
     """
 
-    def __init__(self, database_url: str, log_path: Path, *, app_name: str | None = None,
-                 redis_url: str | None = None, env: Mapping[str, str] | None = None) -> None:
-        sep = "&" if "?" in database_url else "?"
-        self.database_url = (database_url if app_name is None
-                             else f"{database_url}{sep}application_name={app_name}")
+    def __init__(self, database_url: str | None, log_path: Path, *, app_name: str | None = None,
+                 redis_url: str | None = None, env: Mapping[str, str] | None = None,
+                 workers: int = 1, metrics: bool = False) -> None:
+        if database_url is not None and app_name is not None:
+            sep = "&" if "?" in database_url else "?"
+            database_url = f"{database_url}{sep}application_name={app_name}"
+        self.database_url = database_url
         self.log_path = log_path
         self.redis_url = redis_url
         self.env = dict(env or {})
+        self.workers = workers
+        self.metrics = metrics
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.metrics_port = 0
         self.base = ""
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Start the process and wait until ``/readyz`` answers 200."""
-        self.port = free_port()
-        env = {**os.environ, **BASE_ENV, "DATABASE_URL": self.database_url,
-               "CHAT_DATA_DIR": str(self.log_path.parent), **self.env}
-        env.pop("REDIS_URL", None)
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _environment(self) -> dict[str, str]:
+        env = {**BASE_ENV, "CHAT_DATA_DIR": str(self.log_path.parent)}
+        if self.workers > 1:  # INFO: readiness is every worker's "listening" line
+            env["CHAT_LOG_LEVEL"] = "INFO"
+        if self.database_url is not None:
+            env["DATABASE_URL"] = self.database_url
         if self.redis_url is not None:
             env["REDIS_URL"] = self.redis_url
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *serve_command(), "--host", "127.0.0.1", "--port", str(self.port), cwd=ROOT,
-                env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
-        self.base = f"http://127.0.0.1:{self.port}"
-        await self._wait_ready(ready_timeout_s)
+        return clean_env(**{**env, **self.env})
 
-    async def _wait_ready(self, timeout_s: float) -> None:
+    async def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Start the process and wait until ``/readyz`` answers 200 (a taken port is retried)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            self.port = free_port()
+            env = self._environment()
+            if self.metrics:
+                self.metrics_port = free_ports(self.workers)
+                env["CHAT_METRICS_PORT"] = str(self.metrics_port)
+            with self.log_path.open("ab") as log:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", str(self.workers), cwd=ROOT, env=env, stdout=log,
+                    stderr=asyncio.subprocess.STDOUT)
+            self.base = f"http://127.0.0.1:{self.port}"
+            if await self._ready(ready_timeout_s):
+                return
+            if "already in use" not in self.log():
+                break
+        pytest.fail(f"the server did not start ({self.log_path}):\n{self.log()[-5000:]}")
+
+    async def _ready(self, timeout_s: float) -> bool:
+        """True once ``/readyz`` answers 200 (and every worker listens); False if it exited."""
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.timeout(timeout_s):
-            while True:
-                assert self.running, f"the server exited; see {self.log_path}"
+            while self.running:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(f"{self.base}/readyz") as r:
-                        if r.status == 200:
-                            return
+                        if r.status == 200 and self.listening() >= self.workers:
+                            return True
                 await asyncio.sleep(0.05)
+        return False
+
+    def listening(self) -> int:
+        """How many times a process of this server logged that it is listening."""
+        if self.workers == 1:
+            return 1  # /readyz answered: the one process is
+        return sum(1 for line in self.log().splitlines() if '"msg":"listening"' in line)
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -119,25 +212,54 @@ class Server:
         return await asyncio.wait_for(self.proc.wait(), within_s)
 
     async def kill(self) -> None:
-        """SIGKILL (if still running) and reap."""
+        """SIGKILL (the process alone: a workers parent's children stop by themselves)."""
         if self.running:
             assert self.proc is not None
             self.proc.kill()
             await self.proc.wait()
 
-    async def stop(self, within_s: float = 30.0) -> None:
-        """SIGTERM and wait for a graceful exit; SIGKILL if it takes over ``within_s``."""
-        if not self.running:
-            return
-        self.signal(signal.SIGTERM)
+    async def stop(self, within_s: float = 30.0) -> int:
+        """SIGTERM and the exit status; SIGKILL (and its status) if it takes over ``within_s``."""
+        assert self.proc is not None
+        if self.running:
+            self.signal(signal.SIGTERM)
         try:
-            await self.exited(within_s)
+            return await self.exited(within_s)
         except TimeoutError:
-            await self.kill()
+            await self.kill()  # the status then tells SIGKILL: an `== 0` check fails
+            assert self.proc.returncode is not None
+            return self.proc.returncode
 
     def log(self) -> str:
         """What the process wrote so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, env: Mapping[str, str], count: int = 1, *, workers: int = 1,
+                  metrics: bool = False) -> AsyncIterator[list[Server]]:
+    """``count`` started servers (settings from ``env`` alone), killed at the end.
+
+    Their logs are printed on a failure (pytest shows them with it).
+    """
+    env = {"CHAT_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S), **env}
+    servers = [Server(None, tmp_path / f"server{i}-{secrets.token_hex(3)}.log", env=env,
+                      workers=workers, metrics=metrics) for i in range(count)]
+    try:
+        await asyncio.gather(*(s.start() for s in servers))
+        yield servers
+    except BaseException:
+        for server in servers:
+            print(f"--- {server.log_path.name}\n{server.log()[-5000:]}")
+        raise
+    finally:
+        await asyncio.gather(*(s.kill() for s in servers))
+
+
+def replica_env(database_url: str, **extra: str) -> dict[str, str]:
+    """Settings of servers that share this run's database and a Redis prefix of their own."""
+    return {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL,
+            "CHAT_REDIS_PREFIX": f"test{secrets.token_hex(4)}", **extra}
 
 
 class RedisServer:
@@ -211,65 +333,6 @@ class Cluster:
         await asyncio.gather(*(s.kill() for s in self.servers))
         client = Redis.from_url(REDIS_URL)
         try:
-            async for key in client.scan_iter(match=f"{self.prefix}:*"):
-                await client.delete(key)
+            await delete_keys(client, self.prefix)
         finally:
             await client.aclose()
-
-
-class Reader:
-    """Every frame of one WebSocket, read in the background, and waits on what came."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.frames: list[Frame] = []
-        self.closed = False
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self.frames.append(msg.json())
-                async with self._changed:
-                    self._changed.notify_all()
-        self.closed = True
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait(self, pred: Callable[[list[Frame]], bool], deadline_s: float = 30) -> None:
-        """Until ``pred(frames)`` holds; fails if the connection ends or time runs out."""
-        async with asyncio.timeout(deadline_s), self._changed:
-            await self._changed.wait_for(lambda: pred(self.frames) or self.closed)
-        assert pred(self.frames), f"the connection ended: {self.frames[-3:]}"
-
-    async def sync(self, ref: str) -> None:
-        """Round trip through the server: what it sent before the pong has been read."""
-        await self.ws.send_json({"type": "ping", "ref": ref})
-        await self.wait(lambda fs: any(f.get("ref") == ref for f in fs))
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
-
-
-async def new_session(http: aiohttp.ClientSession, server: Server, tenant: Tenant) -> str:
-    async with http.post(f"{server.base}/api/v1/sessions", json={"user_id": "replicas"},
-                         headers=tenant.headers) as r:
-        assert r.status == 201, await r.text()
-        return str((await r.json())["id"])
-
-
-async def open_ws(http: aiohttp.ClientSession, server: Server, tenant: Tenant,
-                  sid: str) -> aiohttp.ClientWebSocketResponse:
-    return await http.ws_connect(f"{server.base}/api/v1/sessions/{sid}/ws",
-                                 headers=tenant.headers)
-
-
-async def subscriber(http: aiohttp.ClientSession, server: Server, tenant: Tenant,
-                     sid: str) -> Reader:
-    """A subscribed reader, live (its feed listens to Redis) when this returns."""
-    reader = Reader(await open_ws(http, server, tenant, sid))
-    await reader.ws.send_json({"type": "subscribe", "after_seq": 0})
-    await reader.sync("subscribed")
-    return reader

@@ -10,13 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,32 +27,16 @@ import pytest
 
 from server.settings import Settings, _env_name
 from storage import tenants
+from tests.conftest import ADMIN_URL, db_url
+from tests.server.procs import ROOT, clean_env, cli_command, free_port
 
-ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
-
-
-def _cli() -> list[str]:
-    """The installed console script, or the module when it is not installed."""
-    script = shutil.which("chat-storage", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "server.cli"]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """The environment without any chat-storage setting, plus ``extra``."""
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith("CHAT_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update(extra)
-    return env
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion; never longer than the deadline."""
     return subprocess.run(
-        [*_cli(), *args], env=_env(**env), cwd=REPO, capture_output=True, text=True,
+        [*cli_command(), *args], env=clean_env(**env), cwd=ROOT, capture_output=True, text=True,
         timeout=DEADLINE_S, check=False,
     )
 
@@ -76,8 +57,7 @@ def database_url() -> Iterator[str]:
     """A new, empty (unmigrated) database for this module."""
     name = f"chat_test_cli_{secrets.token_hex(4)}"
     _admin(f'CREATE DATABASE "{name}"')
-    base, _, _ = ADMIN_URL.rpartition("/")
-    yield f"{base}/{name}"
+    yield db_url(name)
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -223,13 +203,6 @@ def test_workers_without_redis_exits_2(database_url: str) -> None:
 # -- serve --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -295,7 +268,7 @@ def serving(tmp_path: Path, **env: str) -> Iterator[Server]:
         port = free_port()
         with out.open("w") as out_file, err.open("w") as err_file:
             proc = subprocess.Popen(
-                [*_cli(), "serve", "--port", str(port)], env=_env(**env), cwd=REPO,
+                [*cli_command(), "serve", "--port", str(port)], env=clean_env(**env), cwd=ROOT,
                 stdout=out_file, stderr=err_file, text=True,
             )
         server = Server(proc, port, out, err)
@@ -363,7 +336,7 @@ def test_serve_zero_config_prints_a_working_key(tmp_path: Path, data_dir: Path) 
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
-    lines = (REPO / ".env.example").read_text().splitlines()
+    lines = (ROOT / ".env.example").read_text().splitlines()
     values: dict[str, str] = {}
     for number, line in enumerate(lines):
         if not line or line.startswith("#"):

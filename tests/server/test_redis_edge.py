@@ -7,15 +7,10 @@ socket, with its own pool, limiter and broker, sharing only Postgres and Redis.
 from __future__ import annotations
 
 import dataclasses
-import os
-import secrets
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
 
 from server import ratelimit
 from server.app import create_app
@@ -24,19 +19,6 @@ from server.settings import Settings
 from storage.broker import MemoryBroker
 from storage.broker_redis import RedisBroker
 from tests.conftest import REDIS_URL, Tenant
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    value = f"chat-test-{os.getpid()}-{secrets.token_hex(4)}"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=f"{value}:*"):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 def closed_port_url() -> str:
@@ -56,13 +38,13 @@ async def test_without_redis_the_broker_is_in_memory(client: Any) -> None:
 
 
 async def test_with_redis_broker_and_limiter_are_shared(
-    aiohttp_client: Any, settings: Settings, redis_prefix: str
+    aiohttp_client: Any, settings: Settings, prefix: str
 ) -> None:
-    s = dataclasses.replace(settings, redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    s = dataclasses.replace(settings, redis_url=REDIS_URL, redis_prefix=prefix)
     client = await aiohttp_client(create_app(s))
     app = client.server.app
     assert isinstance(app[BROKER_KEY], RedisBroker)
-    assert app[BROKER_KEY].keys.prefix == redis_prefix
+    assert app[BROKER_KEY].keys.prefix == prefix
     assert isinstance(app[ratelimit.LIMITER_KEY], SharedLimiter)
     r = await client.get("/readyz")
     assert r.status == 200
@@ -70,9 +52,9 @@ async def test_with_redis_broker_and_limiter_are_shared(
 
 
 async def test_two_replicas_share_one_rate_limit(
-    aiohttp_client: Any, settings: Settings, redis_prefix: str, tenant: Tenant
+    aiohttp_client: Any, settings: Settings, prefix: str, tenant: Tenant
 ) -> None:
-    s = dataclasses.replace(settings, redis_url=REDIS_URL, redis_prefix=redis_prefix,
+    s = dataclasses.replace(settings, redis_url=REDIS_URL, redis_prefix=prefix,
                             rate_limit_per_s=0.001, rate_limit_burst=6)
     replicas = [await aiohttp_client(create_app(s)), await aiohttp_client(create_app(s))]
     statuses, remaining = [], []

@@ -28,16 +28,8 @@ from redis.asyncio import Redis
 from actors import events
 from storage.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.procs import (
-    Cluster,
-    Frame,
-    Reader,
-    RedisServer,
-    Server,
-    new_session,
-    open_ws,
-    subscriber,
-)
+from tests.server.procs import Cluster, RedisServer, Server
+from tests.server.procws import Frame, Reader, new_session, open_ws, subscriber
 from tests.server.streamkit import rebuild, recv_until, start
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)  # a request slower than this has hung

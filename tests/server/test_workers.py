@@ -6,26 +6,21 @@
   DATABASE_URL the parent runs the embedded Postgres once for all workers.
 - Separate ``serve`` processes (replicas): concurrent writers to one session through
   2 and then 3 of them get gap-free seq; the rate limit is shared (one burst in all).
-
-The :class:`Server` helper here is also used by tests/actors/test_ingest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,174 +29,20 @@ import asyncpg
 import pytest
 
 from tests.conftest import REDIS_URL, Tenant
+from tests.server.procs import (
+    ROOT,
+    Server,
+    alive,
+    clean_env,
+    cli_command,
+    free_port,
+    metric_total,
+    replica_env,
+    running,
+    worker_pids,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-START_DEADLINE_S = 60.0
 REQUEST_TIMEOUT_S = 20.0
-SHUTDOWN_TIMEOUT_S = 8.0
-
-
-def cli_command() -> list[str]:
-    """The installed console script, or the module when it is not installed."""
-    script = Path(sys.executable).parent / "chat-storage"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any chat-storage setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CHAT_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(extra)
-    return env
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_ports(n: int = 1) -> int:
-    """The first of ``n`` consecutive ports that are free right now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first: int = s.getsockname()[1]
-        if first + n <= 65536 and all(_port_free(first + i) for i in range(1, n)):
-            return first
-    raise RuntimeError("no free consecutive ports")
-
-
-def worker_pids(parent: int) -> list[int]:
-    """The worker processes (multiprocessing spawn children) of ``parent``, from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-class Server:
-    """``chat-storage serve`` as a subprocess (with ``workers > 1``: the parent of workers)."""
-
-    def __init__(self, log_path: Path, env: dict[str, str], *, workers: int = 1,
-                 metrics: bool = False) -> None:
-        self.log_path = log_path
-        self.env = env
-        self.workers = workers
-        self.metrics = metrics  # one metrics port per worker: metrics_port + i
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.metrics_port = 0
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def start(self) -> None:
-        """Start on free ports; return once /readyz answers 200 (a taken port is retried)."""
-        for _attempt in range(3):
-            self.port = free_ports()
-            # with workers, INFO: readiness is every worker's "listening" line
-            level = "INFO" if self.workers > 1 else "WARNING"
-            env = {"CHAT_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S), "CHAT_LOG_LEVEL": level,
-                   **self.env}
-            if self.metrics:
-                self.metrics_port = free_ports(self.workers)
-                env["CHAT_METRICS_PORT"] = str(self.metrics_port)
-            with self.log_path.open("ab") as log:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *cli_command(), "serve", "--port", str(self.port),
-                    "--workers", str(self.workers), cwd=ROOT, env=clean_env(**env),
-                    stdout=log, stderr=asyncio.subprocess.STDOUT)
-            if await self._ready():
-                return
-            if "already in use" not in self.log():
-                break
-        pytest.fail(f"server did not start:\n{self.log()[-5000:]}")
-
-    async def _ready(self) -> bool:
-        assert self.proc is not None
-        async with aiohttp.ClientSession() as http, asyncio.timeout(START_DEADLINE_S):
-            while self.proc.returncode is None:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{self.base}/readyz") as r:
-                        if r.status == 200 and self.listening() >= self.workers:
-                            return True
-                await asyncio.sleep(0.05)
-        return False
-
-    def listening(self) -> int:
-        """How many times a process of this server logged that it is listening."""
-        if self.workers == 1:
-            return 1  # /readyz answered: the one process is
-        return sum(1 for line in self.log().splitlines() if '"msg":"listening"' in line)
-
-    async def stop(self) -> int:
-        """SIGTERM and the exit status (killed and failed if it does not exit in time)."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), SHUTDOWN_TIMEOUT_S + 15)
-        except TimeoutError:
-            await self.kill()
-            pytest.fail(f"server did not stop on SIGTERM:\n{self.log()[-5000:]}")
-
-    async def kill(self) -> None:
-        """SIGKILL (the process alone: a workers parent's children stop by themselves)."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, env: dict[str, str], count: int = 1, *, workers: int = 1,
-                  metrics: bool = False) -> AsyncIterator[list[Server]]:
-    """``count`` started servers, stopped (or killed) at the end; logs shown on failure."""
-    servers = [Server(tmp_path / f"server{i}-{secrets.token_hex(3)}.log", env,
-                      workers=workers, metrics=metrics) for i in range(count)]
-    try:
-        await asyncio.gather(*(s.start() for s in servers))
-        yield servers
-    except BaseException:
-        for server in servers:
-            print(f"--- {server.log_path.name}\n{server.log()[-5000:]}")
-        raise
-    finally:
-        for server in servers:
-            await server.kill()
-
-
-def replica_env(database_url: str, **extra: str) -> dict[str, str]:
-    """Settings of servers that share this run's database and a Redis prefix of their own."""
-    return {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL,
-            "CHAT_REDIS_PREFIX": f"test{secrets.token_hex(4)}", "CHAT_DB_POOL_MAX": "8",
-            "CHAT_RATE_LIMIT_PER_S": "100000", "CHAT_RATE_LIMIT_BURST": "100000", **extra}
 
 
 async def new_session(base: str, tenant: Tenant) -> str:
@@ -210,16 +51,6 @@ async def new_session(base: str, tenant: Tenant) -> str:
     ) as r:
         assert r.status == 201, await r.text()
         return str((await r.json())["id"])
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 # -- serve --workers N --------------------------------------------------------------------
@@ -312,7 +143,7 @@ async def test_workers_on_the_embedded_database(tmp_path: Path, data_dir: Path) 
 def test_needs_redis_exits_2(database_url: str, env: dict[str, str], variable: str) -> None:
     args = ["--workers", "2"] if not env else []
     result = subprocess.run(
-        [*cli_command(), "serve", "--port", str(free_ports()), *args],
+        [*cli_command(), "serve", "--port", str(free_port()), *args],
         env=clean_env(DATABASE_URL=database_url, **env), cwd=ROOT, capture_output=True,
         text=True, timeout=60, check=False)
     assert result.returncode == 2, result.stderr

@@ -8,8 +8,6 @@ Redis would break everyone else's tests.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -41,23 +39,6 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.02)
     assert predicate(), what
-
-
-async def delete_keys(client: Redis, prefix: str) -> None:
-    async for key in client.scan_iter(match=f"{prefix}:*", count=500):
-        await client.delete(key)
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    value = f"chat-test-{os.getpid()}-{secrets.token_hex(4)}"
-    yield value
-    client = Redis.from_url(REDIS_URL)
-    try:
-        await delete_keys(client, value)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

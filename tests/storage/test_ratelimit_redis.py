@@ -7,8 +7,6 @@ how fast the test runs; one test lets Redis's own clock refill the bucket.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from redis.asyncio import Redis
 from storage.broker_redis import connect
 from storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter, take_result
 from tests.conftest import REDIS_URL
-from tests.storage.test_broker_redis import PrivateRedis, delete_keys, free_port
+from tests.storage.test_broker_redis import PrivateRedis, free_port
 
 T0 = 1_700_000_000_000.0  # an injected "now", in ms
 
@@ -28,14 +26,6 @@ async def client() -> AsyncIterator[Redis]:
     c = connect(REDIS_URL)
     yield c
     await c.aclose()
-
-
-@pytest.fixture
-async def prefix(client: Redis) -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    value = f"chat-test-{os.getpid()}-{secrets.token_hex(4)}"
-    yield value
-    await delete_keys(client, value)
 
 
 def limiter(client: Redis, prefix: str, rate_per_s: float, burst: int) -> RedisLimiter:
