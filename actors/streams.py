@@ -124,11 +124,7 @@ class Streams:
 
     def resume(self, key: StreamKey, stream_id: str, owner: Owner) -> int:
         """Hand the stream to ``owner``; returns the offset to continue from."""
-        st = self._by_id.get(stream_id)
-        if st is None or st.key != key:
-            raise StreamError("not_found", "no such stream in progress on this server")
-        if st.ending:
-            raise StreamError("ended", "the stream has ended")
+        st = self._live(key, stream_id, "no such stream in progress on this server")
         if st.grace is not None:
             st.grace.cancel()
             st.grace = None
@@ -175,12 +171,17 @@ class Streams:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # ------------------------------------------------------------ internals
-    def _owned(self, key: StreamKey, stream_id: str, owner: Owner) -> OwnedStream:
+    def _live(self, key: StreamKey, stream_id: str, absent: str) -> OwnedStream:
+        """The stream, still open, of this session; ``absent`` explains a miss."""
         st = self._by_id.get(stream_id)
         if st is None or st.key != key:
-            raise StreamError("not_found", "no such stream in progress")
+            raise StreamError("not_found", absent)
         if st.ending:
             raise StreamError("ended", "the stream has ended")
+        return st
+
+    def _owned(self, key: StreamKey, stream_id: str, owner: Owner) -> OwnedStream:
+        st = self._live(key, stream_id, "no such stream in progress")
         if st.owner is not owner:
             raise StreamError("not_owner", "the stream belongs to another connection")
         return st
