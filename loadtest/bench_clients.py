@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -12,7 +13,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -82,6 +83,15 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+@contextlib.contextmanager
+def server_cpu(args: argparse.Namespace, result: Result) -> Iterator[None]:
+    """Charge ``result`` with the CPU time the server process used inside the block."""
+    before = cpu_seconds(args.server_pid)
+    yield
+    after = cpu_seconds(args.server_pid)
+    if before is not None and after is not None:
+        result.server_cpu_s = after - before
+
 
 async def drive(name: str, args: argparse.Namespace, concurrency: int,
                 one: Callable[[int], Awaitable[tuple[int, str | None]]]) -> Result:
@@ -111,12 +121,9 @@ async def drive(name: str, args: argparse.Namespace, concurrency: int,
     await asyncio.sleep(args.warmup)
     measuring = True
     began = time.perf_counter()
-    cpu_before = cpu_seconds(args.server_pid)
-    await asyncio.gather(*tasks)
+    with server_cpu(args, result):
+        await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - began
-    cpu_after = cpu_seconds(args.server_pid)
-    if cpu_before is not None and cpu_after is not None:
-        result.server_cpu_s = cpu_after - cpu_before
     print(f"  {name:<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms  "
           f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_ms_per_request:.3f} ms/req  "
           f"errors {dict(result.errors) or 0}", flush=True)
@@ -205,12 +212,9 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
                 due += interval
 
         start = time.perf_counter() + 0.1
-        cpu_before = cpu_seconds(args.server_pid)
-        await asyncio.gather(*(writer(i, start) for i in range(args.concurrency)))
+        with server_cpu(args, result):
+            await asyncio.gather(*(writer(i, start) for i in range(args.concurrency)))
         result.seconds = time.perf_counter() - start
-        cpu_after = cpu_seconds(args.server_pid)
-        if cpu_before is not None and cpu_after is not None:
-            result.server_cpu_s = cpu_after - cpu_before
     print(f"  {'http-paced':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
           f"  p99 {result.p99_ms:6.2f} ms  ({args.concurrency} writers, {args.paced_rate:g}/s "
           f"offered)  errors {dict(result.errors) or 0}", flush=True)
@@ -318,15 +322,12 @@ async def run_ws_pipelined(base: str, key: str, sessions: list[str],
             await task
 
         await asyncio.sleep(max(0.0, measure_from - loop.time()))
-        cpu_before = cpu_seconds(args.server_pid)
         try:
-            await asyncio.gather(*(client(ws) for ws in sockets))
+            with server_cpu(args, result):
+                await asyncio.gather(*(client(ws) for ws in sockets))
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         result.seconds = args.duration
-        cpu_after = cpu_seconds(args.server_pid)
-        if cpu_before is not None and cpu_after is not None:
-            result.server_cpu_s = cpu_after - cpu_before
     print(f"  {'ws-pipe':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
           f"  p99 {result.p99_ms:6.2f} ms  ({args.ws_window} in flight per socket)  "
           f"errors {dict(result.errors) or 0}", flush=True)
