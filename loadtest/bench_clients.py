@@ -33,13 +33,19 @@ class Result:
     messages: int = 0
     latencies: list[float] = dataclasses.field(default_factory=list)
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    server_cpu_s: float | None = None  # CPU time the server process used while measured
+    # CPU time used while measured by the server process, this (client) process, and
+    # every local ``postgres`` process: where the machine's cores went
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    db_cpu_s: float | None = None
 
     @property
     def cpu_ms_per_request(self) -> float:
-        if self.server_cpu_s is None or not self.requests:
-            return float("nan")
-        return self.server_cpu_s * 1000 / self.requests
+        return _per(self.server_cpu_s, self.requests)
+
+    def cpu_us_per_message(self, which: str) -> float:
+        """CPU µs per stored message of ``server``, ``client`` or ``db``."""
+        return _per(getattr(self, f"{which}_cpu_s"), self.messages) * 1000
 
     @property
     def messages_per_s(self) -> float:
@@ -68,6 +74,10 @@ class Result:
         return str(sum(self.errors.values())) if self.errors else "0"
 
 
+def _per(seconds: float | None, n: int) -> float:
+    return float("nan") if seconds is None or not n else seconds * 1000 / n
+
+
 def message(n: int = 0) -> dict[str, Any]:
     return {"role": "user", "content": CONTENT + secrets.token_hex(8) + f"-{n}"}
 
@@ -83,14 +93,50 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU time so far of each process named ``postgres`` (a local server), by pid."""
+    found: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+        except OSError:
+            continue
+        seconds = cpu_seconds(int(entry.name))
+        if seconds is not None:  # it may have exited in between
+            found[int(entry.name)] = seconds
+    return found
+
+
+def _postgres_delta(before: dict[int, float], after: dict[int, float]) -> float | None:
+    """CPU used in between by the processes alive at the end (new ones from zero)."""
+    if not after:
+        return None
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 @contextlib.contextmanager
 def server_cpu(args: argparse.Namespace, result: Result) -> Iterator[None]:
-    """Charge ``result`` with the CPU time the server process used inside the block."""
-    before = cpu_seconds(args.server_pid)
+    """Charge ``result`` with the CPU time the server, this client process and the
+    local Postgres used inside the block (a backend that exits inside it is missed)."""
+    server, client, db = cpu_seconds(args.server_pid), _own_cpu(), postgres_cpu()
     yield
-    after = cpu_seconds(args.server_pid)
-    if before is not None and after is not None:
-        result.server_cpu_s = after - before
+    result.server_cpu_s = _delta(server, cpu_seconds(args.server_pid))
+    result.client_cpu_s = _own_cpu() - client
+    result.db_cpu_s = _postgres_delta(db, postgres_cpu())
 
 
 async def drive(name: str, args: argparse.Namespace, concurrency: int,
@@ -393,20 +439,33 @@ def run_langchain(url: str, args: argparse.Namespace) -> Result | None:
     start = time.perf_counter() + args.warmup
     stop_at = start + args.duration
 
+    # the CPU bracket closes while every backend is still connected (an exited
+    # backend's CPU time can no longer be read): all stop, then measured, then close
+    stopped = threading.Barrier(args.lc_threads + 1)
+    measured = threading.Barrier(args.lc_threads + 1)
+
     def worker() -> None:
         with psycopg.connect(dsn) as conn:
             history = PostgresChatMessageHistory(table, str(uuid.uuid4()), sync_connection=conn)
-            while (began := time.perf_counter()) < stop_at:
-                history.add_messages([HumanMessage(content=message()["content"])])
-                if began >= start:
-                    with lock:
-                        result.requests += 1
-                        result.messages += 1
-                        result.latencies.append(time.perf_counter() - began)
+            try:
+                while (began := time.perf_counter()) < stop_at:
+                    history.add_messages([HumanMessage(content=message()["content"])])
+                    if began >= start:
+                        with lock:
+                            result.requests += 1
+                            result.messages += 1
+                            result.latencies.append(time.perf_counter() - began)
+            finally:
+                stopped.wait(timeout=60)
+                measured.wait(timeout=60)
 
     threads = [threading.Thread(target=worker) for _ in range(args.lc_threads)]
     for t in threads:
         t.start()
+    time.sleep(max(0.0, start - time.perf_counter()))
+    with server_cpu(argparse.Namespace(server_pid=None), result):  # LangChain runs here
+        stopped.wait(timeout=args.duration + 60)
+    measured.wait(timeout=60)
     for t in threads:
         t.join()
     print(f"  {'langchain':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"

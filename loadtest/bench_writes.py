@@ -89,6 +89,15 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         print(f"{r.name:<12} {r.messages_per_s:>10.0f} {r.requests_per_s:>10.0f} "
               f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.error_summary:>8} "
               f"{r.cpu_ms_per_request:>18.3f}")
+    print()
+    print("CPU µs per message: where the machine's cores went (client = this process;")
+    print("for langchain it is LangChain + psycopg; postgres = every local postgres process)")
+    print(f"{'mode':<12} {'client':>8} {'server':>8} {'postgres':>9} {'total':>8}")
+    for r in results:
+        parts = [r.cpu_us_per_message(w) for w in ("client", "server", "db")]
+        total = sum(p for p in parts if p == p)  # nan (not measured) counts as 0
+        print(f"{r.name:<12} {parts[0]:>8.0f} {parts[1]:>8.0f} {parts[2]:>9.0f} "
+              f"{total:>8.0f}")
     by = {r.name: r for r in results}
     print()
     if "ceiling" in by and "http-quiet" in by:
