@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from server import database
 from server.errors import ApiError
@@ -67,11 +66,12 @@ async def resolve_key(app: web.Application, key: str) -> Principal | None:
     return principal
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate every ``/api/v1`` request and store its :class:`Principal`."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
+async def authenticate_request(request: web.Request) -> None:
+    """Authenticate an ``/api/v1`` request and store its :class:`Principal`.
+
+    401 without a key (and no other authenticator took it), 403 for a bad one.
+    Called by the API middleware (``server.middlewares``).
+    """
     key = request.headers.get("X-Api-Key")
     principal: Principal | None = None
     if key is None:
@@ -87,7 +87,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if principal is None:
         raise ApiError(403, "API key is not valid")
     request[PRINCIPAL_KEY] = principal
-    return await handler(request)
 
 
 def principal_of(request: web.Request) -> Principal:

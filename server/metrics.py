@@ -21,6 +21,23 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+# The labelled children by label values: ``labels()`` validates and locks on each
+# call, and this runs for every request. Routes are canonical paths, so few keys.
+_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency."""
+    key = (method, route, status)
+    child = _children.get(key)
+    if child is None:
+        if len(_children) >= 10_000:  # unreachable with canonical routes; stay bounded
+            _children.clear()
+        child = _children[key] = (REQUESTS.labels(method, route, str(status)),
+                                  REQUEST_SECONDS.labels(method, route))
+    child[0].inc()
+    child[1].observe(seconds)
+
 
 class SizedPool(Protocol):
     """What the collector reads of a connection pool (``asyncpg.Pool`` has it)."""

@@ -1,5 +1,9 @@
-"""Middlewares, outermost first: request id, access log + errors, auth, rate limit.
+"""The one middleware of every request: request id, errors, access log and metrics,
+then, for ``/api/v1``, authentication and the rate limit.
 
+They are steps of one function, in that order, rather than four middlewares: each
+aiohttp middleware costs a wrapper and a coroutine per request, and this is the
+hot path of every write (``loadtest/bench_writes.py``).
 Headers every response must carry (``X-Request-ID``, ``RateLimit-*``) are added in
 ``on_response_prepare`` so streamed responses and WebSocket handshakes get them too.
 """
@@ -34,17 +38,10 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Adopt a valid client ``X-Request-ID`` or make one; expose it to logs."""
-    given = request.headers.get("X-Request-ID", "")
-    rid = given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
-    request[REQUEST_ID_KEY] = rid
-    token = REQUEST_ID.set(rid)
-    try:
-        return await handler(request)
-    finally:
-        REQUEST_ID.reset(token)
+def _request_id(request: web.Request) -> str:
+    """A valid client ``X-Request-ID``, or a new one."""
+    given = request.headers.get("X-Request-ID")
+    return given if given is not None and _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 def error_response(request: web.Request, err: ApiError) -> web.Response:
@@ -91,14 +88,18 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 
 
 @web.middleware
-async def access_and_errors_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
-    """Turn every exception into the error body and log one line per request."""
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id; then auth and rate limit for ``/api/v1``; then the handler. Every
+    exception becomes the error body; one access-log line and the metrics per request."""
+    rid = request[REQUEST_ID_KEY] = _request_id(request)
+    token = REQUEST_ID.set(rid)
     started = time.perf_counter()
     status = 500
     try:
         try:
+            if request.path.startswith(auth.API_PREFIX):
+                await auth.authenticate_request(request)
+                await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
             response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)
@@ -113,20 +114,21 @@ async def access_and_errors_middleware(
     finally:
         elapsed_s = time.perf_counter() - started
         route = _route_name(request)
-        metrics.REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.REQUEST_SECONDS.labels(request.method, route).observe(elapsed_s)
-        principal = request.get(auth.PRINCIPAL_KEY)
-        access_log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": route,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(elapsed_s * 1000, 3),
-                "tenant": principal.tenant_name if principal else None,
-            },
-        )
+        metrics.observe_request(request.method, route, status, elapsed_s)
+        if access_log.isEnabledFor(logging.INFO):
+            principal = request.get(auth.PRINCIPAL_KEY)
+            access_log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round(elapsed_s * 1000, 3),
+                    "tenant": principal.tenant_name if principal else None,
+                },
+            )
+        REQUEST_ID.reset(token)
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -138,9 +140,6 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
 
 
 def setup(app: web.Application) -> None:
-    """Install the middlewares in order, and the response header hook."""
-    app.middlewares.extend(
-        [request_id_middleware, access_and_errors_middleware,
-         auth.auth_middleware, ratelimit.ratelimit_middleware]
-    )
+    """Install the middleware and the response header hook."""
+    app.middlewares.append(api_middleware)
     app.on_response_prepare.append(on_response_prepare)

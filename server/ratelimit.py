@@ -12,11 +12,10 @@ import time
 from typing import Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from server.auth import PRINCIPAL_KEY
 from server.errors import ApiError
 from storage.ratelimit_redis import take_result
+from storage.tenants import Principal
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,18 +66,16 @@ LIMITER_KEY = web.AppKey("limiter", Limiter)
 DECISION_KEY = web.RequestKey("ratelimit", Decision)
 
 
-@web.middleware
-async def ratelimit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Take a token for the caller's key; 429 with ``Retry-After`` when there is none."""
-    principal = request.get(PRINCIPAL_KEY)
-    if principal is None:
-        return await handler(request)
+async def take_token(request: web.Request, principal: Principal) -> None:
+    """Take a token for ``principal``'s key; 429 with ``Retry-After`` when there is none.
+
+    Called by the API middleware (``server.middlewares``) after authentication.
+    """
     result = await request.app[LIMITER_KEY].take(principal.key_id)
     request[DECISION_KEY] = result
     if not result.allowed:
         raise ApiError(429, "rate limit exceeded",
                        headers={"Retry-After": str(result.retry_after_s)})
-    return await handler(request)
 
 
 def apply_headers(request: web.Request, response: web.StreamResponse) -> None:
