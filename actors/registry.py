@@ -82,7 +82,6 @@ class Registry:
         if actor is None:
             actor = SessionActor(tenant_id, session_id, self._sink, self._config,
                                  on_commit=self._committed)
-            actor.start()
             self._actors[key] = actor
         return actor
 

@@ -1,9 +1,15 @@
-"""One actor per active session: a bounded mailbox and one group-commit task.
+"""One actor per active session: a bounded mailbox and its group-commit cycle.
 
-The loop waits for a write, takes whatever else is queued (up to ``max_batch``
-messages), hands all of it to the committer as one batch and only then resolves the
-waiters, in mailbox order, so seq follows arrival. A write is never answered as
-stored unless its transaction is known to have committed.
+The cycle takes the first write, then whatever else is queued (up to ``max_batch``
+messages), hands all of it to the committer as one batch and, when that batch has
+landed, answers its waiters in mailbox order and takes the next: one batch in
+flight per session, so seq follows arrival. A write is never answered as stored
+unless its transaction is known to have committed.
+
+The cycle is driven by its two events, a write arriving at an idle actor and a
+batch landing, rather than by a task of its own: a task would cost two task
+switches per batch (wake on the write, wake on the landing) on the path of every
+write, and an actor with no task cannot die on its own and strand its mailbox.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class Write:
 
 
 class SessionActor:
-    """Owns one session's write mailbox and its commit loop."""
+    """Owns one session's write mailbox and its commit cycle."""
 
     def __init__(
         self, tenant_id: uuid.UUID, session_id: uuid.UUID, sink: Sink,
@@ -65,12 +71,13 @@ class SessionActor:
         self._sink = sink
         self._config = config
         self._on_commit = on_commit
+        self._loop = asyncio.get_running_loop()
         self._mailbox: collections.deque[Write] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._landing: asyncio.Future[None] | None = None  # the batch being committed
+        self._landing: list[Write] | None = None  # the batch being committed
+        self._pumping = False
+        self._drained: asyncio.Future[None] | None = None  # what stop() waits for
         self._closing = False
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._loop.time()
 
     @property
     def idle(self) -> bool:
@@ -82,11 +89,6 @@ class SessionActor:
         """Writes waiting in the mailbox."""
         return len(self._mailbox)
 
-    def start(self) -> None:
-        """Start the commit loop."""
-        self._task = asyncio.create_task(self._run(), name=f"session-actor:{self.session_id}")
-        self._task.add_done_callback(self._ended)
-
     def submit(self, group: WriteGroup, deadline: float) -> Write:
         """Queue ``group``; its future resolves after its commit. Never blocks."""
         if self._closing:
@@ -95,19 +97,21 @@ class SessionActor:
         if len(self._mailbox) >= self._config.mailbox_size:
             metrics.REJECTED.labels("mailbox_full").inc()
             raise Overloaded("session write queue is full")
-        loop = asyncio.get_running_loop()
-        write = Write(group, loop.create_future(), deadline)
+        write = Write(group, self._loop.create_future(), deadline)
         self._mailbox.append(write)
-        self._wakeup.set()
-        self.last_active = loop.time()
+        self.last_active = self._loop.time()
+        if self._landing is None:
+            self._pump()
         return write
 
     async def stop(self) -> None:
-        """Take no more writes, commit what is queued, answer everyone, then end."""
+        """Take no more writes; return once what is queued is committed and answered."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await asyncio.wait([self._task])  # never raises; never cancels the loop
+        if self.idle:
+            return
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        await asyncio.shield(self._drained)
 
     def terminate(self) -> None:
         """Stop now: queued writes are answered :class:`ShuttingDown` (not stored).
@@ -115,8 +119,6 @@ class SessionActor:
         A batch already handed to the committer is answered by the committer.
         """
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
         self._fail_queued(ShuttingDown("server stopped before the write"))
 
     def expire(self, now: float) -> int:
@@ -129,30 +131,33 @@ class SessionActor:
                 expired += 1
         if expired:
             metrics.REJECTED.labels("deadline").inc(expired)
+        self._check_drained()
         return expired
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._mailbox:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = self._take(loop.time())
-            if not batch:
-                continue
-            # one batch in flight per session: the next one gets the next seq numbers
-            self._landing = landing = loop.create_future()
-            self._sink.submit(
-                SessionBatch(self.tenant_id, self.session_id, [w.group for w in batch]),
-                functools.partial(self._landed, batch, landing),
-            )
-            try:
-                await landing
-            finally:
-                self._landing = None
-            self.last_active = loop.time()
+    def _pump(self) -> None:
+        """Hand the next batch to the committer unless one is in flight.
+
+        Not re-entrant: a sink that answers at once (it is stopping) calls
+        :meth:`_landed` from inside ``submit``, and this loop then takes the next batch
+        instead of recursing once per batch.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._landing is None and self._mailbox:
+                batch = self._take(self._loop.time())
+                if not batch:
+                    continue
+                # one batch in flight per session: the next one gets the next seq numbers
+                self._landing = batch
+                self._sink.submit(
+                    SessionBatch(self.tenant_id, self.session_id, [w.group for w in batch]),
+                    functools.partial(self._landed, batch),
+                )
+        finally:
+            self._pumping = False
+        self._check_drained()
 
     def _take(self, now: float) -> list[Write]:
         """Writes for one transaction: up to ``max_batch`` messages, expired ones refused."""
@@ -175,11 +180,18 @@ class SessionActor:
             size += n
         return batch
 
-    def _landed(self, batch: list[Write], landing: asyncio.Future[None],
+    def _landed(self, batch: list[Write], outcome: list[Stored | Exception] | BaseException,
+                ) -> None:
+        """Answer every write of a committed (or failed) batch, announce it, go on."""
+        self._landing = None
+        self.last_active = self._loop.time()
+        try:
+            self._answer(batch, outcome)
+        finally:
+            self._pump()
+
+    def _answer(self, batch: list[Write],
                 outcome: list[Stored | Exception] | BaseException) -> None:
-        """Answer every write of a committed (or failed) batch, then announce it."""
-        if not landing.done():
-            landing.set_result(None)
         if isinstance(outcome, BaseException):
             for write in batch:
                 _fail(write, outcome)
@@ -199,18 +211,14 @@ class SessionActor:
             except Exception:
                 log.exception("on_commit hook failed", extra={"session_id": str(self.session_id)})
 
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.idle and not self._drained.done():
+            self._drained.set_result(None)
+
     def _fail_queued(self, error: BaseException) -> None:
         while self._mailbox:
             self._mailbox.popleft().withdraw(error)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        # the loop only ends by stop/terminate; anything else is a bug: fail loudly, and
-        # answer the queue so nobody waits for a loop that is gone
-        self._closing = True
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session actor crashed", exc_info=task.exception(),
-                      extra={"session_id": str(self.session_id)})
-        self._fail_queued(ShuttingDown("session actor stopped"))
+        self._check_drained()
 
 
 def _fail(write: Write, error: BaseException) -> None:
