@@ -90,7 +90,15 @@ class Hub:
 
     def on_commit(self, tenant_id: uuid.UUID, session_id: uuid.UUID,
                   stored: list[dict[str, Any]]) -> None:
-        """The registry's commit hook: announce the stored messages (in seq order)."""
+        """The registry's commit hook: announce the stored messages (in seq order).
+
+        Nothing is built when nobody can receive it: no feed or stream here, and a
+        broker with no reader for the channel (the memory broker of one process).
+        A feed opened later reads these messages from Postgres.
+        """
+        key = (tenant_id, session_id)
+        if not (self.in_use(key) or self._broker.wanted(relay.channel(key))):
+            return
         for message in stored:
             self.emit(tenant_id, session_id, events.from_row(message))
 

@@ -60,6 +60,13 @@ class Broker(Protocol):
         """
         ...
 
+    def wanted(self, channel: str) -> bool:
+        """Whether an event published to ``channel`` now could reach any listener.
+
+        ``False`` lets a publisher skip building the event at all.
+        """
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -108,6 +115,10 @@ class MemoryBroker:
                 self._listeners.pop(channel, None)
 
         return stop
+
+    def wanted(self, channel: str) -> bool:
+        """Only listeners of this process can read it: is one listening?"""
+        return channel in self._listeners
 
     def forget(self, channel: str) -> None:
         """Drop a channel's log (the session went idle)."""

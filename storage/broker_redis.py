@@ -234,6 +234,10 @@ class RedisBroker:
             raise Gap(f"events after {after_id} in {channel} were trimmed")
         return [Event(channel, _text(i), fields.get(DATA_FIELD, b"")) for i, fields in entries]
 
+    def wanted(self, channel: str) -> bool:
+        """Always: other processes may read the stream, now or to catch up later."""
+        return True
+
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` for each event of ``channel`` appended after this call."""
         ch = self._channels.get(channel)
