@@ -87,6 +87,17 @@ class Lease:
             except Exception as exc:  # cannot connect (or the pool failed): nothing was sent
                 metrics.REJECTED.labels("db_unavailable").inc()
                 raise Unavailable(f"cannot connect to the database: {exc!r}") from None
+            try:
+                # The group-commit statement is prepared once per connection. With
+                # Postgres's default plan choice, a connection whose first batches were
+                # small keeps re-planning it on every call (~50 µs of Postgres CPU per
+                # message at 4 per batch, measured); its generic plan suits every size.
+                # The pool's reset (RESET ALL) undoes this when the lease ends.
+                await self._conn.execute("SET plan_cache_mode = force_generic_plan")
+            except Exception as exc:  # nothing of a write was sent yet
+                await self.discard()
+                metrics.REJECTED.labels("db_unavailable").inc()
+                raise Unavailable(f"cannot prepare the connection: {exc!r}") from None
         return self._conn
 
     async def discard(self) -> None:

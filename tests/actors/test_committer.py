@@ -12,6 +12,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from actors.committer import Lease
 from actors.errors import OutcomeUnknown
 from storage import writes
 from storage.errors import Unavailable
@@ -113,3 +114,22 @@ async def test_settle_gives_up_on_a_lock_that_is_never_released(
         async with pool.acquire() as reader:
             with pytest.raises(asyncpg.LockNotAvailableError):
                 await writes.fetch_settled(reader, [(tenant.id, sid)], [], lock_timeout_s=0.1)
+
+
+async def test_leased_connection_plans_generically_and_the_pool_forgets_it(
+    pool: asyncpg.Pool,
+) -> None:
+    # the group-commit statement runs with a generic plan; other queries of the pool
+    # must not inherit that setting once the lease gives the connection back
+    lease = Lease(pool, acquire_timeout_s=5.0)
+    conn = await lease.get()
+    assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    raw = conn._con  # the connection itself, to recognise it when the pool hands it out
+    await lease.release()
+    for _ in range(pool.get_max_size()):  # bounded: one of them is the same connection
+        async with pool.acquire() as again:
+            assert await again.fetchval("SHOW plan_cache_mode") == "auto"
+            if again._con is raw:
+                break
+    else:
+        pytest.fail("the pool never handed the leased connection out again")
