@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
+import gc
 import logging
 import signal
 import sys
@@ -97,6 +98,24 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         return runner.run(_serve(settings, reuse_port))
 
 
+# Python's default (700, 10, 10) collects the young generation every few requests
+# and the whole heap often enough that its pauses set the write path's p99.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Once started: move what start-up made (modules, app, pool) out of the collector's
+    way (``gc.freeze``) and collect less often.
+
+    Measured with ``loadtest/bench_writes.py --modes http-quiet`` (64 writers): p99
+    from 54-60 ms to 28-29 ms, server CPU per request 10-20% lower. Reference cycles
+    are still collected, only in larger steps.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(settings: Settings, reuse_port: bool = False) -> int:
     from server.app import create_app  # the whole app is only needed to serve
 
@@ -128,6 +147,7 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> int:
             await web.TCPSite(runner, settings.host, settings.port,
                               reuse_port=reuse_port).start()
             log.info("listening", extra={"host": settings.host, "port": settings.port})
+            tune_gc()
             if settings.embedded:
                 await _first_run_key(runner.app, settings)
         except (StorageError, asyncpg.PostgresError, OSError) as exc:
