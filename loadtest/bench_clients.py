@@ -232,6 +232,7 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
 
     Latency counts from the scheduled send time, so a stall shows up in full
     (no coordinated omission); this is the p99 a chat UI would see at that load.
+    The first ``warmup`` seconds (connections opening) run on the schedule too, unmeasured.
     """
     headers = {"X-Api-Key": key, "Content-Type": "application/json"}
     interval = args.concurrency / args.paced_rate
@@ -239,7 +240,7 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
     result = Result("http-paced", args.duration)
     async with _http(args) as http:
         async def writer(i: int, start: float) -> None:
-            due = start + interval * i / args.concurrency  # spread the writers out
+            due = start - args.warmup + interval * i / args.concurrency  # spread out
             while due < start + args.duration:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 n = next(turn)
@@ -249,6 +250,9 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
                     data=body, headers=headers,
                 ) as r:
                     await r.read()
+                    if due < start:
+                        due += interval
+                        continue
                     result.requests += 1
                     result.latencies.append(time.perf_counter() - due)
                     if r.status == 201:
@@ -257,9 +261,11 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
                         result.errors[str(r.status)] += 1
                 due += interval
 
-        start = time.perf_counter() + 0.1
+        start = time.perf_counter() + 0.1 + args.warmup
+        tasks = [asyncio.create_task(writer(i, start)) for i in range(args.concurrency)]
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
         with server_cpu(args, result):
-            await asyncio.gather(*(writer(i, start) for i in range(args.concurrency)))
+            await asyncio.gather(*tasks)
         result.seconds = time.perf_counter() - start
     print(f"  {'http-paced':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
           f"  p99 {result.p99_ms:6.2f} ms  ({args.concurrency} writers, {args.paced_rate:g}/s "
