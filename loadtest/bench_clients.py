@@ -69,6 +69,21 @@ class Result:
     def p99_ms(self) -> float:
         return self._pct(0.99)
 
+    def add(self, seconds: float, stored: int, error: str | None = None) -> None:
+        """Record one measured request: its latency, messages stored, error label."""
+        self.requests += 1
+        self.latencies.append(seconds)
+        self.messages += stored
+        if error is not None:
+            self.errors[error] += 1
+
+    def report(self, note: str = "") -> None:
+        """Print this mode's line as soon as it is measured."""
+        note = note or f"server CPU {self.cpu_ms_per_request:.3f} ms/req"
+        print(f"  {self.name:<12} {self.messages_per_s:9.0f} msgs/s  p50 {self.p50_ms:6.2f} ms"
+              f"  p99 {self.p99_ms:6.2f} ms  {note}  errors {dict(self.errors) or 0}",
+              flush=True)
+
     @property
     def error_summary(self) -> str:
         return str(sum(self.errors.values())) if self.errors else "0"
@@ -157,11 +172,7 @@ async def drive(name: str, args: argparse.Namespace, concurrency: int,
             stored, error = await one(i)
             if not measuring:
                 continue
-            result.requests += 1
-            result.latencies.append(time.perf_counter() - started)
-            result.messages += stored
-            if error is not None:
-                result.errors[error] += 1
+            result.add(time.perf_counter() - started, stored, error)
 
     tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
     await asyncio.sleep(args.warmup)
@@ -170,9 +181,7 @@ async def drive(name: str, args: argparse.Namespace, concurrency: int,
     with server_cpu(args, result):
         await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - began
-    print(f"  {name:<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms  "
-          f"p99 {result.p99_ms:6.2f} ms  server CPU {result.cpu_ms_per_request:.3f} ms/req  "
-          f"errors {dict(result.errors) or 0}", flush=True)
+    result.report()
     return result
 
 
@@ -250,15 +259,10 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
                     data=body, headers=headers,
                 ) as r:
                     await r.read()
-                    if due < start:
-                        due += interval
-                        continue
-                    result.requests += 1
-                    result.latencies.append(time.perf_counter() - due)
-                    if r.status == 201:
-                        result.messages += 1
-                    else:
-                        result.errors[str(r.status)] += 1
+                    if due >= start:  # not a warm-up send
+                        ok = r.status == 201
+                        result.add(time.perf_counter() - due, int(ok),
+                                   None if ok else str(r.status))
                 due += interval
 
         start = time.perf_counter() + 0.1 + args.warmup
@@ -267,9 +271,7 @@ async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Nam
         with server_cpu(args, result):
             await asyncio.gather(*tasks)
         result.seconds = time.perf_counter() - start
-    print(f"  {'http-paced':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
-          f"  p99 {result.p99_ms:6.2f} ms  ({args.concurrency} writers, {args.paced_rate:g}/s "
-          f"offered)  errors {dict(result.errors) or 0}", flush=True)
+    result.report(f"({args.concurrency} writers, {args.paced_rate:g}/s offered)")
     return result
 
 
@@ -354,12 +356,8 @@ async def run_ws_pipelined(base: str, key: str, sessions: list[str],
                     window.release()
                     now = loop.time()
                     if measure_from <= at and now <= stop_at:
-                        result.requests += 1
-                        result.latencies.append(now - at)
-                        if event.get("type") == "ack":
-                            result.messages += 1
-                        else:
-                            result.errors[str(event.get("code"))] += 1
+                        ok = event.get("type") == "ack"
+                        result.add(now - at, int(ok), None if ok else str(event.get("code")))
 
             task = asyncio.create_task(reader())
             n = 0
@@ -380,9 +378,7 @@ async def run_ws_pipelined(base: str, key: str, sessions: list[str],
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         result.seconds = args.duration
-    print(f"  {'ws-pipe':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
-          f"  p99 {result.p99_ms:6.2f} ms  ({args.ws_window} in flight per socket)  "
-          f"errors {dict(result.errors) or 0}", flush=True)
+    result.report(f"({args.ws_window} in flight per socket)")
     return result
 
 
@@ -458,9 +454,7 @@ def run_langchain(url: str, args: argparse.Namespace) -> Result | None:
                     history.add_messages([HumanMessage(content=message()["content"])])
                     if began >= start:
                         with lock:
-                            result.requests += 1
-                            result.messages += 1
-                            result.latencies.append(time.perf_counter() - began)
+                            result.add(time.perf_counter() - began, 1)
             finally:
                 stopped.wait(timeout=60)
                 measured.wait(timeout=60)
@@ -474,6 +468,5 @@ def run_langchain(url: str, args: argparse.Namespace) -> Result | None:
     measured.wait(timeout=60)
     for t in threads:
         t.join()
-    print(f"  {'langchain':<12} {result.messages_per_s:9.0f} msgs/s  p50 {result.p50_ms:6.2f} ms"
-          f"  p99 {result.p99_ms:6.2f} ms  ({args.lc_threads} threads)", flush=True)
+    result.report(f"({args.lc_threads} threads)")
     return result
