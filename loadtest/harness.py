@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
-from storage import migrations
+from storage import scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -32,32 +31,17 @@ READY_TIMEOUT_S = 60
 # ---------------------------------------------------------------- the database
 def db_url(name: str) -> str:
     """The admin URL with its database replaced by ``name``."""
-    return f"{ADMIN_URL.rpartition('/')[0]}/{name}"
+    return scratch.url_of(ADMIN_URL, name)
 
 
 async def create_database(name: str) -> str:
     """Create database ``name``, apply the migrations of ``sql/``; return its URL."""
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = db_url(name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrations.migrate(conn, ROOT / "sql")
-    finally:
-        await conn.close()
-    return url
+    return await scratch.create(ADMIN_URL, name, ROOT / "sql")
 
 
 async def drop_database(name: str) -> None:
     """Drop database ``name``, closing whatever connections are still open on it."""
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await scratch.drop(ADMIN_URL, name)
 
 
 async def make_sessions(base: str, key: str, n: int) -> list[str]:

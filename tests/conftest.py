@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from server.app import create_app
 from server.settings import DEFAULT_MIGRATIONS_DIR, Settings
-from storage import db, migrations, tenants
+from storage import db, scratch, tenants
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -30,31 +30,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 def db_url(name: str) -> str:
     """The admin URL with its database replaced by ``name``."""
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
+    return scratch.url_of(ADMIN_URL, name)
 
 
 async def create_database(name: str) -> str:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = db_url(name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrations.migrate(conn, DEFAULT_MIGRATIONS_DIR)
-    finally:
-        await conn.close()
-    return url
+    return await scratch.create(ADMIN_URL, name, DEFAULT_MIGRATIONS_DIR)
 
 
 async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await scratch.drop(ADMIN_URL, name)
 
 
 @pytest.fixture(scope="session")

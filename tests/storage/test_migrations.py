@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from server.settings import DEFAULT_MIGRATIONS_DIR
-from storage import migrations
+from storage import migrations, scratch
 from storage.errors import MigrationError
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -24,14 +24,11 @@ ALL_VERSIONS = [m.version for m in migrations.discover(DEFAULT_MIGRATIONS_DIR)]
 async def empty_db() -> AsyncIterator[str]:
     """The URL of a new database with nothing in it, dropped after the test."""
     name = f"chat_test_migr_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
+    url = await scratch.create(ADMIN_URL, name)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        base, _, _ = ADMIN_URL.rpartition("/")
-        yield f"{base}/{name}"
+        yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await scratch.drop(ADMIN_URL, name)
 
 
 @pytest.fixture
