@@ -62,6 +62,10 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 CRASH_LIMIT = 5  # deaths of one worker slot within the window before giving up
 CRASH_WINDOW_S = 60.0
+# A worker's exit wakes the parent through its sentinel pipe; the parent also looks
+# (waitpid) at least this often, so a death is seen even if that wake-up never comes
+# (the full test suite once saw a SIGKILLed worker go unnoticed for 30 s).
+POLL_S = 1.0
 STOP_MARGIN_S = 10.0  # past the workers' own shutdown timeout, before SIGKILL
 
 
@@ -203,7 +207,7 @@ class Supervisor:
         while not self.signals:
             now = time.monotonic()
             waits = [s.restart_at - now for s in self.slots if s.restart_at is not None]
-            self._wait(max(0.0, min(waits)) if waits else None)
+            self._wait(max(0.0, min([POLL_S, *waits])))
             if self.signals:
                 break
             now = time.monotonic()

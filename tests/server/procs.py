@@ -249,8 +249,9 @@ async def running(tmp_path: Path, env: Mapping[str, str], count: int = 1, *, wor
         await asyncio.gather(*(s.start() for s in servers))
         yield servers
     except BaseException:
-        for server in servers:
-            print(f"--- {server.log_path.name}\n{server.log()[-5000:]}")
+        for server in servers:  # without the access log, which would crowd the rest out
+            lines = [x for x in server.log().splitlines() if '"chat_storage.access"' not in x]
+            print(f"--- {server.log_path.name}\n" + "\n".join(lines)[-8000:])
         raise
     finally:
         await asyncio.gather(*(s.kill() for s in servers))
