@@ -43,6 +43,39 @@ async def test_concurrent_takes_never_overspend(client: Redis, prefix: str) -> N
     assert (await bucket.take("k2")).allowed  # buckets are per key
 
 
+async def _script_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha",
+                                                                      "cmdstat_eval"))
+
+
+async def test_concurrent_takes_share_round_trips_and_answer_in_arrival_order(
+    client: Redis, prefix: str,
+) -> None:
+    bucket = limiter(client, prefix, rate_per_s=0.001, burst=50)
+    calls = await _script_calls(client)
+    results = await asyncio.gather(*(bucket.take("k") for _ in range(200)))
+    used = await _script_calls(client) - calls
+    assert 1 <= used < 200  # takes that came during a call went together in the next
+    # exactly as if they had gone one by one, in the order they were asked
+    assert [r.allowed for r in results] == [True] * 50 + [False] * 150
+    assert [r.remaining for r in results[:50]] == list(range(49, -1, -1))
+
+
+async def test_a_take_whose_caller_went_away_does_not_disturb_the_others(
+    client: Redis, prefix: str,
+) -> None:
+    bucket = limiter(client, prefix, rate_per_s=0.001, burst=5)
+    tasks = [asyncio.create_task(bucket.take("k")) for _ in range(10)]
+    await asyncio.sleep(0)  # every take queued, the first call under way
+    tasks[3].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    answered = [r for i, r in enumerate(results) if i != 3]
+    assert all(not isinstance(r, BaseException) for r in answered)
+    assert sum(r.allowed for r in answered if not isinstance(r, BaseException)) <= 5
+
+
 async def test_refill_follows_the_clock(client: Redis, prefix: str) -> None:
     bucket = limiter(client, prefix, rate_per_s=10.0, burst=5)
     taken = [await bucket.take("k", now_ms=T0) for _ in range(6)]
