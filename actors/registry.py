@@ -48,6 +48,7 @@ class Registry:
         self._pending = 0  # writes accepted and not yet answered, in all actors
         self._closing = False
         self._janitor: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # cached: see _now
         # asks the layers above whether a session still has subscribers (streaming)
         self.in_use: Callable[[ActorKey], bool] = lambda key: False
         # told of every commit (fan-out of message.created); set by the streaming layer
@@ -103,7 +104,7 @@ class Registry:
             metrics.REJECTED.labels("queue_full").inc()
             raise Overloaded("server write queue is full")
         actor = self.actor(tenant_id, session_id)
-        write = actor.submit(group, asyncio.get_running_loop().time() + self._write_timeout_s)
+        write = actor.submit(group, self._now() + self._write_timeout_s)
         self._pending += 1
         write.future.add_done_callback(self._answered)
         return write.future
@@ -116,6 +117,12 @@ class Registry:
         # is then dropped, one being committed is committed. The janitor answers queued
         # writes at their deadline; a commit answers within commit + settle timeouts.
         return await self.submit(tenant_id, session_id, group)
+
+    def _now(self) -> float:
+        # get_running_loop() costs a getpid() system call per call on Python 3.11
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     def _answered(self, _: asyncio.Future[Stored]) -> None:
         self._pending -= 1

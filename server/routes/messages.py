@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -53,8 +54,8 @@ def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") ->
     )
 
 
-async def _write(request: web.Request, raw: Any, group: WriteGroup) -> list[dict[str, Any]]:
-    session_id = path_uuid(request, "session_id", "session")
+async def _write(request: web.Request, session_id: uuid.UUID,
+                 group: WriteGroup) -> list[dict[str, Any]]:
     registry = request.app[REGISTRY_KEY]
     try:
         return await registry.write(principal_of(request).tenant_id, session_id, group)
@@ -76,7 +77,7 @@ async def create_message(request: web.Request) -> web.Response:
         return claim
     if ingest.is_async(request.app):  # CHAT_INGEST_MODE=async: 202 once queued in Redis
         return await ingest.accept(request, session_id, [message], claim=claim)
-    stored = await _write(request, raw, WriteGroup([message], idem=claim))
+    stored = await _write(request, session_id, WriteGroup([message], idem=claim))
     return json_response(stored[0], status=201, headers={
         "Location": f"/api/v1/sessions/{session_id}/messages/{stored[0]['id']}"})
 
@@ -96,7 +97,7 @@ async def create_batch(request: web.Request) -> web.Response:
         return claim
     if ingest.is_async(request.app):  # CHAT_INGEST_MODE=async: 202 once queued in Redis
         return await ingest.accept(request, session_id, new, claim=claim, wrap=True)
-    stored = await _write(request, raw, WriteGroup(new, idem=claim, wrap=True))
+    stored = await _write(request, session_id, WriteGroup(new, idem=claim, wrap=True))
     return json_response({"data": stored}, status=201)
 
 
