@@ -114,6 +114,44 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             p99 = by[name].p99_ms
             print(f"p99 {name:<10} {args.concurrency} writers: {p99:6.1f} ms (goal < 25 ms)  "
                   f"{'met' if p99 < 25 else 'MISSED'}")
+    print_reach(by)
+
+
+def print_reach(by: dict[str, Result]) -> None:
+    """For each throughput goal: what it takes on this machine, from the CPU measured.
+
+    Rate times CPU per message cannot exceed the machine's CPUs. The client and Postgres
+    costs do not depend on the server, so they bound what any server could reach here.
+    """
+    cpus = os.cpu_count() or 1
+    goals: list[tuple[str, str, float, str]] = []  # goal, mode, rate needed, reference
+    if "ceiling" in by and "http-quiet" in by:
+        noop = by["ceiling"].cpu_us_per_message("server")
+        goals.append(("60% of the ceiling", "http-quiet", 0.6 * by["ceiling"].requests_per_s,
+                      f"; the ceiling's handler, which stores nothing, uses {noop:.0f}"))
+    if "langchain" in by:
+        goals += [("10x LangChain", m, 10 * by["langchain"].messages_per_s, "")
+                  for m in ("ws", "ws-pipe") if m in by]
+    if goals:
+        print()
+        print(f"What each throughput goal takes on these {cpus} CPUs (client and postgres "
+              "CPU per message as measured above):")
+    for goal, mode, rate, reference in goals:
+        r = by[mode]
+        fixed_us = r.cpu_us_per_message("client") + r.cpu_us_per_message("db")
+        if fixed_us != fixed_us or not rate:  # nan: not measured
+            continue
+        fixed_cpus = rate * fixed_us / 1e6
+        left_us = (cpus / rate) * 1e6 - fixed_us
+        verdict = (f"leaves at most {left_us:.0f} µs of server CPU per message "
+                   f"(now {r.cpu_us_per_message('server'):.0f}{reference})" if left_us > 0
+                   else "more than the machine has, even with a server that costs nothing")
+        print(f"  {goal} with {mode}: {rate:.0f} msgs/s; client + postgres alone "
+              f"{fixed_cpus:.2f} CPUs: {verdict}")
+    if "ceiling" in by and "http-quiet" in by:
+        share = by["ceiling"].cpu_ms_per_request / by["http-quiet"].cpu_ms_per_request
+        print(f"  with client and postgres on other cores, one process would be bound by its "
+              f"own CPU: http-quiet at {share:.0%} of the ceiling")
 
 
 async def main() -> None:
