@@ -62,10 +62,6 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 CRASH_LIMIT = 5  # deaths of one worker slot within the window before giving up
 CRASH_WINDOW_S = 60.0
-# A worker's exit wakes the parent through its sentinel pipe; the parent also looks
-# (waitpid) at least this often, so a death is seen even if that wake-up never comes
-# (the full test suite once saw a SIGKILLed worker go unnoticed for 30 s).
-POLL_S = 1.0
 STOP_MARGIN_S = 10.0  # past the workers' own shutdown timeout, before SIGKILL
 
 
@@ -151,10 +147,11 @@ class Supervisor:
         self.signals = 0  # SIGTERM/SIGINT received; a handler only counts them
         self._context = multiprocessing.get_context("spawn")
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)  # _wait drains it
+        self._wake_w.setblocking(False)  # the signal wake-up fd must never block
 
     def run(self) -> int:
         """Supervise until a signal (0 if every worker then exited 0) or a crash loop (1)."""
-        self._wake_w.setblocking(False)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -189,11 +186,16 @@ class Supervisor:
         slot.restart_at = None
         log.info("worker started", extra={"worker": slot.index, "pid": slot.process.pid})
 
-    def _wait(self, timeout: float | None) -> None:
-        """Block until a worker exits, a signal arrives or ``timeout`` passes."""
-        waitables: list[Any] = [self._wake_r]
-        waitables += [s.process.sentinel for s in self.slots if s.process is not None
-                      and s.process.exitcode is None]
+    def _wait(self, timeout: float | None, processes: list[Any]) -> None:
+        """Block until one of ``processes`` exits, a signal arrives or ``timeout`` passes.
+
+        ``processes`` are those the caller last saw running. Their sentinels are waited
+        on whatever their exit code is now: one that exited since the caller looked has
+        a readable sentinel, so this returns at once. (Asking ``exitcode`` here instead
+        reaped such a worker unseen and then waited for nothing: a stop sat out its
+        whole deadline, and a SIGKILLed worker once went unnoticed for 30 s.)
+        """
+        waitables: list[Any] = [self._wake_r, *(p.sentinel for p in processes)]
         multiprocessing.connection.wait(waitables, timeout)
         try:
             while self._wake_r.recv(512):
@@ -203,11 +205,11 @@ class Supervisor:
 
     def _supervise(self) -> bool:
         """Keep the workers running until a signal (True) or a crash loop (False)."""
-        self._wake_r.setblocking(False)
         while not self.signals:
             now = time.monotonic()
             waits = [s.restart_at - now for s in self.slots if s.restart_at is not None]
-            self._wait(max(0.0, min([POLL_S, *waits])))
+            running = [s.process for s in self.slots if s.restart_at is None]
+            self._wait(max(0.0, min(waits)) if waits else None, running)
             if self.signals:
                 break
             now = time.monotonic()
@@ -242,11 +244,11 @@ class Supervisor:
             _signal(process, signal.SIGTERM)
         forwarded = self.signals
         deadline = time.monotonic() + self.settings.shutdown_timeout_s + STOP_MARGIN_S
-        while any(p.exitcode is None for p in live):
+        while waiting := [p for p in live if p.exitcode is None]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self._wait(remaining)
+            self._wait(remaining, waiting)
             if self.signals > forwarded:  # another signal: the workers exit at once
                 forwarded = self.signals
                 for process in live:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import multiprocessing
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +30,12 @@ import aiohttp
 import asyncpg
 import pytest
 
+from server.settings import Settings
+from server.workers import Supervisor
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.procs import (
     ROOT,
+    SHUTDOWN_TIMEOUT_S,
     Server,
     alive,
     clean_env,
@@ -102,9 +107,26 @@ async def test_workers_share_the_port_restart_and_stop(
         assert "worker exited unexpectedly; restarting" in server.log()
 
         workers = worker_pids(server.pid)
-        assert await server.stop() == 0, server.log()[-5000:]
+        # idle workers exit at once; a parent that missed their exit would wait out its
+        # deadline (the workers' shutdown timeout plus STOP_MARGIN_S) and be SIGKILLed here
+        assert await server.stop(within_s=SHUTDOWN_TIMEOUT_S) == 0, server.log()[-5000:]
         # the parent waited for its workers: none is left behind
         assert not [pid for pid in workers if alive(pid)]
+
+
+def test_supervisor_wait_sees_a_worker_that_exited_before_it_looked() -> None:
+    """The race behind stops that sat out their whole deadline: a worker exits (and is
+    reaped) between the supervisor's check and its wait; the wait must still return."""
+    supervisor = Supervisor(Settings(), workers=1)
+    worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    worker.start()
+    worker.join(30)
+    assert worker.exitcode == 0  # exited and reaped: only its sentinel can tell now
+    began = time.monotonic()
+    supervisor._wait(60.0, [worker])
+    assert time.monotonic() - began < 30, "waited for a worker that had already exited"
+    supervisor._wake_r.close()
+    supervisor._wake_w.close()
 
 
 @pytest.fixture
@@ -131,7 +153,7 @@ async def test_workers_on_the_embedded_database(tmp_path: Path, data_dir: Path) 
                                      headers={"X-Api-Key": key}) as r:
                     assert r.status == 201, await r.text()
         assert server.log().count("embedded postgres started") == 1
-        assert await server.stop() == 0, server.log()[-5000:]
+        assert await server.stop(within_s=SHUTDOWN_TIMEOUT_S) == 0, server.log()[-5000:]
     assert not (data_dir / "pg" / "postmaster.pid").exists()  # stopped with the parent
 
 
