@@ -86,17 +86,8 @@ class Load:
                     subs.append((ws, path))
             readers = [asyncio.create_task(self._read(ws, path)) for ws, path in subs]
             producers = [asyncio.create_task(self._produce(http, sid)) for sid in sessions]
-            await asyncio.sleep(self.args.warmup)
-            self.measuring = True
-            started = time.perf_counter()
-            await asyncio.sleep(self.args.duration)
-            self.measuring = False
-            self.run_.seconds = time.perf_counter() - started
-            self.stopping = True
-            await asyncio.gather(*producers, return_exceptions=True)
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            self.run_.seconds = await harness.measure(self, self.args.warmup, self.args.duration,
+                                                      producers, readers)
             for ws, _ in subs:
                 await ws.close()
         return self.run_

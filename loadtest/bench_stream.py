@@ -94,7 +94,7 @@ class Load:
                  rate: float | None) -> None:
         self.base, self.key, self.args, self.service, self.rate = base, key, args, service, rate
         self.measuring = False
-        self.stop = False
+        self.stopping = False
         self.result = Result("")
 
     async def run(self, name: str, session_ids: list[str]) -> Result:
@@ -108,17 +108,8 @@ class Load:
                     await ws.send_str('{"type":"subscribe","after_seq":0}')
             readers = [asyncio.create_task(self._read(ws)) for ws in subs]
             producers = [asyncio.create_task(self._produce(http, sid)) for sid in session_ids]
-            await asyncio.sleep(self.args.warmup)
-            self.measuring = True
-            started = time.perf_counter()
-            await asyncio.sleep(self.args.duration)
-            self.measuring = False
-            self.result.seconds = time.perf_counter() - started
-            self.stop = True
-            await asyncio.gather(*producers, return_exceptions=True)
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            self.result.seconds = await harness.measure(
+                self, self.args.warmup, self.args.duration, producers, readers)
             for ws in subs:
                 await ws.close()
         return self.result
@@ -145,7 +136,7 @@ class Load:
         interval = None if self.rate is None else 1.0 / self.rate
         next_at = time.perf_counter()
         try:
-            while not self.stop:
+            while not self.stopping:
                 stream_id = "bench"
                 if self.service:
                     await ws.send_str('{"type":"stream.start","ref":"s"}')
@@ -153,7 +144,7 @@ class Load:
                 prefix = (b'{"type":"stream.delta","stream_id":"' + stream_id.encode()
                           + b'","delta":"')
                 for i in range(per_answer):
-                    if self.stop:
+                    if self.stopping:
                         break
                     await ws.send_str((prefix + f"{time.perf_counter_ns()} tok".encode()
                                        + b'"}').decode())

@@ -15,9 +15,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -42,6 +42,33 @@ async def create_database(name: str) -> str:
 async def drop_database(name: str) -> None:
     """Drop database ``name``, closing whatever connections are still open on it."""
     await scratch.drop(ADMIN_URL, name)
+
+
+# ---------------------------------------------------------------- the measured window
+class Window(Protocol):
+    """A load run whose tasks read these flags: count while ``measuring``, end on ``stopping``."""
+
+    measuring: bool
+    stopping: bool
+
+
+async def measure(run: Window, warmup_s: float, duration_s: float,
+                  producers: Sequence[asyncio.Task[Any]],
+                  readers: Sequence[asyncio.Task[Any]]) -> float:
+    """Warm up, count for ``duration_s``, then let the producers finish their turn and
+    cancel the readers; return the seconds measured."""
+    await asyncio.sleep(warmup_s)
+    run.measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(duration_s)
+    run.measuring = False
+    seconds = time.perf_counter() - started
+    run.stopping = True
+    await asyncio.gather(*producers, return_exceptions=True)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    return seconds
 
 
 async def make_sessions(base: str, key: str, n: int) -> list[str]:
