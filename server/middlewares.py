@@ -41,7 +41,7 @@ def _route_name(request: web.Request) -> str:
 def _request_id(request: web.Request) -> str:
     """A valid client ``X-Request-ID``, or a new one: 32 random hex digits.
 
-    An id needs to be unique, not unguessable: ``random`` (reseeded in forked workers)
+    An id needs to be unique, not unguessable: ``random`` (seeded per process, forks too)
     costs no system call per request, unlike ``uuid4``.
     """
     given = request.headers.get("X-Request-ID")
