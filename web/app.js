@@ -14,6 +14,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 let api = null;
 let live = null;
 let userId = "";
+let listing = 0; // the latest loadSessions call; an older answer must not overwrite it
 
 function init() {
   $("api-key").value = store.getItem("chat-storage.apiKey") || "";
@@ -49,7 +50,9 @@ async function useKey() {
 }
 
 async function loadSessions() {
+  const mine = ++listing;
   const page = await api.listSessions({ userId });
+  if (mine !== listing) return;
   const ul = $("sessions");
   ul.textContent = "";
   for (const s of page.data) {

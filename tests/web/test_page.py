@@ -91,10 +91,11 @@ async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
     # a fresh tab shows the history, and the chat got its title from the first message
     late = await context.new_page()
     await _sign_in(late, base, tenant, "ada")
-    item = await late.wait_for_selector(f'#sessions li[data-id="{session_id}"]',
-                                        timeout=TIMEOUT_MS)
-    assert await item.text_content() == words
-    await item.click()
+    # a locator, not an element handle: signing in re-renders the list (the page signs in
+    # from the stored key on load, then again on the click), detaching earlier items
+    item = late.locator(f'#sessions li[data-id="{session_id}"]')
+    await playwright_api.expect(item).to_have_text(words, timeout=TIMEOUT_MS)
+    await item.click(timeout=TIMEOUT_MS)
     done = await late.wait_for_selector('li[data-role="assistant"][data-status="complete"]',
                                         timeout=TIMEOUT_MS)
     assert await done.eval_on_selector(".content", "e => e.textContent") == expected
