@@ -10,13 +10,33 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import auth, database, ingest, middlewares, ratelimit, redis, streaming, writer
-from server.routes import docs, events, exports, messages, ops, search, sessions, ws
+from server import (
+    auth,
+    database,
+    ingest,
+    middlewares,
+    objects,
+    ratelimit,
+    redis,
+    streaming,
+    writer,
+)
+from server.routes import (
+    attachments,
+    docs,
+    events,
+    exports,
+    messages,
+    ops,
+    search,
+    sessions,
+    ws,
+)
 from server.routes import web as web_page
 from server.settings import SETTINGS_KEY, Settings
 
-ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, search.routes,
-                exports.routes, ws.routes, events.routes)
+ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
+                search.routes, exports.routes, ws.routes, events.routes)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -29,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     middlewares.setup(app)
     database.setup(app)
+    objects.setup(app)  # attachment files: S3 or a local directory (and its URLs)
     redis.setup(app)  # broker + shared rate limit (replaces the memory limiter)
     writer.setup(app)
     streaming.setup(app)  # hub: after the registry and broker; closes connections first

@@ -70,6 +70,56 @@ class Session(BaseModel):
     updated_at: dt.datetime
 
 
+# ---------------------------------------------------------------- attachments
+
+def _file_name(value: str) -> str:
+    if any(c in value for c in "/\\") or not value.isprintable() or value in {".", ".."}:
+        raise ValueError("must be a file name: printable, without / or \\")
+    return value
+
+
+class AttachmentCreate(Strict):
+    """A file about to be uploaded; its size and SHA-256 are checked on completion."""
+
+    name: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_file_name)]
+    mime: Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/"
+                                                       r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")]
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.lower)]
+
+
+class Attachment(BaseModel):
+    id: uuid.UUID
+    session_id: uuid.UUID
+    message_id: uuid.UUID | None
+    name: str
+    mime: str
+    size: int
+    sha256: str
+    status: Literal["pending", "ready"]
+    created_at: dt.datetime
+
+
+class AttachmentDownload(Attachment):
+    """``download_url`` is null until the upload is complete."""
+
+    download_url: str | None
+
+
+class UploadTarget(BaseModel):
+    """Send ``method`` to ``url`` with exactly ``headers`` and the file as the body."""
+
+    url: str
+    method: Literal["PUT"]
+    headers: dict[str, str]
+    expires_at: dt.datetime
+
+
+class AttachmentCreated(BaseModel):
+    attachment: Attachment
+    upload: UploadTarget
+
+
 # ---------------------------------------------------------------- messages
 
 class ContextItem(Strict):

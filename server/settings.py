@@ -79,6 +79,16 @@ class Settings:
     ingest_batch: int = 100
     ingest_claim_idle_s: float = 30.0
     ingest_max_backlog: int = 100_000
+    # attachments: S3 when S3_BUCKET is set, else files under data_dir/objects
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    object_signing_key: str | None = None  # local store URLs; default: a key in data_dir
+    max_attachment_bytes: int = 100 * 1024 * 1024
+    upload_url_s: int = 900
+    download_url_s: int = 300
 
     @property
     def embedded(self) -> bool:
@@ -117,7 +127,7 @@ class Settings:
             "max_context_bytes", "max_metadata_bytes", "idempotency_ttl_s", "db_pool_max",
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
             "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
-            "ingest_max_backlog",
+            "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -136,6 +146,10 @@ class Settings:
             raise SettingsError("CHAT_METRICS_PORT must be between 1 and 65535")
         if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
             raise SettingsError("CHAT_DB_POOL_MIN must be between 0 and CHAT_DB_POOL_MAX")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise SettingsError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together")
+        if self.upload_url_s > 7 * 86400 or self.download_url_s > 7 * 86400:
+            raise SettingsError("presigned URLs last at most 7 days (604800 s)")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise SettingsError("CHAT_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.database_url is not None and not self.database_url.startswith(
@@ -196,7 +210,10 @@ def _parser_for(annotation: object) -> Callable[[str], Any]:
     return str
 
 
-_ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+_ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
+              "s3_bucket": "S3_BUCKET", "s3_endpoint_url": "S3_ENDPOINT_URL",
+              "s3_region": "S3_REGION", "s3_access_key_id": "S3_ACCESS_KEY_ID",
+              "s3_secret_access_key": "S3_SECRET_ACCESS_KEY"}
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _parse_api_keys,
     "allowed_origins": _parse_csv,

@@ -98,7 +98,8 @@ def encode(entry: Entry) -> bytes:
         "m": [{"id": str(m.id), "role": m.role, "content": m.content,
                "sender_id": m.sender_id,
                "parent_id": None if m.parent_id is None else str(m.parent_id),
-               "context": m.context, "metadata": m.metadata, "usage": m.usage}
+               "context": m.context, "metadata": m.metadata, "usage": m.usage,
+               "a": [str(a) for a in m.attachment_ids]}
               for m in entry.messages],
     })
 
@@ -118,6 +119,7 @@ def decode(payload: bytes) -> Entry:
                 sender_id=m["sender_id"],
                 parent_id=None if m["parent_id"] is None else uuid.UUID(m["parent_id"]),
                 context=m["context"], metadata=dict(m["metadata"]), usage=m["usage"],
+                attachment_ids=tuple(uuid.UUID(a) for a in m.get("a", ())),
             )
             for m in raw
         ]

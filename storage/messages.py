@@ -36,6 +36,8 @@ class NewMessage:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     usage: dict[str, Any] | None = None
     status: str = "complete"
+    # ready attachments of the session, linked to this message in its transaction
+    attachment_ids: tuple[uuid.UUID, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -88,24 +88,36 @@ async def insert_batches(
     """
     results: list[list[Stored | Exception]] = [[[] for _ in b.groups] for b in batches]
     await _check_parents(conn, batches, results)
-    keep = [(bi, gi) for bi, b in enumerate(batches) for gi in range(len(b.groups))
-            if not isinstance(results[bi][gi], Exception)]
-    if not keep:
+    linking = any(m.attachment_ids for b in batches for g in b.groups for m in g.messages)
+    if not linking and not any(g.idem is not None for b in batches for g in b.groups):
+        keep = _kept(batches, results)
+        if keep:  # one statement, its own transaction: one round trip
+            _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)),
+                  results)
         return results
-    args = _insert_args(batches, keep)
-    idem = [(bi, gi) for bi, gi in keep if batches[bi].groups[gi].idem is not None]
-    if idem:
-        async with conn.transaction():
-            _fill(batches, keep, await conn.fetch(_INSERT, *args), results)
-            for bi, gi in idem:
-                group, stored = batches[bi].groups[gi], results[bi][gi]
-                if group.idem is None or isinstance(stored, Exception):
-                    continue  # its session is gone: the route releases the key
-                await record_response(conn, group.idem, 201,
-                                      {"data": stored} if group.wrap else stored[0])
-    else:
-        _fill(batches, keep, await conn.fetch(_INSERT, *args), results)
+    async with conn.transaction():
+        if linking:
+            await _claim_attachments(conn, batches, results)
+        keep = _kept(batches, results)
+        if not keep:
+            return results
+        _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)), results)
+        if linking:
+            await _link_attachments(conn, batches, keep, results)
+        for bi, gi in keep:
+            group, stored = batches[bi].groups[gi], results[bi][gi]
+            if group.idem is None or isinstance(stored, Exception):
+                continue  # none asked, or its session is gone: the route releases the key
+            await record_response(conn, group.idem, 201,
+                                  {"data": stored} if group.wrap else stored[0])
     return results
+
+
+def _kept(batches: Sequence[SessionBatch],
+          results: list[list[Stored | Exception]]) -> list[tuple[int, int]]:
+    """The groups not refused yet, as (batch, group) indexes."""
+    return [(bi, gi) for bi, b in enumerate(batches) for gi in range(len(b.groups))
+            if not isinstance(results[bi][gi], Exception)]
 
 
 def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
@@ -188,6 +200,79 @@ async def _check_parents(
             if bad is not None:
                 field = f"messages.{bad}.parent_id" if group.wrap else "parent_id"
                 results[bi][gi] = InvalidReference(field, "is not a message of this session")
+
+
+async def _claim_attachments(
+    conn: asyncpg.Connection,
+    batches: Sequence[SessionBatch],
+    results: list[list[Stored | Exception]],
+) -> None:
+    """Lock the attachments the groups name; refuse the groups that cannot have them.
+
+    An attachment can be linked if it belongs to the group's session, is ``ready`` and
+    is not linked yet, nor named twice. The batch's sessions are locked first, in id
+    order, as every writer and session delete does; then no other transaction can link
+    the locked attachments before this one ends.
+    """
+    await conn.execute(
+        "SELECT 1 FROM sessions WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) "
+        "ORDER BY id FOR NO KEY UPDATE",
+        [b.session_id for b in batches], list({b.tenant_id for b in batches}),
+    )
+    wanted = [a for b in batches for g in b.groups for m in g.messages for a in m.attachment_ids]
+    rows = await conn.fetch(
+        "SELECT id, session_id, status, message_id FROM attachments "
+        "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) ORDER BY id FOR UPDATE",
+        wanted, list({b.tenant_id for b in batches}),
+    )
+    found = {r["id"]: r for r in rows}
+    taken: set[uuid.UUID] = set()
+    for bi, batch in enumerate(batches):
+        for gi, group in enumerate(batch.groups):
+            if isinstance(results[bi][gi], Exception):
+                continue
+            problem = _attachment_problem(group, batch.session_id, found, taken)
+            if problem is not None:
+                results[bi][gi] = InvalidReference(*problem)
+
+
+def _attachment_problem(
+    group: WriteGroup, session_id: uuid.UUID, found: Mapping[uuid.UUID, asyncpg.Record],
+    taken: set[uuid.UUID],
+) -> tuple[str, str] | None:
+    """(field, message) for the first attachment ``group`` cannot link, else None.
+
+    The group's attachments join ``taken`` only if it can link them all.
+    """
+    mine: set[uuid.UUID] = set()
+    for j, m in enumerate(group.messages):
+        prefix = f"messages.{j}." if group.wrap else ""
+        for k, aid in enumerate(m.attachment_ids):
+            field, row = f"{prefix}attachment_ids.{k}", found.get(aid)
+            if row is None or row["session_id"] != session_id:
+                return field, "is not an attachment of this session"
+            if row["status"] != "ready":
+                return field, "is not uploaded yet: complete the upload first"
+            if row["message_id"] is not None or aid in taken or aid in mine:
+                return field, "is already attached to a message"
+            mine.add(aid)
+    taken |= mine
+    return None
+
+
+async def _link_attachments(
+    conn: asyncpg.Connection, batches: Sequence[SessionBatch],
+    keep: Sequence[tuple[int, int]], results: list[list[Stored | Exception]],
+) -> None:
+    """Point the claimed attachments at the messages just stored."""
+    pairs = [(aid, m.id) for bi, gi in keep if not isinstance(results[bi][gi], Exception)
+             for m in batches[bi].groups[gi].messages for aid in m.attachment_ids]
+    if pairs:
+        await conn.execute(
+            "UPDATE attachments AS a SET message_id = p.message_id "
+            "FROM unnest($1::uuid[], $2::uuid[]) AS p(id, message_id) WHERE a.id = p.id",
+            [a for a, _ in pairs], [m for _, m in pairs],
+        )
 
 
 async def fetch_settled(

@@ -120,3 +120,21 @@ async def other_tenant(pool: asyncpg.Pool) -> Tenant:
 async def client(aiohttp_client: Any, settings: Settings) -> TestClient:  # type: ignore[type-arg]
     """A client of a real server on a real socket, running the whole app."""
     return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a moto S3 server of this test run (see tests/motoserver.py)."""
+    from tests import motoserver
+
+    with motoserver.running(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+async def s3_bucket(s3_endpoint: str) -> AsyncIterator[str]:
+    """A new, empty bucket on the moto server."""
+    from tests import motoserver
+
+    async with motoserver.bucket(s3_endpoint) as name:
+        yield name

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency, ingest, pagination, streaming
+from server import idempotency, ingest, objects, pagination, streaming
 from server.auth import principal_of
 from server.errors import ApiError
 from server.jsonio import json_response, parse_query, read_json, validate
@@ -38,9 +38,6 @@ MESSAGE_PATH = MESSAGES_PATH + "/{message_id}"
 
 def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") -> NewMessage:
     """Check the size limits of ``body`` and make it a storable message."""
-    if body.attachment_ids:
-        raise ApiError(400, "request body is invalid", errors=[{
-            "field": f"{prefix}attachment_ids", "message": "attachments are not supported yet"}])
     check_text(f"{prefix}content", body.content, settings.max_content_bytes)
     context = None if body.context is None else [
         c.model_dump(exclude_none=True) for c in body.context
@@ -51,6 +48,7 @@ def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") ->
     return NewMessage(
         id=new_id(), role=body.role, content=body.content, sender_id=body.sender_id,
         parent_id=body.parent_id, context=context, metadata=body.metadata, usage=usage,
+        attachment_ids=tuple(body.attachment_ids),
     )
 
 
@@ -172,8 +170,7 @@ async def delete_message(request: web.Request) -> web.Response:
     message_id = path_uuid(request, "message_id", "message")
     tenant_id = principal_of(request).tenant_id
     actor, rid = actor_name(request), request_id(request)
-    # the returned object keys are the message's attachments; attachments cannot be
-    # linked to messages yet (see to_new_message), so there are no objects to remove
-    await run(request, lambda conn: messages.tombstone(
+    keys = await run(request, lambda conn: messages.tombstone(
         conn, tenant_id, session_id, message_id, actor=actor, request_id=rid))
+    await objects.discard(request.app, keys, f"message:{message_id}")
     return web.Response(status=204)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency, pagination
+from server import idempotency, objects, pagination
 from server.auth import principal_of
 from server.errors import ApiError
 from server.jsonio import json_response, parse_query, read_json, validate
@@ -43,19 +43,6 @@ def check_user_id(user_id: str, field: str = "user_id") -> str:
             "field": field,
             "message": f"must be 1 to {MAX_USER_ID} characters without NUL"}])
     return user_id
-
-
-async def discard_objects(request: web.Request, keys: list[str], target: str) -> None:
-    """Delete the stored objects of attachments whose rows were just deleted.
-
-    TODO(attachments): there is no object store yet. When there is, delete ``keys``
-    from it here — after the rows' commit, so a failed commit never loses the files
-    of rows that still exist. Until then the keys are logged so that an operator can
-    find objects left behind; nothing pretends they were deleted.
-    """
-    if keys:
-        log.warning("attachment objects left in place: no object store yet",
-                    extra={"target": target, "object_keys": keys})
 
 
 @routes.post(SESSIONS_PATH, body=SessionCreate, idempotent=True,
@@ -169,7 +156,7 @@ async def delete_session(request: web.Request) -> web.Response:
     keys = await run(request, lambda conn: sessions.delete(
         conn, tenant_id, session_id, actor=actor_name(request), request_id=request_id(request),
     ))
-    await discard_objects(request, keys, f"session:{session_id}")
+    await objects.discard(request.app, keys, f"session:{session_id}")
     return web.Response(status=204)
 
 
@@ -182,5 +169,5 @@ async def erase_user(request: web.Request) -> web.Response:
         conn, tenant_id, user_id, actor=actor_name(request), request_id=request_id(request),
     ))
     log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
-    await discard_objects(request, erased.object_keys, f"user:{user_id}")
+    await objects.discard(request.app, erased.object_keys, f"user:{user_id}")
     return web.Response(status=204)

@@ -1,0 +1,118 @@
+"""The object store subsystem: S3 when ``S3_BUCKET`` is set, else a local directory.
+
+With the local store this module also serves its URLs: ``PUT /objects/{token}``
+stores an upload (only the announced file: size, type and SHA-256 are in the signed
+token) and ``GET /objects/{token}`` serves a download. They take no API key: the
+signed, expiring token is the grant, as a presigned S3 URL is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from server.errors import ApiError
+from server.settings import SETTINGS_KEY, Settings
+from storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
+from storage.objects_local import PREFIX, BadToken, LocalStore, UploadRefused, signing_key
+from storage.objects_s3 import S3Store
+
+log = logging.getLogger(__name__)
+
+OBJECTS_KEY = web.AppKey("objects", ObjectStore)
+LOCAL_KEY = web.AppKey("local_objects", LocalStore)
+
+
+async def open_store(settings: Settings) -> ObjectStore:
+    """The configured store; for S3, its bucket must exist and answer."""
+    if settings.s3_bucket is None:
+        root = settings.data_dir / "objects"
+        return LocalStore(root, signing_key(root, settings.object_signing_key))
+    store = await S3Store.open(
+        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )
+    try:
+        await store.check()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:
+    """Delete the objects of attachment rows that were just deleted (after the commit).
+
+    A failure is logged with the keys, never raised: the rows are gone, and the caller
+    has nothing to undo. An operator can delete the logged keys later.
+    """
+    if not keys:
+        return
+    try:
+        await app[OBJECTS_KEY].delete(keys)
+    except Exception:
+        log.exception("attachment objects could not be deleted",
+                      extra={"target": target, "object_keys": list(keys)})
+
+
+def _local(request: web.Request, method: str) -> tuple[LocalStore, dict[str, object]]:
+    store = request.app.get(LOCAL_KEY)
+    if store is None:  # files are in S3; these URLs are not ours
+        raise ApiError(404, "not found")
+    try:
+        return store, store.open_token(request.match_info["token"], method)
+    except BadToken as exc:
+        raise ApiError(403, str(exc)) from None
+
+
+async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+        yield chunk
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Store an upload made with a URL from ``POST …/attachments``."""
+    store, claims = _local(request, "PUT")
+    size, mime = int(str(claims["s"])), str(claims["t"])
+    if request.headers.get("Content-Type", "") != mime:
+        raise ApiError(400, f"Content-Type must be {mime}, as announced")
+    if request.content_length is not None and request.content_length != size:
+        raise ApiError(400, f"Content-Length must be {size}, as announced")
+    try:
+        await store.write(str(claims["k"]), _chunks(request), size=size, sha256=str(claims["h"]))
+    except UploadRefused as exc:
+        raise ApiError(400, str(exc)) from None
+    return web.Response(status=200)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """Serve a file with a URL from ``GET …/attachments/{aid}``."""
+    store, claims = _local(request, "GET")
+    path = store.path(str(claims["k"]))
+    if not path.is_file():
+        raise ApiError(404, "file not found")
+    return web.FileResponse(path, headers={
+        "Content-Type": str(claims["t"]),
+        "Content-Disposition": content_disposition(str(claims["n"])),
+        "Cache-Control": "private, max-age=60",
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+def setup(app: web.Application) -> None:
+    """Open the store at start (``app[OBJECTS_KEY]``), close it at the end."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = await open_store(app[SETTINGS_KEY])
+        app[OBJECTS_KEY] = store
+        if isinstance(store, LocalStore):
+            app[LOCAL_KEY] = store
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(ctx)
+    app.router.add_put(PREFIX + "{token}", upload)
+    app.router.add_get(PREFIX + "{token}", download)

@@ -1,0 +1,100 @@
+"""Attachment rows: announced (``pending``), then ``ready`` once the upload is verified.
+
+The file itself is in the object store (:mod:`storage.objects`) under ``object_key``,
+which is ``tenant/session/attachment`` and never shown to clients. A ready attachment
+is linked to at most one message, when that message is stored
+(:mod:`storage.writes`); deleting the message or the session deletes the rows, and
+the caller deletes the objects after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from storage.errors import NotFound
+
+COLUMNS = "id, session_id, message_id, name, mime, size, sha256, status, created_at, object_key"
+
+
+def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
+    """The API's attachment object (without the internal ``object_key``)."""
+    return {k: row[k] for k in ("id", "session_id", "message_id", "name", "mime", "size",
+                                "sha256", "status", "created_at")}
+
+
+def object_key(tenant_id: uuid.UUID, session_id: uuid.UUID, attachment_id: uuid.UUID) -> str:
+    """Where an attachment's file is kept in the object store."""
+    return f"{tenant_id}/{session_id}/{attachment_id}"
+
+
+async def create(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+    attachment_id: uuid.UUID, *, name: str, mime: str, size: int, sha256: str,
+) -> asyncpg.Record:
+    """Announce a file for ``session_id``; :class:`NotFound` if there is no such session."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO attachments (id, tenant_id, session_id, name, mime, size, sha256, object_key)
+        SELECT $1, s.tenant_id, s.id, $3, $4, $5, $6, $8
+        FROM sessions s WHERE s.id = $2 AND s.tenant_id = $7
+        RETURNING {COLUMNS}
+        """,
+        attachment_id, session_id, name, mime, size, sha256, tenant_id,
+        object_key(tenant_id, session_id, attachment_id),
+    )
+    if row is None:
+        raise NotFound("session not found")
+    return row
+
+
+async def get(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+    attachment_id: uuid.UUID,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM attachments "
+        "WHERE id = $1 AND session_id = $2 AND tenant_id = $3",
+        attachment_id, session_id, tenant_id,
+    )
+    if row is None:
+        raise NotFound("attachment not found")
+    return row
+
+
+async def mark_ready(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+    attachment_id: uuid.UUID,
+) -> asyncpg.Record:
+    """Set ``ready`` (it may already be); :class:`NotFound` if it was deleted meanwhile."""
+    row = await conn.fetchrow(
+        "UPDATE attachments SET status = 'ready' "
+        f"WHERE id = $1 AND session_id = $2 AND tenant_id = $3 RETURNING {COLUMNS}",
+        attachment_id, session_id, tenant_id,
+    )
+    if row is None:
+        raise NotFound("attachment not found")
+    return row
+
+
+async def delete_stale(conn: asyncpg.Connection, older_than: dt.datetime,
+                       limit: int = 1000) -> list[str]:
+    """Delete up to ``limit`` attachments still pending since before ``older_than``.
+
+    Their uploads never completed (or never happened); returns the object keys, for
+    the caller to delete after this commits. All tenants: a maintenance job.
+    """
+    rows = await conn.fetch(
+        """
+        DELETE FROM attachments WHERE id IN (
+            SELECT id FROM attachments WHERE status = 'pending' AND created_at < $1
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+        RETURNING object_key
+        """,
+        older_than, limit,
+    )
+    return [r["object_key"] for r in rows]
