@@ -14,6 +14,7 @@ from server import (
     auth,
     database,
     ingest,
+    maintenance,
     middlewares,
     objects,
     ratelimit,
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     writer.setup(app)
     streaming.setup(app)  # hub: after the registry and broker; closes connections first
     ingest.setup(app)  # async ingestion consumer (CHAT_INGEST_MODE=async): after the hub
+    maintenance.setup(app)  # retention, temporary chats, stale uploads: after the store
     for table in ROUTE_TABLES:
         table.register(app)
     ops.setup(app, settings)  # /metrics (here or its own port), pool gauge; after database

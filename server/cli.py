@@ -24,7 +24,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from server import database, logs
+from server import database, logs, maintenance, objects
 from server.settings import Settings, SettingsError
 from storage import db, embedded, migrations, tenants
 from storage.errors import Conflict, StorageError
@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure("WARNING")
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
+        if args.command == "retention":
+            return asyncio.run(_retention(settings))
         command: Callable[[db.Connection], Awaitable[None]] = functools.partial(
             args.handler, args
         )
@@ -233,6 +235,24 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _retention(settings: Settings) -> int:
+    """Run the maintenance jobs once and print what they removed, as JSON."""
+    pool = await _open(settings)
+    try:
+        store = await objects.open_store(settings)
+        try:
+            report = await maintenance.run_once(pool, store, settings)
+        finally:
+            await store.close()
+    finally:
+        await _close(pool, settings)
+    if report is None:
+        _fail("another process is running maintenance right now; try again later")
+        return 1
+    _print_json(dataclasses.asdict(report))
+    return 0
+
+
 async def _with_connection(
     settings: Settings, command: Callable[[db.Connection], Awaitable[None]]
 ) -> int:
@@ -324,6 +344,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="worker processes (CHAT_WORKERS); more than 1 needs REDIS_URL")
 
     commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser(
+        "retention", help="archive and delete what is past retention, erase expired "
+        "temporary chats and stale uploads, now (serve does it every "
+        "CHAT_MAINTENANCE_INTERVAL_S)")
 
     tenants_cmd = commands.add_parser("tenants", help="manage tenants")
     tenants_sub = tenants_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -43,7 +43,7 @@ async def open_store(settings: Settings) -> ObjectStore:
     return store
 
 
-async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:
+async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
     """Delete the objects of attachment rows that were just deleted (after the commit).
 
     A failure is logged with the keys, never raised: the rows are gone, and the caller
@@ -52,10 +52,15 @@ async def discard(app: web.Application, keys: Sequence[str], target: str) -> Non
     if not keys:
         return
     try:
-        await app[OBJECTS_KEY].delete(keys)
+        await store.delete(keys)
     except Exception:
-        log.exception("attachment objects could not be deleted",
+        log.exception("objects could not be deleted",
                       extra={"target": target, "object_keys": list(keys)})
+
+
+async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:
+    """:func:`discard_keys` with the app's store."""
+    await discard_keys(app[OBJECTS_KEY], keys, target)
 
 
 def _local(request: web.Request, method: str) -> tuple[LocalStore, dict[str, object]]:

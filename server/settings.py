@@ -89,6 +89,9 @@ class Settings:
     max_attachment_bytes: int = 100 * 1024 * 1024
     upload_url_s: int = 900
     download_url_s: int = 300
+    # background jobs (retention, temporary chats, stale uploads); 0: not in this process
+    maintenance_interval_s: float = 300.0
+    pending_attachment_s: int = 24 * 3600
 
     @property
     def embedded(self) -> bool:
@@ -128,6 +131,7 @@ class Settings:
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
             "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
             "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
+            "pending_attachment_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -146,6 +150,8 @@ class Settings:
             raise SettingsError("CHAT_METRICS_PORT must be between 1 and 65535")
         if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
             raise SettingsError("CHAT_DB_POOL_MIN must be between 0 and CHAT_DB_POOL_MAX")
+        if self.maintenance_interval_s < 0:
+            raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise SettingsError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together")
         if self.upload_url_s > 7 * 86400 or self.download_url_s > 7 * 86400:

@@ -59,6 +59,9 @@ class ObjectStore(Protocol):
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete ``keys``; a missing key is not an error."""
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with ``prefix`` (a "directory" ending in ``/``)."""
+
     async def close(self) -> None:
         """Release connections."""
 

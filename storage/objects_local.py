@@ -174,5 +174,14 @@ class LocalStore:
 
         await asyncio.to_thread(remove)
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix.rstrip("/"))
+
+        def walk() -> list[str]:
+            return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                          if p.is_file() and not p.name.startswith("."))
+
+        return await asyncio.to_thread(walk) if base.is_dir() else []
+
     async def close(self) -> None:
         return None

@@ -105,6 +105,14 @@ class S3Store:
                 raise OSError(f"S3 kept {len(answer['Errors'])} of {len(chunk)} objects: "
                               f"{first.get('Code')} {first.get('Key')}")
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix)
+        async for page in pages:
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
     async def close(self) -> None:
         await self._stack.aclose()
 

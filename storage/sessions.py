@@ -216,6 +216,12 @@ async def erase_user(
     return erased
 
 
+async def erase_ids(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                    ids: Sequence[uuid.UUID]) -> Erased:
+    """Delete the tenant's sessions ``ids`` (in the caller's transaction; not audited)."""
+    return await _erase(conn, tenant_id, "id = ANY($2::uuid[])", list(ids))
+
+
 async def _erase(conn: asyncpg.Connection, tenant_id: uuid.UUID, match: str,
                  value: Any) -> Erased:
     """Delete the tenant's sessions matching ``match`` (``$2`` is ``value``)."""

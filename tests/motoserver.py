@@ -63,9 +63,8 @@ def running(log_dir: Path) -> Iterator[str]:
 async def bucket(endpoint: str) -> AsyncIterator[str]:
     """A new, empty bucket on ``endpoint``; its name."""
     name = f"chat-test-{secrets.token_hex(6)}"
-    async with get_session().create_client("s3", endpoint_url=endpoint, **CREDENTIALS) as s3:
-        await s3.create_bucket(Bucket=name)
-        yield name
+    await make_bucket(endpoint, name)
+    yield name
 
 
 async def keys(endpoint: str, name: str) -> list[str]:
@@ -73,3 +72,14 @@ async def keys(endpoint: str, name: str) -> list[str]:
     async with get_session().create_client("s3", endpoint_url=endpoint, **CREDENTIALS) as s3:
         listed = await s3.list_objects_v2(Bucket=name)
         return [o["Key"] for o in listed.get("Contents", [])]
+
+
+async def drop_bucket(endpoint: str, name: str) -> None:
+    """Delete the (empty) bucket ``name``, as an outage of the store would look."""
+    async with get_session().create_client("s3", endpoint_url=endpoint, **CREDENTIALS) as s3:
+        await s3.delete_bucket(Bucket=name)
+
+
+async def make_bucket(endpoint: str, name: str) -> None:
+    async with get_session().create_client("s3", endpoint_url=endpoint, **CREDENTIALS) as s3:
+        await s3.create_bucket(Bucket=name)

@@ -25,7 +25,7 @@ from server.schemas import (
     SessionUpdate,
 )
 from server.settings import SETTINGS_KEY
-from storage import sessions
+from storage import retention, sessions
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,13 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.delete(USER_SESSIONS_PATH, responses={204: None, 400: Error})
+@routes.delete(USER_SESSIONS_PATH, responses={204: None, 400: Error, 503: Error})
 async def erase_user(request: web.Request) -> web.Response:
-    """Erase every session and message of a user (right to erasure). Audited."""
+    """Erase every session and message of a user (right to erasure). Audited.
+
+    Their retention archives are deleted too; if the object store fails at that, the
+    answer is 503 and a retry finishes the job (the rows are already gone).
+    """
     user_id = check_user_id(request.match_info["user_id"])
     tenant_id = principal_of(request).tenant_id
     erased = await run(request, lambda conn: sessions.erase_user(
@@ -170,4 +174,12 @@ async def erase_user(request: web.Request) -> web.Response:
     ))
     log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
     await objects.discard(request.app, erased.object_keys, f"user:{user_id}")
+    store = request.app[objects.OBJECTS_KEY]
+    try:
+        archived = await store.list_keys(retention.user_prefix(tenant_id, user_id))
+        await store.delete(archived)
+    except Exception:
+        log.exception("archives of an erased user could not be deleted")
+        raise ApiError(503, "the user's archives could not be erased; retry the request",
+                       headers={"Retry-After": "5"}) from None
     return web.Response(status=204)

@@ -267,3 +267,19 @@ async def test_s3_upload_complete_download_and_delete(s3_client: Any, tenant: Te
     r = await client.delete(f"/api/v1/sessions/{sid}", headers=tenant.headers)
     assert r.status == 204
     assert await motoserver.keys(s3_endpoint, s3_bucket) == []
+
+
+async def test_s3_erasure_is_503_until_the_archives_can_be_erased(
+    s3_client: Any, tenant: Tenant, s3_endpoint: str, s3_bucket: str,
+) -> None:
+    client = s3_client
+    await new_session(client, tenant, user_id="leaving")
+    await motoserver.drop_bucket(s3_endpoint, s3_bucket)  # the store fails
+    r = await client.delete("/api/v1/users/leaving/sessions", headers=tenant.headers)
+    body = await error_of(r, 503)
+    assert body["message"] == "the user's archives could not be erased; retry the request"
+    assert r.headers["Retry-After"] == "5"
+    assert "Bucket" not in await r.text()
+    await motoserver.make_bucket(s3_endpoint, s3_bucket)
+    r = await client.delete("/api/v1/users/leaving/sessions", headers=tenant.headers)
+    assert r.status == 204

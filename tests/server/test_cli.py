@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from server import cli
@@ -109,6 +110,23 @@ def test_migrate_applies_then_is_a_noop(database_url: str) -> None:
     assert f"schema version: {last:04d}" in second.stdout
     after = query(database_url, "SELECT version, checksum, applied_at FROM schema_migrations")
     assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+
+
+def test_retention_runs_once_and_prints_what_it_removed(database_url: str,
+                                                          tmp_path: Path) -> None:
+    name = f"kept-{secrets.token_hex(4)}"
+    assert run("tenants", "create", name, "--retention-days", "1",
+               DATABASE_URL=database_url).returncode == 0
+    [tenant] = query(database_url, "SELECT id FROM tenants WHERE name = $1", name)
+    query(database_url, "INSERT INTO sessions (id, tenant_id, user_id, activity_at) "
+          "VALUES (gen_random_uuid(), $1, 'ada', now() - interval '2 days')", tenant["id"])
+    result = run("retention", DATABASE_URL=database_url, CHAT_DATA_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["archived_sessions"] == 1 and report["archives"] == 1
+    assert set(report) == {"archived_messages", "archived_sessions", "archives",
+                           "expired_sessions", "stale_attachments", "idempotency_keys"}
+    assert len(list((tmp_path / "objects" / "archives").rglob("*.jsonl.gz"))) == 1
 
 
 # -- tenants and keys ---------------------------------------------------------------------
