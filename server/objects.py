@@ -31,7 +31,8 @@ async def open_store(settings: Settings) -> ObjectStore:
         root = settings.data_dir / "objects"
         return LocalStore(root, signing_key(root, settings.object_signing_key))
     store = await S3Store.open(
-        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
+        public_url=settings.s3_public_url, region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key,
     )

@@ -82,6 +82,7 @@ class Settings:
     # attachments: S3 when S3_BUCKET is set, else files under data_dir/objects
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
+    s3_public_url: str | None = None  # the endpoint clients reach, if not s3_endpoint_url
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
@@ -218,6 +219,7 @@ def _parser_for(annotation: object) -> Callable[[str], Any]:
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
               "s3_bucket": "S3_BUCKET", "s3_endpoint_url": "S3_ENDPOINT_URL",
+              "s3_public_url": "S3_PUBLIC_URL",
               "s3_region": "S3_REGION", "s3_access_key_id": "S3_ACCESS_KEY_ID",
               "s3_secret_access_key": "S3_SECRET_ACCESS_KEY"}
 _PARSERS: dict[str, Callable[[str], Any]] = {

@@ -26,24 +26,33 @@ DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 class S3Store:
     """One bucket, through one long-lived aiobotocore client."""
 
-    def __init__(self, client: Any, bucket: str, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(self, client: Any, bucket: str, stack: contextlib.AsyncExitStack,
+                 signer: Any = None) -> None:
         self._client = client
+        self._signer = client if signer is None else signer  # makes the presigned URLs
         self.bucket = bucket
         self._stack = stack
 
     @classmethod
     async def open(cls, bucket: str, *, endpoint_url: str | None = None,
-                   region: str | None = None, access_key_id: str | None = None,
+                   public_url: str | None = None, region: str | None = None,
+                   access_key_id: str | None = None,
                    secret_access_key: str | None = None) -> S3Store:
-        """Connect to ``bucket``; credentials default to boto's chain (env, role, ...)."""
+        """Connect to ``bucket``; credentials default to boto's chain (env, role, ...).
+
+        ``public_url``: the endpoint clients reach, when it differs from the one this
+        service uses (a private network name); presigned URLs are made for it.
+        """
         stack = contextlib.AsyncExitStack()
-        client = await stack.enter_async_context(get_session().create_client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 3,
-                                                             "mode": "standard"}),
-        ))
-        return cls(client, bucket, stack)
+        clients = []
+        for url in (endpoint_url, public_url) if public_url else (endpoint_url,):
+            clients.append(await stack.enter_async_context(get_session().create_client(
+                "s3", endpoint_url=url, region_name=region,
+                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                config=Config(signature_version="s3v4",
+                              retries={"max_attempts": 3, "mode": "standard"}),
+            )))
+        return cls(clients[0], bucket, stack, signer=clients[-1])
 
     async def check(self) -> None:
         """Raise :class:`OSError`, saying why, unless the bucket exists and answers."""
@@ -56,7 +65,7 @@ class S3Store:
     async def upload_url(self, key: str, *, size: int, mime: str, sha256: str,
                          expires_s: int) -> Upload:
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
-        url = await self._client.generate_presigned_url("put_object", Params={
+        url = await self._signer.generate_presigned_url("put_object", Params={
             "Bucket": self.bucket, "Key": key, "ContentType": mime, "ContentLength": size,
             "ChecksumSHA256": checksum,
         }, ExpiresIn=expires_s)
@@ -66,7 +75,7 @@ class S3Store:
         }, expires_at=expires_at(expires_s))
 
     async def download_url(self, key: str, *, name: str, mime: str, expires_s: int) -> str:
-        url: str = await self._client.generate_presigned_url("get_object", Params={
+        url: str = await self._signer.generate_presigned_url("get_object", Params={
             "Bucket": self.bucket, "Key": key, "ResponseContentType": mime,
             "ResponseContentDisposition": content_disposition(name),
         }, ExpiresIn=expires_s)

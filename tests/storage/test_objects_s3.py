@@ -94,3 +94,20 @@ async def test_check_names_a_missing_bucket(s3_endpoint: str) -> None:
             await s.check()
     finally:
         await s.close()
+
+
+async def test_presigned_urls_use_the_public_endpoint(s3_endpoint: str, s3_bucket: str) -> None:
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    s = await S3Store.open(s3_bucket, endpoint_url=s3_endpoint, public_url=public,
+                           region=CREDENTIALS["region_name"],
+                           access_key_id=CREDENTIALS["aws_access_key_id"],
+                           secret_access_key=CREDENTIALS["aws_secret_access_key"])
+    try:
+        data = b"through the public name"
+        assert await _upload(s, "t/s/p", data) == 200
+        url = await s.download_url("t/s/p", name="p", mime="text/plain", expires_s=60)
+        assert url.startswith(public + "/")
+        info = await s.stat("t/s/p")  # the service itself uses its own endpoint
+        assert info is not None and info.size == len(data)
+    finally:
+        await s.close()
