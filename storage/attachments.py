@@ -56,14 +56,11 @@ async def get(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     attachment_id: uuid.UUID,
 ) -> asyncpg.Record:
-    row = await conn.fetchrow(
+    return _found(await conn.fetchrow(
         f"SELECT {COLUMNS} FROM attachments "
         "WHERE id = $1 AND session_id = $2 AND tenant_id = $3",
         attachment_id, session_id, tenant_id,
-    )
-    if row is None:
-        raise NotFound("attachment not found")
-    return row
+    ))
 
 
 async def mark_ready(
@@ -71,11 +68,14 @@ async def mark_ready(
     attachment_id: uuid.UUID,
 ) -> asyncpg.Record:
     """Set ``ready`` (it may already be); :class:`NotFound` if it was deleted meanwhile."""
-    row = await conn.fetchrow(
+    return _found(await conn.fetchrow(
         "UPDATE attachments SET status = 'ready' "
         f"WHERE id = $1 AND session_id = $2 AND tenant_id = $3 RETURNING {COLUMNS}",
         attachment_id, session_id, tenant_id,
-    )
+    ))
+
+
+def _found(row: asyncpg.Record | None) -> asyncpg.Record:
     if row is None:
         raise NotFound("attachment not found")
     return row

@@ -18,16 +18,11 @@ from pathlib import Path
 
 from aiobotocore.session import get_session
 
+from tests.server.procs import free_port
+
 START_TIMEOUT_S = 30.0
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
                "region_name": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:
@@ -39,7 +34,7 @@ def _answers(port: int) -> bool:
 @contextlib.contextmanager
 def running(log_dir: Path) -> Iterator[str]:
     """Start moto's server; yield its endpoint URL; stop it."""
-    port = _free_port()
+    port = free_port()
     log = (log_dir / "moto.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-c", "from moto.server import main; main()",

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -93,15 +94,21 @@ async def create_attachment(request: web.Request) -> web.Response:
                          headers={"Location": f"{request.path}/{attachment_id}"})
 
 
-@routes.post(ATTACHMENT_PATH + "/complete",
-             responses={200: Attachment, 404: Error, 409: Error})
-async def complete_attachment(request: web.Request) -> web.Response:
-    """Check the uploaded file against what was announced and mark it ready."""
+async def _load(request: web.Request) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, asyncpg.Record]:
+    """The tenant, session id, attachment id and attachment row the path names."""
     session_id = path_uuid(request, "session_id", "session")
     attachment_id = path_uuid(request, "aid", "attachment")
     tenant_id = principal_of(request).tenant_id
     row = await run(request, lambda conn: attachments.get(
         conn, tenant_id, session_id, attachment_id))
+    return tenant_id, session_id, attachment_id, row
+
+
+@routes.post(ATTACHMENT_PATH + "/complete",
+             responses={200: Attachment, 404: Error, 409: Error})
+async def complete_attachment(request: web.Request) -> web.Response:
+    """Check the uploaded file against what was announced and mark it ready."""
+    tenant_id, session_id, attachment_id, row = await _load(request)
     if row["status"] != "ready":
         try:
             await verify(request.app[OBJECTS_KEY], row["object_key"], size=row["size"],
@@ -116,11 +123,7 @@ async def complete_attachment(request: web.Request) -> web.Response:
 @routes.get(ATTACHMENT_PATH, responses={200: AttachmentDownload, 404: Error})
 async def get_attachment(request: web.Request) -> web.Response:
     """Get an attachment, with a short-lived download URL once it is ready."""
-    session_id = path_uuid(request, "session_id", "session")
-    attachment_id = path_uuid(request, "aid", "attachment")
-    tenant_id = principal_of(request).tenant_id
-    row = await run(request, lambda conn: attachments.get(
-        conn, tenant_id, session_id, attachment_id))
+    *_, row = await _load(request)
     url = None
     if row["status"] == "ready":
         url = _absolute(request, await request.app[OBJECTS_KEY].download_url(
