@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter, Gauge
 
 from server.database import POOL_KEY
 from server.objects import OBJECTS_KEY, discard_keys
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x63686174_6D61696E  # "chatmain": one maintenance run at a time, cluster-wide
 MAX_BATCHES = 50
+
+RUNS = Counter("chat_maintenance_runs_total",
+               "Maintenance runs of this process: done, skipped (another process had the "
+               "lock) or failed", ["outcome"])
+REMOVED = Counter("chat_maintenance_removed_total",
+                  "What maintenance removed (archives: files written)", ["kind"])
+LAST_DONE = Gauge("chat_maintenance_last_done_timestamp_seconds",
+                  "When a maintenance run of this process last finished")
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,6 +76,9 @@ async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
                     break
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    for kind, n in dataclasses.asdict(report).items():
+        REMOVED.labels(kind).inc(n)
+    LAST_DONE.set_to_current_time()
     return report
 
 
@@ -116,8 +128,10 @@ def setup(app: web.Application) -> None:
             try:
                 report = await run_once(app[POOL_KEY], app[OBJECTS_KEY], settings)
             except Exception:
+                RUNS.labels("failed").inc()
                 log.exception("maintenance run failed; the next one retries")
                 continue
+            RUNS.labels("skipped" if report is None else "done").inc()
             if report:
                 log.info("maintenance done", extra=dataclasses.asdict(report))
 

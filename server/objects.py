@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from server.errors import ApiError
 from server.settings import SETTINGS_KEY, Settings
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 OBJECTS_KEY = web.AppKey("objects", ObjectStore)
 LOCAL_KEY = web.AppKey("local_objects", LocalStore)
+DELETE_FAILURES = Counter("chat_object_delete_failures_total",
+                          "Objects of deleted rows that the store failed to delete (logged)")
 
 
 async def open_store(settings: Settings) -> ObjectStore:
@@ -55,6 +58,7 @@ async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> 
     try:
         await store.delete(keys)
     except Exception:
+        DELETE_FAILURES.inc(len(keys))
         log.exception("objects could not be deleted",
                       extra={"target": target, "object_keys": list(keys)})
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from server import maintenance
 from server.app import create_app
@@ -128,6 +129,15 @@ async def test_one_runner_at_a_time(client: Any, pool: asyncpg.Pool) -> None:
 async def test_the_server_runs_it_in_the_background(
     aiohttp_client: Any, settings: Settings, tenant: Tenant, pool: asyncpg.Pool,
 ) -> None:
+    def done() -> float:
+        return REGISTRY.get_sample_value("chat_maintenance_runs_total",
+                                         {"outcome": "done"}) or 0.0
+
+    def expired() -> float:
+        return REGISTRY.get_sample_value("chat_maintenance_removed_total",
+                                         {"kind": "expired_sessions"}) or 0.0
+
+    runs, erased = done(), expired()
     client = await aiohttp_client(create_app(dataclasses.replace(
         settings, maintenance_interval_s=0.05)))
     r = await client.post("/api/v1/sessions", headers=tenant.headers,
@@ -136,8 +146,10 @@ async def test_the_server_runs_it_in_the_background(
     async with pool.acquire() as conn:
         await conn.execute("UPDATE sessions SET expires_at = now() WHERE id = $1", sid)
         for _ in range(200):  # bounded: the loop wakes every 0.04-0.06 s
-            if not await conn.fetchval("SELECT count(*) FROM sessions WHERE id = $1", sid):
+            gone = not await conn.fetchval("SELECT count(*) FROM sessions WHERE id = $1", sid)
+            if gone and done() > runs:  # the run that erased it has finished and counted
                 break
             await asyncio.sleep(0.05)
         else:
             pytest.fail("the background run never erased the expired session")
+    assert expired() >= erased + 1
