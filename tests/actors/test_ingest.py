@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,38 @@ async def test_killed_process_entries_are_reclaimed_nothing_lost_or_doubled(
             await lock.rollback()
         await pool.release(locker)
         await redis.delete(stream_key, f"{prefix}:ingest:dead")
+
+
+async def test_attachments_are_linked_when_the_entry_is_stored(
+    async_settings: Settings, aiohttp_client: Any, tenant: Tenant, pool: asyncpg.Pool,
+    redis: Redis, prefix: str,
+) -> None:
+    from tests.server.test_attachments import ready
+
+    client = await aiohttp_client(create_app(async_settings))
+    sid = await new_session(pool, tenant)
+    aid = await ready(client, tenant, str(sid))
+    url = f"/api/v1/sessions/{sid}/messages"
+    r = await client.post(url, headers=tenant.headers,
+                          json={"role": "user", "content": "with", "attachment_ids": [aid]})
+    assert r.status == 202
+
+    async def first_stored() -> bool:
+        return len(await stored(pool, sid)) == 1
+
+    await until(first_stored, "the first message is stored")
+    # the same attachment again: accepted (not checked yet), then dead-lettered
+    r = await client.post(url, headers=tenant.headers,
+                          json={"role": "user", "content": "again", "attachment_ids": [aid]})
+    assert r.status == 202
+
+    async def settled() -> bool:
+        return (await redis.xlen(f"{prefix}:ingest:dead") == 1
+                and await redis.xlen(f"{prefix}:ingest") == 0)
+
+    await until(settled, "the second entry is dead-lettered")
+    [row] = await stored(pool, sid)
+    assert row["content"] == "with"
+    linked = await pool.fetchval("SELECT message_id FROM attachments WHERE id = $1",
+                                 uuid.UUID(aid))
+    assert linked == row["id"]
