@@ -83,8 +83,10 @@ async def insert_batches(
 
     Per batch, per group: its stored messages (consecutive seq, in group order), or
     :class:`NotFound` (no such session for that tenant), or :class:`InvalidReference`
-    (a ``parent_id`` that is not a message of the session; the group is left out so it
-    cannot fail the others). Any other error aborts the whole transaction and is raised.
+    (a ``parent_id`` that is not a message of the session, or an attachment it cannot
+    link; the group is left out so it cannot fail the others). Any other error aborts
+    the whole transaction and is raised. Attachments are linked, and idempotent replies
+    recorded, in the same transaction as the messages.
     """
     results: list[list[Stored | Exception]] = [[[] for _ in b.groups] for b in batches]
     await _check_parents(conn, batches, results)
