@@ -1,4 +1,4 @@
-"""The ``chat-storage`` command: ``serve``, ``migrate``, ``tenants`` and ``keys``.
+"""The ``chat-storage`` command: ``serve``, and the admin commands of :mod:`server.admin`.
 
 Every subcommand builds :class:`Settings` from the environment and its flags. Exit
 statuses: 0 done, 1 the operation failed (no such tenant, database unreachable, ...),
@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import datetime as dt
 import functools
 import gc
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
-import orjson
 from aiohttp import web
 
-from server import database, logs, maintenance, objects
+from server import admin, database, logs
 from server.settings import Settings, SettingsError
-from storage import db, embedded, migrations, tenants
+from storage import db, embedded, tenants
 from storage.errors import Conflict, StorageError
 
 log = logging.getLogger(__name__)
@@ -52,13 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings)
         logs.configure("WARNING")
         if args.command == "migrate":
-            return asyncio.run(_migrate(settings))
+            return asyncio.run(admin.migrate(settings))
         if args.command == "retention":
-            return asyncio.run(_retention(settings))
+            return asyncio.run(admin.retention(settings))
         command: Callable[[db.Connection], Awaitable[None]] = functools.partial(
             args.handler, args
         )
-        return asyncio.run(_with_connection(settings, command))
+        return asyncio.run(admin.with_connection(settings, command))
     except (SettingsError, UsageError) as exc:
         _fail(str(exc))
         return 2
@@ -192,128 +188,13 @@ async def _first_run_key(app: web.Application, settings: Settings) -> None:
     if ":" in host:
         host = f"[{host}]"
     url = f"http://{host}:{settings.port}/api/v1/sessions"
-    _print(
+    admin.print_line(
         f"Created tenant {DEV_TENANT!r} and an API key (shown only this once):\n"
         f"  {created.key}\n"
         "Try it:\n"
         f"  curl -H 'X-Api-Key: {created.key}' -H 'Content-Type: application/json' "
         f"""-d '{{"user_id":"me"}}' {url}"""
     )
-
-
-# -- migrate, tenants, keys ---------------------------------------------------------------
-
-
-async def _open(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
-    # one short-lived connection is all an admin command needs
-    small = dataclasses.replace(settings, db_pool_min=1, db_pool_max=1)
-    return await database.open_database(small, migrate=migrate)
-
-
-async def _close(pool: asyncpg.Pool, settings: Settings) -> None:
-    await database.close_pool(pool, settings.shutdown_timeout_s)
-    if settings.embedded:
-        await asyncio.to_thread(embedded.stop_all)
-
-
-async def _migrate(settings: Settings) -> int:
-    # no seeding: on a fresh database the tables for CHAT_API_KEYS do not exist yet
-    pool = await _open(dataclasses.replace(settings, api_keys=()), migrate=False)
-    try:
-        async with pool.acquire() as conn:
-            applied = await migrations.migrate(conn, settings.migrations_dir)
-            versions = [r["version"] for r in await conn.fetch(
-                "SELECT version FROM schema_migrations ORDER BY version"
-            )]
-    finally:
-        await _close(pool, settings)
-    if applied:
-        _print("applied: " + ", ".join(f"{v:04d}" for v in applied))
-    else:
-        _print("applied: none (already up to date)")
-    _print(f"schema version: {versions[-1]:04d}" if versions else "schema version: none")
-    return 0
-
-
-async def _retention(settings: Settings) -> int:
-    """Run the maintenance jobs once and print what they removed, as JSON."""
-    pool = await _open(settings)
-    try:
-        store = await objects.open_store(settings)
-        try:
-            report = await maintenance.run_once(pool, store, settings)
-        finally:
-            await store.close()
-    finally:
-        await _close(pool, settings)
-    if report is None:
-        _fail("another process is running maintenance right now; try again later")
-        return 1
-    _print_json(dataclasses.asdict(report))
-    return 0
-
-
-async def _with_connection(
-    settings: Settings, command: Callable[[db.Connection], Awaitable[None]]
-) -> int:
-    pool = await _open(settings)
-    try:
-        async with pool.acquire() as conn:
-            await command(conn)
-    finally:
-        await _close(pool, settings)
-    return 0
-
-
-async def _tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
-    tenant_id = await tenants.create_tenant(conn, args.name, args.retention_days)
-    _print(f"created tenant {args.name} ({tenant_id})")
-
-
-async def _keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
-    created = await tenants.create_key(conn, args.tenant, name=args.name)
-    if args.json:
-        _print_json({"id": created.id, "tenant": created.tenant, "key": created.key})
-        return
-    _print(created.key)
-    print(f"created key {created.id} for tenant {created.tenant}; it is shown only this once",
-          file=sys.stderr)
-
-
-async def _keys_revoke(args: argparse.Namespace, conn: db.Connection) -> None:
-    await tenants.revoke_key(conn, args.id)
-    _print(f"revoked key {args.id}")
-
-
-async def _keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
-    keys = await tenants.list_keys(conn, args.tenant)
-    if args.json:
-        _print_json([
-            {"id": k["id"], "name": k["name"], "created_at": k["created_at"],
-             "revoked_at": k["revoked_at"]}
-            for k in keys
-        ])
-        return
-    rows = [("ID", "NAME", "CREATED", "REVOKED")] + [
-        (k["id"], k["name"] or "-", _when(k["created_at"]), _when(k["revoked_at"]))
-        for k in keys
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    for row in rows:
-        _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-               .rstrip())
-
-
-def _when(value: dt.datetime | None) -> str:
-    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _print(text: str) -> None:
-    print(text, flush=True)
-
-
-def _print_json(value: Any) -> None:
-    _print(orjson.dumps(value, option=orjson.OPT_UTC_Z).decode())
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -355,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     create_tenant.add_argument("name")
     create_tenant.add_argument("--retention-days", type=_positive_int, metavar="N",
                                help="erase its messages N days after they are written")
-    create_tenant.set_defaults(handler=_tenants_create)
+    create_tenant.set_defaults(handler=admin.tenants_create)
 
     keys_cmd = commands.add_parser("keys", help="manage API keys")
     keys_sub = keys_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -364,14 +245,14 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default="", metavar="LABEL", help="a label for the key")
     create_key.add_argument("--json", action="store_true",
                             help='print one line {"id", "tenant", "key"}')
-    create_key.set_defaults(handler=_keys_create)
+    create_key.set_defaults(handler=admin.keys_create)
     revoke_key = keys_sub.add_parser("revoke", help="revoke a key")
     revoke_key.add_argument("id", metavar="ID")
-    revoke_key.set_defaults(handler=_keys_revoke)
+    revoke_key.set_defaults(handler=admin.keys_revoke)
     list_keys = keys_sub.add_parser("list", help="list the keys of a tenant (never secrets)")
     list_keys.add_argument("--tenant", required=True, metavar="NAME")
     list_keys.add_argument("--json", action="store_true", help="print a JSON array")
-    list_keys.set_defaults(handler=_keys_list)
+    list_keys.set_defaults(handler=admin.keys_list)
     return parser
 
 

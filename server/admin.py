@@ -1,0 +1,136 @@
+"""The administrative commands of ``chat-storage``: migrate, retention, tenants, keys.
+
+Each opens a one-connection pool (and, without DATABASE_URL, the embedded server),
+does its work and closes them. Output goes to stdout through :func:`print_line`;
+:mod:`server.cli` parses the command line and maps failures to exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+
+from server import database, maintenance, objects
+from server.settings import Settings
+from storage import db, embedded, migrations, tenants
+
+
+async def open_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
+    # one short-lived connection is all an admin command needs
+    small = dataclasses.replace(settings, db_pool_min=1, db_pool_max=1)
+    return await database.open_database(small, migrate=migrate)
+
+
+async def close_pool(pool: asyncpg.Pool, settings: Settings) -> None:
+    await database.close_pool(pool, settings.shutdown_timeout_s)
+    if settings.embedded:
+        await asyncio.to_thread(embedded.stop_all)
+
+
+async def migrate(settings: Settings) -> int:
+    # no seeding: on a fresh database the tables for CHAT_API_KEYS do not exist yet
+    pool = await open_pool(dataclasses.replace(settings, api_keys=()), migrate=False)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrations.migrate(conn, settings.migrations_dir)
+            versions = [r["version"] for r in await conn.fetch(
+                "SELECT version FROM schema_migrations ORDER BY version"
+            )]
+    finally:
+        await close_pool(pool, settings)
+    if applied:
+        print_line("applied: " + ", ".join(f"{v:04d}" for v in applied))
+    else:
+        print_line("applied: none (already up to date)")
+    print_line(f"schema version: {versions[-1]:04d}" if versions else "schema version: none")
+    return 0
+
+
+async def retention(settings: Settings) -> int:
+    """Run the maintenance jobs once and print what they removed, as JSON."""
+    pool = await open_pool(settings)
+    try:
+        store = await objects.open_store(settings)
+        try:
+            report = await maintenance.run_once(pool, store, settings)
+        finally:
+            await store.close()
+    finally:
+        await close_pool(pool, settings)
+    if report is None:
+        print("chat-storage: error: another process is running maintenance right now; "
+              "try again later", file=sys.stderr)
+        return 1
+    print_json(dataclasses.asdict(report))
+    return 0
+
+
+async def with_connection(
+    settings: Settings, command: Callable[[db.Connection], Awaitable[None]]
+) -> int:
+    pool = await open_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            await command(conn)
+    finally:
+        await close_pool(pool, settings)
+    return 0
+
+
+async def tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
+    tenant_id = await tenants.create_tenant(conn, args.name, args.retention_days)
+    print_line(f"created tenant {args.name} ({tenant_id})")
+
+
+async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
+    created = await tenants.create_key(conn, args.tenant, name=args.name)
+    if args.json:
+        print_json({"id": created.id, "tenant": created.tenant, "key": created.key})
+        return
+    print_line(created.key)
+    print(f"created key {created.id} for tenant {created.tenant}; it is shown only this once",
+          file=sys.stderr)
+
+
+async def keys_revoke(args: argparse.Namespace, conn: db.Connection) -> None:
+    await tenants.revoke_key(conn, args.id)
+    print_line(f"revoked key {args.id}")
+
+
+async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
+    keys = await tenants.list_keys(conn, args.tenant)
+    if args.json:
+        print_json([
+            {"id": k["id"], "name": k["name"], "created_at": k["created_at"],
+             "revoked_at": k["revoked_at"]}
+            for k in keys
+        ])
+        return
+    rows = [("ID", "NAME", "CREATED", "REVOKED")] + [
+        (k["id"], k["name"] or "-", _when(k["created_at"]), _when(k["revoked_at"]))
+        for k in keys
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        print_line("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+               .rstrip())
+
+
+def _when(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+def print_json(value: Any) -> None:
+    print_line(orjson.dumps(value, option=orjson.OPT_UTC_Z).decode())
