@@ -35,6 +35,7 @@ from storage.messages import NewMessage, WriteGroup
 from tests.actors.conftest import MakeRegistry, metric, new_session, row_locked, stored
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.procs import metric_total, replica_env, running
+from tests.server.test_attachments import ready
 
 DEADLINE_S = 30.0
 
@@ -365,8 +366,6 @@ async def test_attachments_are_linked_when_the_entry_is_stored(
     async_settings: Settings, aiohttp_client: Any, tenant: Tenant, pool: asyncpg.Pool,
     redis: Redis, prefix: str,
 ) -> None:
-    from tests.server.test_attachments import ready
-
     client = await aiohttp_client(create_app(async_settings))
     sid = await new_session(pool, tenant)
     aid = await ready(client, tenant, str(sid))
