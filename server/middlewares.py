@@ -128,7 +128,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                 extra={
                     "method": request.method,
                     "route": route,
-                    "path": request.path,
+                    # a signed URL's token is a credential: log the route in its place
+                    "path": route if "{token}" in route else request.path,
                     "status": status,
                     "duration_ms": round(elapsed_s * 1000, 3),
                     "tenant": principal.tenant_name if principal else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,16 @@ async def test_s3_erasure_is_503_until_the_archives_can_be_erased(
     await motoserver.make_bucket(s3_endpoint, s3_bucket)
     r = await client.delete("/api/v1/users/leaving/sessions", headers=tenant.headers)
     assert r.status == 204
+
+
+async def test_signed_urls_stay_out_of_the_access_log(
+    client: Any, tenant: Tenant, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chat_storage.access")
+    sid = await new_session(client, tenant)
+    created = await create(client, tenant, sid)
+    assert await upload(client, created) == 200
+    token = created["upload"]["url"].rsplit("/", 1)[1]
+    paths = [getattr(r, "path", "") for r in caplog.records if r.name == "chat_storage.access"]
+    assert "/objects/{token}" in paths
+    assert not any(token in p for p in paths)
