@@ -38,6 +38,12 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
+def _loggable_path(request: web.Request) -> str:
+    """The path, except for a signed URL: its token is a credential, so its route."""
+    route = _route_name(request)
+    return route if "{token}" in route else request.path
+
+
 def _request_id(request: web.Request) -> str:
     """A valid client ``X-Request-ID``, or a new one: 32 random hex digits.
 
@@ -110,7 +116,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         except Exception as exc:
             err = to_api_error(exc)
             if err is None:
-                log.exception("unhandled error", extra={"path": request.path})
+                log.exception("unhandled error", extra={"path": _loggable_path(request)})
                 err = ApiError(500, "internal server error")
             elif isinstance(exc, Unavailable):
                 log.warning("database unavailable", extra={"error": str(exc)})
@@ -128,8 +134,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                 extra={
                     "method": request.method,
                     "route": route,
-                    # a signed URL's token is a credential: log the route in its place
-                    "path": route if "{token}" in route else request.path,
+                    "path": _loggable_path(request),
                     "status": status,
                     "duration_ms": round(elapsed_s * 1000, 3),
                     "tenant": principal.tenant_name if principal else None,
