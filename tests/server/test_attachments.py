@@ -6,6 +6,7 @@ served by the service itself); ``test_s3_*`` run the same flow against moto's S3
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -297,3 +298,41 @@ async def test_signed_urls_stay_out_of_the_access_log(
     paths = [getattr(r, "path", "") for r in caplog.records if r.name == "chat_storage.access"]
     assert "/objects/{token}" in paths
     assert not any(token in p for p in paths)
+
+
+async def test_concurrent_messages_cannot_share_an_attachment(
+    client: Any, tenant: Tenant, pool: asyncpg.Pool,
+) -> None:
+    sid = await new_session(client, tenant)
+    aid = await ready(client, tenant, sid)
+
+    async def claim(n: int) -> int:
+        r = await client.post(f"/api/v1/sessions/{sid}/messages", headers=tenant.headers,
+                              json={"role": "user", "content": f"#{n}", "attachment_ids": [aid]})
+        return int(r.status)
+
+    statuses = await asyncio.gather(*(claim(n) for n in range(8)))
+    assert sorted(statuses) == [201] + [400] * 7
+    async with pool.acquire() as conn:
+        stored = await conn.fetch("SELECT id FROM messages WHERE session_id = $1",
+                                  uuid.UUID(sid))
+        linked = await conn.fetchval("SELECT message_id FROM attachments WHERE id = $1",
+                                     uuid.UUID(aid))
+    assert [r["id"] for r in stored] == [linked]  # the refused ones left nothing behind
+
+
+async def test_two_servers_cannot_link_one_attachment_twice(
+    client: Any, aiohttp_client: Any, settings: Settings, tenant: Tenant,
+) -> None:
+    # a second app on the same database: its own session actors, as another replica has
+    other = await aiohttp_client(create_app(settings))
+    sid = await new_session(client, tenant)
+    aid = await ready(client, tenant, sid)
+
+    async def claim(via: Any, n: int) -> int:
+        r = await via.post(f"/api/v1/sessions/{sid}/messages", headers=tenant.headers,
+                           json={"role": "user", "content": f"#{n}", "attachment_ids": [aid]})
+        return int(r.status)
+
+    statuses = await asyncio.gather(*(claim(client if n % 2 else other, n) for n in range(10)))
+    assert sorted(statuses) == [201] + [400] * 9
