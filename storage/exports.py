@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from storage import messages, sessions
+from storage import attachments, messages, sessions
 
 MESSAGE_PAGE = 500
 SESSION_PAGE = 100
@@ -68,3 +68,15 @@ async def user_sessions(
         if len(rows) < page_size:
             return
         after = (rows[-1]["created_at"], rows[-1]["id"])
+
+
+async def session_attachments(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+) -> list[dict[str, Any]]:
+    """The session's attachments (their descriptions; the files stay in the store)."""
+    rows = await conn.fetch(
+        f"SELECT {attachments.COLUMNS} FROM attachments WHERE tenant_id = $1 "
+        "AND session_id = $2 ORDER BY created_at, id",
+        tenant_id, session_id,
+    )
+    return [attachments.to_json(r) for r in rows]

@@ -2,15 +2,19 @@
 
 Formats of ``GET /api/v1/sessions/{id}/export?format=``:
 
-- ``json`` (default): one document ``{"session": {...}, "messages": [...]}``.
+- ``json`` (default): one document ``{"session": {...}, "messages": [...],
+  "attachments": [...]}``.
 - ``jsonl``: the first line is ``{"type": "session", <session fields>}``, then one
-  ``{"type": "message", <message fields>}`` line per message, in ``seq`` order.
+  ``{"type": "message", <message fields>}`` line per message, in ``seq`` order, then one
+  ``{"type": "attachment", <attachment fields>}`` line per attachment.
 - ``markdown``: the title, a line about the session, then per message a heading
   ``## <seq> · <role>`` (with the status when not complete), its content verbatim and
-  the RAG sources it was built from as a numbered list.
+  the RAG sources it was built from as a numbered list; then the attachments.
 
 ``GET /api/v1/users/{user_id}/export`` is JSON Lines: each of the user's sessions
-(oldest first) as a ``session`` line followed by its ``message`` lines.
+(oldest first) as a ``session`` line followed by its ``message`` and ``attachment`` lines.
+Attachments are described (name, type, size, SHA-256, message); their files stay in
+the object store, each readable through ``GET …/attachments/{aid}``.
 
 Both are streamed from one consistent snapshot (:mod:`storage.exports`) in bounded
 pages. Errors before the first byte get the usual error body; once bytes are sent an
@@ -131,7 +135,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
                 for message in page:
                     await out.write(render.message(message, first))
                     first = False
-        await out.write(render.tail())
+        await out.write(render.tail(
+            await exports.session_attachments(conn, tenant_id, session_id)))
 
     out = Out(request, media_type, f"session-{session_id}.{ext}")
     return await stream(request, out, body, session_id=str(session_id))
@@ -153,6 +158,8 @@ async def export_user(request: web.Request) -> web.StreamResponse:
                     async for page in pages:
                         for message in page:
                             await out.write(_line("message", message))
+                await out.write(JsonLines.tail(
+                    await exports.session_attachments(conn, tenant_id, session["id"])))
 
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", user_id)[:64]
     out = Out(request, FORMATS["jsonl"][0], f"user-{safe}-export.jsonl")
@@ -175,8 +182,8 @@ class Json:
         return dumps(message) if first else b"," + dumps(message)
 
     @staticmethod
-    def tail() -> bytes:
-        return b"]}"
+    def tail(attachments: list[dict[str, Any]]) -> bytes:
+        return b'],"attachments":' + dumps(attachments) + b"}"
 
 
 class JsonLines:
@@ -189,8 +196,8 @@ class JsonLines:
         return _line("message", message)
 
     @staticmethod
-    def tail() -> bytes:
-        return b""
+    def tail(attachments: list[dict[str, Any]]) -> bytes:
+        return b"".join(_line("attachment", a) for a in attachments)
 
 
 class Markdown:
@@ -216,8 +223,16 @@ class Markdown:
         return "".join(parts).encode()
 
     @staticmethod
-    def tail() -> bytes:
-        return b""
+    def tail(attachments: list[dict[str, Any]]) -> bytes:
+        if not attachments:
+            return b""
+        lines = ["\n## Attachments\n\n"]
+        for a in attachments:
+            where = ("not attached to a message" if a["message_id"] is None
+                     else f"message {a['message_id']}")
+            lines.append(f"- {_one_line(a['name'])} ({_one_line(a['mime'])}, {a['size']} bytes, "
+                         f"{a['status']}, {where}; sha256 {a['sha256']})\n")
+        return "".join(lines).encode()
 
 
 RENDERERS: dict[str, type[Json] | type[JsonLines] | type[Markdown]] = {

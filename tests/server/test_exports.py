@@ -11,6 +11,7 @@ import orjson
 from server.jsonio import dumps
 from storage import messages, sessions
 from tests.conftest import Tenant
+from tests.server.test_attachments import create, ready
 from tests.server.test_sessions import SESSIONS, add_messages, new_session
 
 RAG_MESSAGE = {
@@ -66,7 +67,7 @@ async def test_json_export_equals_history(client: Any, tenant: Tenant,
     assert r.headers["Content-Disposition"] == f'attachment; filename="session-{s["id"]}.json"'
     doc = orjson.loads(raw)
     session, history = await stored(pool, tenant, s["id"])
-    assert doc == {"session": session, "messages": history}
+    assert doc == {"session": session, "messages": history, "attachments": []}
     assert [m["seq"] for m in doc["messages"]] == list(range(1, 1002))
     assert doc["messages"][-1]["context"][0]["snippet"] == "Paris is the capital\nof France."
     # json is the default
@@ -148,7 +149,7 @@ async def test_empty_session_exports(client: Any, tenant: Tenant, pool: asyncpg.
     s = await new_session(client, tenant)
     _, raw = await export(client, tenant, f"{SESSIONS}/{s['id']}/export")
     session, _ = await stored(pool, tenant, s["id"])
-    assert orjson.loads(raw) == {"session": session, "messages": []}
+    assert orjson.loads(raw) == {"session": session, "messages": [], "attachments": []}
 
 
 async def test_user_export_is_every_session_of_that_user(
@@ -188,3 +189,31 @@ async def test_user_export_filename_is_safe(client: Any, tenant: Tenant) -> None
     lines = (await r.read()).splitlines()
     assert len(lines) == 1
     assert orjson.loads(lines[0])["user_id"] == 'we"ird/..\\name'
+
+
+async def test_exports_describe_the_attachments(client: Any, tenant: Tenant) -> None:
+    s = await new_session(client, tenant, "jo")
+    linked = await ready(client, tenant, s["id"])
+    pending = (await create(client, tenant, s["id"]))["attachment"]
+    r = await client.post(f"{SESSIONS}/{s['id']}/messages", headers=tenant.headers,
+                          json={"role": "user", "content": "see", "attachment_ids": [linked]})
+    message = await r.json()
+    r = await client.get(f"{SESSIONS}/{s['id']}/attachments/{linked}", headers=tenant.headers)
+    described = {k: v for k, v in (await r.json()).items() if k != "download_url"}
+    expected = [described, pending]
+
+    _, raw = await export(client, tenant, f"{SESSIONS}/{s['id']}/export", format="json")
+    assert orjson.loads(raw)["attachments"] == expected
+    _, raw = await export(client, tenant, f"{SESSIONS}/{s['id']}/export", format="jsonl")
+    lines = [orjson.loads(line) for line in raw.splitlines()]
+    assert [x["type"] for x in lines] == ["session", "message", "attachment", "attachment"]
+    assert lines[2:] == [{"type": "attachment", **a} for a in expected]
+    _, raw = await export(client, tenant, "/api/v1/users/jo/export")
+    assert [orjson.loads(line) for line in raw.splitlines()][2:] == lines[2:]
+    _, raw = await export(client, tenant, f"{SESSIONS}/{s['id']}/export", format="markdown")
+    text = raw.decode()
+    assert text.split("\n## Attachments\n\n")[1].splitlines() == [
+        f"- notes.txt (text/plain, {described['size']} bytes, ready, message {message['id']}; "
+        f"sha256 {described['sha256']})",
+        f"- notes.txt (text/plain, {pending['size']} bytes, pending, not attached to a message; "
+        f"sha256 {pending['sha256']})"]
