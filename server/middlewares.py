@@ -23,7 +23,13 @@ from server import auth, metrics, ratelimit
 from server.errors import ApiError, error_body
 from server.jsonio import json_response
 from server.logs import REQUEST_ID
-from storage.errors import Conflict, InvalidReference, NotFound, Unavailable
+from storage.errors import (
+    Conflict,
+    InvalidReference,
+    NotFound,
+    ObjectStoreUnavailable,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chat_storage.access")
@@ -89,6 +95,9 @@ def to_api_error(exc: BaseException) -> ApiError | None:
         message = "server is overloaded" if isinstance(exc, Overloaded) else (
             "server is shutting down")
         return ApiError(503, f"{message}; nothing was stored, retry later",
+                        headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, ObjectStoreUnavailable):
+        return ApiError(503, "object store is unavailable; retry later",
                         headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(exc, Unavailable):
         return ApiError(503, "database is unavailable; retry later with the same "

@@ -28,6 +28,10 @@ class Unavailable(StorageError):
     """The database cannot be reached or is overloaded; the write was not stored."""
 
 
+class ObjectStoreUnavailable(StorageError):
+    """The object store cannot be reached or refused the call; nothing was changed."""
+
+
 class UnsafeDatabase(StorageError):
     """The database does not make commits durable (fsync or synchronous_commit off)."""
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from storage.errors import ObjectStoreUnavailable
 from storage.objects import CHUNK_BYTES, ObjectInfo, Upload, content_disposition, expires_at
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -37,11 +38,12 @@ class S3Store:
     async def open(cls, bucket: str, *, endpoint_url: str | None = None,
                    public_url: str | None = None, region: str | None = None,
                    access_key_id: str | None = None,
-                   secret_access_key: str | None = None) -> S3Store:
+                   secret_access_key: str | None = None, attempts: int = 3) -> S3Store:
         """Connect to ``bucket``; credentials default to boto's chain (env, role, ...).
 
         ``public_url``: the endpoint clients reach, when it differs from the one this
         service uses (a private network name); presigned URLs are made for it.
+        ``attempts``: tries per call (boto's "standard" retry mode, with back-off).
         """
         stack = contextlib.AsyncExitStack()
         clients = []
@@ -50,7 +52,7 @@ class S3Store:
                 "s3", endpoint_url=url, region_name=region,
                 aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
                 config=Config(signature_version="s3v4",
-                              retries={"max_attempts": 3, "mode": "standard"}),
+                              retries={"max_attempts": attempts, "mode": "standard"}),
             )))
         return cls(clients[0], bucket, stack, signer=clients[-1])
 
@@ -88,7 +90,9 @@ class S3Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
         checksum = head.get("ChecksumSHA256")
         # a multipart upload's checksum is of its parts ("…-N"), not of the object
         sha256 = (base64.b64decode(checksum).hex()
@@ -96,32 +100,52 @@ class S3Store:
         return ObjectInfo(size=int(head["ContentLength"]), sha256=sha256)
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
-        response = await self._client.get_object(Bucket=self.bucket, Key=key)
-        async with response["Body"] as body:
-            while chunk := await body.read(CHUNK_BYTES):
-                yield chunk
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                while chunk := await body.read(CHUNK_BYTES):
+                    yield chunk
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
 
     async def put(self, key: str, data: bytes, mime: str) -> None:
-        await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=mime)
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          ContentType=mime)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
 
     async def delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):
             chunk = keys[start:start + DELETE_BATCH]
-            answer = await self._client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            try:
+                answer = await self._client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            except (BotoCoreError, ClientError) as exc:
+                raise _unavailable(exc) from exc
             if answer.get("Errors"):
                 first = answer["Errors"][0]
-                raise OSError(f"S3 kept {len(answer['Errors'])} of {len(chunk)} objects: "
-                              f"{first.get('Code')} {first.get('Key')}")
+                raise ObjectStoreUnavailable(
+                    f"S3 kept {len(answer['Errors'])} of {len(chunk)} objects: "
+                    f"{first.get('Code')} {first.get('Key')}")
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix)
-        async for page in pages:
-            keys += [o["Key"] for o in page.get("Contents", [])]
+        try:
+            async for page in pages:
+                keys += [o["Key"] for o in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
         return keys
 
     async def close(self) -> None:
         await self._stack.aclose()
 
+
+def _unavailable(exc: BotoCoreError | ClientError) -> ObjectStoreUnavailable:
+    """The store's failure, named by its error code (no URL, no credentials)."""
+    code = (exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError)
+            else type(exc).__name__)
+    return ObjectStoreUnavailable(f"object store call failed: {code}")

@@ -18,7 +18,9 @@ import asyncpg
 import pytest
 
 from server.app import create_app
+from server.middlewares import to_api_error
 from server.settings import Settings
+from storage.errors import ObjectStoreUnavailable
 from tests import motoserver
 from tests.conftest import Tenant
 from tests.motoserver import CREDENTIALS
@@ -336,3 +338,10 @@ async def test_two_servers_cannot_link_one_attachment_twice(
 
     statuses = await asyncio.gather(*(claim(client if n % 2 else other, n) for n in range(10)))
     assert sorted(statuses) == [201] + [400] * 9
+
+
+def test_an_unavailable_store_answers_503_with_retry_after() -> None:
+    err = to_api_error(ObjectStoreUnavailable("object store call failed: EndpointConnectionError"))
+    assert err is not None
+    assert (err.status, err.message) == (503, "object store is unavailable; retry later")
+    assert err.headers == {"Retry-After": "1"}  # and, as for every 503, nothing internal

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from storage.errors import ObjectStoreUnavailable
 from storage.objects import Mismatch, verify
 from storage.objects_s3 import S3Store
 from tests.motoserver import CREDENTIALS
+from tests.server.procs import free_port
 
 
 @pytest.fixture
@@ -109,5 +111,21 @@ async def test_presigned_urls_use_the_public_endpoint(s3_endpoint: str, s3_bucke
         assert url.startswith(public + "/")
         info = await s.stat("t/s/p")  # the service itself uses its own endpoint
         assert info is not None and info.size == len(data)
+    finally:
+        await s.close()
+
+
+async def test_an_unreachable_store_is_unavailable_naming_no_address() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    s = await S3Store.open("any-bucket", endpoint_url=closed, region=CREDENTIALS["region_name"],
+                           access_key_id=CREDENTIALS["aws_access_key_id"],
+                           secret_access_key=CREDENTIALS["aws_secret_access_key"],
+                           attempts=1)  # no back-off: the test is about the error
+    try:
+        for call in (s.stat("k"), s.put("k", b"x", "a/b"), s.delete(["k"]), s.list_keys("p/")):
+            with pytest.raises(ObjectStoreUnavailable) as caught:
+                await call
+            assert "127.0.0.1" not in str(caught.value)
+            assert str(caught.value) == "object store call failed: EndpointConnectionError"
     finally:
         await s.close()
