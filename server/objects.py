@@ -15,7 +15,9 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from server.errors import ApiError
+from server.routes.common import run
 from server.settings import SETTINGS_KEY, Settings
+from storage import attachments
 from storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
 from storage.objects_local import PREFIX, BadToken, LocalStore, UploadRefused, signing_key
 from storage.objects_s3 import S3Store
@@ -86,13 +88,16 @@ async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
 async def upload(request: web.Request) -> web.Response:
     """Store an upload made with a URL from ``POST …/attachments``."""
     store, claims = _local(request, "PUT")
-    size, mime = int(str(claims["s"])), str(claims["t"])
+    size, mime, key = int(str(claims["s"])), str(claims["t"]), str(claims["k"])
+    # a URL outlives its attachment: once the row is deleted, store nothing (no orphan)
+    if not await run(request, lambda conn: attachments.exists(conn, key)):
+        raise ApiError(404, "attachment not found")
     if request.headers.get("Content-Type", "") != mime:
         raise ApiError(400, f"Content-Type must be {mime}, as announced")
     if request.content_length is not None and request.content_length != size:
         raise ApiError(400, f"Content-Length must be {size}, as announced")
     try:
-        await store.write(str(claims["k"]), _chunks(request), size=size, sha256=str(claims["h"]))
+        await store.write(key, _chunks(request), size=size, sha256=str(claims["h"]))
     except UploadRefused as exc:
         raise ApiError(400, str(exc)) from None
     return web.Response(status=200)

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from storage.errors import NotFound
+from storage.ids import parse_uuid
 
 COLUMNS = "id, session_id, message_id, name, mime, size, sha256, status, created_at, object_key"
 
@@ -79,6 +80,17 @@ def _found(row: asyncpg.Record | None) -> asyncpg.Record:
     if row is None:
         raise NotFound("attachment not found")
     return row
+
+
+async def exists(conn: asyncpg.Connection, key: str) -> bool:
+    """Whether an attachment row still has the object ``key`` (found by the id in it)."""
+    attachment_id = parse_uuid(key.rsplit("/", 1)[-1])
+    if attachment_id is None:
+        return False
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND object_key = $2)",
+        attachment_id, key)
+    return found
 
 
 async def delete_stale(conn: asyncpg.Connection, older_than: dt.datetime,

@@ -345,3 +345,17 @@ def test_an_unavailable_store_answers_503_with_retry_after() -> None:
     assert err is not None
     assert (err.status, err.message) == (503, "object store is unavailable; retry later")
     assert err.headers == {"Retry-After": "1"}  # and, as for every 503, nothing internal
+
+
+async def test_an_upload_url_stores_nothing_once_its_attachment_is_gone(
+    client: Any, tenant: Tenant, settings: Settings,
+) -> None:
+    sid = await new_session(client, tenant)
+    created = await create(client, tenant, sid)
+    r = await client.delete(f"/api/v1/sessions/{sid}", headers=tenant.headers)
+    assert r.status == 204
+    target = created["upload"]
+    async with client.session.put(target["url"], data=DATA, headers=target["headers"]) as r:
+        assert r.status == 404
+        assert (await r.json())["message"] == "attachment not found"
+    assert files_under(settings.data_dir / "objects") == []
