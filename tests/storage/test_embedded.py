@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage import embedded
+from storage import embedded, embedded_user
 
 DEADLINE_S = 120
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ async def test_starts_accepts_asyncpg_and_is_durable(tmp_dir: Path) -> None:
         }
         assert stat.S_IMODE(pgdata.stat().st_mode) == 0o700
         if os.geteuid() == 0:  # Postgres refuses root: it runs as the system user
-            assert pgdata.stat().st_uid == pwd.getpwnam(embedded.SYSTEM_USER).pw_uid
+            assert pgdata.stat().st_uid == pwd.getpwnam(embedded_user.SYSTEM_USER).pw_uid
         # a second start in the same process joins the running server
         assert await asyncio.to_thread(embedded.start, tmp_dir) == dsn
     finally:
