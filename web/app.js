@@ -15,6 +15,7 @@ let api = null;
 let live = null;
 let userId = "";
 let listing = 0; // the latest loadSessions call; an older answer must not overwrite it
+let pending = []; // attachments uploaded for the next message: [{ id, name }]
 
 function init() {
   $("api-key").value = store.getItem("chat-storage.apiKey") || "";
@@ -22,6 +23,7 @@ function init() {
   $("settings").addEventListener("submit", (e) => { e.preventDefault(); useKey(); });
   $("new-chat").addEventListener("click", () => newChat().catch(showError));
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send().catch(showError); });
+  $("files").addEventListener("change", () => attachChosen().catch(showError));
   $("input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send().catch(showError); }
   });
@@ -86,8 +88,11 @@ function open(id) {
     $("status").className = `status ${e.detail.state}`;
   });
   live.addEventListener("error", (e) => showError(e.detail.error));
+  pending = [];
+  $("pending").textContent = "";
   $("input").disabled = false;
   $("send").disabled = false;
+  $("files").disabled = false;
   $("input").focus();
 }
 
@@ -101,7 +106,7 @@ function render() {
       li = document.createElement("li");
       li.className = "message";
       li.dataset.seq = m.seq;
-      li.innerHTML = '<span class="meta"></span><span class="content"></span>';
+      li.innerHTML = '<span class="meta"></span><span class="content"></span><span class="files"></span>';
       if (previous) previous.after(li); else ol.prepend(li);
     }
     li.dataset.role = m.role;
@@ -110,9 +115,47 @@ function render() {
     li.querySelector(".meta").textContent = `${m.role} · #${m.seq}`;
     const content = li.querySelector(".content");
     if (content.textContent !== m.content) content.textContent = m.content;
+    const files = li.querySelector(".files");
+    const attached = Array.isArray(m.metadata && m.metadata.attachments) ? m.metadata.attachments : [];
+    if (files.childElementCount !== attached.length) {
+      files.textContent = "";
+      for (const a of attached) files.append(fileLink(live.sessionId, a));
+    }
     previous = li;
   }
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+// A file's link: its download URL is short-lived, so it is asked for on each click.
+// The message names its attachments in its metadata (the client's own field), so
+// every tab, and the history after a reload, can show them.
+function fileLink(sessionId, a) {
+  const link = document.createElement("a");
+  link.href = "#";
+  link.dataset.attachment = a.id;
+  link.textContent = `📎 ${a.name}`;
+  link.addEventListener("click", (e) => {
+    e.preventDefault();
+    api.attachment(sessionId, a.id).then((got) => window.location.assign(got.download_url)).catch(showError);
+  });
+  return link;
+}
+
+async function attachChosen() {
+  const socket = live;
+  const chosen = Array.from($("files").files);
+  $("files").value = "";
+  const before = $("status").textContent;
+  for (const file of chosen) {
+    $("status").textContent = `uploading ${file.name}…`;
+    const a = await api.attach(socket.sessionId, file);
+    if (socket !== live) return; // the user moved to another chat meanwhile
+    pending.push({ id: a.id, name: a.name });
+    const item = document.createElement("span");
+    item.textContent = `📎 ${a.name}`;
+    $("pending").append(item);
+  }
+  $("status").textContent = before;
 }
 
 async function send() {
@@ -121,7 +164,11 @@ async function send() {
   $("input").value = "";
   const socket = live;
   const first = socket.messages().length === 0;
-  await socket.createMessage({ role: "user", content: text, sender_id: userId });
+  const files = pending;
+  pending = [];
+  $("pending").textContent = "";
+  const extra = files.length ? { attachment_ids: files.map((a) => a.id), metadata: { attachments: files } } : {};
+  await socket.createMessage({ role: "user", content: text, sender_id: userId, ...extra });
   if (first) {
     await api.request("PATCH", `/api/v1/sessions/${encodeURIComponent(socket.sessionId)}`, { title: text.slice(0, 80) });
     loadSessions().catch(showError);

@@ -52,6 +52,26 @@ export class ChatStorage {
   getSession(id) { return this.request("GET", `/api/v1/sessions/${enc(id)}`); }
   history(id, { afterSeq = 0, limit = 200 } = {}) { return this.request("GET", `/api/v1/sessions/${enc(id)}/messages?after_seq=${afterSeq}&limit=${limit}`); }
   createTicket(id) { return this.request("POST", `/api/v1/sessions/${enc(id)}/ws-tickets`); }
+  attachment(sessionId, id) { return this.request("GET", `/api/v1/sessions/${enc(sessionId)}/attachments/${enc(id)}`); }
+
+  /** Upload `file` (a File, or a Blob and a name) to a session: announce its size and
+   *  SHA-256, send it to the presigned URL (the object store, not this API: no key goes
+   *  there), then complete. Resolves to the ready attachment; link it to a message with
+   *  `attachment_ids`. Hashing needs a secure context (https, or localhost). */
+  async attach(sessionId, file, name = file.name) {
+    const bytes = await file.arrayBuffer();
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    const sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    const mime = (file.type || "").split(";")[0].trim() || "application/octet-stream";
+    const base = `/api/v1/sessions/${enc(sessionId)}/attachments`;
+    const created = await this.request("POST", base, { name, mime, size: bytes.byteLength, sha256 });
+    const { url, method, headers } = created.upload;
+    const sent = { ...headers };
+    delete sent["Content-Length"]; // the browser sets it itself (a forbidden header)
+    const r = await fetch(url, { method, headers: sent, body: bytes });
+    if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
+    return this.request("POST", `${base}/${enc(created.attachment.id)}/complete`);
+  }
 
   /** A live connection to one session (subscribed unless `subscribe: false`). */
   session(id, options = {}) { return new SessionSocket(this, id, options).connect(); }

@@ -3,44 +3,57 @@
 Plain files from the repository's ``web/`` directory (``CHAT_WEB_DIR``), no API key needed (the page
 asks its user for one and keeps it in the browser). Not part of the API, so not in
 the OpenAPI document. A strict Content-Security-Policy: the page loads nothing from
-another origin and talks only to this server.
+another origin and talks only to this server, and to the S3 endpoint its uploads go
+to when one is configured.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 
-from server.settings import SETTINGS_KEY
+from server.settings import SETTINGS_KEY, Settings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(?:html|js|css)$")
 _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'{s3}; "
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def _file(web_dir: Path, name: str) -> web.Response:
+def _csp(settings: Settings) -> str:
+    """The page's policy; uploads go to the object store, so it may connect there too."""
+    if settings.s3_bucket is None:
+        return _CSP.format(s3="")
+    endpoint = settings.s3_public_url or settings.s3_endpoint_url
+    if endpoint is None:  # AWS: bucket.s3.region.amazonaws.com and the like
+        return _CSP.format(s3=" https://*.amazonaws.com")
+    url = URL(endpoint)
+    return _CSP.format(s3=f" {url.scheme}://{url.raw_authority}")
+
+
+def _file(settings: Settings, name: str) -> web.Response:
+    web_dir = settings.web_dir
     path = web_dir / name
     if not _NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound()
     kind = name.rsplit(".", 1)[1]
     headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     if kind == "html":
-        headers["Content-Security-Policy"] = _CSP
+        headers["Content-Security-Policy"] = _csp(settings)
     return web.Response(body=path.read_bytes(), content_type=_TYPES[kind], charset="utf-8",
                         headers=headers)
 
 
 async def index(request: web.Request) -> web.Response:
     """The demo chat page."""
-    return _file(request.app[SETTINGS_KEY].web_dir, "index.html")
+    return _file(request.app[SETTINGS_KEY], "index.html")
 
 
 async def asset(request: web.Request) -> web.Response:
     """A file of the page or the reference client."""
-    return _file(request.app[SETTINGS_KEY].web_dir, request.match_info["name"])
+    return _file(request.app[SETTINGS_KEY], request.match_info["name"])
 
 
 def setup(app: web.Application) -> None:

@@ -7,13 +7,17 @@ own browser download is never used.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.routes.web import _csp
+from server.settings import Settings
 from tests.conftest import Tenant
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -103,6 +107,52 @@ async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
     await context.close()
 
 
+async def test_a_file_attached_in_one_tab_downloads_in_another(client: Any, tenant: Tenant,
+                                                                 browser: Any) -> None:
+    base = f"http://{client.host}:{client.port}"
+    context = await browser.new_context(accept_downloads=True)
+    errors: list[str] = []
+    writer = await context.new_page()
+    writer.on("pageerror", lambda e: errors.append(str(e)))
+    await _sign_in(writer, base, tenant, "ada")
+    await writer.click("#new-chat")
+    await writer.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    session_id = writer.url.split("#", 1)[1]
+    reader = await context.new_page()
+    await _sign_in(reader, base, tenant, "ada")
+    await reader.click(f'#sessions li[data-id="{session_id}"]')
+    await reader.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+
+    # the page hashes the file, uploads it to its presigned URL and completes it
+    data = "minutes of the meeting, ünïcode too\n".encode() * 100
+    await writer.set_input_files("#files", files=[
+        {"name": "minutes.txt", "mimeType": "text/plain", "buffer": data}])
+    await playwright_api.expect(writer.locator("#pending")).to_have_text(
+        "📎 minutes.txt", timeout=TIMEOUT_MS)
+    await writer.fill("#input", "see the minutes")
+    await writer.click("#send")
+
+    # the other tab shows the file on the message and downloads exactly those bytes
+    link = reader.locator('li[data-role="user"] .files a')
+    await playwright_api.expect(link).to_have_text("📎 minutes.txt", timeout=TIMEOUT_MS)
+    async with reader.expect_download(timeout=TIMEOUT_MS) as caught:
+        await link.click()
+    download = await caught.value
+    assert download.suggested_filename == "minutes.txt"
+    assert await asyncio.to_thread(Path(await download.path()).read_bytes) == data
+
+    # stored: linked to the message, as the API sees it
+    r = await client.get(f"/api/v1/sessions/{session_id}/messages", headers=tenant.headers)
+    [question] = [m for m in (await r.json())["data"] if m["role"] == "user"]
+    [named] = question["metadata"]["attachments"]
+    r = await client.get(f"/api/v1/sessions/{session_id}/attachments/{named['id']}",
+                         headers=tenant.headers)
+    attachment = await r.json()
+    assert (attachment["status"], attachment["message_id"]) == ("ready", question["id"])
+    assert errors == []
+    await context.close()
+
+
 async def test_page_is_served_with_a_strict_policy(client: Any) -> None:
     r = await client.get("/")
     assert r.status == 200 and r.content_type == "text/html"
@@ -126,3 +176,13 @@ async def test_swagger_ui_renders_every_operation(client: Any, browser: Any) -> 
     assert await page.locator(".opblock").count() == operations
     assert await page.locator(".errors-wrapper").count() == 0
     assert outside == []
+
+
+def test_the_policy_lets_uploads_reach_the_object_store() -> None:
+    local = Settings()
+    assert "connect-src 'self';" in _csp(local)
+    minio = Settings(s3_bucket="b", s3_endpoint_url="http://minio:9000",
+                     s3_public_url="http://127.0.0.1:9000")
+    assert "connect-src 'self' http://127.0.0.1:9000;" in _csp(minio)
+    aws = Settings(s3_bucket="b")
+    assert "connect-src 'self' https://*.amazonaws.com;" in _csp(aws)
