@@ -52,24 +52,29 @@ async def _sign_in(page: Any, base: str, tenant: Tenant, user: str) -> None:
     await page.wait_for_selector("#new-chat:not([disabled])", timeout=TIMEOUT_MS)
 
 
-async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
-                                                  browser: Any) -> None:
-    base = f"http://{client.host}:{client.port}"
-    context = await browser.new_context()
-    errors: list[str] = []
+async def _two_tabs(context: Any, base: str, tenant: Tenant,
+                    errors: list[str]) -> tuple[Any, Any, str]:
+    """A writer tab that starts a chat and a reader tab that opens it from its list."""
     writer = await context.new_page()
     writer.on("pageerror", lambda e: errors.append(str(e)))
     await _sign_in(writer, base, tenant, "ada")
     await writer.click("#new-chat")
     await writer.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
-    session_id = writer.url.split("#", 1)[1]
-
-    # the second tab finds the chat in the user's list and opens it
+    session_id: str = writer.url.split("#", 1)[1]
     reader = await context.new_page()
     reader.on("pageerror", lambda e: errors.append(str(e)))
     await _sign_in(reader, base, tenant, "ada")
     await reader.click(f'#sessions li[data-id="{session_id}"]')
     await reader.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    return writer, reader, session_id
+
+
+async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
+                                                  browser: Any) -> None:
+    base = f"http://{client.host}:{client.port}"
+    context = await browser.new_context()
+    errors: list[str] = []
+    writer, reader, session_id = await _two_tabs(context, base, tenant, errors)
 
     words = " ".join(f"word{i}" for i in range(12))
     await writer.fill("#input", words)
@@ -112,16 +117,7 @@ async def test_a_file_attached_in_one_tab_downloads_in_another(client: Any, tena
     base = f"http://{client.host}:{client.port}"
     context = await browser.new_context(accept_downloads=True)
     errors: list[str] = []
-    writer = await context.new_page()
-    writer.on("pageerror", lambda e: errors.append(str(e)))
-    await _sign_in(writer, base, tenant, "ada")
-    await writer.click("#new-chat")
-    await writer.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
-    session_id = writer.url.split("#", 1)[1]
-    reader = await context.new_page()
-    await _sign_in(reader, base, tenant, "ada")
-    await reader.click(f'#sessions li[data-id="{session_id}"]')
-    await reader.wait_for_selector("#status.open", timeout=TIMEOUT_MS)
+    writer, reader, session_id = await _two_tabs(context, base, tenant, errors)
 
     # the page hashes the file, uploads it to its presigned URL and completes it
     data = "minutes of the meeting, ünïcode too\n".encode() * 100
