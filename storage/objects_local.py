@@ -116,29 +116,34 @@ class LocalStore:
             raise ValueError(f"bad object key {key!r}")
         return self.root / key
 
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """The file of ``key`` and a hidden partial file beside it, renamed into place."""
+        path = self.path(key)
+        return path, path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+
     async def write(self, key: str, body: AsyncIterable[bytes], *, size: int,
                     sha256: str) -> None:
         """Store ``body`` under ``key`` only if it is ``size`` bytes hashing to ``sha256``."""
-        path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        path, tmp = self._paths(key)
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         h, got = hashlib.sha256(), 0
-        f = await asyncio.to_thread(open, tmp, "wb")
         try:
-            async for chunk in body:
-                got += len(chunk)
-                if got > size:
-                    raise UploadRefused(f"the body is longer than the announced {size} bytes")
-                h.update(chunk)
-                await asyncio.to_thread(f.write, chunk)
-            await asyncio.to_thread(f.close)
+            f = await asyncio.to_thread(open, tmp, "wb")
+            try:
+                async for chunk in body:
+                    got += len(chunk)
+                    if got > size:
+                        raise UploadRefused(f"the body is longer than the announced {size} bytes")
+                    h.update(chunk)
+                    await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
             if got != size:
                 raise UploadRefused(f"the body has {got} bytes, not the announced {size}")
             if h.hexdigest() != sha256:
                 raise UploadRefused("the body's sha256 differs from the one announced")
             await asyncio.to_thread(os.replace, tmp, path)
         finally:
-            f.close()
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
 
     async def stat(self, key: str) -> ObjectInfo | None:
@@ -157,8 +162,7 @@ class LocalStore:
             f.close()
 
     async def put(self, key: str, data: bytes, mime: str) -> None:
-        path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        path, tmp = self._paths(key)
 
         def store() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,18 +44,12 @@ def user_prefix(tenant_id: uuid.UUID, user_id: str) -> str:
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
-    """What one batch (or a whole run, summed) did."""
+    """What one batch did."""
 
     messages: int = 0
     sessions: int = 0
     archives: list[str] = dataclasses.field(default_factory=list)
     object_keys: list[str] = dataclasses.field(default_factory=list)  # to delete after commit
-
-    def add(self, other: Outcome) -> None:
-        self.messages += other.messages
-        self.sessions += other.sessions
-        self.archives += other.archives
-        self.object_keys += other.object_keys
 
 
 async def tenants_with_retention(conn: asyncpg.Connection) -> list[tuple[uuid.UUID, int]]:
@@ -165,8 +159,4 @@ async def read_archive(store: ObjectStore, key: str) -> list[dict[str, Any]]:
     """The lines of one archive (for operators and tests)."""
     data = b"".join([chunk async for chunk in store.read(key)])
     return [orjson.loads(line) for line in gzip.decompress(data).splitlines()]
-
-
-def summary(out: Outcome) -> dict[str, int]:
-    return {"messages": out.messages, "sessions": out.sessions, "archives": len(out.archives)}
 

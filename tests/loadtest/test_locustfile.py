@@ -6,7 +6,7 @@ locustfile also fails a response that contradicts what its user wrote: seq order
 history, exports), and the tenant holds exactly the sessions and messages that locust
 was answered 201 for, with their RAG context, usage and feedback.
 
-locust is in the ``bench`` extra. Outside CI the test is skipped where it is not
+locust is in the ``test`` and ``bench`` extras. Outside CI the test is skipped where it is not
 installed; in CI (``CI`` set) it is not skipped, so a missing locust fails it. locust is
 never imported here: importing it monkey-patches the whole process with gevent.
 """
@@ -31,7 +31,7 @@ from tests.conftest import Tenant
 
 IN_CI = bool(os.environ.get("CI"))
 if importlib.util.find_spec("locust") is None and not IN_CI:
-    pytest.skip("locust is not installed (pip install -e '.[bench]')", allow_module_level=True)
+    pytest.skip("locust is not installed (pip install -e '.[test]')", allow_module_level=True)
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 USERS = 4
