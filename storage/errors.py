@@ -31,6 +31,8 @@ class Unavailable(StorageError):
 class ObjectStoreUnavailable(StorageError):
     """The object store cannot be reached or refused the call; nothing was changed."""
 
+    code = "?"  # the store's error code or the client's exception name: no address
+
 
 class UnsafeDatabase(StorageError):
     """The database does not make commits durable (fsync or synchronous_commit off)."""

@@ -60,8 +60,9 @@ class S3Store:
         """Raise :class:`OSError`, saying why, unless the bucket exists and answers."""
         try:
             await self._client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
+        except (BotoCoreError, ClientError) as exc:
+            # an OSError: serve and the CLI turn it into one line, never a traceback
+            code = _unavailable(exc).code
             raise OSError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
 
     async def upload_url(self, key: str, *, size: int, mime: str, sha256: str,
@@ -148,4 +149,6 @@ def _unavailable(exc: BotoCoreError | ClientError) -> ObjectStoreUnavailable:
     """The store's failure, named by its error code (no URL, no credentials)."""
     code = (exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError)
             else type(exc).__name__)
-    return ObjectStoreUnavailable(f"object store call failed: {code}")
+    failure = ObjectStoreUnavailable(f"object store call failed: {code}")
+    failure.code = code
+    return failure

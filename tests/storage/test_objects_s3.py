@@ -129,3 +129,16 @@ async def test_an_unreachable_store_is_unavailable_naming_no_address() -> None:
             assert str(caught.value) == "object store call failed: EndpointConnectionError"
     finally:
         await s.close()
+
+
+async def test_check_names_an_unreachable_endpoint_without_its_address() -> None:
+    s = await S3Store.open("any-bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                           region=CREDENTIALS["region_name"],
+                           access_key_id=CREDENTIALS["aws_access_key_id"],
+                           secret_access_key=CREDENTIALS["aws_secret_access_key"], attempts=1)
+    try:
+        with pytest.raises(OSError) as caught:
+            await s.check()
+        assert str(caught.value) == "S3 bucket 'any-bucket' is not usable: EndpointConnectionError"
+    finally:
+        await s.close()
