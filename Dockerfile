@@ -6,9 +6,14 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# chat_storage/ links to the folders below: the wheel ships them as one package, with
+# the migrations (sql/) and the demo page (web/) as package data
+COPY chat_storage ./chat_storage
 COPY server ./server
 COPY actors ./actors
 COPY storage ./storage
+COPY sql ./sql
+COPY web ./web
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
@@ -16,13 +21,8 @@ RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin chat \
     && mkdir /data && chown chat:chat /data
 COPY --from=build /opt/venv /opt/venv
-# migrations and the demo page are plain files next to the code, not in the package
-COPY sql /app/sql
-COPY web /app/web
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    CHAT_MIGRATIONS_DIR=/app/sql \
-    CHAT_WEB_DIR=/app/web \
     CHAT_DATA_DIR=/data
 WORKDIR /app
 USER chat

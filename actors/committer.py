@@ -22,12 +22,12 @@ from typing import Any
 import asyncpg
 import asyncpg.pool
 
-from actors import metrics
-from actors.errors import OutcomeUnknown
-from storage import db, writes
-from storage.db import CONNECTION_ERRORS
-from storage.errors import Unavailable
-from storage.writes import SessionBatch, Stored
+from chat_storage.actors import metrics
+from chat_storage.actors.errors import OutcomeUnknown
+from chat_storage.storage import db, writes
+from chat_storage.storage.db import CONNECTION_ERRORS
+from chat_storage.storage.errors import Unavailable
+from chat_storage.storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
 

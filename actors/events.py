@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from storage.jsoncodec import dumps
+from chat_storage.storage.jsoncodec import dumps
 
 CREATED = "message.created"
 STARTED = "stream.started"

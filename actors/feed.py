@@ -22,9 +22,9 @@ import logging
 import uuid
 from typing import Any, Protocol
 
-from actors import events, stream_metrics
-from actors.events import Event
-from actors.subscriber import Subscription
+from chat_storage.actors import events, stream_metrics
+from chat_storage.actors.events import Event
+from chat_storage.actors.subscriber import Subscription
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,15 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from actors import events, relay, stream_metrics
-from actors.events import Event
-from actors.feed import Feed, FeedKey
-from actors.stream_state import StreamConfig
-from actors.streams import Streams, Write
-from actors.subscriber import Outbox, Subscription
-from storage import broker as broker_mod
-from storage import db
-from storage import streams as store
+from chat_storage.actors import events, relay, stream_metrics
+from chat_storage.actors.events import Event
+from chat_storage.actors.feed import Feed, FeedKey
+from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.actors.streams import Streams, Write
+from chat_storage.actors.subscriber import Outbox, Subscription
+from chat_storage.storage import broker as broker_mod
+from chat_storage.storage import db
+from chat_storage.storage import streams as store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

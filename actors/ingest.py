@@ -33,12 +33,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from actors.errors import ActorError
-from storage import db
-from storage.errors import InvalidReference, NotFound, Unavailable
-from storage.ingest import Delivery, IngestStream, IngestUnavailable, stored_ids
-from storage.messages import WriteGroup
-from storage.writes import Stored
+from chat_storage.actors.errors import ActorError
+from chat_storage.storage import db
+from chat_storage.storage.errors import InvalidReference, NotFound, Unavailable
+from chat_storage.storage.ingest import Delivery, IngestStream, IngestUnavailable, stored_ids
+from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.writes import Stored
 
 log = logging.getLogger(__name__)
 

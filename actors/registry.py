@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from actors import metrics
-from actors.committer import ActorConfig, Committer
-from actors.errors import Overloaded, ShuttingDown
-from actors.session_actor import OnCommit, SessionActor, Write
-from actors.shared import DirectCommitter, SharedCommitter
-from storage.messages import WriteGroup
-from storage.writes import Stored
+from chat_storage.actors import metrics
+from chat_storage.actors.committer import ActorConfig, Committer
+from chat_storage.actors.errors import Overloaded, ShuttingDown
+from chat_storage.actors.session_actor import OnCommit, SessionActor, Write
+from chat_storage.actors.shared import DirectCommitter, SharedCommitter
+from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.writes import Stored
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from actors import stream_metrics
-from actors.feed import FeedKey
-from storage.broker import Broker
+from chat_storage.actors import stream_metrics
+from chat_storage.actors.feed import FeedKey
+from chat_storage.storage.broker import Broker
 
 log = logging.getLogger(__name__)
 BATCH = 512

@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from actors import metrics
-from actors.committer import ActorConfig
-from actors.errors import Overloaded, ShuttingDown
-from actors.shared import Done
-from storage.messages import WriteGroup
-from storage.writes import SessionBatch, Stored
+from chat_storage.actors import metrics
+from chat_storage.actors.committer import ActorConfig
+from chat_storage.actors.errors import Overloaded, ShuttingDown
+from chat_storage.actors.shared import Done
+from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import collections
 import logging
 from collections.abc import Callable
 
-from actors.committer import ActorConfig, Committer, Lease, Results
-from actors.errors import OutcomeUnknown, ShuttingDown
-from storage.writes import SessionBatch, Stored
+from chat_storage.actors.committer import ActorConfig, Committer, Lease, Results
+from chat_storage.actors.errors import OutcomeUnknown, ShuttingDown
+from chat_storage.storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
 

@@ -31,13 +31,19 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from actors import events, stream_metrics
-from actors.events import Event
-from actors.stream_state import OwnedStream, Owner, StreamConfig, StreamError, StreamKey
-from storage import db
-from storage import streams as store
-from storage.errors import Conflict, NotFound
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.actors import events, stream_metrics
+from chat_storage.actors.events import Event
+from chat_storage.actors.stream_state import (
+    OwnedStream,
+    Owner,
+    StreamConfig,
+    StreamError,
+    StreamKey,
+)
+from chat_storage.storage import db
+from chat_storage.storage import streams as store
+from chat_storage.storage.errors import Conflict, NotFound
+from chat_storage.storage.messages import NewMessage, WriteGroup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,8 +14,8 @@ import collections
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from actors import events
-from actors.events import Event
+from chat_storage.actors import events
+from chat_storage.actors.events import Event
 
 
 class ConnectionCut(Exception):

@@ -35,8 +35,8 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat_storage.storage import tenants
 from loadtest import harness
-from storage import tenants
 from tests.server.procs import RedisServer, Server
 
 PATHS = ("same replica", "cross replica")

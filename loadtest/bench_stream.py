@@ -37,8 +37,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat_storage.storage import tenants
 from loadtest import harness
-from storage import tenants
 
 
 # ---------------------------------------------------------------- the ceiling server

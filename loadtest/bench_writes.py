@@ -34,10 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat_storage.storage import db, tenants
 from loadtest import bench_clients as clients
 from loadtest import harness
 from loadtest.bench_clients import Result
-from storage import db, tenants
 
 MODES = ("ceiling", "http-quiet", "http-hot", "http-paced", "batch", "ws", "ws-pipe",
          "langchain")

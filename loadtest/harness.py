@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from storage import scratch
+from chat_storage.storage import scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -150,7 +150,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` to completion on a :func:`new_loop` loop, with the service's garbage
     collector settings (the load generator's own pauses would otherwise show up as
     server latency, and the ceiling server runs as the service does)."""
-    from server.cli import tune_gc
+    from chat_storage.server.cli import tune_gc
 
     tune_gc()
     with asyncio.Runner(loop_factory=new_loop) as runner:

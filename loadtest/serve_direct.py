@@ -14,16 +14,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import actors.registry
-from server.cli import main
+import chat_storage.actors.registry
+from chat_storage.server.cli import main
 
-_init = actors.registry.Registry.__init__
+_init = chat_storage.actors.registry.Registry.__init__
 
 
-def _direct(self: actors.registry.Registry, *args: Any, **kwargs: Any) -> None:
+def _direct(self: chat_storage.actors.registry.Registry, *args: Any, **kwargs: Any) -> None:
     _init(self, *args, **{**kwargs, "shared": False})
 
 
 if __name__ == "__main__":
-    actors.registry.Registry.__init__ = _direct  # type: ignore[method-assign]
+    chat_storage.actors.registry.Registry.__init__ = _direct  # type: ignore[method-assign]
     sys.exit(main(["serve", "--port", sys.argv[1]]))

@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from server import database, maintenance, objects
-from server.settings import Settings
-from storage import db, embedded, migrations, tenants
+from chat_storage.server import database, maintenance, objects
+from chat_storage.server.settings import Settings
+from chat_storage.storage import db, embedded, migrations, tenants
 
 
 async def open_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:

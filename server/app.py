@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import (
+from chat_storage.server import (
     auth,
     database,
     ingest,
@@ -22,7 +22,7 @@ from server import (
     streaming,
     writer,
 )
-from server.routes import (
+from chat_storage.server.routes import (
     attachments,
     docs,
     events,
@@ -33,8 +33,8 @@ from server.routes import (
     sessions,
     ws,
 )
-from server.routes import web as web_page
-from server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.routes import web as web_page
+from chat_storage.server.settings import SETTINGS_KEY, Settings
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes)

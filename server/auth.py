@@ -10,11 +10,11 @@ import time
 
 from aiohttp import web
 
-from server import database
-from server.errors import ApiError
-from server.settings import SETTINGS_KEY
-from storage import db
-from storage.tenants import Principal, authenticate
+from chat_storage.server import database
+from chat_storage.server.errors import ApiError
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage import db
+from chat_storage.storage.tenants import Principal, authenticate
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 API_PREFIX = "/api/v1/"

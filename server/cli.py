@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 from aiohttp import web
 
-from server import admin, database, logs
-from server.settings import Settings, SettingsError
-from storage import db, embedded, tenants
-from storage.errors import Conflict, StorageError
+from chat_storage.server import admin, database, logs
+from chat_storage.server.settings import Settings, SettingsError
+from chat_storage.storage import db, embedded, tenants
+from chat_storage.storage.errors import Conflict, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
                 f"--workers {settings.workers} needs REDIS_URL: worker processes "
                 "coordinate through Redis"
             )
-        from server import workers  # the parent of N worker processes
+        from chat_storage.server import workers  # the parent of N worker processes
 
         return workers.run(settings)
     logs.configure(settings.log_level)
@@ -115,7 +115,7 @@ def tune_gc() -> None:
 
 
 async def _serve(settings: Settings, reuse_port: bool = False) -> int:
-    from server.app import create_app  # the whole app is only needed to serve
+    from chat_storage.server.app import create_app  # the whole app is only needed to serve
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from server.settings import SETTINGS_KEY, Settings
-from storage import db, embedded, migrations, tenants
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.storage import db, embedded, migrations, tenants
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,16 @@ import orjson
 import pydantic
 from pydantic import Field
 
-from server.errors import ApiError
-from server.schemas import ContextItem, JsonObject, MessageCreate, MessageUsage, Role, Strict, Text
+from chat_storage.server.errors import ApiError
+from chat_storage.server.schemas import (
+    ContextItem,
+    JsonObject,
+    MessageCreate,
+    MessageUsage,
+    Role,
+    Strict,
+    Text,
+)
 
 Ref = Annotated[str, Field(min_length=1, max_length=128)]
 StreamId = Annotated[str, Field(min_length=1, max_length=64)]

@@ -14,14 +14,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.auth import principal_of
-from server.database import POOL_KEY
-from server.errors import ApiError
-from server.jsonio import json_response
-from server.settings import SETTINGS_KEY
-from storage import db
-from storage import idempotency as store
-from storage.idempotency import Claim, Outcome
+from chat_storage.server.auth import principal_of
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage import db
+from chat_storage.storage import idempotency as store
+from chat_storage.storage.idempotency import Claim, Outcome
 
 log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"

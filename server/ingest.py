@@ -33,19 +33,19 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from actors.ingest import IngestConsumer
-from server import idempotency
-from server.auth import principal_of
-from server.database import POOL_KEY
-from server.errors import ApiError
-from server.jsonio import json_response
-from server.redis import REDIS_KEY
-from server.settings import SETTINGS_KEY
-from server.writer import FLUSH_SHARE, REGISTRY_KEY
-from storage import db
-from storage.idempotency import Claim, record_response
-from storage.ingest import Entry, IngestFull, IngestStream, IngestUnavailable
-from storage.messages import NewMessage
+from chat_storage.actors.ingest import IngestConsumer
+from chat_storage.server import idempotency
+from chat_storage.server.auth import principal_of
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response
+from chat_storage.server.redis import REDIS_KEY
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.writer import FLUSH_SHARE, REGISTRY_KEY
+from chat_storage.storage import db
+from chat_storage.storage.idempotency import Claim, record_response
+from chat_storage.storage.ingest import Entry, IngestFull, IngestStream, IngestUnavailable
+from chat_storage.storage.messages import NewMessage
 
 log = logging.getLogger(__name__)
 

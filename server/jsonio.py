@@ -9,8 +9,8 @@ import orjson
 import pydantic
 from aiohttp import web
 
-from server.errors import ApiError
-from storage.jsoncodec import dumps
+from chat_storage.server.errors import ApiError
+from chat_storage.storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON_TYPE = "application/json"

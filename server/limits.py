@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from server.errors import ApiError
+from chat_storage.server.errors import ApiError
 
 
 def json_size(value: Any) -> int:

@@ -22,11 +22,11 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from server.database import POOL_KEY
-from server.objects import OBJECTS_KEY, discard_keys
-from server.settings import SETTINGS_KEY, Settings
-from storage import attachments, idempotency, retention
-from storage.objects import ObjectStore
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.objects import OBJECTS_KEY, discard_keys
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.storage import attachments, idempotency, retention
+from chat_storage.storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from actors.errors import ActorError, Overloaded, ShuttingDown
-from server import auth, metrics, ratelimit
-from server.errors import ApiError, error_body
-from server.jsonio import json_response
-from server.logs import REQUEST_ID
-from storage.errors import (
+from chat_storage.actors.errors import ActorError, Overloaded, ShuttingDown
+from chat_storage.server import auth, metrics, ratelimit
+from chat_storage.server.errors import ApiError, error_body
+from chat_storage.server.jsonio import json_response
+from chat_storage.server.logs import REQUEST_ID
+from chat_storage.storage.errors import (
     Conflict,
     InvalidReference,
     NotFound,

@@ -14,13 +14,19 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 from prometheus_client import Counter
 
-from server.errors import ApiError
-from server.routes.common import run
-from server.settings import SETTINGS_KEY, Settings
-from storage import attachments
-from storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
-from storage.objects_local import PREFIX, BadToken, LocalStore, UploadRefused, signing_key
-from storage.objects_s3 import S3Store
+from chat_storage.server.errors import ApiError
+from chat_storage.server.routes.common import run
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.storage import attachments
+from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
+from chat_storage.storage.objects_local import (
+    PREFIX,
+    BadToken,
+    LocalStore,
+    UploadRefused,
+    signing_key,
+)
+from chat_storage.storage.objects_s3 import S3Store
 
 log = logging.getLogger(__name__)
 

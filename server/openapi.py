@@ -18,8 +18,8 @@ from typing import Any
 import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from server.routing import Endpoint
-from server.schemas import Error
+from chat_storage.server.routing import Endpoint
+from chat_storage.server.schemas import Error
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"

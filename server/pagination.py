@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from server.errors import ApiError
+from chat_storage.server.errors import ApiError
 
 
 def scope_of(*parts: object) -> str:

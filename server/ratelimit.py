@@ -13,9 +13,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from server.errors import ApiError
-from storage.ratelimit_redis import take_result
-from storage.tenants import Principal
+from chat_storage.server.errors import ApiError
+from chat_storage.storage.ratelimit_redis import take_result
+from chat_storage.storage.tenants import Principal
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -28,11 +28,11 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server import ratelimit
-from server.settings import SETTINGS_KEY
-from storage.broker import Broker, MemoryBroker
-from storage.broker_redis import RedisBroker, connect
-from storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter
+from chat_storage.server import ratelimit
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage.broker import Broker, MemoryBroker
+from chat_storage.storage.broker_redis import RedisBroker, connect
+from chat_storage.storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter
 
 log = logging.getLogger(__name__)
 

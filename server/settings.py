@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +19,10 @@ from aiohttp import web
 T = TypeVar("T")
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
-DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql"
-DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# Package data of ``chat_storage`` (shipped in the wheel); the package is always
+# installed as plain files, so the resource directories are real paths.
+DEFAULT_MIGRATIONS_DIR = Path(str(resources.files("chat_storage") / "sql"))
+DEFAULT_WEB_DIR = Path(str(resources.files("chat_storage") / "web"))
 
 
 class SettingsError(ValueError):

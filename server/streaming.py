@@ -21,18 +21,18 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from actors import stream_metrics
-from actors.hub import Hub, HubConfig
-from actors.stream_state import StreamConfig
-from server import auth
-from server.database import POOL_KEY
-from server.errors import ApiError
-from server.redis import BROKER_KEY
-from server.settings import SETTINGS_KEY, Settings
-from server.writer import REGISTRY_KEY
-from storage import db, tickets
-from storage.ids import parse_uuid
-from storage.tenants import Principal
+from chat_storage.actors import stream_metrics
+from chat_storage.actors.hub import Hub, HubConfig
+from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.server import auth
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.errors import ApiError
+from chat_storage.server.redis import BROKER_KEY
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.storage import db, tickets
+from chat_storage.storage.ids import parse_uuid
+from chat_storage.storage.tenants import Principal
 
 STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
 

@@ -52,9 +52,9 @@ from typing import Any
 
 from aiohttp import web
 
-from server import cli, database, logs
-from server.settings import Settings, SettingsError
-from storage import embedded
+from chat_storage.server import cli, database, logs
+from chat_storage.server.settings import Settings, SettingsError
+from chat_storage.storage import embedded
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from actors.committer import ActorConfig
-from actors.registry import Registry
-from server.database import POOL_KEY
-from server.settings import SETTINGS_KEY, Settings
+from chat_storage.actors.committer import ActorConfig
+from chat_storage.actors.registry import Registry
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.settings import SETTINGS_KEY, Settings
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
 FLUSH_SHARE = 0.8  # of the shutdown timeout; the rest is for the pool and the exit

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from storage.errors import NotFound
-from storage.ids import parse_uuid
+from chat_storage.storage.errors import NotFound
+from chat_storage.storage.ids import parse_uuid
 
 COLUMNS = "id, session_id, message_id, name, mime, size, sha256, status, created_at, object_key"
 

@@ -133,6 +133,6 @@ def from_url(redis_url: str | None, *, prefix: str = "chat") -> Broker:
     """The broker for ``redis_url``: Redis streams under ``prefix``, or memory if ``None``."""
     if redis_url is None:
         return MemoryBroker()
-    from storage.broker_redis import RedisBroker  # imports this module: import it late
+    from chat_storage.storage.broker_redis import RedisBroker  # imports this module: import it late
 
     return RedisBroker.from_url(redis_url, prefix=prefix)

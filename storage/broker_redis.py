@@ -46,9 +46,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from storage.broker import Event, Gap, Listener
-from storage.errors import StorageError
-from storage.redis_keys import RedisKeys
+from chat_storage.storage.broker import Event, Gap, Listener
+from chat_storage.storage.errors import StorageError
+from chat_storage.storage.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 

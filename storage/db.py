@@ -11,8 +11,8 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
-from storage import jsoncodec
-from storage.errors import Unavailable, UnsafeDatabase
+from chat_storage.storage import jsoncodec
+from chat_storage.storage.errors import Unavailable, UnsafeDatabase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

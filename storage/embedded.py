@@ -37,8 +37,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from storage import embedded_user
-from storage.errors import EmbeddedError
+from chat_storage.storage import embedded_user
+from chat_storage.storage.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from storage.errors import EmbeddedError
+from chat_storage.storage.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 

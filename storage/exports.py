@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from storage import attachments, messages, sessions
+from chat_storage.storage import attachments, messages, sessions
 
 MESSAGE_PAGE = 500
 SESSION_PAGE = 100

@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from storage.errors import InvalidReference, NotFound
-from storage.messages import COLUMNS, to_json
-from storage.sqlparams import Params
+from chat_storage.storage.errors import InvalidReference, NotFound
+from chat_storage.storage.messages import COLUMNS, to_json
+from chat_storage.storage.sqlparams import Params
 
 MAX_SEQ = 2**63 - 1
 # the message columns, qualified for queries that join

@@ -30,9 +30,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from storage.errors import StorageError
-from storage.messages import NewMessage
-from storage.redis_keys import RedisKeys
+from chat_storage.storage.errors import StorageError
+from chat_storage.storage.messages import NewMessage
+from chat_storage.storage.redis_keys import RedisKeys
 
 DATA_FIELD = b"d"
 FORMAT_VERSION = 1

@@ -12,10 +12,10 @@ from typing import Any
 
 import asyncpg
 
-from storage.errors import Conflict, NotFound
-from storage.idempotency import Claim
-from storage.sqlparams import Params
-from storage.tenants import audit
+from chat_storage.storage.errors import Conflict, NotFound
+from chat_storage.storage.idempotency import Claim
+from chat_storage.storage.sqlparams import Params
+from chat_storage.storage.tenants import audit
 
 COLUMNS = (
     "id, session_id, seq, parent_id, role, content, sender_id, context, metadata, usage, "

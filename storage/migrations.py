@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from storage.errors import MigrationError
+from chat_storage.storage.errors import MigrationError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from storage.objects import CHUNK_BYTES, ObjectInfo, Upload, expires_at
+from chat_storage.storage.objects import CHUNK_BYTES, ObjectInfo, Upload, expires_at
 
 PREFIX = "/objects/"
 KEY_FILE = ".signing-key"

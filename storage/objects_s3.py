@@ -18,8 +18,14 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.errors import ObjectStoreUnavailable
-from storage.objects import CHUNK_BYTES, ObjectInfo, Upload, content_disposition, expires_at
+from chat_storage.storage.errors import ObjectStoreUnavailable
+from chat_storage.storage.objects import (
+    CHUNK_BYTES,
+    ObjectInfo,
+    Upload,
+    content_disposition,
+    expires_at,
+)
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 

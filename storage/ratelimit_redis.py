@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from storage.errors import StorageError
-from storage.redis_keys import RedisKeys
+from chat_storage.storage.errors import StorageError
+from chat_storage.storage.redis_keys import RedisKeys
 
 # KEYS[1] bucket; ARGV rate per s, burst, now in ms ('' = Redis TIME), takes wanted.
 # Replies {takes granted, tokens left as a string} (Lua numbers would be truncated).

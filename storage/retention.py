@@ -28,10 +28,10 @@ from typing import Any
 import asyncpg
 import orjson
 
-from storage import jsoncodec, messages, sessions
-from storage.ids import new_id
-from storage.objects import ObjectStore
-from storage.tenants import audit
+from chat_storage.storage import jsoncodec, messages, sessions
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.objects import ObjectStore
+from chat_storage.storage.tenants import audit
 
 ARCHIVES = "archives"
 ACTOR = "retention"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from storage import migrations
+from chat_storage.storage import migrations
 
 
 def url_of(admin_url: str, name: str) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from storage.errors import Conflict, NotFound
-from storage.messages import COLUMNS, to_json
+from chat_storage.storage.errors import Conflict, NotFound
+from chat_storage.storage.messages import COLUMNS, to_json
 
 FINAL_STATUSES = ("complete", "aborted", "interrupted")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from storage.errors import Conflict, NotFound
-from storage.ids import new_id
+from chat_storage.storage.errors import Conflict, NotFound
+from chat_storage.storage.ids import new_id
 
 KEY_PREFIX = "cs"
 

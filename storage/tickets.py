@@ -15,8 +15,8 @@ import uuid
 
 import asyncpg
 
-from storage.errors import NotFound
-from storage.tenants import Principal
+from chat_storage.storage.errors import NotFound
+from chat_storage.storage.tenants import Principal
 
 PREFIX = "wst_"
 

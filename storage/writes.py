@@ -16,10 +16,10 @@ from typing import Any
 
 import asyncpg
 
-from storage.db import dumps_json
-from storage.errors import InvalidReference, NotFound
-from storage.idempotency import record_response
-from storage.messages import COLUMNS, NewMessage, WriteGroup, to_json
+from chat_storage.storage.db import dumps_json
+from chat_storage.storage.errors import InvalidReference, NotFound
+from chat_storage.storage.idempotency import record_response
+from chat_storage.storage.messages import COLUMNS, NewMessage, WriteGroup, to_json
 
 Stored = list[dict[str, Any]]
 

@@ -20,9 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from server.app import create_app
-from server.settings import DEFAULT_MIGRATIONS_DIR, Settings
-from storage import db, scratch, tenants
+from chat_storage.server.app import create_app
+from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR, Settings
+from chat_storage.storage import db, scratch, tenants
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -19,25 +19,25 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from server import idempotency
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import json_response, read_json, validate
-from server.objects import OBJECTS_KEY
-from server.routes.common import path_uuid, run
-from server.routing import RouteTable
-from server.schemas import (
+from chat_storage.server import idempotency
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response, read_json, validate
+from chat_storage.server.objects import OBJECTS_KEY
+from chat_storage.server.routes.common import path_uuid, run
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import (
     Attachment,
     AttachmentCreate,
     AttachmentCreated,
     AttachmentDownload,
     Error,
 )
-from server.settings import SETTINGS_KEY
-from storage import attachments
-from storage.idempotency import record_response
-from storage.ids import new_id
-from storage.objects import Mismatch, verify
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage import attachments
+from chat_storage.storage.idempotency import record_response
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.objects import Mismatch, verify
 
 routes = RouteTable("attachments")
 ATTACHMENTS_PATH = "/api/v1/sessions/{session_id}/attachments"

@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 import asyncpg
 from aiohttp import web
 
-from server.database import POOL_KEY
-from server.errors import not_found
-from server.settings import SETTINGS_KEY
-from storage import db
-from storage.ids import parse_uuid
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.errors import not_found
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage import db
+from chat_storage.storage.ids import parse_uuid
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ async def run(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable
 
 
 def request_id(request: web.Request) -> str:
-    from server.middlewares import REQUEST_ID_KEY
+    from chat_storage.server.middlewares import REQUEST_ID_KEY
 
     rid: str = request.get(REQUEST_ID_KEY, "")
     return rid
@@ -43,7 +43,7 @@ def request_id(request: web.Request) -> str:
 
 def actor_name(request: web.Request) -> str:
     """Who to name in the audit log: the API key's id."""
-    from server.auth import principal_of
+    from chat_storage.server.auth import principal_of
 
     return f"key:{principal_of(request).key_id}"
 

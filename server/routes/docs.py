@@ -14,9 +14,9 @@ from pathlib import Path
 import swagger_ui as swagger_ui_pkg
 from aiohttp import web
 
-from server import openapi
-from server.jsonio import JSON_TYPE, dumps
-from server.routing import ENDPOINTS_KEY, Endpoint, RouteTable
+from chat_storage.server import openapi
+from chat_storage.server.jsonio import JSON_TYPE, dumps
+from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint, RouteTable
 
 routes = RouteTable("docs")
 STATIC_PREFIX = "/docs/static"

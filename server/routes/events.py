@@ -24,19 +24,19 @@ from typing import Annotated
 import pydantic
 from aiohttp import web
 
-from actors import stream_metrics
-from actors.subscriber import ConnectionCut, Outbox
-from server import frames
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import dumps, parse_query
-from server.middlewares import to_api_error
-from server.routes.common import path_uuid, run
-from server.routing import RouteTable
-from server.schemas import Error
-from server.settings import SETTINGS_KEY
-from server.streaming import CONNECTIONS_KEY, HUB_KEY
-from storage import sessions
+from chat_storage.actors import stream_metrics
+from chat_storage.actors.subscriber import ConnectionCut, Outbox
+from chat_storage.server import frames
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import dumps, parse_query
+from chat_storage.server.middlewares import to_api_error
+from chat_storage.server.routes.common import path_uuid, run
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import Error
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY
+from chat_storage.storage import sessions
 
 log = logging.getLogger(__name__)
 routes = RouteTable("streaming")

@@ -35,13 +35,13 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from server.auth import principal_of
-from server.jsonio import dumps, parse_query
-from server.routes.common import path_uuid, run
-from server.routes.sessions import check_user_id
-from server.routing import RouteTable
-from server.schemas import Error, ExportQuery
-from storage import exports, sessions
+from chat_storage.server.auth import principal_of
+from chat_storage.server.jsonio import dumps, parse_query
+from chat_storage.server.routes.common import path_uuid, run
+from chat_storage.server.routes.sessions import check_user_id
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import Error, ExportQuery
+from chat_storage.storage import exports, sessions
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency, ingest, objects, pagination, streaming
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import json_response, parse_query, read_json, validate
-from server.limits import check_json, check_text
-from server.routes.common import actor_name, path_uuid, request_id, run
-from server.routing import RouteTable
-from server.schemas import (
+from chat_storage.server import idempotency, ingest, objects, pagination, streaming
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
+from chat_storage.server.limits import check_json, check_text
+from chat_storage.server.routes.common import actor_name, path_uuid, request_id, run
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import (
     Error,
     HistoryQuery,
     Message,
@@ -24,12 +24,12 @@ from server.schemas import (
     MessagePage,
     MessageUpdate,
 )
-from server.settings import SETTINGS_KEY, Settings
-from server.writer import REGISTRY_KEY
-from storage import history, messages
-from storage.errors import InvalidReference
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.storage import history, messages
+from chat_storage.storage.errors import InvalidReference
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 
 routes = RouteTable("messages")
 MESSAGES_PATH = "/api/v1/sessions/{session_id}/messages"

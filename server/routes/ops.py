@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
-from server import metrics, redis
-from server.database import POOL_KEY
-from server.jsonio import json_response
-from server.routing import RouteTable
-from server.settings import SETTINGS_KEY, Settings
-from storage import migrations
-from storage.db import CONNECTION_ERRORS
+from chat_storage.server import metrics, redis
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.jsonio import json_response
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.storage import migrations
+from chat_storage.storage.db import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 

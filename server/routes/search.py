@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server import pagination
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import json_response, parse_query
-from server.routes.common import run
-from server.routing import RouteTable
-from server.schemas import Error, FeedbackQuery, MessagePage, SearchPage, SearchQuery
-from storage import history
+from chat_storage.server import pagination
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response, parse_query
+from chat_storage.server.routes.common import run
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import Error, FeedbackQuery, MessagePage, SearchPage, SearchQuery
+from chat_storage.storage import history
 
 routes = RouteTable("search")
 CURSOR_SHAPE = (dt.datetime, uuid.UUID)

@@ -9,14 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server import idempotency, objects, pagination
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import json_response, parse_query, read_json, validate
-from server.limits import check_json
-from server.routes.common import actor_name, path_uuid, request_id, run
-from server.routing import RouteTable
-from server.schemas import (
+from chat_storage.server import idempotency, objects, pagination
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
+from chat_storage.server.limits import check_json
+from chat_storage.server.routes.common import actor_name, path_uuid, request_id, run
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import (
     Error,
     Session,
     SessionCreate,
@@ -24,8 +24,8 @@ from server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from server.settings import SETTINGS_KEY
-from storage import retention, sessions
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
 

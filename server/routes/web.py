@@ -14,7 +14,7 @@ import re
 from aiohttp import web
 from yarl import URL
 
-from server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.settings import SETTINGS_KEY, Settings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(?:html|js|css)$")
 _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}

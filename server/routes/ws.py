@@ -23,25 +23,25 @@ from typing import Any
 import pydantic
 from aiohttp import WSMsgType, web
 
-from actors import events, stream_metrics
-from actors.stream_state import StreamError
-from actors.subscriber import ConnectionCut, Outbox, Subscription
-from server import frames
-from server.auth import principal_of
-from server.errors import ApiError
-from server.jsonio import json_response
-from server.limits import check_json
-from server.middlewares import to_api_error
-from server.routes.common import path_uuid, run
-from server.routes.messages import to_new_message
-from server.routing import RouteTable
-from server.schemas import Error
-from server.settings import SETTINGS_KEY
-from server.streaming import CONNECTIONS_KEY, HUB_KEY, check_origin
-from server.writer import REGISTRY_KEY
-from storage import sessions, tickets
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.actors import events, stream_metrics
+from chat_storage.actors.stream_state import StreamError
+from chat_storage.actors.subscriber import ConnectionCut, Outbox, Subscription
+from chat_storage.server import frames
+from chat_storage.server.auth import principal_of
+from chat_storage.server.errors import ApiError
+from chat_storage.server.jsonio import json_response
+from chat_storage.server.limits import check_json
+from chat_storage.server.middlewares import to_api_error
+from chat_storage.server.routes.common import path_uuid, run
+from chat_storage.server.routes.messages import to_new_message
+from chat_storage.server.routing import RouteTable
+from chat_storage.server.schemas import Error
+from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY, check_origin
+from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.storage import sessions, tickets
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 
 log = logging.getLogger(__name__)
 # message.create frames of one connection waiting for their commit at once

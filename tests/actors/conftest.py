@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from actors.committer import ActorConfig
-from actors.registry import Registry
-from storage import db, sessions
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.actors.committer import ActorConfig
+from chat_storage.actors.registry import Registry
+from chat_storage.storage import db, sessions
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 from tests.actors.pgproxy import PgProxy
 from tests.conftest import Tenant
 

@@ -12,11 +12,11 @@ import asyncio
 import asyncpg
 import pytest
 
-from actors.committer import Lease
-from actors.errors import OutcomeUnknown
-from storage import writes
-from storage.errors import Unavailable
-from storage.writes import SessionBatch
+from chat_storage.actors.committer import Lease
+from chat_storage.actors.errors import OutcomeUnknown
+from chat_storage.storage import writes
+from chat_storage.storage.errors import Unavailable
+from chat_storage.storage.writes import SessionBatch
 from tests.actors.conftest import MakeRegistry, metric, msg, new_session, stored
 from tests.actors.pgproxy import PgProxy
 from tests.conftest import Tenant

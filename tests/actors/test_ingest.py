@@ -25,13 +25,13 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from actors.ingest import IngestConsumer
-from server.app import create_app
-from server.redis import REDIS_KEY
-from server.settings import Settings
-from storage.ids import new_id
-from storage.ingest import Entry, IngestStream
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.actors.ingest import IngestConsumer
+from chat_storage.server.app import create_app
+from chat_storage.server.redis import REDIS_KEY
+from chat_storage.server.settings import Settings
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.ingest import Entry, IngestStream
+from chat_storage.storage.messages import NewMessage, WriteGroup
 from tests.actors.conftest import MakeRegistry, metric, new_session, row_locked, stored
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.procs import metric_total, replica_env, running

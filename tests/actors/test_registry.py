@@ -10,7 +10,7 @@ import weakref
 import asyncpg
 import pytest
 
-from actors.errors import OutcomeUnknown, Overloaded, ShuttingDown
+from chat_storage.actors.errors import OutcomeUnknown, Overloaded, ShuttingDown
 from tests.actors.conftest import (
     MakeRegistry,
     metric,
@@ -107,7 +107,7 @@ async def test_a_bad_write_in_a_shared_commit_fails_alone(
 async def test_write_to_a_missing_session_is_not_found(
     make_registry: MakeRegistry, pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
 ) -> None:
-    from storage.errors import NotFound
+    from chat_storage.storage.errors import NotFound
 
     registry = await make_registry()
     sid = await new_session(pool, other_tenant)

@@ -11,16 +11,16 @@ import asyncpg
 import orjson
 import pytest
 
-from actors import events
-from actors.committer import ActorConfig
-from actors.hub import Hub, HubConfig
-from actors.registry import Registry
-from actors.stream_state import StreamConfig
-from actors.subscriber import Outbox, Subscription
-from storage import sessions
-from storage.broker import MemoryBroker
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.actors import events
+from chat_storage.actors.committer import ActorConfig
+from chat_storage.actors.hub import Hub, HubConfig
+from chat_storage.actors.registry import Registry
+from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.actors.subscriber import Outbox, Subscription
+from chat_storage.storage import sessions
+from chat_storage.storage.broker import MemoryBroker
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 from tests.conftest import Tenant
 
 

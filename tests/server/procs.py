@@ -74,7 +74,7 @@ def free_ports(n: int) -> int:
 def cli_command() -> list[str]:
     """The installed ``chat-storage`` console script, or the module when it is not installed."""
     script = Path(sys.executable).parent / "chat-storage"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "chat_storage.server.cli"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.app import create_app
-from server.middlewares import to_api_error
-from server.settings import Settings
-from storage.errors import ObjectStoreUnavailable
+from chat_storage.server.app import create_app
+from chat_storage.server.middlewares import to_api_error
+from chat_storage.server.settings import Settings
+from chat_storage.storage.errors import ObjectStoreUnavailable
 from tests import motoserver
 from tests.conftest import Tenant
 from tests.motoserver import CREDENTIALS

@@ -27,9 +27,9 @@ import asyncpg
 import orjson
 import pytest
 
-from server import cli
-from server.settings import Settings, _env_name
-from storage import tenants
+from chat_storage.server import cli
+from chat_storage.server.settings import Settings, _env_name
+from chat_storage.storage import tenants
 from tests.conftest import ADMIN_URL, db_url
 from tests.server.procs import ROOT, clean_env, cli_command, free_port
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from server.app import create_app
-from server.logs import JsonFormatter
-from server.settings import Settings
-from storage import tenants
+from chat_storage.server.app import create_app
+from chat_storage.server.logs import JsonFormatter
+from chat_storage.server.settings import Settings
+from chat_storage.storage import tenants
 from tests.conftest import Tenant, make_tenant
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -147,14 +147,14 @@ async def test_unexpected_exception_is_500_without_internals(
 
     app.router.add_get("/test-only/boom", boom)
     client = await aiohttp_client(app)
-    caplog.set_level(logging.ERROR, logger="server.middlewares")
+    caplog.set_level(logging.ERROR, logger="chat_storage.server.middlewares")
     r = await client.get("/test-only/boom", headers={"X-Request-ID": "boom-1"})
     body = await assert_error(r, 500, "Internal Server Error", "/test-only/boom")
     assert body["request_id"] == "boom-1"
     text = await r.text()
     for leak in ("Traceback", "SELECT", "api_keys", "10.1.2.3", "RuntimeError", "boom("):
         assert leak not in text
-    logged = [rec for rec in caplog.records if rec.name == "server.middlewares"
+    logged = [rec for rec in caplog.records if rec.name == "chat_storage.server.middlewares"
               and rec.exc_info is not None and rec.exc_info[0] is RuntimeError]
     assert len(logged) == 1
     assert logged[0].levelno == logging.ERROR

@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from server.jsonio import dumps
-from storage import messages, sessions
+from chat_storage.server.jsonio import dumps
+from chat_storage.storage import messages, sessions
 from tests.conftest import Tenant
 from tests.server.test_attachments import create, ready
 from tests.server.test_sessions import SESSIONS, add_messages, new_session

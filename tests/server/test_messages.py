@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from storage import tenants
+from chat_storage.storage import tenants
 from tests.conftest import Tenant
 
 

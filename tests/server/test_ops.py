@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
-from server.database import POOL_KEY
-from server.settings import DEFAULT_MIGRATIONS_DIR, Settings
+from chat_storage.server.app import create_app
+from chat_storage.server.database import POOL_KEY
+from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from tests.conftest import Tenant
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from server import ratelimit
-from server.app import create_app
-from server.redis import BROKER_KEY, SharedLimiter
-from server.settings import Settings
-from storage.broker import MemoryBroker
-from storage.broker_redis import RedisBroker
+from chat_storage.server import ratelimit
+from chat_storage.server.app import create_app
+from chat_storage.server.redis import BROKER_KEY, SharedLimiter
+from chat_storage.server.settings import Settings
+from chat_storage.storage.broker import MemoryBroker
+from chat_storage.storage.broker_redis import RedisBroker
 from tests.conftest import REDIS_URL, Tenant
 
 

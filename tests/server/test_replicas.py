@@ -25,8 +25,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from actors import events
-from storage.redis_keys import RedisKeys
+from chat_storage.actors import events
+from chat_storage.storage.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.procs import Cluster, RedisServer, Server
 from tests.server.procws import Frame, Reader, new_session, open_ws, subscriber

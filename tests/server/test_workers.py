@@ -30,8 +30,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from server.settings import Settings
-from server.workers import Supervisor
+from chat_storage.server.settings import Settings
+from chat_storage.server.workers import Supervisor
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.procs import (
     ROOT,

@@ -11,7 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from server.settings import Settings
+from chat_storage.server.settings import Settings
 from tests.conftest import Tenant
 from tests.server.streamkit import connect, new_session, recv, subscribe
 
@@ -88,7 +88,7 @@ async def test_origin_checked_before_upgrade(client: Any, tenant: Tenant) -> Non
 
 async def test_allowed_origins_setting(aiohttp_client: Any, settings: Settings,
                                        tenant: Tenant) -> None:
-    from server.app import create_app
+    from chat_storage.server.app import create_app
 
     client = await aiohttp_client(create_app(dataclasses.replace(
         settings, allowed_origins=("https://chat.example",))))

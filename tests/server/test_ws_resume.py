@@ -11,9 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from server.app import create_app
-from server.settings import Settings
-from server.streaming import CONNECTIONS_KEY
+from chat_storage.server.app import create_app
+from chat_storage.server.settings import Settings
+from chat_storage.server.streaming import CONNECTIONS_KEY
 from tests.conftest import Tenant
 from tests.server.streamkit import (
     RawWebSocket,

@@ -17,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from storage.broker import Event, Gap, MemoryBroker, from_url
-from storage.broker_redis import BrokerUnavailable, RedisBroker, connect
+from chat_storage.storage.broker import Event, Gap, MemoryBroker, from_url
+from chat_storage.storage.broker_redis import BrokerUnavailable, RedisBroker, connect
 from tests.conftest import REDIS_URL
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

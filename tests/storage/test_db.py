@@ -25,10 +25,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from server.database import open_database
-from server.settings import Settings
-from storage import db
-from storage.errors import UnsafeDatabase
+from chat_storage.server.database import open_database
+from chat_storage.server.settings import Settings
+from chat_storage.storage import db
+from chat_storage.storage.errors import UnsafeDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ async def test_synchronous_commit_off_is_refused_unless_allowed(
     unsafe = f"{database_url}?synchronous_commit=off"
     with pytest.raises(UnsafeDatabase, match="synchronous_commit=off"):
         await _check(unsafe, allow_unsafe=False)
-    with caplog.at_level(logging.WARNING, logger="storage.db"):
+    with caplog.at_level(logging.WARNING, logger="chat_storage.storage.db"):
         await _check(unsafe, allow_unsafe=True)
     assert "database is not durable" in caplog.text
     await _check(f"{database_url}?synchronous_commit=local", allow_unsafe=False)
@@ -138,7 +138,7 @@ async def test_service_refuses_to_start_on_an_unsafe_server(
         # the real command: exits 1 with a one-line reason, before it listens
         env = {**os.environ, "DATABASE_URL": throwaway_server, "CHAT_PORT": str(_free_port())}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", "serve", cwd=ROOT, env=env,
+            sys.executable, "-m", "chat_storage.server.cli", "serve", cwd=ROOT, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         _, err = await asyncio.wait_for(proc.communicate(), timeout=60)

@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage import embedded, embedded_user
+from chat_storage.storage import embedded, embedded_user
 
 DEADLINE_S = 120
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ async def test_shared_by_processes_stopped_by_the_last(tmp_dir: Path) -> None:
     try:
         other = textwrap.dedent(f"""
             from pathlib import Path
-            from storage import embedded
+            from chat_storage.storage import embedded
             print(embedded.start(Path({str(tmp_dir)!r})))
         """)  # exits normally: its atexit hook leaves the server
         proc = await asyncio.create_subprocess_exec(

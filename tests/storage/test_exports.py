@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from storage import exports, sessions
+from chat_storage.storage import exports, sessions
 from tests.conftest import Tenant
 from tests.storage.test_sessions import add_session
 

@@ -8,10 +8,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage import history, messages, sessions, writes
-from storage.errors import InvalidReference, NotFound
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
+from chat_storage.storage import history, messages, sessions, writes
+from chat_storage.storage.errors import InvalidReference, NotFound
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 from tests.conftest import make_tenant
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from server.settings import DEFAULT_MIGRATIONS_DIR
-from storage import migrations, scratch
-from storage.errors import MigrationError
+from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.storage import migrations, scratch
+from chat_storage.storage.errors import MigrationError
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ALL_VERSIONS = [m.version for m in migrations.discover(DEFAULT_MIGRATIONS_DIR)]

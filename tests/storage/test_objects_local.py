@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.objects import verify
-from storage.objects_local import BadToken, LocalStore, UploadRefused, signing_key
+from chat_storage.storage.objects import verify
+from chat_storage.storage.objects_local import BadToken, LocalStore, UploadRefused, signing_key
 
 
 async def _body(*chunks: bytes) -> AsyncIterator[bytes]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from storage.broker_redis import connect
-from storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter, take_result
+from chat_storage.storage.broker_redis import connect
+from chat_storage.storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter, take_result
 from tests.conftest import REDIS_URL
 from tests.storage.test_broker_redis import PrivateRedis, free_port
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage import retention, sessions, tenants
-from storage.ids import new_id
-from storage.messages import NewMessage, WriteGroup
-from storage.objects_local import LocalStore
-from storage.writes import SessionBatch, insert_batches
+from chat_storage.storage import retention, sessions, tenants
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.objects_local import LocalStore
+from chat_storage.storage.writes import SessionBatch, insert_batches
 from tests.conftest import Tenant, make_tenant
 
 OLD = "now() - interval '40 days'"

@@ -6,8 +6,8 @@ import secrets
 
 import asyncpg
 
-from server.settings import DEFAULT_MIGRATIONS_DIR
-from storage import scratch
+from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.storage import scratch
 from tests.conftest import ADMIN_URL
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage import sessions
-from storage.errors import NotFound
-from storage.ids import new_id
+from chat_storage.storage import sessions
+from chat_storage.storage.errors import NotFound
+from chat_storage.storage.ids import new_id
 from tests.conftest import Tenant, make_tenant
 
 

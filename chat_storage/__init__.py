@@ -1,0 +1,1 @@
+"""chat-storage: durable, live-streaming conversation storage for RAG chat applications."""
