@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chat_storage.server import database, maintenance, objects
+from chat_storage.runtime import database, maintenance
+from chat_storage.runtime.objects import open_store
 from chat_storage.server.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
 
@@ -58,7 +59,7 @@ async def retention(settings: Settings) -> int:
     """Run the maintenance jobs once and print what they removed, as JSON."""
     pool = await open_pool(settings)
     try:
-        store = await objects.open_store(settings)
+        store = await open_store(settings)
         try:
             report = await maintenance.run_once(pool, store, settings)
         finally:

@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 from aiohttp import web
 
-from chat_storage.server import admin, database, logs
+from chat_storage.server import admin, logs
 from chat_storage.server.settings import Settings, SettingsError
+from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import db, embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
 
@@ -147,7 +148,7 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> int:
             log.info("listening", extra={"host": settings.host, "port": settings.port})
             tune_gc()
             if settings.embedded:
-                await _first_run_key(runner.app, settings)
+                await first_run_key(runner.app[POOL_KEY], settings)
         except (StorageError, asyncpg.PostgresError, OSError) as exc:
             _fail(f"cannot start: {exc}".splitlines()[0])
             code = 1
@@ -172,9 +173,8 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> int:
     return code
 
 
-async def _first_run_key(app: web.Application, settings: Settings) -> None:
+async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
     """On a fresh embedded database, create tenant ``dev`` and print its key once."""
-    pool = app[database.POOL_KEY]
     async with pool.acquire() as conn:
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)"):
             return

@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from chat_storage.server.errors import ApiError
 from chat_storage.server.routes.common import run
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.state import LOCAL_KEY, OBJECTS_KEY
 from chat_storage.storage import attachments
 from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
 from chat_storage.storage.objects_local import (
@@ -24,35 +24,12 @@ from chat_storage.storage.objects_local import (
     BadToken,
     LocalStore,
     UploadRefused,
-    signing_key,
 )
-from chat_storage.storage.objects_s3 import S3Store
 
 log = logging.getLogger(__name__)
 
-OBJECTS_KEY = web.AppKey("objects", ObjectStore)
-LOCAL_KEY = web.AppKey("local_objects", LocalStore)
 DELETE_FAILURES = Counter("chat_object_delete_failures_total",
                           "Objects of deleted rows that the store failed to delete (logged)")
-
-
-async def open_store(settings: Settings) -> ObjectStore:
-    """The configured store; for S3, its bucket must exist and answer."""
-    if settings.s3_bucket is None:
-        root = settings.data_dir / "objects"
-        return LocalStore(root, signing_key(root, settings.object_signing_key))
-    store = await S3Store.open(
-        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-        public_url=settings.s3_public_url, region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-    )
-    try:
-        await store.check()
-    except BaseException:
-        await store.close()
-        raise
-    return store
 
 
 async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
@@ -124,16 +101,6 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    """Open the store at start (``app[OBJECTS_KEY]``), close it at the end."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(app[SETTINGS_KEY])
-        app[OBJECTS_KEY] = store
-        if isinstance(store, LocalStore):
-            app[LOCAL_KEY] = store
-        yield
-        await store.close()
-
-    app.cleanup_ctx.append(ctx)
+    """Serve the local store's upload and download URLs (404 when files are in S3)."""
     app.router.add_put(PREFIX + "{token}", upload)
     app.router.add_get(PREFIX + "{token}", download)

@@ -50,9 +50,8 @@ import time
 from types import FrameType
 from typing import Any
 
-from aiohttp import web
-
-from chat_storage.server import cli, database, logs
+from chat_storage.runtime import database
+from chat_storage.server import cli, logs
 from chat_storage.server.settings import Settings, SettingsError
 from chat_storage.storage import embedded
 
@@ -123,9 +122,7 @@ async def _prepare(settings: Settings, given: Settings) -> None:
     pool = await database.open_database(small)
     try:
         if given.embedded:
-            holder = web.Application()  # what the first-run helper reads the pool from
-            holder[database.POOL_KEY] = pool
-            await cli._first_run_key(holder, given)
+            await cli.first_run_key(pool, given)
     finally:
         await database.close_pool(pool, settings.shutdown_timeout_s)
 

@@ -35,7 +35,8 @@ from chat_storage.server.routes.common import path_uuid, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
 from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY
+from chat_storage.server.state import HUB_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY
 from chat_storage.storage import sessions
 
 log = logging.getLogger(__name__)

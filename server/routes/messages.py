@@ -25,7 +25,7 @@ from chat_storage.server.schemas import (
     MessageUpdate,
 )
 from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import REGISTRY_KEY
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
 from chat_storage.storage.ids import new_id

@@ -25,6 +25,7 @@ from chat_storage.server.schemas import (
     SessionUpdate,
 )
 from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ async def erase_user(request: web.Request) -> web.Response:
     ))
     log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
     await objects.discard(request.app, erased.object_keys, f"user:{user_id}")
-    store = request.app[objects.OBJECTS_KEY]
+    store = request.app[OBJECTS_KEY]
     try:
         archived = await store.list_keys(retention.user_prefix(tenant_id, user_id))
         await store.delete(archived)

@@ -37,8 +37,8 @@ from chat_storage.server.routes.messages import to_new_message
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
 from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY, check_origin
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import HUB_KEY, REGISTRY_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
 from chat_storage.storage import sessions, tickets
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 
 from chat_storage.actors.ingest import IngestConsumer
 from chat_storage.server.app import create_app
-from chat_storage.server.redis import REDIS_KEY
 from chat_storage.server.settings import Settings
+from chat_storage.server.state import REDIS_KEY
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.ingest import Entry, IngestStream
 from chat_storage.storage.messages import NewMessage, WriteGroup

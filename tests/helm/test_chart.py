@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "chat-storage"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 OPS_ROUTES = ROOT / "server" / "routes" / "ops.py"
-METRIC_SOURCES = [ROOT / "server", ROOT / "actors", ROOT / "storage"]
+# the package: chat_storage.supervisor and every layer it links to (rglob follows no links)
+METRIC_SOURCES = [ROOT / "chat_storage", ROOT / "server", ROOT / "runtime", ROOT / "actors",
+                  ROOT / "storage"]
 RELEASE = "rel"
 NAMESPACE = "chat"
 FULLNAME = f"{RELEASE}-chat-storage"

@@ -14,11 +14,10 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from chat_storage.server import maintenance
+from chat_storage.runtime import maintenance
 from chat_storage.server.app import create_app
-from chat_storage.server.database import POOL_KEY
-from chat_storage.server.objects import OBJECTS_KEY
 from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.state import OBJECTS_KEY, POOL_KEY
 from chat_storage.storage import retention
 from tests.conftest import Tenant, make_tenant
 from tests.server.test_attachments import create, ready

@@ -14,8 +14,9 @@ from prometheus_client import REGISTRY
 
 from chat_storage.server import ratelimit
 from chat_storage.server.app import create_app
-from chat_storage.server.redis import BROKER_KEY, SharedLimiter
+from chat_storage.server.redis import SharedLimiter
 from chat_storage.server.settings import Settings
+from chat_storage.server.state import BROKER_KEY
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.broker_redis import RedisBroker
 from tests.conftest import REDIS_URL, Tenant

@@ -1,9 +1,10 @@
 """Background maintenance: retention and archival, temporary chats, stale uploads,
 expired idempotency keys.
 
-Every replica runs :func:`run_once` every ``CHAT_MAINTENANCE_INTERVAL_S`` (0: never;
-``chat-storage retention`` runs it once by hand); a Postgres advisory lock makes one
-replica at a time do the work, so replicas never race over the same rows. Each job
+Every replica runs :func:`run_once` every ``CHAT_MAINTENANCE_INTERVAL_S`` in
+:func:`every` (0: never; ``chat-storage retention`` runs it once by hand); a Postgres
+advisory lock makes one replica at a time do the work, so replicas never race over the
+same rows. Each job
 works in bounded batches, each batch its own transaction, and a run does at most
 ``MAX_BATCHES`` of each: a backlog drains over several runs, never in one long lock.
 Object-store files of removed rows are deleted after the batch commits.
@@ -16,19 +17,22 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from chat_storage.server.database import POOL_KEY
-from chat_storage.server.objects import OBJECTS_KEY, discard_keys
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
 from chat_storage.storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
+
+
+async def discard_keys(store: ObjectStore, keys: list[str], target: str) -> None:
+    # interim, until storage/objects owns it (merge of the storage branch)
+    from chat_storage.server.objects import discard_keys as discard
+
+    await discard(store, keys, target)
 
 LOCK_KEY = 0x63686174_6D61696E  # "chatmain": one maintenance run at a time, cluster-wide
 MAX_BATCHES = 50
@@ -117,31 +121,17 @@ async def _stale_uploads(conn: asyncpg.Connection, store: ObjectStore, now: dt.d
             return
 
 
-def setup(app: web.Application) -> None:
-    """Run the jobs in the background every ``CHAT_MAINTENANCE_INTERVAL_S`` (if not 0)."""
-
-    async def loop(app: web.Application) -> None:
-        settings = app[SETTINGS_KEY]
-        while True:
-            # jitter: replicas started together do not all wake at once
-            await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))
-            try:
-                report = await run_once(app[POOL_KEY], app[OBJECTS_KEY], settings)
-            except Exception:
-                RUNS.labels("failed").inc()
-                log.exception("maintenance run failed; the next one retries")
-                continue
-            RUNS.labels("skipped" if report is None else "done").inc()
-            if report:
-                log.info("maintenance done", extra=dataclasses.asdict(report))
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = None
-        if app[SETTINGS_KEY].maintenance_interval_s > 0:
-            task = asyncio.create_task(loop(app), name="maintenance")
-        yield
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    app.cleanup_ctx.append(ctx)
+async def every(pool: asyncpg.Pool, store: ObjectStore, settings: Settings) -> None:
+    """Run the jobs every ``CHAT_MAINTENANCE_INTERVAL_S``, forever (a supervised task)."""
+    while True:
+        # jitter: replicas started together do not all wake at once
+        await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))
+        try:
+            report = await run_once(pool, store, settings)
+        except Exception:
+            RUNS.labels("failed").inc()
+            log.exception("maintenance run failed; the next one retries")
+            continue
+        RUNS.labels("skipped" if report is None else "done").inc()
+        if report:
+            log.info("maintenance done", extra=dataclasses.asdict(report))

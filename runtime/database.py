@@ -1,4 +1,4 @@
-"""The database subsystem of the app: embedded or external Postgres, pool, migrations.
+"""The database: embedded or external Postgres, pool, migrations, seeded keys.
 
 Start order: (embedded server) → pool → durability check → migrations → seeded keys.
 Shutdown closes the pool with a deadline, then stops an embedded server.
@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import asyncpg
-from aiohttp import web
 
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
 
 log = logging.getLogger(__name__)
-
-POOL_KEY = web.AppKey("pool", asyncpg.Pool)
 
 
 async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
@@ -57,16 +53,3 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
     except TimeoutError:
         log.warning("pool did not close in time; terminating connections")
         pool.terminate()
-
-
-def setup(app: web.Application) -> None:
-    """Register the pool's lifecycle on ``app``; the pool is at ``app[POOL_KEY]``."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS_KEY]
-        pool = await open_database(settings)
-        app[POOL_KEY] = pool
-        yield
-        await close_pool(pool, settings.shutdown_timeout_s)
-
-    app.cleanup_ctx.append(ctx)
