@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from chat_storage.server.errors import ApiError
-from chat_storage.server.routes.common import run
+from chat_storage.server.handlers import run
 from chat_storage.server.state import LOCAL_KEY, OBJECTS_KEY
 from chat_storage.storage import attachments
 from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition

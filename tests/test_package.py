@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,8 +39,13 @@ def run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel built from this checkout; its ``bin`` directory."""
     work = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work / "dist", ROOT,
-        cwd=work)
+    # built from a copy, so the checkout gets no build/ directory; the links of
+    # chat_storage/ are copied as links, as git checks them out
+    source = work / "src"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work / "dist",
+        source, cwd=work)
     wheels = list((work / "dist").glob("chat_storage-*.whl"))
     assert len(wheels) == 1, wheels
     run(sys.executable, "-m", "venv", work / "venv", cwd=work)

@@ -22,8 +22,8 @@ from aiohttp import web
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import path_uuid, run
 from chat_storage.server.jsonio import json_response, read_json, validate
-from chat_storage.server.routes.common import path_uuid, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
     Attachment,

@@ -29,9 +29,9 @@ from chat_storage.actors.subscriber import ConnectionCut, Outbox
 from chat_storage.server import frames
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import path_uuid, run
 from chat_storage.server.jsonio import dumps, parse_query
 from chat_storage.server.middlewares import to_api_error
-from chat_storage.server.routes.common import path_uuid, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
 from chat_storage.server.settings import SETTINGS_KEY

@@ -29,11 +29,11 @@ from chat_storage.actors.subscriber import ConnectionCut, Outbox, Subscription
 from chat_storage.server import frames
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import path_uuid, run
+from chat_storage.server.inputs import to_new_message
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
-from chat_storage.server.routes.common import path_uuid, run
-from chat_storage.server.routes.messages import to_new_message
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
 from chat_storage.server.settings import SETTINGS_KEY

@@ -1,4 +1,4 @@
-"""Helpers shared by the route modules: path ids, DB calls, writes with idempotency."""
+"""Helpers shared by the route handlers: path ids, database calls, who is asking."""
 
 from __future__ import annotations
 
