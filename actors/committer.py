@@ -90,8 +90,9 @@ class Lease:
             try:
                 # The group-commit statement is prepared once per connection. With
                 # Postgres's default plan choice, a connection whose first batches were
-                # small keeps re-planning it on every call (~50 µs of Postgres CPU per
-                # message at 4 per batch, measured); its generic plan suits every size.
+                # small keeps re-planning it on every call, which costs Postgres CPU on
+                # every message (see loadtest/RESULTS.md#generic-plan); its generic
+                # plan suits every size.
                 # The pool's reset (RESET ALL) undoes this when the lease ends.
                 await self._conn.execute("SET plan_cache_mode = force_generic_plan")
             except Exception as exc:  # nothing of a write was sent yet

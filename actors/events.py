@@ -1,6 +1,6 @@
 """Session events: what subscribers receive, each encoded once, and their broker envelope.
 
-Every event is a JSON text frame of API.md ("Streaming over WebSocket"), built once
+Every event is a JSON text frame of docs/api.md ("Streaming over WebSocket"), built once
 and sent as is to every WebSocket subscriber (SSE adds its ``id:``/``event:`` lines).
 The fields the fan-out needs to order and de-duplicate (``seq``, ``stream_id``,
 ``offset``) travel beside the frame so nothing is parsed twice in one process.

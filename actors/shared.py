@@ -4,10 +4,10 @@ Each session actor hands over one batch at a time (so its seq order is its mailb
 order) with a callback. :class:`SharedCommitter` lets a few workers take whatever
 batches are waiting, from any sessions, up to ``max_batch`` messages, and commit
 them in ONE transaction: two thousand quiet sessions with one message each cost a
-few dozen commits instead of two thousand. Measured with ``loadtest/bench_writes.py``
-(2000 quiet sessions, 64 and 256 clients) it stores about 2.7 times as many messages
+few dozen commits instead of two thousand. It stores several times as many messages
 per second as :class:`DirectCommitter` (one transaction per session batch), which is
-kept for that comparison (``loadtest/serve_direct.py``).
+kept for that comparison (``loadtest/serve_direct.py``; figures in
+loadtest/RESULTS.md#shared-committer).
 """
 
 from __future__ import annotations

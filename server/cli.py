@@ -106,8 +106,8 @@ def tune_gc() -> None:
     """Once started: move what start-up made (modules, app, pool) out of the collector's
     way (``gc.freeze``) and collect less often.
 
-    Measured with ``loadtest/bench_writes.py --modes http-quiet`` (64 writers): p99
-    from 54-60 ms to 28-29 ms, server CPU per request 10-20% lower. Reference cycles
+    This shortens the write path's tail latency and lowers server CPU per request
+    (see loadtest/RESULTS.md#garbage-collection). Reference cycles
     are still collected, only in larger steps.
     """
     gc.collect()

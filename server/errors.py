@@ -1,4 +1,4 @@
-"""The error body of API.md, and the one exception type handlers raise for it."""
+"""The error body of docs/api.md, and the one exception type handlers raise for it."""
 
 from __future__ import annotations
 

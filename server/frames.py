@@ -1,9 +1,15 @@
-"""Client → server WebSocket frames: their models, and parsing that never raises past here.
+"""WebSocket frames: the client's, parsed here without raising past here, and the server's.
 
 A frame that is not JSON, not an object, of an unknown ``type`` or with bad fields is
 a *bad frame*: the client gets ``error {code, message, ref?, errors?}`` and the
 connection stays open. ``stream.delta``, by far the most frequent frame, is checked
-by hand (a few ``isinstance``) instead of through pydantic.
+by hand (a few ``isinstance``) instead of through pydantic; :class:`StreamDelta`
+describes it, and its fields are the keys the hand check wants.
+
+The server builds the frames it sends as dicts (``actors/events.py`` and
+``server/routes/ws.py``), encoded once, never through a model. The models at the end
+of this module describe them for the AsyncAPI document (``server/asyncapi.py``), and
+the tests check what a running server sends against that document.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from pydantic import Field
 from chat_storage.server.errors import ApiError
 from chat_storage.server.schemas import (
     ContextItem,
+    FieldError,
     JsonObject,
+    Message,
     MessageCreate,
     MessageUsage,
     Role,
@@ -39,6 +47,8 @@ class StreamPosition(Strict):
 
 
 class Subscribe(Strict):
+    """Send every committed message after ``after_seq``, answers in progress, then live events."""
+
     type: Literal["subscribe"]
     ref: Ref | None = None
     after_seq: Annotated[int, Field(ge=0)] = 0
@@ -47,6 +57,8 @@ class Subscribe(Strict):
 
 
 class MessageCreateFrame(MessageCreate):
+    """Store a message; ``ack`` after it is committed (creates are pipelined)."""
+
     type: Literal["message.create"]
     ref: Ref | None = None
 
@@ -56,6 +68,8 @@ class MessageCreateFrame(MessageCreate):
 
 
 class StreamStart(Strict):
+    """Start an answer: its row is committed with ``status: streaming``, its seq fixed."""
+
     type: Literal["stream.start"]
     ref: Ref | None = None
     role: Role = "assistant"
@@ -66,6 +80,8 @@ class StreamStart(Strict):
 
 
 class StreamEnd(Strict):
+    """Store the answer complete (merging ``metadata``, adding ``usage``)."""
+
     type: Literal["stream.end"]
     ref: Ref | None = None
     stream_id: StreamId
@@ -74,6 +90,8 @@ class StreamEnd(Strict):
 
 
 class StreamAbort(Strict):
+    """Store the answer so far with ``status: aborted``."""
+
     type: Literal["stream.abort"]
     ref: Ref | None = None
     stream_id: StreamId
@@ -81,14 +99,29 @@ class StreamAbort(Strict):
 
 
 class StreamResume(Strict):
+    """Take over a stream whose producer went away (within the grace period)."""
+
     type: Literal["stream.resume"]
     ref: Ref | None = None
     stream_id: StreamId
 
 
 class Ping(Strict):
+    """Answered with ``pong`` (frames are answered in order: a way to wait for the rest)."""
+
     type: Literal["ping"]
     ref: Ref | None = None
+
+
+class StreamDelta(Strict):
+    """Append text to a stream this connection produces; no reply unless refused.
+
+    Parsed by hand (see :func:`parse`), not through this model: exactly these keys.
+    """
+
+    type: Literal["stream.delta"]
+    stream_id: str
+    delta: str
 
 
 Frame = Subscribe | MessageCreateFrame | StreamStart | StreamEnd | StreamAbort | StreamResume | Ping
@@ -101,7 +134,9 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
     "stream.resume": StreamResume,
     "ping": Ping,
 }
-_DELTA_KEYS = frozenset({"type", "stream_id", "delta"})
+_DELTA_KEYS = frozenset(StreamDelta.model_fields)
+# every frame a client may send, by type
+CLIENT_FRAMES: dict[str, type[pydantic.BaseModel]] = {**MODELS, "stream.delta": StreamDelta}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,3 +212,128 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "is required"
     return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+
+
+# ---------------------------------------------------------------- server → client
+# Documentation models (see the module docstring): the server never builds these.
+# ``ref`` is left out, not null, when the frame answers none.
+
+SeqNo = Annotated[int, Field(ge=1)]
+Offset = Annotated[int, Field(ge=0, description="Unicode code points, not bytes nor "
+                                                "UTF-16 units")]
+
+
+class Ack(pydantic.BaseModel):
+    """A ``message.create`` is committed: the stored message."""
+
+    type: Literal["ack"]
+    ref: str | None = None
+    message: Message
+
+
+class ErrorFrame(pydantic.BaseModel):
+    """A frame was refused (the connection stays open), or an SSE subscription failed."""
+
+    type: Literal["error"]
+    code: str = Field(description="bad_frame, unknown_type, invalid, too_large, not_found, "
+                                  "not_owner, ended, limit, already_subscribed, conflict, "
+                                  "rate_limited, unavailable, internal")
+    message: str
+    ref: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class Pong(pydantic.BaseModel):
+    """The answer to ``ping``."""
+
+    type: Literal["pong"]
+    ref: str | None = None
+
+
+class StreamResumed(pydantic.BaseModel):
+    """This connection owns the stream now; send the rest from ``offset``."""
+
+    type: Literal["stream.resumed"]
+    ref: str | None = None
+    stream_id: str
+    offset: Offset
+
+
+class MessageCreated(pydantic.BaseModel):
+    """A message was committed (in any final status)."""
+
+    type: Literal["message.created"]
+    message: Message
+
+
+class StreamStarted(pydantic.BaseModel):
+    """An answer took its place in the session; ``ref`` only in the reply to its producer."""
+
+    type: Literal["stream.started"]
+    ref: str | None = None
+    stream_id: str = Field(description="the message's id")
+    message_id: str
+    seq: SeqNo
+    role: Role
+
+
+class StreamSnapshot(pydantic.BaseModel):
+    """Everything streamed so far, to a subscriber that joins mid-stream."""
+
+    type: Literal["stream.snapshot"]
+    stream_id: str
+    message_id: str
+    seq: SeqNo
+    content: str
+    offset: Offset = Field(description="the length of content, in code points")
+
+
+class StreamDeltaEvent(pydantic.BaseModel):
+    """Text appended to a stream at ``offset`` (the content's length before it)."""
+
+    type: Literal["stream.delta"]
+    stream_id: str
+    offset: Offset
+    delta: str
+
+
+class StreamCompleted(pydantic.BaseModel):
+    """The answer is stored complete; ``ref`` only in the reply to its ``stream.end``."""
+
+    type: Literal["stream.completed"]
+    ref: str | None = None
+    message: Message
+
+
+class StreamAborted(pydantic.BaseModel):
+    """The answer is stored aborted; ``ref`` only in the reply to its ``stream.abort``."""
+
+    type: Literal["stream.aborted"]
+    ref: str | None = None
+    message: Message
+
+
+class StreamInterrupted(pydantic.BaseModel):
+    """The producer went away past the grace period: stored with what was received."""
+
+    type: Literal["stream.interrupted"]
+    message: Message
+
+
+SERVER_FRAMES: dict[str, type[pydantic.BaseModel]] = {
+    "ack": Ack,
+    "error": ErrorFrame,
+    "pong": Pong,
+    "stream.resumed": StreamResumed,
+    "message.created": MessageCreated,
+    "stream.started": StreamStarted,
+    "stream.snapshot": StreamSnapshot,
+    "stream.delta": StreamDeltaEvent,
+    "stream.completed": StreamCompleted,
+    "stream.aborted": StreamAborted,
+    "stream.interrupted": StreamInterrupted,
+}
+# what every subscriber of the session receives, over the WebSocket and over SSE; the
+# other frames answer one connection's frame
+SESSION_EVENTS = ("message.created", "stream.started", "stream.snapshot", "stream.delta",
+                  "stream.completed", "stream.aborted", "stream.interrupted")

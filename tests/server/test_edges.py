@@ -25,7 +25,7 @@ SESSIONS = "/api/v1/sessions"
 
 
 async def assert_error(r: Any, status: int, phrase: str, path: str) -> dict[str, Any]:
-    """``r`` is an error response with exactly the body of API.md; return the body."""
+    """``r`` is an error response with exactly the body of docs/api.md; return the body."""
     assert r.status == status, await r.text()
     assert r.content_type == "application/json"
     body: dict[str, Any] = await r.json()
