@@ -58,7 +58,7 @@ async def retention(settings: Settings) -> int:
     """Run the maintenance jobs once and print what they removed, as JSON."""
     pool = await open_pool(settings)
     try:
-        store = await objects.open_store(settings)
+        store = await objects.store_from_settings(settings)
         try:
             report = await maintenance.run_once(pool, store, settings)
         finally:

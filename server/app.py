@@ -35,6 +35,7 @@ from chat_storage.server.routes import (
 )
 from chat_storage.server.routes import web as web_page
 from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.storage.ratelimit import MemoryLimiter
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes)
@@ -45,9 +46,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
     auth.setup(app, settings.api_key_cache_s)
-    ratelimit.setup(
-        app, ratelimit.MemoryLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    )
+    ratelimit.setup(app, MemoryLimiter(settings.rate_limit_per_s, settings.rate_limit_burst))
     middlewares.setup(app)
     database.setup(app)
     objects.setup(app)  # attachment files: S3 or a local directory (and its URLs)

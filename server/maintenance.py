@@ -23,10 +23,10 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from chat_storage.server.database import POOL_KEY
-from chat_storage.server.objects import OBJECTS_KEY, discard_keys
+from chat_storage.server.objects import OBJECTS_KEY
 from chat_storage.server.settings import SETTINGS_KEY, Settings
 from chat_storage.storage import attachments, idempotency, retention
-from chat_storage.storage.objects import ObjectStore
+from chat_storage.storage.objects import ObjectStore, discard_keys
 
 log = logging.getLogger(__name__)
 

@@ -8,67 +8,37 @@ signed, expiring token is the grant, as a presigned S3 URL is.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from chat_storage.server.errors import ApiError
 from chat_storage.server.routes.common import run
 from chat_storage.server.settings import SETTINGS_KEY, Settings
 from chat_storage.storage import attachments
-from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
-from chat_storage.storage.objects_local import (
-    PREFIX,
-    BadToken,
+from chat_storage.storage.objects import (
+    CHUNK_BYTES,
     LocalStore,
-    UploadRefused,
-    signing_key,
+    ObjectStore,
+    content_disposition,
+    discard_keys,
+    open_store,
 )
-from chat_storage.storage.objects_s3 import S3Store
-
-log = logging.getLogger(__name__)
+from chat_storage.storage.objects.local import PREFIX, BadToken, UploadRefused
 
 OBJECTS_KEY = web.AppKey("objects", ObjectStore)
 LOCAL_KEY = web.AppKey("local_objects", LocalStore)
-DELETE_FAILURES = Counter("chat_object_delete_failures_total",
-                          "Objects of deleted rows that the store failed to delete (logged)")
 
 
-async def open_store(settings: Settings) -> ObjectStore:
-    """The configured store; for S3, its bucket must exist and answer."""
-    if settings.s3_bucket is None:
-        root = settings.data_dir / "objects"
-        return LocalStore(root, signing_key(root, settings.object_signing_key))
-    store = await S3Store.open(
-        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-        public_url=settings.s3_public_url, region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
+async def store_from_settings(settings: Settings) -> ObjectStore:
+    """:func:`storage.objects.open_store` for ``settings``."""
+    return await open_store(
+        data_dir=settings.data_dir, s3_bucket=settings.s3_bucket,
+        s3_endpoint_url=settings.s3_endpoint_url, s3_public_url=settings.s3_public_url,
+        s3_region=settings.s3_region, s3_access_key_id=settings.s3_access_key_id,
+        s3_secret_access_key=settings.s3_secret_access_key,
+        local_signing_key=settings.object_signing_key,
     )
-    try:
-        await store.check()
-    except BaseException:
-        await store.close()
-        raise
-    return store
-
-
-async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
-    """Delete the objects of attachment rows that were just deleted (after the commit).
-
-    A failure is logged with the keys, never raised: the rows are gone, and the caller
-    has nothing to undo. An operator can delete the logged keys later.
-    """
-    if not keys:
-        return
-    try:
-        await store.delete(keys)
-    except Exception:
-        DELETE_FAILURES.inc(len(keys))
-        log.exception("objects could not be deleted",
-                      extra={"target": target, "object_keys": list(keys)})
 
 
 async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:
@@ -127,7 +97,7 @@ def setup(app: web.Application) -> None:
     """Open the store at start (``app[OBJECTS_KEY]``), close it at the end."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(app[SETTINGS_KEY])
+        store = await store_from_settings(app[SETTINGS_KEY])
         app[OBJECTS_KEY] = store
         if isinstance(store, LocalStore):
             app[LOCAL_KEY] = store

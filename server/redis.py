@@ -1,7 +1,7 @@
 """The Redis subsystem of the app: the broker and the shared rate limiter.
 
 With ``REDIS_URL``: one client (one connection pool) for both, a
-:class:`storage.broker_redis.RedisBroker` at :data:`BROKER_KEY` and the Redis token
+:class:`storage.broker.RedisBroker` at :data:`BROKER_KEY` and the Redis token
 bucket as the app's limiter. Without it: a :class:`storage.broker.MemoryBroker` at
 :data:`BROKER_KEY` (always set) and the in-memory limiter ``create_app`` installed.
 
@@ -11,10 +11,9 @@ actors flush (and publish) first, then the broker's reader stops and the client
 closes, then the pool.
 
 Redis outages never make requests fail here: the limiter falls back to the in-memory
-bucket of this process for as long as Redis errors (fail open, still bounded per
-process — refusing every request because Redis is down would turn a cache outage into
-a full outage), logged on each change of state and counted; ``/readyz`` reports
-``redis: degraded`` but stays ready.
+bucket of this process for as long as Redis errors
+(:class:`storage.ratelimit.SharedLimiter`); ``/readyz`` reports ``redis: degraded``
+but stays ready.
 """
 
 from __future__ import annotations
@@ -24,50 +23,21 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from chat_storage.server import ratelimit
 from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.storage.broker import Broker, MemoryBroker
-from chat_storage.storage.broker_redis import RedisBroker, connect
-from chat_storage.storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter
+from chat_storage.storage.broker import Broker, MemoryBroker, RedisBroker
+from chat_storage.storage.ratelimit import RedisLimiter, SharedLimiter
+from chat_storage.storage.redis_client import connect
 
 log = logging.getLogger(__name__)
 
 BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker")
 REDIS_KEY = web.AppKey("redis", Redis)  # absent when REDIS_URL is not set
 
-FALLBACKS = Counter(
-    "chat_ratelimit_fallback_total", "Rate-limit takes answered in memory because Redis failed"
-)
 PING_TIMEOUT_S = 0.5
-
-
-class SharedLimiter:
-    """The Redis token bucket; this process's in-memory one while Redis fails."""
-
-    def __init__(self, shared: RedisLimiter, fallback: ratelimit.Limiter) -> None:
-        self.shared = shared
-        self.fallback = fallback
-        self.failing = False
-
-    async def take(self, key: str) -> ratelimit.Decision:
-        """Take a token from the shared bucket of ``key`` (or the local one, see above)."""
-        try:
-            result = await self.shared.take(key)
-        except RateLimitUnavailable as exc:
-            FALLBACKS.inc()
-            if not self.failing:
-                log.warning("shared rate limit unavailable; limiting in memory",
-                            extra={"error": repr(exc.__cause__)})
-            self.failing = True
-            return await self.fallback.take(key)
-        if self.failing:
-            log.info("shared rate limit available again")
-        self.failing = False
-        return ratelimit.Decision(*result)
 
 
 async def status(app: web.Application) -> str | None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 
 # One Redis stream per active session: its events (``message.created``, ``stream.*``),
-# capped with ``MAXLEN ~`` and expiring when idle. Written by storage.broker_redis.
+# capped with ``MAXLEN ~`` and expiring when idle. Written by storage.broker.redis.
 SESSION_STREAM = "{prefix}:s:{channel}"
 # A process's private wake-up stream: included in that process's XREAD so that adding
-# a channel interrupts the blocking read at once. Written by storage.broker_redis.
+# a channel interrupts the blocking read at once. Written by storage.broker.redis_reader.
 READER_WAKE = "{prefix}:wake:{node}"
 # Token bucket of one API key (hash ``t`` tokens, ``ts`` ms), deleted when it would be
-# full again. Written by storage.ratelimit_redis.
+# full again. Written by storage.ratelimit.redis.
 RATE_BUCKET = "{prefix}:rl:{key_id}"
 # Async ingestion (CHAT_INGEST_MODE=async): the stream writes are appended to, the
 # consumer group that persists them, and the dead-letter stream of entries that can

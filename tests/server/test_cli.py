@@ -31,7 +31,7 @@ from chat_storage.server import cli
 from chat_storage.server.settings import Settings, _env_name
 from chat_storage.storage import tenants
 from tests.conftest import ADMIN_URL, db_url
-from tests.server.procs import ROOT, clean_env, cli_command, free_port
+from tests.support.procs import ROOT, clean_env, cli_command, free_port
 
 DEADLINE_S = 60.0
 

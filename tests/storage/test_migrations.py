@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 
 from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
-from chat_storage.storage import migrations, scratch
+from chat_storage.storage import migrations
 from chat_storage.storage.errors import MigrationError
+from tests.support import scratch
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ALL_VERSIONS = [m.version for m in migrations.discover(DEFAULT_MIGRATIONS_DIR)]

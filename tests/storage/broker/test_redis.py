@@ -17,8 +17,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat_storage.storage.broker import Event, Gap, MemoryBroker, from_url
-from chat_storage.storage.broker_redis import BrokerUnavailable, RedisBroker, connect
+from chat_storage.storage.broker import (
+    BrokerMessage,
+    BrokerUnavailable,
+    Gap,
+    MemoryBroker,
+    RedisBroker,
+    open_broker,
+)
+from chat_storage.storage.redis_client import connect
 from tests.conftest import REDIS_URL
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -59,15 +66,15 @@ class Collector:
     """A listener per channel that records events and wakes the test at a count."""
 
     def __init__(self) -> None:
-        self.events: dict[str, list[Event]] = {}
+        self.events: dict[str, list[BrokerMessage]] = {}
         self.total = 0
         self._target = 0
         self._reached = asyncio.Event()
 
-    def listener(self, channel: str) -> Callable[[Event], None]:
+    def listener(self, channel: str) -> Callable[[BrokerMessage], None]:
         self.events.setdefault(channel, [])
 
-        def on_event(event: Event) -> None:
+        def on_event(event: BrokerMessage) -> None:
             assert event.channel == channel
             self.events[channel].append(event)
             self.total += 1
@@ -212,16 +219,18 @@ async def test_another_replica_sees_the_events(broker: RedisBroker, prefix: str)
         await other.close()
 
 
-async def test_from_url_picks_the_implementation(prefix: str) -> None:
-    memory = from_url(None)
+async def test_open_broker_picks_the_implementation(prefix: str) -> None:
+    memory = open_broker(None)
     assert isinstance(memory, MemoryBroker)
-    redis_broker = from_url(REDIS_URL, prefix=prefix)
+    client = connect(REDIS_URL)
+    redis_broker = open_broker(client, prefix=prefix)
     try:
         assert isinstance(redis_broker, RedisBroker)
         assert redis_broker.keys.prefix == prefix
     finally:
         await redis_broker.close()
         await memory.close()
+        await client.aclose()
 
 
 class PrivateRedis:
