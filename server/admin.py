@@ -41,9 +41,7 @@ async def migrate(settings: Settings) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrations.migrate(conn, settings.migrations_dir)
-            versions = [r["version"] for r in await conn.fetch(
-                "SELECT version FROM schema_migrations ORDER BY version"
-            )]
+            versions = await migrations.applied_versions(conn)
     finally:
         await close_pool(pool, settings)
     if applied:

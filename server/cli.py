@@ -176,7 +176,7 @@ async def _first_run_key(app: web.Application, settings: Settings) -> None:
     """On a fresh embedded database, create tenant ``dev`` and print its key once."""
     pool = app[database.POOL_KEY]
     async with pool.acquire() as conn:
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)"):
+        if await tenants.any_tenant(conn):
             return
         try:
             async with conn.transaction():  # a tenant without its key would help no one

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
-from chat_storage.storage import migrations
+from chat_storage.storage import locks, migrations
 from chat_storage.storage.errors import MigrationError
 from tests.support import scratch
 
@@ -91,7 +91,7 @@ async def test_edited_applied_migration_raises(empty_db: str, sql_copy: Path) ->
         # the advisory lock was released despite the error
         other = await asyncpg.connect(empty_db)
         try:
-            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", migrations.LOCK_KEY)
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", locks.MIGRATIONS_LOCK)
         finally:
             await other.close()
     finally:
