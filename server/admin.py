@@ -22,6 +22,8 @@ from chat_storage.server import database, maintenance, objects
 from chat_storage.server.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
 
+PROG = "chat-storage"
+
 
 async def open_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
     # one short-lived connection is all an admin command needs
@@ -64,8 +66,7 @@ async def retention(settings: Settings) -> int:
     finally:
         await close_pool(pool, settings)
     if report is None:
-        print("chat-storage: error: another process is running maintenance right now; "
-              "try again later", file=sys.stderr)
+        print_error("another process is running maintenance right now; try again later")
         return 1
     print_json(dataclasses.asdict(report))
     return 0
@@ -124,6 +125,11 @@ async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
 
 def _when(value: dt.datetime | None) -> str:
     return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_error(message: str) -> None:
+    """``chat-storage: error: <message>`` on stderr: how every failure is reported."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 def print_line(text: str) -> None:
