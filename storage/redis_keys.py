@@ -43,10 +43,6 @@ class RedisKeys:
         """The event stream of broker channel ``channel`` (a session)."""
         return SESSION_STREAM.format(prefix=self.prefix, channel=channel)
 
-    def channel_of(self, stream_key: str) -> str:
-        """The channel whose stream is ``stream_key`` (inverse of :meth:`session_stream`)."""
-        return stream_key.removeprefix(SESSION_STREAM.format(prefix=self.prefix, channel=""))
-
     def reader_wake(self, node: str) -> str:
         """The wake-up stream of the broker reader of process ``node``."""
         return READER_WAKE.format(prefix=self.prefix, node=node)
@@ -69,8 +65,3 @@ class RedisKeys:
     def ingest_dead(self) -> str:
         """The dead-letter stream of async ingestion."""
         return INGEST_DEAD.format(prefix=self.prefix)
-
-    @property
-    def pattern(self) -> str:
-        """A ``SCAN MATCH`` pattern for every key of this prefix (tests, cleanup)."""
-        return f"{self.prefix}:*"
