@@ -294,6 +294,12 @@ class RedisServer:
         finally:
             await client.aclose()
 
+    async def kill(self) -> None:
+        """SIGKILL: Redis crashes (a restart afterwards starts empty)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
     async def stop(self, within_s: float = 10.0) -> None:
         """SIGTERM (redis exits at once without persistence); SIGKILL if it lingers."""
         if self.proc is None or self.proc.returncode is not None:

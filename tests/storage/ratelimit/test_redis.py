@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from chat_storage.storage.ratelimit import Decision, RateLimitUnavailable, RedisLimiter, decision
 from chat_storage.storage.redis_client import connect
 from tests.conftest import REDIS_URL
-from tests.storage.broker.test_redis import PrivateRedis, free_port
+from tests.support.procs import RedisServer, free_port
 
 T0 = 1_700_000_000_000.0  # an injected "now", in ms
 
@@ -119,7 +119,7 @@ async def test_refill_uses_redis_time(client: Redis, prefix: str) -> None:
 
 
 async def test_script_reloads_after_redis_forgot_it(tmp_path: Path) -> None:
-    server = PrivateRedis(tmp_path)
+    server = RedisServer(tmp_path / "redis.log")
     await server.start()
     c = connect(server.url)
     try:
