@@ -199,8 +199,8 @@ class Hub:
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 
-    def _listener(self, key: FeedKey) -> Callable[[broker_mod.Event], None]:
-        def on_event(message: broker_mod.Event) -> None:
+    def _listener(self, key: FeedKey) -> Callable[[broker_mod.BrokerMessage], None]:
+        def on_event(message: broker_mod.BrokerMessage) -> None:
             _, event = events.open_envelope(message.data, skip_origin=self.origin)
             if event is None:
                 return

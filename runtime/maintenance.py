@@ -23,18 +23,11 @@ from prometheus_client import Counter, Gauge
 
 from chat_storage.server.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
-from chat_storage.storage.objects import ObjectStore
+from chat_storage.storage.locks import MAINTENANCE_LOCK, try_advisory_lock
+from chat_storage.storage.objects import ObjectStore, discard_keys
 
 log = logging.getLogger(__name__)
 
-
-async def discard_keys(store: ObjectStore, keys: list[str], target: str) -> None:
-    # interim, until storage/objects owns it (merge of the storage branch)
-    from chat_storage.server.objects import discard_keys as discard
-
-    await discard(store, keys, target)
-
-LOCK_KEY = 0x63686174_6D61696E  # "chatmain": one maintenance run at a time, cluster-wide
 MAX_BATCHES = 50
 
 RUNS = Counter("chat_maintenance_runs_total",
@@ -66,20 +59,17 @@ async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
     """Run every job once; ``None`` if another process is running them right now."""
     now = now or dt.datetime.now(dt.UTC)
     report = Report()
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+    async with pool.acquire() as conn, try_advisory_lock(conn, MAINTENANCE_LOCK) as taken:
+        if not taken:
             return None
-        try:
-            await _expire_sessions(conn, store, report)
-            await _retention(conn, store, now, report)
-            await _stale_uploads(conn, store, now, settings.pending_attachment_s, report)
-            for _ in range(MAX_BATCHES):
-                n = await idempotency.purge_expired(conn, settings.idempotency_ttl_s)
-                report.idempotency_keys += n
-                if n == 0:
-                    break
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        await _expire_sessions(conn, store, report)
+        await _retention(conn, store, now, report)
+        await _stale_uploads(conn, store, now, settings.pending_attachment_s, report)
+        for _ in range(MAX_BATCHES):
+            n = await idempotency.purge_expired(conn, settings.idempotency_ttl_s)
+            report.idempotency_keys += n
+            if n == 0:
+                break
     for kind, n in dataclasses.asdict(report).items():
         REMOVED.labels(kind).inc(n)
     LAST_DONE.set_to_current_time()

@@ -1,27 +1,17 @@
-"""The object store: S3 when ``S3_BUCKET`` is set, else a local directory."""
+"""The object store of the settings: S3 when ``S3_BUCKET`` is set, else a local directory."""
 
 from __future__ import annotations
 
 from chat_storage.server.settings import Settings
-from chat_storage.storage.objects import ObjectStore
-from chat_storage.storage.objects_local import LocalStore, signing_key
-from chat_storage.storage.objects_s3 import S3Store
+from chat_storage.storage.objects import ObjectStore, open_store
 
 
-async def open_store(settings: Settings) -> ObjectStore:
-    """The configured store; for S3, its bucket must exist and answer."""
-    if settings.s3_bucket is None:
-        root = settings.data_dir / "objects"
-        return LocalStore(root, signing_key(root, settings.object_signing_key))
-    store = await S3Store.open(
-        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-        public_url=settings.s3_public_url, region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
+async def store_from_settings(settings: Settings) -> ObjectStore:
+    """:func:`storage.objects.open_store` for ``settings`` (an S3 bucket must answer)."""
+    return await open_store(
+        data_dir=settings.data_dir, s3_bucket=settings.s3_bucket,
+        s3_endpoint_url=settings.s3_endpoint_url, s3_public_url=settings.s3_public_url,
+        s3_region=settings.s3_region, s3_access_key_id=settings.s3_access_key_id,
+        s3_secret_access_key=settings.s3_secret_access_key,
+        local_signing_key=settings.object_signing_key,
     )
-    try:
-        await store.check()
-    except BaseException:
-        await store.close()
-        raise
-    return store

@@ -35,15 +35,13 @@ from chat_storage.actors.registry import Registry
 from chat_storage.runtime import config, maintenance
 from chat_storage.runtime.database import close_pool, open_database
 from chat_storage.runtime.deadline import Deadline
-from chat_storage.runtime.objects import open_store
-from chat_storage.server.ratelimit import Limiter, MemoryLimiter
-from chat_storage.server.redis import SharedLimiter
+from chat_storage.runtime.objects import store_from_settings
 from chat_storage.server.settings import Settings
-from chat_storage.storage.broker import Broker, MemoryBroker
-from chat_storage.storage.broker_redis import RedisBroker, connect
+from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import ObjectStore
-from chat_storage.storage.ratelimit_redis import RedisLimiter
+from chat_storage.storage.ratelimit import Limiter, open_limiter
+from chat_storage.storage.redis_client import connect
 from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -75,7 +73,7 @@ class Services:
         async with contextlib.AsyncExitStack() as undo:
             pool = await open_database(settings)
             undo.push_async_callback(close_pool, pool, 0.0)
-            objects = await open_store(settings)
+            objects = await store_from_settings(settings)
             undo.push_async_callback(objects.close)
             redis, broker, limiter = await _open_redis(settings)
             undo.push_async_callback(broker.close)
@@ -157,16 +155,15 @@ class Services:
 
 async def _open_redis(settings: Settings) -> tuple[Redis | None, Broker, Limiter]:
     """The Redis client, broker and rate limiter; memory ones without ``REDIS_URL``."""
-    memory = MemoryLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    if settings.redis_url is None:
-        return None, MemoryBroker(), memory
-    client = connect(settings.redis_url)
-    broker = RedisBroker(client, prefix=settings.redis_prefix)
-    shared = RedisLimiter(client, prefix=settings.redis_prefix,
-                          rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
-    try:  # a Redis that is down at start is an outage like any other: start degraded
-        async with asyncio.timeout(PING_TIMEOUT_S * 4):
-            await client.ping()
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("redis unreachable at start; running degraded", extra={"error": repr(exc)})
-    return client, broker, SharedLimiter(shared, memory)
+    client = None if settings.redis_url is None else connect(settings.redis_url)
+    broker = open_broker(client, prefix=settings.redis_prefix)
+    limiter = open_limiter(client, prefix=settings.redis_prefix,
+                           rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
+    if client is not None:
+        try:  # a Redis that is down at start is an outage like any other: start degraded
+            async with asyncio.timeout(PING_TIMEOUT_S * 4):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis unreachable at start; running degraded",
+                        extra={"error": repr(exc)})
+    return client, broker, limiter

@@ -26,12 +26,6 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def bad_request(message: str, field: str | None = None, detail: str | None = None) -> ApiError:
-    """400 with one field error when ``field`` is given."""
-    errors = [{"field": field, "message": detail or message}] if field else []
-    return ApiError(400, message, errors=errors)
-
-
 def not_found(what: str = "resource") -> ApiError:
     """404 for anything absent or owned by another tenant (the two look the same)."""
     return ApiError(404, f"{what} not found")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -46,7 +46,3 @@ def actor_name(request: web.Request) -> str:
     from chat_storage.server.auth import principal_of
 
     return f"key:{principal_of(request).key_id}"
-
-
-def drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}

@@ -1,6 +1,6 @@
-"""The object store subsystem: S3 when ``S3_BUCKET`` is set, else a local directory.
+"""The object store at the edge: deleting a request's files, and the local store's URLs.
 
-With the local store this module also serves its URLs: ``PUT /objects/{token}``
+With the local store (no ``S3_BUCKET``) this module serves its URLs: ``PUT /objects/{token}``
 stores an upload (only the announced file: size, type and SHA-256 are in the signed
 token) and ``GET /objects/{token}`` serves a download. They take no API key: the
 signed, expiring token is the grant, as a presigned S3 URL is.
@@ -8,44 +8,16 @@ signed, expiring token is the grant, as a presigned S3 URL is.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import run
 from chat_storage.server.state import LOCAL_KEY, OBJECTS_KEY
 from chat_storage.storage import attachments
-from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
-from chat_storage.storage.objects_local import (
-    PREFIX,
-    BadToken,
-    LocalStore,
-    UploadRefused,
-)
-
-log = logging.getLogger(__name__)
-
-DELETE_FAILURES = Counter("chat_object_delete_failures_total",
-                          "Objects of deleted rows that the store failed to delete (logged)")
-
-
-async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
-    """Delete the objects of attachment rows that were just deleted (after the commit).
-
-    A failure is logged with the keys, never raised: the rows are gone, and the caller
-    has nothing to undo. An operator can delete the logged keys later.
-    """
-    if not keys:
-        return
-    try:
-        await store.delete(keys)
-    except Exception:
-        DELETE_FAILURES.inc(len(keys))
-        log.exception("objects could not be deleted",
-                      extra={"target": target, "object_keys": list(keys)})
+from chat_storage.storage.objects import CHUNK_BYTES, LocalStore, content_disposition, discard_keys
+from chat_storage.storage.objects.local import PREFIX, BadToken, UploadRefused
 
 
 async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:

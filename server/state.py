@@ -16,8 +16,7 @@ from chat_storage.runtime.services import Services
 from chat_storage.server.ratelimit import LIMITER_KEY
 from chat_storage.storage.broker import Broker
 from chat_storage.storage.ingest import IngestStream
-from chat_storage.storage.objects import ObjectStore
-from chat_storage.storage.objects_local import LocalStore
+from chat_storage.storage.objects import LocalStore, ObjectStore
 
 SERVICES_KEY = web.AppKey("services", Services)
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)

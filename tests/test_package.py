@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from chat_storage.storage import scratch
 from tests.conftest import ADMIN_URL, drop_database
-from tests.server.procs import clean_env, free_port
+from tests.support import scratch
+from tests.support.procs import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "cs_test_" + secrets.token_hex(16)

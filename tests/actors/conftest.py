@@ -19,8 +19,8 @@ from chat_storage.actors.registry import Registry
 from chat_storage.storage import db, sessions
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
-from tests.actors.pgproxy import PgProxy
 from tests.conftest import Tenant
+from tests.support.pgproxy import PgProxy
 
 MakeRegistry = Callable[..., Awaitable[Registry]]
 

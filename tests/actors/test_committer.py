@@ -18,8 +18,8 @@ from chat_storage.storage import writes
 from chat_storage.storage.errors import Unavailable
 from chat_storage.storage.writes import SessionBatch
 from tests.actors.conftest import MakeRegistry, metric, msg, new_session, stored
-from tests.actors.pgproxy import PgProxy
 from tests.conftest import Tenant
+from tests.support.pgproxy import PgProxy
 
 
 async def test_commit_whose_answer_was_lost_is_confirmed_not_repeated(

@@ -34,8 +34,8 @@ from chat_storage.storage.ingest import Entry, IngestStream
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from tests.actors.conftest import MakeRegistry, metric, new_session, row_locked, stored
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.procs import metric_total, replica_env, running
 from tests.server.test_attachments import ready
+from tests.support.procs import metric_total, replica_env, running
 
 DEADLINE_S = 30.0
 

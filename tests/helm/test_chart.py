@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_URL
-from tests.server.procs import clean_env, cli_command, free_port
+from tests.support.procs import clean_env, cli_command, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "chat-storage"

@@ -18,7 +18,7 @@ from chat_storage.runtime import maintenance
 from chat_storage.server.app import create_app
 from chat_storage.server.settings import SETTINGS_KEY, Settings
 from chat_storage.server.state import OBJECTS_KEY, POOL_KEY
-from chat_storage.storage import retention
+from chat_storage.storage import locks, retention
 from tests.conftest import Tenant, make_tenant
 from tests.server.test_attachments import create, ready
 from tests.server.test_messages import add, history, new_session
@@ -117,11 +117,11 @@ async def test_temporary_chats_stale_uploads_and_old_keys_go(
 
 async def test_one_runner_at_a_time(client: Any, pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", maintenance.LOCK_KEY)
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MAINTENANCE_LOCK)
         try:
             assert await run(client, settings_of(client)) is None
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", maintenance.LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_unlock($1)", locks.MAINTENANCE_LOCK)
     assert await run(client, settings_of(client)) is not None
 
 

@@ -28,7 +28,7 @@ from chat_storage.server.app import create_app
 from chat_storage.server.settings import Settings
 from tests.conftest import Tenant
 from tests.server.framecensus import sent_frame_types
-from tests.server.streamkit import DEADLINE_S, connect, new_session, recv_until, start
+from tests.support.streamkit import DEADLINE_S, connect, new_session, recv_until, start
 
 DOC_URI = "urn:chat-storage:asyncapi"
 COMPONENT_KEY = re.compile(r"^[a-zA-Z0-9.\-_]+$")

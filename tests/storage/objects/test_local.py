@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chat_storage.storage.objects import verify
-from chat_storage.storage.objects_local import BadToken, LocalStore, UploadRefused, signing_key
+from chat_storage.storage.objects.local import BadToken, LocalStore, UploadRefused, signing_key
 
 
 async def _body(*chunks: bytes) -> AsyncIterator[bytes]:

@@ -7,8 +7,8 @@ import secrets
 import asyncpg
 
 from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
-from chat_storage.storage import scratch
 from tests.conftest import ADMIN_URL
+from tests.support import scratch
 
 
 async def _exists(name: str) -> bool:

@@ -6,7 +6,7 @@ answers 200 (bounded), and :func:`running` starts and kills a few of them. A
 :class:`RedisServer` is a private, throw-away ``redis-server`` (no persistence) that a
 test may stop and restart — never the shared one the other tests use. A
 :class:`Cluster` is several servers as replicas (one database, one Redis, a key prefix
-of their own); tests/server/procws.py talks WebSocket to them.
+of their own); tests/support/procws.py talks WebSocket to them.
 """
 
 from __future__ import annotations
@@ -293,6 +293,12 @@ class RedisServer:
                     await asyncio.sleep(0.05)
         finally:
             await client.aclose()
+
+    async def kill(self) -> None:
+        """SIGKILL: Redis crashes (a restart afterwards starts empty)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
     async def stop(self, within_s: float = 10.0) -> None:
         """SIGTERM (redis exits at once without persistence); SIGKILL if it lingers."""

@@ -3,7 +3,7 @@
 Upload URLs are presigned ``PUT``s (Signature Version 4) that sign the object's
 ``Content-Type``, ``Content-Length`` and ``x-amz-checksum-sha256``: AWS S3 refuses
 an upload that differs in any of them, and keeps the checksum, which
-:func:`storage.objects.verify` then reads back. A store that ignores the checksum
+:func:`storage.objects.base.verify` then reads back. A store that ignores the checksum
 (moto does) is checked by reading the object instead.
 """
 
@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chat_storage.storage.errors import ObjectStoreUnavailable
-from chat_storage.storage.objects import (
+from chat_storage.storage.objects.base import (
     CHUNK_BYTES,
     ObjectInfo,
     Upload,

@@ -8,28 +8,25 @@ Redis would break everyone else's tests.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from chat_storage.storage.broker import Event, Gap, MemoryBroker, from_url
-from chat_storage.storage.broker_redis import BrokerUnavailable, RedisBroker, connect
+from chat_storage.storage.broker import (
+    BrokerMessage,
+    BrokerUnavailable,
+    Gap,
+    MemoryBroker,
+    RedisBroker,
+    open_broker,
+)
+from chat_storage.storage.redis_client import connect
 from tests.conftest import REDIS_URL
+from tests.support.procs import RedisServer
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DEADLINE_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:
@@ -59,15 +56,15 @@ class Collector:
     """A listener per channel that records events and wakes the test at a count."""
 
     def __init__(self) -> None:
-        self.events: dict[str, list[Event]] = {}
+        self.events: dict[str, list[BrokerMessage]] = {}
         self.total = 0
         self._target = 0
         self._reached = asyncio.Event()
 
-    def listener(self, channel: str) -> Callable[[Event], None]:
+    def listener(self, channel: str) -> Callable[[BrokerMessage], None]:
         self.events.setdefault(channel, [])
 
-        def on_event(event: Event) -> None:
+        def on_event(event: BrokerMessage) -> None:
             assert event.channel == channel
             self.events[channel].append(event)
             self.total += 1
@@ -212,61 +209,29 @@ async def test_another_replica_sees_the_events(broker: RedisBroker, prefix: str)
         await other.close()
 
 
-async def test_from_url_picks_the_implementation(prefix: str) -> None:
-    memory = from_url(None)
+async def test_open_broker_picks_the_implementation(prefix: str) -> None:
+    memory = open_broker(None)
     assert isinstance(memory, MemoryBroker)
-    redis_broker = from_url(REDIS_URL, prefix=prefix)
+    client = connect(REDIS_URL)
+    redis_broker = open_broker(client, prefix=prefix)
     try:
         assert isinstance(redis_broker, RedisBroker)
         assert redis_broker.keys.prefix == prefix
     finally:
         await redis_broker.close()
         await memory.close()
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test's own, without persistence, to kill and restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.directory),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        probe = connect(self.url)
-        try:
-            async with asyncio.timeout(DEADLINE_S):
-                while True:
-                    try:
-                        if await probe.ping():
-                            return
-                    except (RedisError, OSError):  # not listening yet
-                        pass
-                    await asyncio.sleep(0.05)
-        finally:
-            await probe.aclose()
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+        await client.aclose()
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis.log")
     await server.start()
     yield server
     await server.kill()
 
 
-async def test_reader_recovers_after_redis_restart(private_redis: PrivateRedis) -> None:
+async def test_reader_recovers_after_redis_restart(private_redis: RedisServer) -> None:
     broker = RedisBroker.from_url(private_redis.url, prefix="chat-test", op_timeout_s=2.0,
                                   backoff_max_s=0.5)
     try:

@@ -1,10 +1,10 @@
-"""The object store: where attachment files (and archives) live.
+"""The object store's interface, and the helpers that work on any store.
 
 Files never pass through the service's request handlers for the API: clients get
 presigned URLs and talk to the store directly. Two stores have this shape:
-:class:`storage.objects_s3.S3Store` (S3 or an S3-compatible server) and
-:class:`storage.objects_local.LocalStore` (a directory; its URLs are signed by the
-service and served by ``server.routes.objects``).
+:class:`storage.objects.s3.S3Store` (S3 or an S3-compatible server) and
+:class:`storage.objects.local.LocalStore` (a directory; its URLs are signed by the
+service and served by ``server.objects``).
 
 A key is chosen by the service (``tenant/session/attachment``); a client never names one.
 """
@@ -14,11 +14,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import quote
 
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
 CHUNK_BYTES = 256 * 1024
+DELETE_FAILURES = Counter("chat_object_delete_failures_total",
+                          "Objects of deleted rows that the store failed to delete (logged)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +97,22 @@ async def verify(store: ObjectStore, key: str, *, size: int, sha256: str) -> Non
         digest = h.hexdigest()
     if digest != sha256:
         raise Mismatch("the uploaded file's sha256 differs from the one announced")
+
+
+async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
+    """Delete the objects of attachment rows that were just deleted (after the commit).
+
+    A failure is logged with the keys, never raised: the rows are gone, and the caller
+    has nothing to undo. An operator can delete the logged keys later.
+    """
+    if not keys:
+        return
+    try:
+        await store.delete(keys)
+    except Exception:
+        DELETE_FAILURES.inc(len(keys))
+        log.exception("objects could not be deleted",
+                      extra={"target": target, "object_keys": list(keys)})
 
 
 def expires_at(seconds: int) -> dt.datetime:

@@ -1,7 +1,7 @@
 """The local object store: files in a directory, for the zero-setup single machine.
 
 Its URLs point at the service itself (``/objects/{token}``, see
-``server.routes.objects``). A token is a signed, expiring grant for one method on
+``server.objects``). A token is a signed, expiring grant for one method on
 one key: for an upload it also fixes the size, type and SHA-256, and
 :meth:`LocalStore.write` stores only a body that matches all three, so a file that
 exists is always the one announced. The signing key comes from the settings or is
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from chat_storage.storage.objects import CHUNK_BYTES, ObjectInfo, Upload, expires_at
+from chat_storage.storage.objects.base import CHUNK_BYTES, ObjectInfo, Upload, expires_at
 
 PREFIX = "/objects/"
 KEY_FILE = ".signing-key"

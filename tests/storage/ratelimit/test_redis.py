@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from chat_storage.storage.broker_redis import connect
-from chat_storage.storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter, take_result
+from chat_storage.storage.ratelimit import Decision, RateLimitUnavailable, RedisLimiter, decision
+from chat_storage.storage.redis_client import connect
 from tests.conftest import REDIS_URL
-from tests.storage.test_broker_redis import PrivateRedis, free_port
+from tests.support.procs import RedisServer, free_port
 
 T0 = 1_700_000_000_000.0  # an injected "now", in ms
 
@@ -119,7 +119,7 @@ async def test_refill_uses_redis_time(client: Redis, prefix: str) -> None:
 
 
 async def test_script_reloads_after_redis_forgot_it(tmp_path: Path) -> None:
-    server = PrivateRedis(tmp_path)
+    server = RedisServer(tmp_path / "redis.log")
     await server.start()
     c = connect(server.url)
     try:
@@ -142,7 +142,7 @@ async def test_outage_raises_a_narrow_error() -> None:
         await c.aclose()
 
 
-def test_take_result_matches_the_header_arithmetic() -> None:
-    assert take_result(True, 4.5, 10, 2.0) == (True, 10, 4, 3, 0)
-    assert take_result(False, 0.25, 10, 2.0) == (False, 10, 0, 5, 1)
-    assert take_result(False, 0.0, 10, 0.1).retry_after_s == 10
+def test_decision_matches_the_header_arithmetic() -> None:
+    assert decision(True, 4.5, 10, 2.0) == Decision(True, 10, 4, 3, 0)
+    assert decision(False, 0.25, 10, 2.0) == Decision(False, 10, 0, 5, 1)
+    assert decision(False, 0.0, 10, 0.1).retry_after_s == 10

@@ -1,10 +1,9 @@
-"""The shared rate limit: the Redis token bucket, or this process's while Redis fails.
+"""The shared limiter that never fails a request: Redis, or memory while Redis fails.
 
-Redis outages never make requests fail here: the limiter falls back to the in-memory
+Redis outages never make requests fail: the limiter falls back to the in-memory
 bucket of this process for as long as Redis errors (fail open, still bounded per
 process — refusing every request because Redis is down would turn a cache outage into
-a full outage), logged on each change of state and counted; ``/readyz`` reports
-``redis: degraded`` but stays ready.
+a full outage), logged on each change of state and counted.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import logging
 
 from prometheus_client import Counter
 
-from chat_storage.server import ratelimit
-from chat_storage.storage.ratelimit_redis import RateLimitUnavailable, RedisLimiter
+from chat_storage.storage.ratelimit.base import Decision, Limiter, RateLimitUnavailable
+from chat_storage.storage.ratelimit.redis import RedisLimiter
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,12 @@ FALLBACKS = Counter(
 class SharedLimiter:
     """The Redis token bucket; this process's in-memory one while Redis fails."""
 
-    def __init__(self, shared: RedisLimiter, fallback: ratelimit.Limiter) -> None:
+    def __init__(self, shared: RedisLimiter, fallback: Limiter) -> None:
         self.shared = shared
         self.fallback = fallback
         self.failing = False
 
-    async def take(self, key: str) -> ratelimit.Decision:
+    async def take(self, key: str) -> Decision:
         """Take a token from the shared bucket of ``key`` (or the local one, see above)."""
         try:
             result = await self.shared.take(key)
@@ -45,4 +44,4 @@ class SharedLimiter:
         if self.failing:
             log.info("shared rate limit available again")
         self.failing = False
-        return ratelimit.Decision(*result)
+        return result

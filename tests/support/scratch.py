@@ -1,8 +1,9 @@
-"""Throwaway databases on a Postgres server, for the tests and the benchmarks.
+"""Throwaway databases on a Postgres server, for the tests.
 
-Both make a fresh database per run (or per test) next to the ones they administer
+The tests make a fresh database per run (or per test) next to the ones they administer
 through ``admin_url`` (a URL of any database on that server, usually ``postgres``),
 and drop it afterwards, whatever connections are still open on it.
+(``loadtest/harness.py`` has its own, as it runs without ``tests/``.)
 """
 
 from __future__ import annotations

@@ -11,20 +11,19 @@ may pass ``now_ms`` to make time explicit). A bucket is stored only while it is 
 full: its key expires when it would be full again, and a missing key means a full
 bucket.
 
-``server/`` turns a :class:`Take` into its ``Decision`` (``server.ratelimit``) and
-decides what happens when Redis fails (:class:`RateLimitUnavailable`).
+When Redis fails a take raises :class:`RateLimitUnavailable`;
+:class:`storage.ratelimit.fallback.SharedLimiter` decides what happens then.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat_storage.storage.errors import StorageError
+from chat_storage.storage.ratelimit.base import Decision, RateLimitUnavailable, decision
 from chat_storage.storage.redis_keys import RedisKeys
 
 # KEYS[1] bucket; ARGV rate per s, burst, now in ms ('' = Redis TIME), takes wanted.
@@ -58,28 +57,7 @@ return {granted, tostring(tokens)}
 """
 
 
-class RateLimitUnavailable(StorageError):
-    """Redis did not answer the take in time; the caller picks a fallback."""
-
-
-class Take(NamedTuple):
-    """The outcome of taking one token; the fields of ``server.ratelimit.Decision``."""
-
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_s: int  # seconds until the bucket is full again
-    retry_after_s: int  # seconds until one token is available (0 when allowed)
-
-
-def take_result(allowed: bool, tokens: float, burst: int, rate_per_s: float) -> Take:
-    """Build a :class:`Take` from a bucket's tokens after the take."""
-    reset_s = math.ceil((burst - tokens) / rate_per_s)
-    retry_s = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate_per_s))
-    return Take(allowed, burst, int(tokens), reset_s, retry_s)
-
-
-_Waiters = list["asyncio.Future[Take]"]
+_Waiters = list["asyncio.Future[Decision]"]
 
 
 class RedisLimiter:
@@ -100,13 +78,13 @@ class RedisLimiter:
         self._queued: dict[tuple[str, float | None], _Waiters] = {}
         self._drains: set[asyncio.Task[None]] = set()
 
-    async def take(self, key: str, *, now_ms: float | None = None) -> Take:
+    async def take(self, key: str, *, now_ms: float | None = None) -> Decision:
         """Take one token from ``key``'s bucket; :class:`RateLimitUnavailable` on outage.
 
         ``now_ms`` replaces Redis's clock (tests); keep it monotonic per key.
         """
         slot = (key, now_ms)
-        future: asyncio.Future[Take] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         queued = self._queued.get(slot)
         if queued is not None:  # a drain is under way: go with its next call
             queued.append(future)
@@ -155,4 +133,4 @@ class RedisLimiter:
             # what the bucket held after this take, had the takes gone one by one
             after = tokens + int(granted) - i - 1 if allowed else tokens
             if not waiter.done():
-                waiter.set_result(take_result(allowed, after, self.burst, self.rate_per_s))
+                waiter.set_result(decision(allowed, after, self.burst, self.rate_per_s))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiobotocore.session import get_session
 
-from tests.server.procs import free_port
+from tests.support.procs import free_port
 
 START_TIMEOUT_S = 30.0
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",

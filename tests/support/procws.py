@@ -1,4 +1,4 @@
-"""WebSockets of the server processes of tests/server/procs.py, read in the background."""
+"""WebSockets of the server processes of tests/support/procs.py, read in the background."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import Tenant
-from tests.server.procs import Server
+from tests.support.procs import Server
 
 Frame = dict[str, Any]
 

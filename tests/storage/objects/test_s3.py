@@ -10,9 +10,9 @@ import pytest
 
 from chat_storage.storage.errors import ObjectStoreUnavailable
 from chat_storage.storage.objects import Mismatch, verify
-from chat_storage.storage.objects_s3 import S3Store
-from tests.motoserver import CREDENTIALS
-from tests.server.procs import free_port
+from chat_storage.storage.objects.s3 import S3Store
+from tests.support.motoserver import CREDENTIALS
+from tests.support.procs import free_port
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ async def test_verify_reads_the_object_when_the_store_keeps_no_checksum(store: S
 async def test_put_read_and_delete_in_batches(store: S3Store,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # a small batch, so that several DeleteObjects calls are made
-    monkeypatch.setattr("chat_storage.storage.objects_s3.DELETE_BATCH", 2)
+    monkeypatch.setattr("chat_storage.storage.objects.s3.DELETE_BATCH", 2)
     keys = [f"t/s/{i}" for i in range(5)]
     for i, key in enumerate(keys):
         await store.put(key, bytes([i]) * (i + 1), "application/octet-stream")
