@@ -1,15 +1,18 @@
 """The app factory. The app is composed, never subclassed.
 
-Start order (cleanup_ctx): database (pool, migrations) → write registry.
-Shutdown runs it backwards: the registry flushes every mailbox and answers every
-waiter, then the pool closes. aiohttp stops accepting connections and finishes
-in-flight requests before either (``shutdown_timeout``).
+Start order (cleanup_ctx): database (pool, migrations) → the live side's fan-out (the
+registry's commit listener) → write registry → hub (producers' streams write through
+the registry). Shutdown runs it backwards: the hub stores held streams, then the
+registry flushes every mailbox and answers every waiter, then the pool closes.
+aiohttp stops accepting connections and finishes in-flight requests before either
+(``shutdown_timeout``).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from chat_storage.actors.write.shared import SharedCommitter, SinkFactory
 from chat_storage.server import (
     auth,
     database,
@@ -40,8 +43,12 @@ ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attac
                 search.routes, exports.routes, ws.routes, events.routes)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the application for ``settings``."""
+def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Application:
+    """Build the application for ``settings``.
+
+    ``sink``: what commits the session mailboxes' batches (default: the shared
+    committer; a benchmark swaps it).
+    """
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
     auth.setup(app, settings.api_key_cache_s)
@@ -52,7 +59,8 @@ def create_app(settings: Settings) -> web.Application:
     database.setup(app)
     objects.setup(app)  # attachment files: S3 or a local directory (and its URLs)
     redis.setup(app)  # broker + shared rate limit (replaces the memory limiter)
-    writer.setup(app)
+    streaming.setup_fanout(app)  # live side, part 1: the registry's commit listener
+    writer.setup(app, sink or SharedCommitter)
     streaming.setup(app)  # hub: after the registry and broker; closes connections first
     ingest.setup(app)  # async ingestion consumer (CHAT_INGEST_MODE=async): after the hub
     maintenance.setup(app)  # retention, temporary chats, stale uploads: after the store

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
@@ -24,6 +25,9 @@ from chat_storage.server import admin, database, logs
 from chat_storage.server.settings import Settings, SettingsError
 from chat_storage.storage import db, embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
+
+if TYPE_CHECKING:  # the write path is only imported to serve
+    from chat_storage.actors.write.shared import SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +74,13 @@ def _fail(message: str) -> None:
 # -- serve --------------------------------------------------------------------------------
 
 
-def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+def serve(settings: Settings, *, reuse_port: bool = False,
+          sink: SinkFactory | None = None) -> int:
     """Run the HTTP server until SIGTERM or SIGINT, then shut down gracefully.
 
-    ``reuse_port``: listen with SO_REUSEPORT (a worker of ``--workers N``).
+    ``reuse_port``: listen with SO_REUSEPORT (a worker of ``--workers N``). ``sink``:
+    what commits the session mailboxes' batches (default: the shared committer;
+    ``loadtest/serve_direct.py`` swaps it).
     """
     if settings.workers > 1:
         if settings.redis_url is None:
@@ -93,7 +100,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings, reuse_port))
+        return runner.run(_serve(settings, reuse_port, sink))
 
 
 # Python's default (700, 10, 10) collects the young generation every few requests
@@ -114,7 +121,8 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def _serve(settings: Settings, reuse_port: bool = False) -> int:
+async def _serve(settings: Settings, reuse_port: bool = False,
+                 sink: SinkFactory | None = None) -> int:
     from chat_storage.server.app import create_app  # the whole app is only needed to serve
 
     loop = asyncio.get_running_loop()
@@ -135,7 +143,8 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     runner = web.AppRunner(
-        create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+        create_app(settings, sink=sink), access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s
     )
     code = 0
     try:

@@ -9,8 +9,8 @@ session does not exist (or was deleted meanwhile), or whose ``parent_id`` is not
 message of the session, is dead-lettered when it is persisted. A full backlog
 (``CHAT_INGEST_MAX_BACKLOG``) or an unreachable Redis is 503: nothing was accepted.
 
-Persisting: every process runs one :class:`actors.ingest.IngestConsumer`, writing
-through this process's session actors (same seq and group-commit rules as a 201).
+Persisting: every process runs one :class:`actors.write.ingest.IngestConsumer`, writing
+through this process's session mailboxes (same seq and group-commit rules as a 201).
 
 Idempotency-Key: claimed in Postgres as for a 201, and the 202 answer is recorded
 right after the append. Should the process die between the two, the key's claim
@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from chat_storage.actors.ingest import IngestConsumer
+from chat_storage.actors.write.ingest import IngestConsumer
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.database import POOL_KEY
@@ -131,7 +131,7 @@ def setup(app: web.Application) -> None:
             return
         stream = IngestStream(app[REDIS_KEY], prefix=settings.redis_prefix,
                               max_backlog=settings.ingest_max_backlog)
-        consumer = IngestConsumer(stream, app[REGISTRY_KEY].write, app[POOL_KEY],
+        consumer = IngestConsumer(stream, app[REGISTRY_KEY], app[POOL_KEY],
                                   batch=settings.ingest_batch,
                                   claim_idle_s=settings.ingest_claim_idle_s)
         app[INGEST_KEY] = stream

@@ -1,8 +1,11 @@
-"""Streaming's place in the app: the hub, its hooks into the write path, open connections.
+"""Streaming's place in the app: the live side, built around the write path; open connections.
 
-Start order: after the broker (``server.redis``) and the session registry
-(``server.writer``): the hub writes through the registry, is told of every commit
-(``registry.on_commit``) and keeps busy sessions' actors alive (``registry.in_use``).
+Start order, in two steps around the registry (``server.writer``), all by constructor
+arguments: :func:`setup_fanout` (after the broker, ``server.redis``) builds the table
+of held streams, the feeds' source and the fan-out, which is the registry's commit
+listener (told of every commit, keeps busy sessions' mailboxes); :func:`setup` (after
+the registry) builds the producers' streams, which write through the registry, the
+sweeper, and the hub over them all.
 
 Shutdown, in steps: ``on_shutdown`` closes every WebSocket (1001, going away) and
 ends every event stream; the cleanup step then stores each answer still being
@@ -13,6 +16,7 @@ before the registry flushes and the pool closes (their cleanups run after this o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,15 +25,20 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from chat_storage.actors import stream_metrics
-from chat_storage.actors.hub import Hub, HubConfig
-from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.actors.live import metrics as stream_metrics
+from chat_storage.actors.live.config import HubConfig
+from chat_storage.actors.live.fanout import Fanout
+from chat_storage.actors.live.hub import Hub
+from chat_storage.actors.live.source import SessionSource
+from chat_storage.actors.live.stream_state import HeldStreams, StreamConfig
+from chat_storage.actors.live.streams import Streams
+from chat_storage.actors.live.sweeper import Sweeper
 from chat_storage.server import auth
 from chat_storage.server.database import POOL_KEY
 from chat_storage.server.errors import ApiError
 from chat_storage.server.redis import BROKER_KEY
 from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.writer import LISTENER_KEY, REGISTRY_KEY
 from chat_storage.storage import db, tickets
 from chat_storage.storage.ids import parse_uuid
 from chat_storage.storage.tenants import Principal
@@ -79,6 +88,17 @@ class Connections:
         await asyncio.gather(*(c() for c in closers), return_exceptions=True)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LiveBase:
+    """The live side built before the registry (what the fan-out needs, and the fan-out)."""
+
+    config: HubConfig
+    held: HeldStreams
+    source: SessionSource
+    fanout: Fanout
+
+
+LIVE_BASE_KEY = web.AppKey("live_base", LiveBase)
 HUB_KEY = web.AppKey("hub", Hub)
 CONNECTIONS_KEY = web.AppKey("stream_connections", Connections)
 
@@ -156,8 +176,30 @@ def hub_config(settings: Settings) -> HubConfig:
     )
 
 
+def setup_fanout(app: web.Application) -> None:
+    """Build the fan-out, the registry's commit listener: call before ``writer.setup``.
+
+    Nothing to start or stop here: the hub (:func:`setup`) owns its lifecycle.
+    """
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = hub_config(app[SETTINGS_KEY])
+        held = HeldStreams()
+        source = SessionSource(app[POOL_KEY], app[BROKER_KEY], held,
+                               acquire_timeout_s=config.stream.acquire_timeout_s)
+        fanout = Fanout(app[BROKER_KEY], source, held, config)
+        app[LIVE_BASE_KEY] = LiveBase(config, held, source, fanout)
+        app[LISTENER_KEY] = fanout
+        yield
+
+    app.cleanup_ctx.append(ctx)
+
+
 def setup(app: web.Application) -> None:
-    """Register the hub's lifecycle, the ticket authenticator and shutdown of connections."""
+    """Register the hub's lifecycle, the ticket authenticator and shutdown of connections.
+
+    Call after ``writer.setup``; the fan-out comes from :func:`setup_fanout`.
+    """
     settings = app[SETTINGS_KEY]
     app[CONNECTIONS_KEY] = Connections(settings.ws_max_connections_per_tenant)
     app[auth.AUTHENTICATORS_KEY].append(ticket_authenticator)
@@ -166,10 +208,11 @@ def setup(app: web.Application) -> None:
         await app[CONNECTIONS_KEY].close_all()
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        registry = app[REGISTRY_KEY]
-        hub = Hub(app[POOL_KEY], app[BROKER_KEY], registry.write, hub_config(settings))
-        registry.on_commit = hub.on_commit
-        registry.in_use = hub.in_use
+        base = app[LIVE_BASE_KEY]
+        streams = Streams(app[POOL_KEY], base.config.stream, base.held, base.fanout.emit,
+                          writer=app[REGISTRY_KEY])
+        sweeper = Sweeper(streams, base.source, base.held, base.fanout.emit, base.config)
+        hub = Hub(base.fanout, streams, sweeper)
         hub.start()
         app[HUB_KEY] = hub
         yield

@@ -1,4 +1,8 @@
-"""The write path's place in the app: the actor registry and its lifecycle.
+"""The write path's place in the app: the registry of session mailboxes and its lifecycle.
+
+Built after the live side's commit listener (``server.streaming.setup_fanout`` puts it
+under :data:`LISTENER_KEY`; without one nobody is told of commits), with the sink
+that commits the mailboxes' batches (the shared committer unless told otherwise).
 
 Shutdown: ``on_shutdown`` (sites already closed) makes the registry refuse new
 writes (503) and start flushing, bounded by 80% of ``CHAT_SHUTDOWN_TIMEOUT_S`` so
@@ -13,18 +17,22 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.registry import Registry
+from chat_storage.actors.write.committer import Committer
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.protocols import CommitListener
+from chat_storage.actors.write.registry import Registry
+from chat_storage.actors.write.shared import SharedCommitter, SinkFactory
 from chat_storage.server.database import POOL_KEY
 from chat_storage.server.settings import SETTINGS_KEY, Settings
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
+LISTENER_KEY: web.AppKey[CommitListener] = web.AppKey("commit_listener")
 FLUSH_SHARE = 0.8  # of the shutdown timeout; the rest is for the pool and the exit
 
 
-def actor_config(settings: Settings) -> ActorConfig:
+def write_config(settings: Settings) -> WriteConfig:
     """The write path's knobs from the settings."""
-    return ActorConfig(
+    return WriteConfig(
         max_batch=settings.max_batch,
         mailbox_size=settings.mailbox_size,
         # all mailboxes together: bounded memory however many sessions are written to
@@ -35,8 +43,11 @@ def actor_config(settings: Settings) -> ActorConfig:
     )
 
 
-def setup(app: web.Application) -> None:
-    """Start the registry after the pool; on shutdown flush it before the pool closes."""
+def setup(app: web.Application, sink: SinkFactory = SharedCommitter) -> None:
+    """Start the registry after the pool; on shutdown flush it before the pool closes.
+
+    ``sink`` makes what commits the mailboxes' batches from the committer.
+    """
     closing: list[asyncio.Task[None]] = []  # the one flush, started by whichever comes first
 
     def start_closing(registry: Registry, settings: Settings) -> asyncio.Task[None]:
@@ -54,8 +65,10 @@ def setup(app: web.Application) -> None:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS_KEY]
+        config = write_config(settings)
         registry = Registry(
-            app[POOL_KEY], actor_config(settings), idle_s=settings.actor_idle_s,
+            sink(Committer(app[POOL_KEY], config), config), config,
+            listener=app.get(LISTENER_KEY), idle_s=settings.actor_idle_s,
             write_timeout_s=settings.write_timeout_s,
         )
         registry.start()

@@ -1,9 +1,10 @@
 """Session events: what subscribers receive, each encoded once, and their broker envelope.
 
-Every event is a JSON text frame of API.md ("Streaming over WebSocket"), built once
-and sent as is to every WebSocket subscriber (SSE adds its ``id:``/``event:`` lines).
-The fields the fan-out needs to order and de-duplicate (``seq``, ``stream_id``,
-``offset``) travel beside the frame so nothing is parsed twice in one process.
+Every event is a JSON body of API.md ("Streaming over WebSocket"), built once and
+handed as is to every subscriber; how it goes on the wire (a WebSocket text frame, an
+SSE ``data:`` line) is the transport's business, in ``server/``. The fields the
+fan-out needs to order and de-duplicate (``seq``, ``stream_id``, ``offset``) travel
+beside the body so nothing is parsed twice in one process.
 
 A stream's id is its message's id: a subscriber on any replica, or a REST reader, can
 tie a stream to its row without another lookup. ``offset`` counts Unicode code points
@@ -13,12 +14,13 @@ tie a stream to its row without another lookup. ``offset`` counts Unicode code p
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from chat_storage.storage.jsoncodec import dumps
+from chat_storage.storage.records import SessionKey, StoredMessage
 
 CREATED = "message.created"
 STARTED = "stream.started"
@@ -29,12 +31,11 @@ ABORTED = "stream.aborted"
 INTERRUPTED = "stream.interrupted"
 FINAL_BY_STATUS = {"complete": COMPLETED, "aborted": ABORTED, "interrupted": INTERRUPTED}
 FINALS = frozenset(FINAL_BY_STATUS.values())
-__all__ = ["dumps"]  # re-exported: the encoding of every frame
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """One event of a session, with its encoded frame."""
+class SessionEvent:
+    """One event of a session, with its encoded JSON body (``frame``)."""
 
     kind: str
     frame: bytes
@@ -43,7 +44,7 @@ class Event:
     offset: int = 0  # delta: content length before it; snapshot: content length
     text: str = ""  # delta text, or snapshot content
     role: str = ""
-    message: Mapping[str, Any] | None = None
+    message: Mapping[str, Any] | None = None  # a StoredMessage, or its JSON from the broker
 
     @property
     def end(self) -> int:
@@ -51,52 +52,56 @@ class Event:
         return self.offset + len(self.text)
 
 
-def created(message: Mapping[str, Any]) -> Event:
+# How producers and the sweeper hand an event to the fan-out (``Fanout.emit``).
+Emit = Callable[[SessionKey, SessionEvent], None]
+
+
+def created(message: StoredMessage) -> SessionEvent:
     """``message.created``: a committed message (any final status)."""
-    return Event(CREATED, dumps({"type": CREATED, "message": message}), int(message["seq"]),
-                 str(message["id"]), message=message)
+    return SessionEvent(CREATED, dumps({"type": CREATED, "message": message}),
+                        int(message["seq"]), str(message["id"]), message=message)
 
 
-def started(message: Mapping[str, Any]) -> Event:
+def started(message: StoredMessage) -> SessionEvent:
     """``stream.started``: a streamed message took its place in the session."""
     sid = str(message["id"])
     frame = {"type": STARTED, "stream_id": sid, "message_id": sid, "seq": message["seq"],
              "role": message["role"]}
-    return Event(STARTED, dumps(frame), int(message["seq"]), sid, role=str(message["role"]),
-                 message=message)
+    return SessionEvent(STARTED, dumps(frame), int(message["seq"]), sid,
+                        role=str(message["role"]), message=message)
 
 
-def delta(stream_id: str, offset: int, text: str) -> Event:
+def delta(stream_id: str, offset: int, text: str) -> SessionEvent:
     """``stream.delta``: ``text`` appended at ``offset``."""
     frame = {"type": DELTA, "stream_id": stream_id, "offset": offset, "delta": text}
-    return Event(DELTA, dumps(frame), 0, stream_id, offset, text)
+    return SessionEvent(DELTA, dumps(frame), 0, stream_id, offset, text)
 
 
-def snapshot(stream_id: str, seq: int, content: str) -> Event:
+def snapshot(stream_id: str, seq: int, content: str) -> SessionEvent:
     """``stream.snapshot``: everything streamed so far, for one who joins mid-stream."""
     frame = {"type": SNAPSHOT, "stream_id": stream_id, "message_id": stream_id, "seq": seq,
              "content": content, "offset": len(content)}
-    return Event(SNAPSHOT, dumps(frame), seq, stream_id, len(content), content)
+    return SessionEvent(SNAPSHOT, dumps(frame), seq, stream_id, len(content), content)
 
 
-def final(message: Mapping[str, Any]) -> Event:
+def final(message: StoredMessage) -> SessionEvent:
     """``stream.completed`` / ``aborted`` / ``interrupted`` for a message that ended."""
     kind = FINAL_BY_STATUS[str(message["status"])]
-    return Event(kind, dumps({"type": kind, "message": message}), int(message["seq"]),
-                 str(message["id"]), message=message)
+    return SessionEvent(kind, dumps({"type": kind, "message": message}), int(message["seq"]),
+                        str(message["id"]), message=message)
 
 
-def from_row(message: Mapping[str, Any]) -> Event:
+def from_row(message: StoredMessage) -> SessionEvent:
     """The event that announces a stored row: started if still streaming, else created."""
     return started(message) if message["status"] == "streaming" else created(message)
 
 
-def trimmed(event: Event, have: int) -> Event:
+def trimmed(event: SessionEvent, have: int) -> SessionEvent:
     """``event`` (a delta overlapping what is already there) without its first part."""
     return delta(event.stream_id, have, event.text[have - event.offset:])
 
 
-def tail(history: list[Event], stream_id: str, have: int) -> str:
+def tail(history: list[SessionEvent], stream_id: str, have: int) -> str:
     """The text of ``stream_id`` that ``history`` holds beyond its first ``have`` code points."""
     parts: list[str] = []
     for ev in history:
@@ -106,17 +111,13 @@ def tail(history: list[Event], stream_id: str, have: int) -> str:
     return "".join(parts)
 
 
-def reply(kind: str, **fields: Any) -> bytes:
-    """A frame for one connection only (``ack``, ``error``, ``pong``, ...)."""
-    return dumps({"type": kind, **fields})
-
-
-def envelope(origin: bytes, event: Event) -> bytes:
+def envelope(origin: bytes, event: SessionEvent) -> bytes:
     """The broker form of ``event``: who published it, a space, the frame."""
     return origin + b" " + event.frame
 
 
-def open_envelope(data: bytes, skip_origin: bytes | None = None) -> tuple[bytes, Event | None]:
+def open_envelope(data: bytes,
+                  skip_origin: bytes | None = None) -> tuple[bytes, SessionEvent | None]:
     """``(origin, event)`` from :func:`envelope`; ``event`` is ``None`` if unreadable.
 
     An event from ``skip_origin`` is not parsed (``None``): it is this process's own.
@@ -128,15 +129,15 @@ def open_envelope(data: bytes, skip_origin: bytes | None = None) -> tuple[bytes,
         body = orjson.loads(frame)
         kind = body["type"]
         if kind == DELTA:
-            return origin, Event(DELTA, frame, 0, body["stream_id"], int(body["offset"]),
-                                 body["delta"])
+            return origin, SessionEvent(DELTA, frame, 0, body["stream_id"],
+                                        int(body["offset"]), body["delta"])
         if kind == STARTED:
-            return origin, Event(STARTED, frame, int(body["seq"]), body["stream_id"],
-                                 role=body["role"])
+            return origin, SessionEvent(STARTED, frame, int(body["seq"]), body["stream_id"],
+                                        role=body["role"])
         if kind == CREATED or kind in FINALS:
             message = body["message"]
-            return origin, Event(kind, frame, int(message["seq"]), message["id"],
-                                 message=message)
+            return origin, SessionEvent(kind, frame, int(message["seq"]), message["id"],
+                                        message=message)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         pass
     return origin, None

@@ -1,4 +1,10 @@
-"""The state of one streamed answer held by this process, and the streams' vocabulary."""
+"""The streamed answers held by this process: their state, their table, their vocabulary.
+
+:class:`HeldStreams` is built before anything that uses it: the fan-out reads it (a
+session with a stream held here is in use; late joiners get its content) and drops
+streams other replicas ended, the producers' :class:`~chat_storage.actors.live.streams.Streams`
+add and drop the streams their connections produce.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-StreamKey = tuple[uuid.UUID, uuid.UUID]
+from chat_storage.actors.live import metrics
+from chat_storage.storage.records import SessionKey
 
 
 class Owner(Protocol):
@@ -43,7 +50,7 @@ class OwnedStream:
     __slots__ = ("chunks", "ending", "grace", "id", "key", "length", "message_id", "owner",
                  "role", "saved_len", "saving", "seq", "size_bytes", "touched_at")
 
-    def __init__(self, message: Mapping[str, Any], key: StreamKey, owner: Owner) -> None:
+    def __init__(self, message: Mapping[str, Any], key: SessionKey, owner: Owner) -> None:
         self.message_id: uuid.UUID = message["id"]
         self.id = str(self.message_id)
         self.key = key
@@ -63,3 +70,55 @@ class OwnedStream:
         if len(self.chunks) > 1:
             self.chunks = ["".join(self.chunks)]
         return self.chunks[0] if self.chunks else ""
+
+
+class HeldStreams:
+    """The streams held by this process, by id and by session (no I/O, never waits)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, OwnedStream] = {}
+        self._by_session: dict[SessionKey, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[OwnedStream]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, stream_id: str) -> OwnedStream | None:
+        """The stream ``stream_id``, if held here."""
+        return self._by_id.get(stream_id)
+
+    def active(self, key: SessionKey) -> bool:
+        """Whether this process holds a stream of the session ``key``."""
+        return key in self._by_session
+
+    def local(self, key: SessionKey) -> dict[str, str]:
+        """Content so far of the session's streams held here, by stream id."""
+        return {sid: self._by_id[sid].text() for sid in self._by_session.get(key, ())}
+
+    def content(self, key: SessionKey, stream_id: str) -> str | None:
+        """Content so far of one stream of the session, if held here."""
+        st = self._by_id.get(stream_id)
+        return st.text() if st is not None and st.key == key else None
+
+    def add(self, st: OwnedStream) -> None:
+        """Hold ``st``."""
+        self._by_id[st.id] = st
+        self._by_session.setdefault(st.key, set()).add(st.id)
+        metrics.STREAMS_OPEN.inc()
+
+    def drop(self, stream_id: str) -> None:
+        """Stop holding a stream (ended here or elsewhere); cancels its grace period."""
+        st = self._by_id.pop(stream_id, None)
+        if st is None:
+            return
+        metrics.STREAMS_OPEN.dec()
+        if st.grace is not None:
+            st.grace.cancel()
+            st.grace = None
+        ids = self._by_session.get(st.key)
+        if ids is not None:
+            ids.discard(st.id)
+            if not ids:
+                del self._by_session[st.key]

@@ -1,4 +1,5 @@
-"""Helpers shared by the route modules: path ids, DB calls, writes with idempotency."""
+"""Helpers shared by the route modules: path ids, DB calls, writes with idempotency,
+message bodies made storable (REST and WebSocket alike)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from aiohttp import web
 
 from chat_storage.server.database import POOL_KEY
 from chat_storage.server.errors import not_found
-from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.limits import check_json, check_text
+from chat_storage.server.schemas import MessageCreate
+from chat_storage.server.settings import SETTINGS_KEY, Settings
 from chat_storage.storage import db
-from chat_storage.storage.ids import parse_uuid
+from chat_storage.storage.ids import new_id, parse_uuid
+from chat_storage.storage.messages import NewMessage
 
 T = TypeVar("T")
 
@@ -50,3 +54,19 @@ def actor_name(request: web.Request) -> str:
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") -> NewMessage:
+    """Check the size limits of ``body`` and make it a storable message."""
+    check_text(f"{prefix}content", body.content, settings.max_content_bytes)
+    context = None if body.context is None else [
+        c.model_dump(exclude_none=True) for c in body.context
+    ]
+    check_json(f"{prefix}context", context, settings.max_context_bytes)
+    check_json(f"{prefix}metadata", body.metadata, settings.max_metadata_bytes)
+    usage = None if body.usage is None else body.usage.model_dump(exclude_none=True)
+    return NewMessage(
+        id=new_id(), role=body.role, content=body.content, sender_id=body.sender_id,
+        parent_id=body.parent_id, context=context, metadata=body.metadata, usage=usage,
+        attachment_ids=tuple(body.attachment_ids),
+    )
