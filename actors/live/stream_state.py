@@ -12,11 +12,11 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from chat_storage.actors.live import metrics
-from chat_storage.storage.records import SessionKey
+from chat_storage.storage.records import SessionKey, StoredMessage
 
 
 class Owner(Protocol):
@@ -50,7 +50,7 @@ class OwnedStream:
     __slots__ = ("chunks", "ending", "grace", "id", "key", "length", "message_id", "owner",
                  "role", "saved_len", "saving", "seq", "size_bytes", "touched_at")
 
-    def __init__(self, message: Mapping[str, Any], key: SessionKey, owner: Owner) -> None:
+    def __init__(self, message: StoredMessage, key: SessionKey, owner: Owner) -> None:
         self.message_id: uuid.UUID = message["id"]
         self.id = str(self.message_id)
         self.key = key
