@@ -36,3 +36,15 @@ def check_text(field: str, value: str, max_bytes: int) -> None:
     if len(value) > max_bytes or len(value.encode()) > max_bytes:
         raise ApiError(400, "request body is invalid",
                        errors=[{"field": field, "message": f"must be at most {max_bytes} bytes"}])
+
+
+MAX_USER_ID = 128
+
+
+def check_user_id(user_id: str, field: str = "user_id") -> str:
+    """``user_id`` if it could name a user (1 to 128 characters, no NUL); else 400."""
+    if not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
+        raise ApiError(400, "request is invalid", errors=[{
+            "field": field,
+            "message": f"must be 1 to {MAX_USER_ID} characters without NUL"}])
+    return user_id

@@ -13,7 +13,7 @@ from chat_storage.server import idempotency, objects, pagination
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
-from chat_storage.server.limits import check_json
+from chat_storage.server.limits import check_json, check_user_id
 from chat_storage.server.routes.common import actor_name, path_uuid, request_id, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
@@ -33,18 +33,6 @@ routes = RouteTable("sessions")
 SESSIONS_PATH = "/api/v1/sessions"
 SESSION_PATH = "/api/v1/sessions/{session_id}"
 USER_SESSIONS_PATH = "/api/v1/users/{user_id}/sessions"
-MAX_USER_ID = 128
-
-
-def check_user_id(user_id: str, field: str = "user_id") -> str:
-    """``user_id`` if it could name a user (1 to 128 characters, no NUL); else 400."""
-    if not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
-        raise ApiError(400, "request is invalid", errors=[{
-            "field": field,
-            "message": f"must be 1 to {MAX_USER_ID} characters without NUL"}])
-    return user_id
-
-
 @routes.post(SESSIONS_PATH, body=SessionCreate, idempotent=True,
              responses={201: Session, 400: Error, 409: Error, 422: Error})
 async def create_session(request: web.Request) -> web.Response:
