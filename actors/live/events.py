@@ -35,10 +35,10 @@ FINALS = frozenset(FINAL_BY_STATUS.values())
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionEvent:
-    """One event of a session, with its encoded JSON body (``frame``)."""
+    """One event of a session, with its JSON body encoded once."""
 
     kind: str
-    frame: bytes
+    body: bytes
     seq: int = 0  # the message's seq; 0 for a delta (its stream has one)
     stream_id: str = ""
     offset: int = 0  # delta: content length before it; snapshot: content length
@@ -65,23 +65,23 @@ def created(message: StoredMessage) -> SessionEvent:
 def started(message: StoredMessage) -> SessionEvent:
     """``stream.started``: a streamed message took its place in the session."""
     sid = str(message["id"])
-    frame = {"type": STARTED, "stream_id": sid, "message_id": sid, "seq": message["seq"],
-             "role": message["role"]}
-    return SessionEvent(STARTED, dumps(frame), int(message["seq"]), sid,
+    body = {"type": STARTED, "stream_id": sid, "message_id": sid, "seq": message["seq"],
+            "role": message["role"]}
+    return SessionEvent(STARTED, dumps(body), int(message["seq"]), sid,
                         role=str(message["role"]), message=message)
 
 
 def delta(stream_id: str, offset: int, text: str) -> SessionEvent:
     """``stream.delta``: ``text`` appended at ``offset``."""
-    frame = {"type": DELTA, "stream_id": stream_id, "offset": offset, "delta": text}
-    return SessionEvent(DELTA, dumps(frame), 0, stream_id, offset, text)
+    body = {"type": DELTA, "stream_id": stream_id, "offset": offset, "delta": text}
+    return SessionEvent(DELTA, dumps(body), 0, stream_id, offset, text)
 
 
 def snapshot(stream_id: str, seq: int, content: str) -> SessionEvent:
     """``stream.snapshot``: everything streamed so far, for one who joins mid-stream."""
-    frame = {"type": SNAPSHOT, "stream_id": stream_id, "message_id": stream_id, "seq": seq,
-             "content": content, "offset": len(content)}
-    return SessionEvent(SNAPSHOT, dumps(frame), seq, stream_id, len(content), content)
+    body = {"type": SNAPSHOT, "stream_id": stream_id, "message_id": stream_id, "seq": seq,
+            "content": content, "offset": len(content)}
+    return SessionEvent(SNAPSHOT, dumps(body), seq, stream_id, len(content), content)
 
 
 def final(message: StoredMessage) -> SessionEvent:
@@ -112,8 +112,8 @@ def tail(history: list[SessionEvent], stream_id: str, have: int) -> str:
 
 
 def envelope(origin: bytes, event: SessionEvent) -> bytes:
-    """The broker form of ``event``: who published it, a space, the frame."""
-    return origin + b" " + event.frame
+    """The broker form of ``event``: who published it, a space, its body."""
+    return origin + b" " + event.body
 
 
 def open_envelope(data: bytes,
@@ -122,21 +122,21 @@ def open_envelope(data: bytes,
 
     An event from ``skip_origin`` is not parsed (``None``): it is this process's own.
     """
-    origin, _, frame = data.partition(b" ")
+    origin, _, body = data.partition(b" ")
     if origin == skip_origin:
         return origin, None
     try:
-        body = orjson.loads(frame)
-        kind = body["type"]
+        fields = orjson.loads(body)
+        kind = fields["type"]
         if kind == DELTA:
-            return origin, SessionEvent(DELTA, frame, 0, body["stream_id"],
-                                        int(body["offset"]), body["delta"])
+            return origin, SessionEvent(DELTA, body, 0, fields["stream_id"],
+                                        int(fields["offset"]), fields["delta"])
         if kind == STARTED:
-            return origin, SessionEvent(STARTED, frame, int(body["seq"]), body["stream_id"],
-                                        role=body["role"])
+            return origin, SessionEvent(STARTED, body, int(fields["seq"]), fields["stream_id"],
+                                        role=fields["role"])
         if kind == CREATED or kind in FINALS:
-            message = body["message"]
-            return origin, SessionEvent(kind, frame, int(message["seq"]), message["id"],
+            message = fields["message"]
+            return origin, SessionEvent(kind, body, int(message["seq"]), message["id"],
                                         message=message)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         pass

@@ -145,4 +145,4 @@ class Subscription:
             self._final.discard(self._final_order.popleft())
 
     def _render(self, ev: SessionEvent) -> bytes:
-        return ev.frame if self.render is None else self.render(ev, self)
+        return ev.body if self.render is None else self.render(ev, self)

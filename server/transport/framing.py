@@ -33,7 +33,7 @@ def event_id(sub: Subscription) -> str:
 def sse_event(ev: SessionEvent, sub: Subscription) -> bytes:
     """``ev`` as one SSE event, its id the position of ``sub`` after it (a ``Render``)."""
     return b"".join((b"id: ", event_id(sub).encode(), b"\nevent: ", ev.kind.encode(),
-                     b"\ndata: ", ev.frame, b"\n\n"))
+                     b"\ndata: ", ev.body, b"\n\n"))
 
 
 def sse_error(code: str, message: str) -> bytes:
