@@ -33,7 +33,8 @@ class Registry:
     ``sink`` commits the mailboxes' batches (a
     :class:`~chat_storage.actors.write.shared.SharedCommitter`); ``listener`` is told of
     every commit (the fan-out of ``message.created``) and keeps a session's mailbox
-    while it says the session is in use (it has subscribers or streams).
+    while it says the session is in use (it has subscribers or streams). The registry
+    owns the sink: :meth:`start` starts it and :meth:`close` stops it, last.
     """
 
     def __init__(
@@ -66,7 +67,7 @@ class Registry:
         return sum(m.depth for m in self._mailboxes.values())
 
     def start(self) -> None:
-        """Start the committer and the janitor (deadlines, idle eviction)."""
+        """Start the sink (the committer) and the janitor (deadlines, idle eviction)."""
         self._sink.start()
         metrics.watch(self)
         self._janitor = asyncio.create_task(self._janitor_loop(), name="registry-janitor")
