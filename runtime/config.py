@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.hub import HubConfig
-from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.actors.live.config import HubConfig
+from chat_storage.actors.live.stream_state import StreamConfig
+from chat_storage.actors.write.config import WriteConfig
 from chat_storage.server.settings import Settings
 
 
-def actors(settings: Settings) -> ActorConfig:
+def write(settings: Settings) -> WriteConfig:
     """The write path's knobs."""
-    return ActorConfig(
+    return WriteConfig(
         max_batch=settings.max_batch,
         mailbox_size=settings.mailbox_size,
         # all mailboxes together: bounded memory however many sessions are written to
@@ -21,7 +21,7 @@ def actors(settings: Settings) -> ActorConfig:
     )
 
 
-def hub(settings: Settings) -> HubConfig:
+def live(settings: Settings) -> HubConfig:
     """The streaming knobs."""
     return HubConfig(
         send_queue=settings.ws_send_queue,

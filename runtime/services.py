@@ -7,9 +7,11 @@ it built, passed as constructor arguments:
 2. the object store: S3 or a local directory;
 3. Redis, if configured: one client for the broker, the shared rate limit and ingestion;
    else the memory broker and the in-memory limiter;
-4. the write path: the session registry and its group committer;
-5. live streaming: the hub (feeds, producers' streams, relay, sweeper), told of every
-   commit by the registry through the ``CommitListener`` protocol;
+4. live streaming, part one: the table of streams held here, the feeds' source and the
+   fan-out (feeds, relay), which is the write path's ``CommitListener``;
+5. the write path: the group committer and the session registry, which tells the
+   fan-out of every commit; then live streaming, part two: the producers' streams
+   (they write through the registry), the sweeper, and the hub in front of them all;
 6. async ingestion (``CHAT_INGEST_MODE=async``): the ingest stream and its consumer;
 7. maintenance every ``CHAT_MAINTENANCE_INTERVAL_S``.
 
@@ -29,9 +31,16 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat_storage.actors.hub import Hub
-from chat_storage.actors.ingest import IngestConsumer
-from chat_storage.actors.registry import Registry
+from chat_storage.actors.live.fanout import Fanout
+from chat_storage.actors.live.hub import Hub
+from chat_storage.actors.live.source import SessionSource
+from chat_storage.actors.live.stream_state import HeldStreams
+from chat_storage.actors.live.streams import Streams
+from chat_storage.actors.live.sweeper import Sweeper
+from chat_storage.actors.write.committer import Committer
+from chat_storage.actors.write.ingest import IngestConsumer
+from chat_storage.actors.write.registry import Registry
+from chat_storage.actors.write.shared import SharedCommitter, SinkFactory
 from chat_storage.runtime import config, maintenance
 from chat_storage.runtime.database import close_pool, open_database
 from chat_storage.runtime.deadline import Deadline
@@ -67,8 +76,12 @@ class Services:
     _intake_stopped: bool = False
 
     @classmethod
-    async def open(cls, settings: Settings) -> Services:
-        """Build and start every service; on failure, close what was opened and raise."""
+    async def open(cls, settings: Settings, *, sink: SinkFactory | None = None) -> Services:
+        """Build and start every service; on failure, close what was opened and raise.
+
+        ``sink``: what commits the session mailboxes' batches (default: the shared
+        committer; ``loadtest/serve_direct.py`` swaps it to measure what it buys).
+        """
         tasks = Supervisor()
         async with contextlib.AsyncExitStack() as undo:
             pool = await open_database(settings)
@@ -79,11 +92,17 @@ class Services:
             undo.push_async_callback(broker.close)
             if redis is not None:
                 undo.push_async_callback(redis.aclose)
-            registry = Registry(pool, config.actors(settings), idle_s=settings.actor_idle_s,
+            live = config.live(settings)
+            held = HeldStreams()
+            source = SessionSource(pool, broker, held,
+                                   acquire_timeout_s=live.stream.acquire_timeout_s)
+            fanout = Fanout(broker, source, held, live)
+            write = config.write(settings)
+            registry = Registry((sink or SharedCommitter)(Committer(pool, write), write), write,
+                                listener=fanout, idle_s=settings.actor_idle_s,
                                 write_timeout_s=settings.write_timeout_s)
-            hub = Hub(pool, broker, registry.write, config.hub(settings))
-            registry.on_commit = hub.on_commit
-            registry.in_use = hub.in_use
+            streams = Streams(pool, live.stream, held, fanout.emit, writer=registry)
+            hub = Hub(fanout, streams, Sweeper(streams, source, held, fanout.emit, live))
             registry.start()
             undo.push_async_callback(registry.close, 0.0)
             hub.start()
@@ -94,7 +113,7 @@ class Services:
                     raise RuntimeError("async ingestion needs REDIS_URL")
                 ingest = IngestStream(redis, prefix=settings.redis_prefix,
                                       max_backlog=settings.ingest_max_backlog)
-                consumer = IngestConsumer(ingest, registry.write, pool,
+                consumer = IngestConsumer(ingest, registry, pool,
                                           batch=settings.ingest_batch,
                                           claim_idle_s=settings.ingest_claim_idle_s)
                 consumer.start()

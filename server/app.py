@@ -14,10 +14,12 @@ the services with what is left of that deadline.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from chat_storage.actors.write.shared import SinkFactory
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
 from chat_storage.server import auth, middlewares, objects, state, streaming
@@ -49,12 +51,17 @@ class Shutdown:
 SHUTDOWN_KEY = web.AppKey("shutdown", Shutdown)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the application for ``settings``."""
+def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Application:
+    """Build the application for ``settings``.
+
+    ``sink``: what commits the session mailboxes' batches (default: the shared
+    committer; a benchmark swaps it).
+    """
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
     app[SHUTDOWN_KEY] = Shutdown()
-    app.cleanup_ctx.append(_services)  # first: every other context may use the services
+    # first: every other context may use the services
+    app.cleanup_ctx.append(functools.partial(_services, sink=sink))
     auth.setup(app, settings.api_key_cache_s)
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
@@ -68,8 +75,9 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _services(app: web.Application) -> AsyncIterator[None]:
-    services = await Services.open(app[SETTINGS_KEY])
+async def _services(app: web.Application, *,
+                    sink: SinkFactory | None) -> AsyncIterator[None]:
+    services = await Services.open(app[SETTINGS_KEY], sink=sink)
     state.expose(app, services)
     yield
     deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)

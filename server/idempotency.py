@@ -21,7 +21,7 @@ from chat_storage.server.settings import SETTINGS_KEY
 from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as store
-from chat_storage.storage.idempotency import Claim, Outcome
+from chat_storage.storage.idempotency import Claim, ClaimStatus
 
 log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
@@ -49,11 +49,11 @@ async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
         lambda conn: store.claim(conn, tenant_id, key, digest, ttl_s=settings.idempotency_ttl_s),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
-    if result.outcome is Outcome.CLAIMED:
+    if result.outcome is ClaimStatus.CLAIMED:
         return result.claim
-    if result.outcome is Outcome.MISMATCH:
+    if result.outcome is ClaimStatus.MISMATCH:
         raise ApiError(422, "Idempotency-Key was already used with a different request")
-    if result.outcome is Outcome.IN_FLIGHT:
+    if result.outcome is ClaimStatus.IN_FLIGHT:
         raise ApiError(409, "a request with this Idempotency-Key is still in progress",
                        headers={"Retry-After": "1"})
     assert result.status_code is not None  # REPLAY always carries the stored answer

@@ -9,9 +9,9 @@ session does not exist (or was deleted meanwhile), or whose ``parent_id`` is not
 message of the session, is dead-lettered when it is persisted. A full backlog
 (``CHAT_INGEST_MAX_BACKLOG``) or an unreachable Redis is 503: nothing was accepted.
 
-Persisting: every process runs one :class:`actors.ingest.IngestConsumer` (a service of
-:mod:`chat_storage.runtime.services`), writing through this process's session actors
-(same seq and group-commit rules as a 201).
+Persisting: every process runs one :class:`actors.write.ingest.IngestConsumer` (a
+service of :mod:`chat_storage.runtime.services`), writing through this process's
+session mailboxes (same seq and group-commit rules as a 201).
 
 Idempotency-Key: claimed in Postgres as for a 201, and the 202 answer is recorded
 right after the append. Should the process die between the two, the key's claim

@@ -31,3 +31,5 @@ def check_text(field: str, value: str, max_bytes: int) -> None:
     if len(value) > max_bytes or len(value.encode()) > max_bytes:
         raise ApiError(400, "request body is invalid",
                        errors=[{"field": field, "message": f"must be at most {max_bytes} bytes"}])
+
+

@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
@@ -22,15 +23,21 @@ from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
 
+if TYPE_CHECKING:  # the write path is only imported to serve
+    from chat_storage.actors.write.shared import SinkFactory
+
 log = logging.getLogger(__name__)
 
 DEV_TENANT = "dev"
 
 
-def serve_one(settings: Settings, *, reuse_port: bool = False) -> int:
+def serve_one(settings: Settings, *, reuse_port: bool = False,
+              sink: SinkFactory | None = None) -> int:
     """Serve in this process until SIGTERM or SIGINT, then shut down gracefully.
 
-    ``reuse_port``: listen with SO_REUSEPORT (a worker of ``--workers N``).
+    ``reuse_port``: listen with SO_REUSEPORT (a worker of ``--workers N``). ``sink``:
+    what commits the session mailboxes' batches (default: the shared committer;
+    ``loadtest/serve_direct.py`` swaps it).
     """
     logs.configure(settings.log_level)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
@@ -41,7 +48,7 @@ def serve_one(settings: Settings, *, reuse_port: bool = False) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings, reuse_port))
+        return runner.run(_serve(settings, reuse_port, sink))
 
 
 # Python's default (700, 10, 10) collects the young generation every few requests
@@ -53,16 +60,17 @@ def tune_gc() -> None:
     """Once started: move what start-up made (modules, app, pool) out of the collector's
     way (``gc.freeze``) and collect less often.
 
-    Measured with ``loadtest/bench_writes.py --modes http-quiet`` (64 writers): p99
-    from 54-60 ms to 28-29 ms, server CPU per request 10-20% lower. Reference cycles
-    are still collected, only in larger steps.
+    This shortens the write path's tail latency and lowers server CPU per request
+    (see loadtest/RESULTS.md#garbage-collection). Reference cycles are still collected,
+    only in larger steps.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def _serve(settings: Settings, reuse_port: bool = False) -> int:
+async def _serve(settings: Settings, reuse_port: bool = False,
+                 sink: SinkFactory | None = None) -> int:
     from chat_storage.server.app import create_app  # the whole app is only needed to serve
 
     loop = asyncio.get_running_loop()
@@ -83,7 +91,8 @@ async def _serve(settings: Settings, reuse_port: bool = False) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     runner = web.AppRunner(
-        create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+        create_app(settings, sink=sink), access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
     )
     code = 0
     try:

@@ -10,8 +10,8 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from chat_storage.actors.hub import Hub
-from chat_storage.actors.registry import Registry
+from chat_storage.actors.live.hub import Hub
+from chat_storage.actors.write.registry import Registry
 from chat_storage.runtime.services import Services
 from chat_storage.server.ratelimit import LIMITER_KEY
 from chat_storage.storage.broker import Broker

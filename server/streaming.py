@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from chat_storage.actors import stream_metrics
+from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.server import auth
 from chat_storage.server.errors import ApiError
 from chat_storage.server.settings import SETTINGS_KEY

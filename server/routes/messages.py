@@ -1,4 +1,4 @@
-"""Messages: create (through the session actor), batch, history, one, edit, tombstone."""
+"""Messages: create (through the session mailbox), batch, history, one, edit, tombstone."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from chat_storage.server.state import REGISTRY_KEY
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
 from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.writes import Stored
 
 routes = RouteTable("messages")
 MESSAGES_PATH = "/api/v1/sessions/{session_id}/messages"
@@ -37,7 +38,7 @@ MESSAGE_PATH = MESSAGES_PATH + "/{message_id}"
 
 
 async def _write(request: web.Request, session_id: uuid.UUID,
-                 group: WriteGroup) -> list[dict[str, Any]]:
+                 group: WriteGroup) -> Stored:
     registry = request.app[REGISTRY_KEY]
     try:
         return await registry.write(principal_of(request).tenant_id, session_id, group)

@@ -14,11 +14,15 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.registry import Registry
+from chat_storage.actors.write.committer import Committer
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.protocols import BatchSink, CommitListener
+from chat_storage.actors.write.registry import Registry
+from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import db, sessions
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from loadtest.direct import DirectCommitter
 from tests.conftest import Tenant
 from tests.support.pgproxy import PgProxy
 
@@ -63,9 +67,14 @@ async def make_registry(pool: asyncpg.Pool) -> AsyncIterator[MakeRegistry]:
 
     async def make(*, on: asyncpg.Pool | None = None, idle_s: float = 30.0,
                    write_timeout_s: float = 10.0, shared: bool = True,
-                   **config: Any) -> Registry:
-        registry = Registry(on or pool, ActorConfig(**config), idle_s=idle_s,
-                            write_timeout_s=write_timeout_s, shared=shared)
+                   listener: CommitListener | None = None, **config: Any) -> Registry:
+        cfg = WriteConfig(**config)
+        committer = Committer(on or pool, cfg)
+        # shared=False: one transaction per session batch (the benchmarks' comparison)
+        sink: BatchSink = (SharedCommitter(committer, cfg) if shared
+                           else DirectCommitter(committer))
+        registry = Registry(sink, cfg, listener=listener, idle_s=idle_s,
+                            write_timeout_s=write_timeout_s)
         registry.start()
         made.append(registry)
         return registry

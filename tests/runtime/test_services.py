@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from chat_storage.actors.errors import ShuttingDown
+from chat_storage.actors.write.errors import ShuttingDown
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
 from chat_storage.server.settings import Settings

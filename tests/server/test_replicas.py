@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from chat_storage.actors import events
+from chat_storage.actors.live import events
 from chat_storage.storage.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, Tenant
 from tests.support.procs import Cluster, RedisServer, Server

@@ -19,35 +19,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import uuid
-from typing import Any, Protocol
+from typing import Protocol
 
-from chat_storage.actors import events, stream_metrics
-from chat_storage.actors.events import Event
-from chat_storage.actors.subscriber import Subscription
+from chat_storage.actors.live import events, metrics
+from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.subscription import Subscription
+from chat_storage.storage.records import SessionKey, StoredMessage
 
 log = logging.getLogger(__name__)
 
-FeedKey = tuple[uuid.UUID, uuid.UUID]
 _SEQ_KINDS = frozenset({events.CREATED, events.STARTED})
 
 
 class FeedSource(Protocol):
-    """What a feed reads: Postgres, the broker's log, this process's own streams."""
+    """What a feed reads: Postgres, the broker's log, this process's own streams.
 
-    async def load(self, key: FeedKey) -> tuple[int, list[dict[str, Any]]]:
+    A separate object from the fan-out that owns the feeds
+    (:class:`~chat_storage.actors.live.source.SessionSource`), so a feed depends on
+    what it reads and nothing else.
+    """
+
+    async def load(self, key: SessionKey) -> tuple[int, list[StoredMessage]]:
         """The session's ``last_seq`` and its rows still streaming."""
         ...
 
-    async def between(self, key: FeedKey, after_seq: int, upto: int) -> list[dict[str, Any]]:
+    async def between(self, key: SessionKey, after_seq: int, upto: int) -> list[StoredMessage]:
         """Rows with ``after_seq < seq <= upto``, in order."""
         ...
 
-    async def history(self, key: FeedKey) -> list[Event]:
+    async def history(self, key: SessionKey) -> list[SessionEvent]:
         """The session's recent events kept by the broker, oldest first."""
         ...
 
-    def local_streams(self, key: FeedKey) -> dict[str, str]:
+    def local_streams(self, key: SessionKey) -> dict[str, str]:
         """Content so far of the answers this process produces, by stream id."""
         ...
 
@@ -80,7 +84,7 @@ class Mirror:
 class Feed:
     """This replica's ordered view of one session, shared by its local subscribers."""
 
-    def __init__(self, key: FeedKey, source: FeedSource, *, block_limit: int = 100_000) -> None:
+    def __init__(self, key: SessionKey, source: FeedSource, *, block_limit: int = 100_000) -> None:
         self.key = key
         self.subs: list[Subscription] = []
         self.mirrors: dict[str, Mirror] = {}
@@ -89,14 +93,15 @@ class Feed:
         self.error: BaseException | None = None
         self._source = source
         self._block_limit = block_limit
-        self._blocked: list[Event] | None = []  # not None: events wait (start-up, a hole)
+        # not None: events wait (start-up, a hole)
+        self._blocked: list[SessionEvent] | None = []
         self._ended: set[str] = set()
         self._ended_order: collections.deque[str] = collections.deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # streams whose deltas skipped ahead (the broker lost some): deltas waiting
         # while their content is read again, and when each was last read
-        self._resyncing: dict[str, list[Event]] = {}
+        self._resyncing: dict[str, list[SessionEvent]] = {}
         self._resynced_at: dict[str, float] = {}
         self._resyncs: set[asyncio.Task[None]] = set()
 
@@ -122,7 +127,7 @@ class Feed:
                 if (task := asyncio.current_task()) is not None and task.cancelling():
                     raise
 
-    def ingest(self, event: Event) -> None:
+    def ingest(self, event: SessionEvent) -> None:
         """Take an event from this process or another replica (never waits)."""
         if self._blocked is not None:
             if len(self._blocked) >= self._block_limit:
@@ -185,7 +190,7 @@ class Feed:
             self._apply(event)
 
     # ------------------------------------------------------------ ordering
-    def _apply(self, ev: Event) -> None:
+    def _apply(self, ev: SessionEvent) -> None:
         kind = ev.kind
         if kind == events.DELTA:
             mirror = self.mirrors.get(ev.stream_id)
@@ -211,7 +216,7 @@ class Feed:
             return
         self._accept(ev)
 
-    def _accept(self, ev: Event) -> None:
+    def _accept(self, ev: SessionEvent) -> None:
         """Apply an event known to be next in order (or a final of a known seq)."""
         kind = ev.kind
         if kind in _SEQ_KINDS:
@@ -236,7 +241,7 @@ class Feed:
         self._emit(ev)
 
     async def _fill(self, after_seq: int, upto: int) -> None:
-        rows: list[dict[str, Any]] = []
+        rows: list[StoredMessage] = []
         for attempt in range(4):
             try:
                 rows = await self._source.between(self.key, after_seq, upto)
@@ -245,7 +250,7 @@ class Feed:
                 log.warning("cannot read missing messages", extra={
                     "session_id": str(self.key[1]), "error": repr(exc)})
                 await asyncio.sleep(0.2 * 2**attempt)
-        stream_metrics.FEED_GAPS.labels("seq").inc()
+        metrics.FEED_GAPS.labels("seq").inc()
         for row in rows:
             self._accept(events.from_row(row))
         if self.last_seq < upto:
@@ -254,14 +259,14 @@ class Feed:
             self.last_seq = upto
         self._release()
 
-    def _gap(self, ev: Event) -> None:
+    def _gap(self, ev: SessionEvent) -> None:
         """A delta past the mirror's end: read the stream's content again, then go on."""
         waiting = self._resyncing.get(ev.stream_id)
         if waiting is not None:
             if len(waiting) < self._block_limit:
                 waiting.append(ev)
             return
-        stream_metrics.FEED_GAPS.labels("delta").inc()
+        metrics.FEED_GAPS.labels("delta").inc()
         self._resyncing[ev.stream_id] = [ev]
         task = asyncio.create_task(self._resync(ev.stream_id), name=f"feed-resync:{ev.stream_id}")
         self._resyncs.add(task)
@@ -291,7 +296,7 @@ class Feed:
         for ev in waiting:  # those still past the end start the next round
             self.ingest(ev)
 
-    def _emit(self, ev: Event) -> None:
+    def _emit(self, ev: SessionEvent) -> None:
         for sub in self.subs:
             if not sub.outbox.closed:
                 sub.deliver(ev)

@@ -17,16 +17,17 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 import asyncpg.pool
 
-from chat_storage.actors import metrics
-from chat_storage.actors.errors import OutcomeUnknown
+from chat_storage.actors.write import metrics
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.errors import OutcomeUnknown
 from chat_storage.storage import db, writes
 from chat_storage.storage.db import CONNECTION_ERRORS
 from chat_storage.storage.errors import Unavailable
+from chat_storage.storage.records import StoredMessage
 from chat_storage.storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,6 @@ Results = list[list[Stored | Exception]]  # per batch, per group: stored message
 _CLIENT_DATA_ERROR = asyncpg.exceptions._base.DataError
 # proof that the transaction rolled back: the server said so, or nothing was sent
 _REFUSED = (asyncpg.PostgresError, _CLIENT_DATA_ERROR)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ActorConfig:
-    """Knobs of the write path; units in the names."""
-
-    max_batch: int = 256  # messages per transaction
-    mailbox_size: int = 1024  # writes queued per session
-    max_pending: int = 16384  # writes queued or committing in the whole process
-    acquire_timeout_s: float = 2.0
-    commit_timeout_s: float = 10.0  # a transaction still running after this is treated as lost
-    settle_timeout_s: float = 10.0  # how long to try to learn a lost commit's outcome
-    retries: int = 1  # re-runs of a transaction confirmed not committed
-    committers: int = 4  # transactions in flight at once in shared mode
 
 
 class _Lost(Exception):
@@ -94,7 +81,7 @@ class Lease:
                 # every message (see loadtest/RESULTS.md#generic-plan); its generic
                 # plan suits every size.
                 # The pool's reset (RESET ALL) undoes this when the lease ends.
-                await self._conn.execute("SET plan_cache_mode = force_generic_plan")
+                await writes.prefer_generic_plans(db.as_connection(self._conn))
             except Exception as exc:  # nothing of a write was sent yet
                 await self.discard()
                 metrics.REJECTED.labels("db_unavailable").inc()
@@ -124,7 +111,7 @@ def _usable(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
 class Committer:
     """Commits :class:`SessionBatch` lists, each list in one transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, config: ActorConfig) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: WriteConfig) -> None:
         self._pool = pool
         self._config = config
 
@@ -235,7 +222,7 @@ class Committer:
     async def _read_settled(
         self, sessions: list[tuple[uuid.UUID, uuid.UUID]], ids: list[uuid.UUID],
         pid: int | None, deadline: float,
-    ) -> dict[uuid.UUID, dict[str, Any]]:
+    ) -> dict[uuid.UUID, StoredMessage]:
         remaining = max(0.05, deadline - time.monotonic())
         conn = await self._pool.acquire(timeout=min(self._config.acquire_timeout_s, remaining))
         try:

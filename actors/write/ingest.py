@@ -1,9 +1,9 @@
-"""The async-ingestion consumer: persists the ingest stream through the session actors.
+"""The async-ingestion consumer: persists the ingest stream through the session mailboxes.
 
 One consumer per process, one task, one batch at a time. Each round it first takes
 over entries another consumer left pending for ``claim_idle_s`` (``XAUTOCLAIM``: that
 consumer died or is stuck), else reads new ones (``XREADGROUP``), then writes every
-entry through the registry (the same actors, group commit and seq assignment as a
+entry through the registry (the same mailboxes, group commit and seq assignment as a
 synchronous write: in stream order per session within the batch) and acknowledges
 an entry only after its commit. A process that dies mid-batch leaves its entries
 pending; another process takes them over once they have been idle long enough.
@@ -28,12 +28,13 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from chat_storage.actors.errors import ActorError
+from chat_storage.actors.write.errors import WriteError
+from chat_storage.actors.write.registry import Registry
 from chat_storage.storage import db
 from chat_storage.storage.errors import InvalidReference, NotFound, Unavailable
 from chat_storage.storage.ingest import Delivery, IngestStream, IngestUnavailable, stored_ids
@@ -41,8 +42,6 @@ from chat_storage.storage.messages import WriteGroup
 from chat_storage.storage.writes import Stored
 
 log = logging.getLogger(__name__)
-
-Write = Callable[[uuid.UUID, uuid.UUID, WriteGroup], Awaitable[Stored]]
 
 ENTRIES = Counter("chat_ingest_entries_total", "Ingest entries handled by this process's "
                   "consumer, by outcome (stored, duplicate, dead, retry)", ["outcome"])
@@ -65,9 +64,9 @@ BACKOFF_MAX_S = 5.0
 
 
 class IngestConsumer:
-    """Persists ingest entries with ``write`` (``Registry.write``); see the module doc."""
+    """Persists ingest entries through ``registry``; see the module doc."""
 
-    def __init__(self, stream: IngestStream, write: Write, pool: asyncpg.Pool, *,
+    def __init__(self, stream: IngestStream, registry: Registry, pool: asyncpg.Pool, *,
                  batch: int = 100, claim_idle_s: float = 30.0, block_ms: int = 1000,
                  stats_interval_s: float = 5.0, name: str | None = None) -> None:
         self.stream = stream
@@ -76,7 +75,7 @@ class IngestConsumer:
         self.claim_idle_s = claim_idle_s
         self.block_ms = block_ms
         self.stats_interval_s = stats_interval_s
-        self._write = write
+        self._registry = registry
         self._pool = pool
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -190,7 +189,7 @@ class IngestConsumer:
                 dead.append((delivery, reason, repr(result)))
             else:
                 retry += 1
-                if not isinstance(result, ActorError | Unavailable):
+                if not isinstance(result, WriteError | Unavailable):
                     log.warning("ingest write failed; will retry", extra={
                         "entry": delivery.id, "error": repr(result)})
         if collided:
@@ -209,7 +208,7 @@ class IngestConsumer:
     async def _store(self, delivery: Delivery) -> Stored:
         entry = delivery.entry
         assert entry is not None  # persist() passes decoded entries only
-        return await self._write(entry.tenant_id, entry.session_id,
+        return await self._registry.write(entry.tenant_id, entry.session_id,
                                  WriteGroup(entry.messages, wrap=entry.wrap))
 
     async def _split_stored(

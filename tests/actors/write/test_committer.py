@@ -12,8 +12,8 @@ import asyncio
 import asyncpg
 import pytest
 
-from chat_storage.actors.committer import Lease
-from chat_storage.actors.errors import OutcomeUnknown
+from chat_storage.actors.write.committer import Lease
+from chat_storage.actors.write.errors import OutcomeUnknown
 from chat_storage.storage import writes
 from chat_storage.storage.errors import Unavailable
 from chat_storage.storage.writes import SessionBatch

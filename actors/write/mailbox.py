@@ -1,4 +1,4 @@
-"""One actor per active session: a bounded mailbox and its group-commit cycle.
+"""One mailbox per active session: a bounded queue of writes and its group-commit cycle.
 
 The cycle takes the first write, then whatever else is queued (up to ``max_batch``
 messages), hands all of it to the committer as one batch and, when that batch has
@@ -6,10 +6,11 @@ landed, answers its waiters in mailbox order and takes the next: one batch in
 flight per session, so seq follows arrival. A write is never answered as stored
 unless its transaction is known to have committed.
 
-The cycle is driven by its two events, a write arriving at an idle actor and a
-batch landing, rather than by a task of its own: a task would cost two task
-switches per batch (wake on the write, wake on the landing) on the path of every
-write, and an actor with no task cannot die on its own and strand its mailbox.
+The cycle is driven by its two events, a write arriving at an idle mailbox and a
+batch landing, rather than by a task of its own (so it is not an actor): a task
+would cost two task switches per batch (wake on the write, wake on the landing) on
+the path of every write, and a mailbox with no task cannot die on its own and strand
+its writes.
 """
 
 from __future__ import annotations
@@ -19,31 +20,20 @@ import collections
 import dataclasses
 import functools
 import logging
-import uuid
-from collections.abc import Callable
-from typing import Protocol
 
-from chat_storage.actors import metrics
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.errors import Overloaded, ShuttingDown
-from chat_storage.actors.shared import Done
+from chat_storage.actors.write import metrics
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.errors import Overloaded, ShuttingDown
+from chat_storage.actors.write.protocols import BatchSink, CommitListener
 from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import SessionBatch, Stored
 
 log = logging.getLogger(__name__)
 
-# Called after each commit with the messages it stored, in seq order; must not block.
-OnCommit = Callable[[uuid.UUID, uuid.UUID, Stored], None]
-
-
-class Sink(Protocol):
-    """Where an actor sends its batches (:mod:`actors.shared`)."""
-
-    def submit(self, batch: SessionBatch, done: Done) -> None: ...
-
 
 @dataclasses.dataclass(slots=True, eq=False)
-class Write:
+class QueuedWrite:
     """A queued write and the future its sender awaits."""
 
     group: WriteGroup
@@ -59,21 +49,18 @@ class Write:
         return True
 
 
-class SessionActor:
-    """Owns one session's write mailbox and its commit cycle."""
+class SessionMailbox:
+    """Owns one session's queue of writes and its commit cycle."""
 
-    def __init__(
-        self, tenant_id: uuid.UUID, session_id: uuid.UUID, sink: Sink,
-        config: ActorConfig, on_commit: OnCommit | None = None,
-    ) -> None:
-        self.tenant_id = tenant_id
-        self.session_id = session_id
+    def __init__(self, key: SessionKey, sink: BatchSink, config: WriteConfig,
+                 listener: CommitListener) -> None:
+        self.key = key
         self._sink = sink
         self._config = config
-        self._on_commit = on_commit
+        self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self._mailbox: collections.deque[Write] = collections.deque()
-        self._landing: list[Write] | None = None  # the batch being committed
+        self._queue: collections.deque[QueuedWrite] = collections.deque()
+        self._landing: list[QueuedWrite] | None = None  # the batch being committed
         self._pumping = False
         self._drained: asyncio.Future[None] | None = None  # what stop() waits for
         self._closing = False
@@ -82,23 +69,23 @@ class SessionActor:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing being committed."""
-        return not self._mailbox and self._landing is None
+        return not self._queue and self._landing is None
 
     @property
     def depth(self) -> int:
         """Writes waiting in the mailbox."""
-        return len(self._mailbox)
+        return len(self._queue)
 
-    def submit(self, group: WriteGroup, deadline: float) -> Write:
+    def submit(self, group: WriteGroup, deadline: float) -> QueuedWrite:
         """Queue ``group``; its future resolves after its commit. Never blocks."""
         if self._closing:
             metrics.REJECTED.labels("shutting_down").inc()
-            raise ShuttingDown("session actor is stopping")
-        if len(self._mailbox) >= self._config.mailbox_size:
+            raise ShuttingDown("session actor is stopping")  # the wording clients know
+        if len(self._queue) >= self._config.mailbox_size:
             metrics.REJECTED.labels("mailbox_full").inc()
             raise Overloaded("session write queue is full")
-        write = Write(group, self._loop.create_future(), deadline)
-        self._mailbox.append(write)
+        write = QueuedWrite(group, self._loop.create_future(), deadline)
+        self._queue.append(write)
         self.last_active = self._loop.time()
         if self._landing is None:
             self._pump()
@@ -125,8 +112,8 @@ class SessionActor:
         """Answer the queued writes whose deadline passed (not stored); return how many."""
         expired = 0
         # one timeout for all writes: the oldest are at the front
-        while self._mailbox and self._mailbox[0].deadline <= now:
-            write = self._mailbox.popleft()
+        while self._queue and self._queue[0].deadline <= now:
+            write = self._queue.popleft()
             if write.withdraw(Overloaded("write waited too long in the queue")):
                 expired += 1
         if expired:
@@ -145,30 +132,30 @@ class SessionActor:
             return
         self._pumping = True
         try:
-            while self._landing is None and self._mailbox:
+            while self._landing is None and self._queue:
                 batch = self._take(self._loop.time())
                 if not batch:
                     continue
                 # one batch in flight per session: the next one gets the next seq numbers
                 self._landing = batch
                 self._sink.submit(
-                    SessionBatch(self.tenant_id, self.session_id, [w.group for w in batch]),
+                    SessionBatch(self.key[0], self.key[1], [w.group for w in batch]),
                     functools.partial(self._landed, batch),
                 )
         finally:
             self._pumping = False
         self._check_drained()
 
-    def _take(self, now: float) -> list[Write]:
+    def _take(self, now: float) -> list[QueuedWrite]:
         """Writes for one transaction: up to ``max_batch`` messages, expired ones refused."""
-        batch: list[Write] = []
+        batch: list[QueuedWrite] = []
         size = 0
-        while self._mailbox:
-            write = self._mailbox[0]
+        while self._queue:
+            write = self._queue[0]
             n = len(write.group.messages)
             if batch and size + n > self._config.max_batch:
                 break
-            self._mailbox.popleft()
+            self._queue.popleft()
             if write.future.done():
                 continue  # its sender went away
             if write.deadline <= now:
@@ -180,7 +167,7 @@ class SessionActor:
             size += n
         return batch
 
-    def _landed(self, batch: list[Write], outcome: list[Stored | Exception] | BaseException,
+    def _landed(self, batch: list[QueuedWrite], outcome: list[Stored | Exception] | BaseException,
                 ) -> None:
         """Answer every write of a committed (or failed) batch, announce it, go on."""
         self._landing = None
@@ -190,7 +177,7 @@ class SessionActor:
         finally:
             self._pump()
 
-    def _answer(self, batch: list[Write],
+    def _answer(self, batch: list[QueuedWrite],
                 outcome: list[Stored | Exception] | BaseException) -> None:
         if isinstance(outcome, BaseException):
             for write in batch:
@@ -204,24 +191,24 @@ class SessionActor:
             committed.extend(result)
             if not write.future.done():
                 write.future.set_result(result)
-        if committed and self._on_commit is not None:
+        if committed:
             committed.sort(key=lambda m: int(m["seq"]))
             try:
-                self._on_commit(self.tenant_id, self.session_id, committed)
+                self._listener.on_commit(self.key, committed)
             except Exception:
-                log.exception("on_commit hook failed", extra={"session_id": str(self.session_id)})
+                log.exception("commit listener failed", extra={"session_id": str(self.key[1])})
 
     def _check_drained(self) -> None:
         if self._drained is not None and self.idle and not self._drained.done():
             self._drained.set_result(None)
 
     def _fail_queued(self, error: BaseException) -> None:
-        while self._mailbox:
-            self._mailbox.popleft().withdraw(error)
+        while self._queue:
+            self._queue.popleft().withdraw(error)
         self._check_drained()
 
 
-def _fail(write: Write, error: BaseException) -> None:
+def _fail(write: QueuedWrite, error: BaseException) -> None:
     if not write.future.done():
         write.future.set_exception(error)
 

@@ -2,8 +2,9 @@
 
 Life of a stream (the id of a stream is its message's id):
 
-- ``start``: the message is inserted with ``status: streaming`` through the session's
-  actor (so its ``seq`` is fixed, and ``stream.started`` goes out from the commit hook).
+- ``start``: the message is inserted with ``status: streaming`` through the
+  :class:`Writer` (the write path: its ``seq`` is fixed, and ``stream.started`` goes
+  out from the commit listener).
 - ``delta``: appended in memory, announced at once; the content is checkpointed to
   Postgres every ``checkpoint_interval_s`` or ``checkpoint_chars`` (whichever first).
 - ``end`` / ``abort``: the whole content, metadata and usage are written in one
@@ -27,74 +28,70 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from chat_storage.actors import events, stream_metrics
-from chat_storage.actors.events import Event
-from chat_storage.actors.stream_state import (
+from chat_storage.actors.live import events, metrics
+from chat_storage.actors.live.events import Emit
+from chat_storage.actors.live.stream_state import (
+    HeldStreams,
     OwnedStream,
     Owner,
     StreamConfig,
     StreamError,
-    StreamKey,
 )
 from chat_storage.storage import db
 from chat_storage.storage import streams as store
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.records import SessionKey, StoredMessage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Emit = Callable[[uuid.UUID, uuid.UUID, Event], None]
-Write = Callable[[uuid.UUID, uuid.UUID, WriteGroup], Awaitable[list[dict[str, Any]]]]
+
+class Writer(Protocol):
+    """How streams store their first row: the write path (the registry), as seen from here."""
+
+    async def write(self, tenant_id: uuid.UUID, session_id: uuid.UUID,
+                    group: WriteGroup) -> list[StoredMessage]:
+        """Store ``group``; return its messages once committed."""
+        ...
 
 
 class Streams:
-    """The streams of this process, by id and by session."""
+    """The streams this process's producers send: start, deltas, end, grace, checkpoints.
 
-    def __init__(self, pool: asyncpg.Pool, config: StreamConfig, emit: Emit,
-                 write: Write) -> None:
+    They are held in ``held`` (shared with the fan-out, which reads them); every event
+    goes to ``emit``; the first row of each is stored through ``writer``.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, config: StreamConfig, held: HeldStreams,
+                 emit: Emit, writer: Writer) -> None:
         self.config = config
         self._pool = pool
+        self._held = held
         self._emit = emit
-        self._write = write
-        self._by_id: dict[str, OwnedStream] = {}
-        self._by_session: dict[StreamKey, set[str]] = {}
+        self._writer = writer
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return len(self._held)
 
-    def active(self, key: StreamKey) -> bool:
-        """Whether this process holds a stream of the session ``key``."""
-        return key in self._by_session
-
-    def local(self, key: StreamKey) -> dict[str, str]:
-        """Content so far of the session's streams held here, by stream id."""
-        return {sid: self._by_id[sid].text() for sid in self._by_session.get(key, ())}
-
-    def content(self, key: StreamKey, stream_id: str) -> str | None:
-        """Content so far of one stream of the session, if held here."""
-        st = self._by_id.get(stream_id)
-        return st.text() if st is not None and st.key == key else None
-
-    async def start(self, key: StreamKey, owner: Owner, message: NewMessage) -> dict[str, Any]:
+    async def start(self, key: SessionKey, owner: Owner,
+                    message: NewMessage) -> StoredMessage:
         """Insert ``message`` (status streaming) and hold it; returns the stored row."""
-        stored = await self._write(key[0], key[1], WriteGroup([message]))
+        stored = await self._writer.write(key[0], key[1], WriteGroup([message]))
         row = stored[0]
         st = OwnedStream(row, key, owner)
-        self._by_id[st.id] = st
-        self._by_session.setdefault(key, set()).add(st.id)
-        stream_metrics.STREAMS_OPEN.inc()
+        self._held.add(st)
         if owner.closed:  # the producer left while the row was being written
             self._orphan(st)
         return row
 
-    def delta(self, key: StreamKey, stream_id: str, owner: Owner, text: str) -> None:
+    def delta(self, key: SessionKey, stream_id: str, owner: Owner, text: str) -> None:
         """Append ``text`` to a stream this connection owns and announce it (never waits)."""
         st = self._owned(key, stream_id, owner)
         if not text:
@@ -109,26 +106,26 @@ class Streams:
         st.chunks.append(text)
         st.length += len(text)
         st.size_bytes += size
-        stream_metrics.DELTAS.inc()
-        self._emit(key[0], key[1], events.delta(st.id, offset, text))
+        metrics.DELTAS.inc()
+        self._emit(key, events.delta(st.id, offset, text))
         if st.length - st.saved_len >= self.config.checkpoint_chars:
             self._checkpoint_soon(st)
 
-    async def end(self, key: StreamKey, stream_id: str, owner: Owner, *,
+    async def end(self, key: SessionKey, stream_id: str, owner: Owner, *,
                   metadata: Mapping[str, Any] | None = None,
-                  usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  usage: Mapping[str, Any] | None = None) -> StoredMessage:
         """Store the stream complete; returns the final message."""
         st = self._owned(key, stream_id, owner)
         return await self._shielded(self._finish(st, "complete", metadata, usage))
 
-    async def abort(self, key: StreamKey, stream_id: str, owner: Owner,
-                    reason: str | None = None) -> dict[str, Any]:
+    async def abort(self, key: SessionKey, stream_id: str, owner: Owner,
+                    reason: str | None = None) -> StoredMessage:
         """Store the stream aborted with what it has; ``reason`` goes into its metadata."""
         st = self._owned(key, stream_id, owner)
         meta = {"abort_reason": reason} if reason else None
         return await self._shielded(self._finish(st, "aborted", meta, None))
 
-    def resume(self, key: StreamKey, stream_id: str, owner: Owner) -> int:
+    def resume(self, key: SessionKey, stream_id: str, owner: Owner) -> int:
         """Hand the stream to ``owner``; returns the offset to continue from."""
         st = self._live(key, stream_id, "no such stream in progress on this server")
         if st.grace is not None:
@@ -139,14 +136,14 @@ class Streams:
 
     def release(self, owner: Owner) -> None:
         """``owner`` went away: its streams wait ``grace_s`` for a resume."""
-        for st in list(self._by_id.values()):
+        for st in self._held:
             if st.owner is owner and not st.ending:
                 self._orphan(st)
 
     # ------------------------------------------------------------ background work
     def tick(self, now: float) -> None:
         """Start the checkpoints that are due by time."""
-        for st in self._by_id.values():
+        for st in self._held:
             if (st.length > st.saved_len and not st.ending
                     and now - st.touched_at >= self.config.checkpoint_interval_s):
                 self._checkpoint_soon(st)
@@ -154,39 +151,33 @@ class Streams:
     async def heartbeat(self, older_than_s: float) -> None:
         """Tell Postgres the streams not touched for ``older_than_s`` are still alive."""
         now = time.monotonic()
-        quiet = [st for st in self._by_id.values() if now - st.touched_at >= older_than_s]
+        quiet = [st for st in self._held if now - st.touched_at >= older_than_s]
         if not quiet:
             return
         await self._db(lambda c: store.heartbeat(c, [(s.key[0], s.message_id) for s in quiet]))
         for st in quiet:
             st.touched_at = now
 
-    def forget(self, stream_id: str) -> None:
-        """Drop a stream someone else ended (the sweeper, a deleted session)."""
-        st = self._by_id.get(stream_id)
-        if st is not None:
-            self._drop(st)
-
     async def close(self) -> None:
         """Shutdown: store every stream ``interrupted`` with its content."""
         self._closing = True
-        for st in list(self._by_id.values()):
+        for st in self._held:
             if not st.ending:
                 self._spawn(self._finish(st, "interrupted", None, None))
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # ------------------------------------------------------------ internals
-    def _live(self, key: StreamKey, stream_id: str, absent: str) -> OwnedStream:
+    def _live(self, key: SessionKey, stream_id: str, absent: str) -> OwnedStream:
         """The stream, still open, of this session; ``absent`` explains a miss."""
-        st = self._by_id.get(stream_id)
+        st = self._held.get(stream_id)
         if st is None or st.key != key:
             raise StreamError("not_found", absent)
         if st.ending:
             raise StreamError("ended", "the stream has ended")
         return st
 
-    def _owned(self, key: StreamKey, stream_id: str, owner: Owner) -> OwnedStream:
+    def _owned(self, key: SessionKey, stream_id: str, owner: Owner) -> OwnedStream:
         st = self._live(key, stream_id, "no such stream in progress")
         if st.owner is not owner:
             raise StreamError("not_owner", "the stream belongs to another connection")
@@ -199,7 +190,7 @@ class Streams:
                 self.config.grace_s, self._expire, st.id)
 
     def _expire(self, stream_id: str, attempt: int = 0) -> None:
-        st = self._by_id.get(stream_id)
+        st = self._held.get(stream_id)
         if st is None or st.owner is not None or st.ending:
             return
         st.grace = None
@@ -222,7 +213,7 @@ class Streams:
                 1.0, self._expire, st.id, attempt + 1)
 
     async def _finish(self, st: OwnedStream, status: str, metadata: Mapping[str, Any] | None,
-                      usage: Mapping[str, Any] | None) -> dict[str, Any]:
+                      usage: Mapping[str, Any] | None) -> StoredMessage:
         if st.ending:
             raise StreamError("ended", "the stream is already ending")
         st.ending = True
@@ -245,8 +236,8 @@ class Streams:
                 self._orphan(st)
             raise
         self._drop(st)
-        stream_metrics.STREAMS_ENDED.labels(status).inc()
-        self._emit(st.key[0], st.key[1], events.final(message))
+        metrics.STREAMS_ENDED.labels(status).inc()
+        self._emit(st.key, events.final(message))
         return message
 
     def _checkpoint_soon(self, st: OwnedStream) -> None:
@@ -264,24 +255,14 @@ class Streams:
                 log.warning("streamed message ended elsewhere", extra={"stream_id": st.id})
                 self._drop(st)
         except Exception as exc:
-            stream_metrics.CHECKPOINT_ERRORS.inc()
+            metrics.CHECKPOINT_ERRORS.inc()
             log.warning("checkpoint failed", extra={"stream_id": st.id, "error": repr(exc)})
         finally:
             st.touched_at = time.monotonic()
             st.saving = None
 
     def _drop(self, st: OwnedStream) -> None:
-        if self._by_id.pop(st.id, None) is None:
-            return
-        stream_metrics.STREAMS_OPEN.dec()
-        if st.grace is not None:
-            st.grace.cancel()
-            st.grace = None
-        ids = self._by_session.get(st.key)
-        if ids is not None:
-            ids.discard(st.id)
-            if not ids:
-                del self._by_session[st.key]
+        self._held.drop(st.id)
 
     async def _db(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         return await db.call(self._pool, fn, acquire_timeout_s=self.config.acquire_timeout_s)

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from chat_storage.actors.ingest import IngestConsumer
+from chat_storage.actors.write.ingest import IngestConsumer
 from chat_storage.server.app import create_app
 from chat_storage.server.settings import Settings
 from chat_storage.server.state import REDIS_KEY
@@ -237,7 +237,7 @@ async def test_redelivery_never_stores_twice(
     registry = await make_registry()
     stream = IngestStream(redis, prefix=prefix)
     await stream.ensure_group()
-    consumer = IngestConsumer(stream, registry.write, pool, claim_idle_s=0.2,
+    consumer = IngestConsumer(stream, registry, pool, claim_idle_s=0.2,
                               stats_interval_s=0.05, block_ms=100)
     sid = await new_session(pool, tenant)
     first = Entry(tenant.id, sid, [user_message("a")])
@@ -287,7 +287,7 @@ async def test_malformed_entry_is_dead_lettered(
     stream = IngestStream(redis, prefix=prefix)
     await stream.ensure_group()
     await redis.xadd(f"{prefix}:ingest", {b"d": b"{not json"})
-    consumer = IngestConsumer(stream, (await make_registry()).write, pool, block_ms=100)
+    consumer = IngestConsumer(stream, await make_registry(), pool, block_ms=100)
     consumer.start()
     try:
         async def dead() -> bool:

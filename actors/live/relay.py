@@ -20,16 +20,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from chat_storage.actors import stream_metrics
-from chat_storage.actors.feed import FeedKey
+from chat_storage.actors.live import metrics
 from chat_storage.storage.broker import Broker
+from chat_storage.storage.records import SessionKey
 
 log = logging.getLogger(__name__)
 BATCH = 512
 
 
 @functools.lru_cache(maxsize=4096)
-def channel(key: FeedKey) -> str:
+def channel(key: SessionKey) -> str:
     """The broker channel of a session."""
     return f"session:{key[0]}:{key[1]}"
 
@@ -37,12 +37,12 @@ def channel(key: FeedKey) -> str:
 class Relay:
     """A bounded queue of (session, event bytes) and the task that publishes it."""
 
-    def __init__(self, broker: Broker, active: Callable[[FeedKey], bool],
+    def __init__(self, broker: Broker, active: Callable[[SessionKey], bool],
                  max_queue: int = 100_000) -> None:
         self._broker = broker
         self._active = active
         self._max_queue = max_queue
-        self._queue: collections.deque[tuple[FeedKey, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[SessionKey, bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._flushed: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -50,10 +50,10 @@ class Relay:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="broker-relay")
 
-    def send(self, key: FeedKey, data: bytes) -> None:
+    def send(self, key: SessionKey, data: bytes) -> None:
         """Queue ``data`` for the session's channel (never waits)."""
         if len(self._queue) >= self._max_queue:
-            stream_metrics.BROKER_ERRORS.labels("queue_full").inc()
+            metrics.BROKER_ERRORS.labels("queue_full").inc()
             return
         self._queue.append((key, data))
         self._wake.set()
@@ -79,7 +79,7 @@ class Relay:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            touched: set[FeedKey] = set()
+            touched: set[SessionKey] = set()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
                 touched.update(key for key, _ in batch)
@@ -87,7 +87,7 @@ class Relay:
                     await self._broker.publish_many([(channel(k), d) for k, d in batch])
                     failing_since = 0.0
                 except Exception as exc:
-                    stream_metrics.BROKER_ERRORS.labels("error").inc(len(batch))
+                    metrics.BROKER_ERRORS.labels("error").inc(len(batch))
                     now = time.monotonic()
                     if not failing_since or now - failing_since > 10.0:
                         failing_since = now

@@ -1,4 +1,9 @@
-"""The hub, feeds and subscriptions against the real Postgres, without the HTTP edge."""
+"""The hub, feeds and subscriptions against the real Postgres, without the HTTP edge.
+
+The live side is built as the composition root builds it: the fan-out first (the
+registry's commit listener), then the registry, then the producers' streams (which
+write through it), the sweeper and the hub.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +16,83 @@ import asyncpg
 import orjson
 import pytest
 
-from chat_storage.actors import events
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.hub import Hub, HubConfig
-from chat_storage.actors.registry import Registry
-from chat_storage.actors.stream_state import StreamConfig
-from chat_storage.actors.subscriber import Outbox, Subscription
+from chat_storage.actors.live.config import HubConfig
+from chat_storage.actors.live.fanout import Fanout
+from chat_storage.actors.live.hub import Hub
+from chat_storage.actors.live.outbox import Outbox
+from chat_storage.actors.live.source import SessionSource
+from chat_storage.actors.live.stream_state import HeldStreams, StreamConfig
+from chat_storage.actors.live.streams import Streams
+from chat_storage.actors.live.sweeper import Sweeper
+from chat_storage.actors.write.committer import Committer
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.registry import Registry
+from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import sessions
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.records import SessionKey
+from chat_storage.storage.writes import Stored
 from tests.conftest import Tenant
+
+CONFIG = HubConfig(send_queue=64, sweep=False, stream=StreamConfig(grace_s=60.0))
+
+
+class Muted:
+    """The fan-out as the registry's commit listener, with a switch to stop telling it."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+        self.muted = False
+
+    def on_commit(self, key: SessionKey, stored: Stored) -> None:
+        if not self.muted:
+            self.fanout.on_commit(key, stored)
+
+    def in_use(self, key: SessionKey) -> bool:
+        return self.fanout.in_use(key)
 
 
 @pytest.fixture
-async def registry(pool: asyncpg.Pool) -> AsyncIterator[Registry]:
-    reg = Registry(pool, ActorConfig())
+def held() -> HeldStreams:
+    return HeldStreams()
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+@pytest.fixture
+def source(pool: asyncpg.Pool, broker: MemoryBroker, held: HeldStreams) -> SessionSource:
+    return SessionSource(pool, broker, held)
+
+
+@pytest.fixture
+def fanout(broker: MemoryBroker, source: SessionSource, held: HeldStreams) -> Fanout:
+    return Fanout(broker, source, held, CONFIG)
+
+
+@pytest.fixture
+def listener(fanout: Fanout) -> Muted:
+    return Muted(fanout)
+
+
+@pytest.fixture
+async def registry(pool: asyncpg.Pool, listener: Muted) -> AsyncIterator[Registry]:
+    config = WriteConfig()
+    reg = Registry(SharedCommitter(Committer(pool, config), config), config, listener=listener)
     reg.start()
     yield reg
     await reg.close(5.0)
 
 
 @pytest.fixture
-async def hub(pool: asyncpg.Pool, registry: Registry) -> AsyncIterator[Hub]:
-    h = Hub(pool, MemoryBroker(), registry.write,
-            HubConfig(send_queue=64, sweep=False, stream=StreamConfig(grace_s=60.0)))
-    registry.on_commit = h.on_commit
+async def hub(pool: asyncpg.Pool, held: HeldStreams, source: SessionSource, fanout: Fanout,
+              registry: Registry) -> AsyncIterator[Hub]:
+    streams = Streams(pool, CONFIG.stream, held, fanout.emit, writer=registry)
+    h = Hub(fanout, streams, Sweeper(streams, source, held, fanout.emit, CONFIG))
     h.start()
     yield h
     await h.close(5.0)
@@ -55,38 +111,8 @@ async def _frames(outbox: Outbox, n: int) -> list[dict[str, Any]]:
     return got
 
 
-def test_subscription_drops_duplicates_and_trims_overlaps() -> None:
-    outbox = Outbox(100)
-    sub = Subscription(outbox)
-    sub.go_live()
-    message = {"id": "m1", "seq": 1, "role": "assistant", "status": "streaming"}
-    sub.offer(events.started(message))
-    sub.offer(events.started(message))  # a duplicate
-    sub.offer(events.delta("m1", 0, "abc"))
-    sub.offer(events.delta("m1", 1, "bcdef"))  # overlaps: only "def" is new
-    sub.offer(events.delta("m1", 2, "cd"))  # nothing new
-    sub.offer(events.delta("m1", 9, "zz"))  # a hole: never sent
-    assert sub.position() == "1,1:6"
-    sent = [orjson.loads(f) for f in outbox._items]
-    assert [(f["type"], f.get("offset"), f.get("delta")) for f in sent] == [
-        ("stream.started", None, None), ("stream.delta", 0, "abc"), ("stream.delta", 3, "def")]
-    final = dict(message, status="complete", content="abcdef")
-    sub.offer(events.final(final))
-    sub.offer(events.final(final))
-    assert sub.position() == "1" and len(outbox) == 4
-
-
-def test_outbox_cuts_instead_of_growing() -> None:
-    cut: list[bool] = []
-    outbox = Outbox(2, on_overflow=lambda: cut.append(True))
-    assert outbox.put(b"1") and outbox.put(b"2")
-    assert not outbox.put(b"3")
-    assert cut == [True] and outbox.overflowed and outbox.closed and len(outbox) == 0
-    assert not outbox.put(b"4", force=True)
-
-
 async def test_feed_fills_a_hole_from_postgres(
-    hub: Hub, registry: Registry, pool: asyncpg.Pool, tenant: Tenant
+    hub: Hub, registry: Registry, listener: Muted, pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     session_id = await _session(pool, tenant)
     key = (tenant.id, session_id)
@@ -94,11 +120,11 @@ async def test_feed_fills_a_hole_from_postgres(
     await hub.subscribe(key, outbox)
     # commits this process is not told of (as if another replica made them, and its
     # events were lost on the way)
-    registry.on_commit = None
+    listener.muted = True
     for text in ("one", "two"):
         await registry.write(tenant.id, session_id, WriteGroup(
             [NewMessage(id=new_id(), role="user", content=text)]))
-    registry.on_commit = hub.on_commit
+    listener.muted = False
     await registry.write(tenant.id, session_id, WriteGroup(
         [NewMessage(id=new_id(), role="user", content="three")]))
     got = await _frames(outbox, 3)
@@ -139,15 +165,15 @@ async def test_streams_survive_their_owner_for_the_grace_period(
         closed = False
 
     first, second = Owner(), Owner()
-    row = await hub.streams.start(key, first, NewMessage(
+    row = await hub.start_stream(key, first, NewMessage(
         id=new_id(), role="assistant", content="", status="streaming"))
     stream_id = str(row["id"])
-    hub.streams.delta(key, stream_id, first, "kept ")
+    hub.delta(key, stream_id, first, "kept ")
     first.closed = True
-    hub.streams.release(first)
+    hub.release(first)
     assert hub.in_use(key)
-    assert hub.streams.resume(key, stream_id, second) == 5
-    hub.streams.delta(key, stream_id, second, "going")
-    message = await hub.streams.end(key, stream_id, second, usage={"completion_tokens": 2})
+    assert hub.resume_stream(key, stream_id, second) == 5
+    hub.delta(key, stream_id, second, "going")
+    message = await hub.end_stream(key, stream_id, second, usage={"completion_tokens": 2})
     assert message["content"] == "kept going" and message["status"] == "complete"
     assert not hub.in_use(key)

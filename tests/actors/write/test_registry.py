@@ -1,4 +1,4 @@
-"""The registry and its session actors on the real database: group commit, order,
+"""The registry and its session mailboxes on the real database: group commit, order,
 isolation of a bad write, backpressure, deadlines, idle eviction, shutdown."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import weakref
 import asyncpg
 import pytest
 
-from chat_storage.actors.errors import OutcomeUnknown, Overloaded, ShuttingDown
+from chat_storage.actors.write.errors import OutcomeUnknown, Overloaded, ShuttingDown
+from chat_storage.actors.write.protocols import NoListener
+from chat_storage.storage.records import SessionKey
 from tests.actors.conftest import (
     MakeRegistry,
     metric,
@@ -135,7 +137,7 @@ async def test_full_mailbox_answers_overloaded_at_once_and_stays_bounded(
                 refused += 1
             else:
                 accepted.append(task)
-            assert registry.actor(tenant.id, sid).depth <= 4
+            assert registry.mailbox(tenant.id, sid).depth <= 4
         assert len(accepted) == 4 and refused == 46
         assert metric("chat_writes_rejected_total", reason="mailbox_full") - rejected == 46
     await asyncio.gather(first, *accepted)
@@ -178,7 +180,7 @@ async def test_write_that_waited_past_its_deadline_is_refused_and_not_stored(
     assert answer["seq"] == 1
 
 
-async def test_idle_actor_is_evicted_and_recreated(
+async def test_idle_mailbox_is_evicted_and_recreated(
     make_registry: MakeRegistry, pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     registry = await make_registry(idle_s=0.1)
@@ -193,12 +195,16 @@ async def test_idle_actor_is_evicted_and_recreated(
     assert again["seq"] == 2
 
 
-async def test_actor_with_subscribers_is_not_evicted(
+async def test_mailbox_of_a_session_in_use_is_not_evicted(
     make_registry: MakeRegistry, pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
-    registry = await make_registry(idle_s=1000.0)
-    registry.in_use = lambda key: key[1] == busy
     busy, quiet = await new_session(pool, tenant), await new_session(pool, tenant)
+
+    class Subscribed(NoListener):
+        def in_use(self, key: SessionKey) -> bool:
+            return key[1] == busy
+
+    registry = await make_registry(idle_s=1000.0, listener=Subscribed())
     await registry.write(tenant.id, busy, msg("a"))
     await registry.write(tenant.id, quiet, msg("b"))
     later = asyncio.get_running_loop().time() + 2000.0
@@ -271,7 +277,7 @@ async def test_a_caller_that_went_away_is_not_kept_alive(
         await task
     del task
     async with asyncio.timeout(10):
-        while not registry.actor(tenant.id, sid).idle:  # noqa: ASYNC110 - bounded poll
+        while not registry.mailbox(tenant.id, sid).idle:  # noqa: ASYNC110 - bounded poll
             await asyncio.sleep(0.01)
     gc.collect()
     assert ref() is None

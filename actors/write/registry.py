@@ -1,8 +1,8 @@
-"""The registry: creates a session's actor on first use, evicts idle ones, stops all.
+"""The registry: creates a session's mailbox on first use, evicts idle ones, stops all.
 
-Shutdown order (:meth:`Registry.close`): refuse new writes (503) → every actor
-commits its mailbox and answers its waiters → the shared committer commits what it
-holds → the janitor ends. Past the deadline, writes that have not started are
+Shutdown order (:meth:`Registry.close`): refuse new writes (503) → every mailbox
+commits what it holds and answers its waiters → the sink (the shared committer)
+commits what it holds → the janitor ends. Past the deadline, writes that have not started are
 answered :class:`ShuttingDown` (not stored) and a transaction still under way is
 abandoned: its writes are answered :class:`OutcomeUnknown`, never as stored.
 """
@@ -13,49 +13,48 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
-import asyncpg
-
-from chat_storage.actors import metrics
-from chat_storage.actors.committer import ActorConfig, Committer
-from chat_storage.actors.errors import Overloaded, ShuttingDown
-from chat_storage.actors.session_actor import OnCommit, SessionActor, Write
-from chat_storage.actors.shared import DirectCommitter, SharedCommitter
+from chat_storage.actors.write import metrics
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.errors import Overloaded, ShuttingDown
+from chat_storage.actors.write.mailbox import SessionMailbox
+from chat_storage.actors.write.protocols import BatchSink, CommitListener, NoListener
 from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
 
 log = logging.getLogger(__name__)
 
-ActorKey = tuple[uuid.UUID, uuid.UUID]
-
 
 class Registry:
-    """All live session actors of this process, and the committer they share."""
+    """All live session mailboxes of this process, and the sink they commit through.
+
+    ``sink`` commits the mailboxes' batches (a
+    :class:`~chat_storage.actors.write.shared.SharedCommitter`); ``listener`` is told of
+    every commit (the fan-out of ``message.created``) and keeps a session's mailbox
+    while it says the session is in use (it has subscribers or streams). The registry
+    owns the sink: :meth:`start` starts it and :meth:`close` stops it, last.
+    """
 
     def __init__(
-        self, pool: asyncpg.Pool, config: ActorConfig, *, idle_s: float = 60.0,
-        write_timeout_s: float = 10.0, shared: bool = True,
+        self, sink: BatchSink, config: WriteConfig, *,
+        listener: CommitListener | None = None, idle_s: float = 60.0,
+        write_timeout_s: float = 10.0,
     ) -> None:
         self._config = config
         self._idle_s = idle_s
         self._write_timeout_s = write_timeout_s
-        committer = Committer(pool, config)
-        self._sink: SharedCommitter | DirectCommitter = (
-            SharedCommitter(committer, config) if shared else DirectCommitter(committer)
-        )
-        self._actors: dict[ActorKey, SessionActor] = {}
-        self._pending = 0  # writes accepted and not yet answered, in all actors
+        self._sink = sink
+        self._listener: CommitListener = listener or NoListener()
+        self._mailboxes: dict[SessionKey, SessionMailbox] = {}
+        self._pending = 0  # writes accepted and not yet answered, in all mailboxes
         self._closing = False
         self._janitor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: see _now
-        # asks the layers above whether a session still has subscribers (streaming)
-        self.in_use: Callable[[ActorKey], bool] = lambda key: False
-        # told of every commit (fan-out of message.created); set by the streaming layer
-        self.on_commit: OnCommit | None = None
 
     def __len__(self) -> int:
-        return len(self._actors)
+        return len(self._mailboxes)
 
     @property
     def pending(self) -> int:
@@ -65,35 +64,30 @@ class Registry:
     @property
     def queued(self) -> int:
         """Writes waiting in all mailboxes."""
-        return sum(a.depth for a in self._actors.values())
+        return sum(m.depth for m in self._mailboxes.values())
 
     def start(self) -> None:
-        """Start the committer and the janitor (deadlines, idle eviction)."""
+        """Start the sink (the committer) and the janitor (deadlines, idle eviction)."""
         self._sink.start()
         metrics.watch(self)
         self._janitor = asyncio.create_task(self._janitor_loop(), name="registry-janitor")
 
-    def actor(self, tenant_id: uuid.UUID, session_id: uuid.UUID) -> SessionActor:
-        """The session's actor, created and started on first use."""
+    def mailbox(self, tenant_id: uuid.UUID, session_id: uuid.UUID) -> SessionMailbox:
+        """The session's mailbox, created on first use."""
         if self._closing:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ShuttingDown("server is shutting down")
         key = (tenant_id, session_id)
-        actor = self._actors.get(key)
-        if actor is None:
-            actor = SessionActor(tenant_id, session_id, self._sink, self._config,
-                                 on_commit=self._committed)
-            self._actors[key] = actor
-        return actor
-
-    def _committed(self, tenant_id: uuid.UUID, session_id: uuid.UUID, stored: Stored) -> None:
-        if self.on_commit is not None:
-            self.on_commit(tenant_id, session_id, stored)
+        mailbox = self._mailboxes.get(key)
+        if mailbox is None:
+            mailbox = SessionMailbox(key, self._sink, self._config, self._listener)
+            self._mailboxes[key] = mailbox
+        return mailbox
 
     def submit(
         self, tenant_id: uuid.UUID, session_id: uuid.UUID, group: WriteGroup
     ) -> asyncio.Future[Stored]:
-        """Queue ``group`` on the session's actor; the future resolves after COMMIT.
+        """Queue ``group`` in the session's mailbox; the future resolves after COMMIT.
 
         Raises :class:`Overloaded` or :class:`ShuttingDown` at once (not stored). The
         future fails with :class:`~storage.errors.Unavailable` (not stored),
@@ -103,8 +97,8 @@ class Registry:
         if self._pending >= self._config.max_pending:
             metrics.REJECTED.labels("queue_full").inc()
             raise Overloaded("server write queue is full")
-        actor = self.actor(tenant_id, session_id)
-        write = actor.submit(group, self._now() + self._write_timeout_s)
+        mailbox = self.mailbox(tenant_id, session_id)
+        write = mailbox.submit(group, self._now() + self._write_timeout_s)
         self._pending += 1
         write.future.add_done_callback(self._answered)
         return write.future
@@ -112,7 +106,7 @@ class Registry:
     async def write(
         self, tenant_id: uuid.UUID, session_id: uuid.UUID, group: WriteGroup
     ) -> Stored:
-        """Store ``group`` through the session's actor; returns after COMMIT (see submit)."""
+        """Store ``group`` through the session's mailbox; returns after COMMIT (see submit)."""
         # Not shielded: a caller that goes away cancels only its future; a queued write
         # is then dropped, one being committed is committed. The janitor answers queued
         # writes at their deadline; a commit answers within commit + settle timeouts.
@@ -128,25 +122,26 @@ class Registry:
         self._pending -= 1
 
     def evict_idle(self, now: float | None = None) -> int:
-        """Stop actors idle for ``idle_s`` with no subscribers; return how many."""
+        """Drop mailboxes idle for ``idle_s`` of sessions not in use; return how many."""
         now = asyncio.get_running_loop().time() if now is None else now
+        in_use = self._listener.in_use
         stale = [
-            key for key, actor in self._actors.items()
-            if actor.idle and now - actor.last_active >= self._idle_s and not self.in_use(key)
+            key for key, mailbox in self._mailboxes.items()
+            if mailbox.idle and now - mailbox.last_active >= self._idle_s and not in_use(key)
         ]
         for key in stale:
             # the idle check and the removal happen without an await in between, so no
-            # write can slip into an actor that is being dropped
-            self._actors.pop(key).terminate()
+            # write can slip into a mailbox that is being dropped
+            self._mailboxes.pop(key).terminate()
         if stale:
-            log.debug("evicted idle actors", extra={"evicted": len(stale),
-                                                    "active": len(self._actors)})
+            log.debug("evicted idle mailboxes", extra={"evicted": len(stale),
+                                                       "active": len(self._mailboxes)})
         return len(stale)
 
     def expire(self, now: float | None = None) -> int:
         """Answer every queued write past its deadline (503, not stored); return how many."""
         now = asyncio.get_running_loop().time() if now is None else now
-        return sum(a.expire(now) for a in self._actors.values() if a.depth)
+        return sum(m.expire(now) for m in self._mailboxes.values() if m.depth)
 
     async def _janitor_loop(self) -> None:
         # deadlines are enforced to within a tenth of the write timeout (at most 0.25 s)
@@ -171,23 +166,23 @@ class Registry:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        actors = list(self._actors.values())
-        log.info("shutdown: flushing session actors",
-                 extra={"actors": len(actors), "pending": self._pending})
-        flushed = await _within(deadline, *(a.stop() for a in actors))
+        mailboxes = list(self._mailboxes.values())
+        log.info("shutdown: flushing session mailboxes",
+                 extra={"mailboxes": len(mailboxes), "pending": self._pending})
+        flushed = await _within(deadline, *(m.stop() for m in mailboxes))
         if not flushed:
             log.warning("shutdown: flush deadline passed; failing writes not started",
                         extra={"pending": self._pending})
-        for actor in actors:
-            actor.terminate()
-        self._actors.clear()
+        for mailbox in mailboxes:
+            mailbox.terminate()
+        self._mailboxes.clear()
         if not (flushed and await _within(deadline, self._sink.close())):
             self._sink.terminate()
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
-        log.info("shutdown: session actors stopped", extra={"pending": self._pending})
+        log.info("shutdown: session mailboxes stopped", extra={"pending": self._pending})
 
 
 async def _within(deadline: float, *aws: Awaitable[None]) -> bool:
@@ -198,5 +193,3 @@ async def _within(deadline: float, *aws: Awaitable[None]) -> bool:
     done, _ = await asyncio.wait([asyncio.ensure_future(a) for a in aws], timeout=timeout)
     return len(done) == len(aws)
 
-
-__all__ = ["ActorConfig", "Registry", "Write"]
