@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.serving import serve_one
-from chat_storage.server.settings import Settings
 from loadtest.direct import direct_committer
 
 if __name__ == "__main__":

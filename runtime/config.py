@@ -5,7 +5,7 @@ from __future__ import annotations
 from chat_storage.actors.live.config import HubConfig
 from chat_storage.actors.live.stream_state import StreamConfig
 from chat_storage.actors.write.config import WriteConfig
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 
 
 def write(settings: Settings) -> WriteConfig:

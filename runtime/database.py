@@ -11,7 +11,7 @@ import logging
 
 import asyncpg
 
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
 
 log = logging.getLogger(__name__)

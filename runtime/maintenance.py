@@ -21,7 +21,7 @@ import random
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
 from chat_storage.storage.locks import MAINTENANCE_LOCK, try_advisory_lock
 from chat_storage.storage.objects import ObjectStore, discard_keys

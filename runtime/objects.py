@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage.objects import ObjectStore, open_store
 
 

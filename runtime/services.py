@@ -45,7 +45,7 @@ from chat_storage.runtime import config, maintenance
 from chat_storage.runtime.database import close_pool, open_database
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.objects import store_from_settings
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import ObjectStore

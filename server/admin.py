@@ -20,7 +20,7 @@ import orjson
 
 from chat_storage.runtime import database, maintenance
 from chat_storage.runtime.objects import store_from_settings
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
 
 PROG = "chat-storage"

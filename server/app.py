@@ -22,6 +22,7 @@ from aiohttp import web
 from chat_storage.actors.write.shared import SinkFactory
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import auth, middlewares, objects, state, streaming
 from chat_storage.server.routes import (
     attachments,
@@ -35,7 +36,7 @@ from chat_storage.server.routes import (
     ws,
 )
 from chat_storage.server.routes import web as web_page
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.state import SETTINGS_KEY
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes)

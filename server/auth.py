@@ -11,8 +11,7 @@ import time
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import POOL_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage.tenants import Principal, authenticate
 

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from chat_storage.runtime.settings import Settings, SettingsError
 from chat_storage.server import admin, logs, serving, workers
 from chat_storage.server.admin import PROG
-from chat_storage.server.settings import Settings, SettingsError
 from chat_storage.storage import db
 from chat_storage.storage.errors import StorageError
 

@@ -10,8 +10,7 @@ import asyncpg
 from aiohttp import web
 
 from chat_storage.server.errors import not_found
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import POOL_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage.ids import parse_uuid
 

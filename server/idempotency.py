@@ -17,8 +17,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import json_response
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import POOL_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as store
 from chat_storage.storage.idempotency import Claim, ClaimStatus

@@ -35,8 +35,7 @@ from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import json_response
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import INGEST_KEY, POOL_KEY
+from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage.idempotency import Claim, record_response
 from chat_storage.storage.ingest import Entry, IngestFull, IngestUnavailable

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.errors import ApiError
 from chat_storage.server.limits import check_json, check_text
 from chat_storage.server.schemas import MessageCreate
-from chat_storage.server.settings import Settings
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import admin, logs
-from chat_storage.server.settings import Settings
 from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError

@@ -1,4 +1,4 @@
-"""The app's state: the services of this process under typed keys.
+"""The app's state: the settings and the services of this process under typed keys.
 
 ``server.app`` builds :class:`~chat_storage.runtime.services.Services` in its one
 ``cleanup_ctx`` and puts each service here; handlers read them with ``app[KEY]``.
@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 from chat_storage.actors.live.hub import Hub
 from chat_storage.actors.write.registry import Registry
 from chat_storage.runtime.services import Services
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.ratelimit import LIMITER_KEY
 from chat_storage.storage.broker import Broker
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import LocalStore, ObjectStore
 
+SETTINGS_KEY = web.AppKey("settings", Settings)
 SERVICES_KEY = web.AppKey("services", Services)
 POOL_KEY = web.AppKey("pool", asyncpg.Pool)
 OBJECTS_KEY = web.AppKey("objects", ObjectStore)

@@ -19,8 +19,7 @@ from aiohttp import web
 from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.server import auth
 from chat_storage.server.errors import ApiError
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import HUB_KEY, POOL_KEY
+from chat_storage.server.state import HUB_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db, tickets
 from chat_storage.storage.ids import parse_uuid
 from chat_storage.storage.tenants import Principal

@@ -51,8 +51,8 @@ from types import FrameType
 from typing import Any
 
 from chat_storage.runtime import database
+from chat_storage.runtime.settings import Settings, SettingsError
 from chat_storage.server import logs, serving
-from chat_storage.server.settings import Settings, SettingsError
 from chat_storage.storage import embedded
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.storage import db, tenants
 from tests.support import scratch
 

@@ -132,4 +132,4 @@ def test_no_import_cycle() -> None:
 def test_the_checks_see_the_whole_package() -> None:
     found = graph()
     assert "chat_storage.server.app" in found and "chat_storage.storage.db" in found
-    assert "chat_storage.server.settings" in found["chat_storage.server.app"]
+    assert "chat_storage.runtime.settings" in found["chat_storage.server.app"]

@@ -58,7 +58,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_one_package_with_its_data(installed: Path, tmp_path: Path) -> None:
     out = run(installed / "python", "-c",
               "import importlib.util as u, chat_storage as c; "
-              "from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR as m, "
+              "from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR as m, "
               "DEFAULT_WEB_DIR as w; "
               "print(c.__file__); print(sorted(p.name for p in m.glob('*.sql'))[0]); "
               "print((w / 'index.html').is_file()); "

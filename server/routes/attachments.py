@@ -32,8 +32,7 @@ from chat_storage.server.schemas import (
     AttachmentDownload,
     Error,
 )
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import OBJECTS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
 from chat_storage.storage import attachments
 from chat_storage.storage.idempotency import record_response
 from chat_storage.storage.ids import new_id

@@ -34,8 +34,7 @@ from chat_storage.server.jsonio import parse_query
 from chat_storage.server.middlewares import to_api_error
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import HUB_KEY
+from chat_storage.server.state import HUB_KEY, SETTINGS_KEY
 from chat_storage.server.streaming import CONNECTIONS_KEY
 from chat_storage.server.transport import framing, writer
 from chat_storage.storage import sessions

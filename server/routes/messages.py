@@ -25,8 +25,7 @@ from chat_storage.server.schemas import (
     MessagePage,
     MessageUpdate,
 )
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import REGISTRY_KEY
+from chat_storage.server.state import REGISTRY_KEY, SETTINGS_KEY
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
 from chat_storage.storage.messages import WriteGroup

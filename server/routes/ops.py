@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import metrics
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.routing import RouteTable
-from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.state import POOL_KEY, SERVICES_KEY
+from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import migrations
 from chat_storage.storage.db import CONNECTION_ERRORS
 

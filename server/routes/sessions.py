@@ -25,8 +25,7 @@ from chat_storage.server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import OBJECTS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,7 @@ from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.state import HUB_KEY, REGISTRY_KEY
+from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SETTINGS_KEY
 from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
 from chat_storage.server.transport import writer
 from chat_storage.server.transport.framing import reply

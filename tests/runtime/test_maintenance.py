@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chat_storage.runtime import maintenance
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.state import OBJECTS_KEY, POOL_KEY
+from chat_storage.server.state import OBJECTS_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import locks, retention
 from tests.conftest import Tenant, make_tenant
 from tests.server.test_attachments import create, ready

@@ -12,7 +12,7 @@ import pytest
 from chat_storage.actors.write.errors import ShuttingDown
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.objects import LocalStore
 from tests.conftest import REDIS_URL

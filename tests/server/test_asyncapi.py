@@ -23,9 +23,9 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import asyncapi, frames
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import Settings
 from tests.conftest import Tenant
 from tests.server.framecensus import sent_frame_types
 from tests.support.streamkit import DEADLINE_S, connect, new_session, recv_until, start

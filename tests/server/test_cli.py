@@ -27,8 +27,8 @@ import asyncpg
 import orjson
 import pytest
 
+from chat_storage.runtime.settings import Settings, _env_name
 from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
-from chat_storage.server.settings import Settings, _env_name
 from chat_storage.storage import tenants
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.procs import ROOT, clean_env, cli_command, free_port

@@ -14,9 +14,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.logs import JsonFormatter
-from chat_storage.server.settings import Settings
 from chat_storage.storage import tenants
 from tests.conftest import Tenant, make_tenant
 

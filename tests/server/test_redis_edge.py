@@ -12,9 +12,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import ratelimit
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import Settings
 from chat_storage.server.state import BROKER_KEY
 from chat_storage.storage.broker import MemoryBroker, RedisBroker
 from chat_storage.storage.ratelimit import MemoryLimiter, SharedLimiter

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR
 from chat_storage.storage import locks, migrations
 from chat_storage.storage.errors import MigrationError
 from tests.support import scratch

@@ -6,7 +6,7 @@ import secrets
 
 import asyncpg
 
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR
 from tests.conftest import ADMIN_URL
 from tests.support import scratch
 

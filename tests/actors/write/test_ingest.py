@@ -26,8 +26,8 @@ import pytest
 from redis.asyncio import Redis
 
 from chat_storage.actors.write.ingest import IngestConsumer
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import Settings
 from chat_storage.server.state import REDIS_KEY
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.ingest import Entry, IngestStream

@@ -14,11 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 T = TypeVar("T")
 
-SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
 # Package data of ``chat_storage`` (shipped in the wheel); the package is always
 # installed as plain files, so the resource directories are real paths.
 DEFAULT_MIGRATIONS_DIR = Path(str(resources.files("chat_storage") / "sql"))
