@@ -38,15 +38,25 @@ class Supervisor:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
-        """Run ``coro`` as a task named ``name`` (``kind:detail``), owned here."""
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str,
+              awaited: bool = False) -> asyncio.Task[T]:
+        """Run ``coro`` as a task named ``name`` (``kind:detail``), owned here.
+
+        ``awaited``: a caller awaits the task and gets its outcome (a shielded write):
+        its failure is that caller's to handle, so it is not logged here again.
+        """
         if self._closed:
             coro.close()
             raise RuntimeError(f"supervisor closed; cannot start {name}")
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._ended)
+        task.add_done_callback(self._forget if awaited else self._ended)
         return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # the awaiter has it; no "exception never retrieved" warning
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -58,10 +68,18 @@ class Supervisor:
             log.error("background task failed", exc_info=exc,
                       extra={"task": task.get_name()})
 
-    async def cancel(self, task: asyncio.Task[Any]) -> None:
-        """Cancel ``task`` and wait until it has ended (its failure is logged, not raised)."""
+    def cancel(self, task: asyncio.Task[Any]) -> None:
+        """Ask ``task`` to stop, without waiting (for code that cannot wait)."""
         task.cancel()
-        await asyncio.wait([task])
+
+    async def stop(self, task: asyncio.Task[Any], timeout_s: float | None = None) -> bool:
+        """Cancel ``task`` and wait until it has ended, at most ``timeout_s``; whether it did.
+
+        Its failure, if any, is logged and counted here, never raised to the caller.
+        """
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+        return bool(done)
 
     async def close(self, timeout_s: float) -> int:
         """Cancel every task still running and wait up to ``timeout_s``; how many were left.

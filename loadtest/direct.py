@@ -15,13 +15,15 @@ from chat_storage.actors.write.errors import ShuttingDown
 from chat_storage.actors.write.protocols import Done
 from chat_storage.actors.write.shared import commit_and_tell, tell
 from chat_storage.storage.writes import SessionBatch
+from chat_storage.supervisor import Supervisor
 
 
 class DirectCommitter:
     """One transaction per session batch, on a connection from the pool each time."""
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Committer, tasks: Supervisor) -> None:
         self._committer = committer
+        self._tasks = tasks
         self._inflight: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -33,7 +35,7 @@ class DirectCommitter:
         if self._closing:
             tell(done, ShuttingDown("committer is stopped"))
             return
-        task = asyncio.create_task(self._one(batch, done))
+        task = self._tasks.spawn(self._one(batch, done), name="direct-commit")
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -57,9 +59,10 @@ class DirectCommitter:
         """Take no more batches; abandon those under way (:class:`OutcomeUnknown`)."""
         self._closing = True
         for task in self._inflight:
-            task.cancel()
+            self._tasks.cancel(task)
 
 
-def direct_committer(committer: Committer, config: WriteConfig) -> DirectCommitter:
+def direct_committer(committer: Committer, config: WriteConfig,
+                     tasks: Supervisor) -> DirectCommitter:
     """A :data:`~chat_storage.actors.write.shared.SinkFactory` for ``create_app``."""
-    return DirectCommitter(committer)
+    return DirectCommitter(committer, tasks)

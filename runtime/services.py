@@ -84,11 +84,12 @@ class Services:
         """
         tasks = Supervisor()
         async with contextlib.AsyncExitStack() as undo:
+            undo.push_async_callback(tasks.close, 0.0)  # last: whatever was started
             pool = await open_database(settings)
             undo.push_async_callback(close_pool, pool, 0.0)
             objects = await store_from_settings(settings)
             undo.push_async_callback(objects.close)
-            redis, broker, limiter = await _open_redis(settings)
+            redis, broker, limiter = await _open_redis(settings, tasks)
             undo.push_async_callback(broker.close)
             if redis is not None:
                 undo.push_async_callback(redis.aclose)
@@ -96,13 +97,15 @@ class Services:
             held = HeldStreams()
             source = SessionSource(pool, broker, held,
                                    acquire_timeout_s=live.stream.acquire_timeout_s)
-            fanout = Fanout(broker, source, held, live)
+            fanout = Fanout(broker, source, held, live, tasks=tasks)
             write = config.write(settings)
-            registry = Registry((sink or SharedCommitter)(Committer(pool, write), write), write,
-                                listener=fanout, idle_s=settings.actor_idle_s,
+            committer = (sink or SharedCommitter)(Committer(pool, write), write, tasks)
+            registry = Registry(committer, write, tasks=tasks, listener=fanout,
+                                idle_s=settings.actor_idle_s,
                                 write_timeout_s=settings.write_timeout_s)
-            streams = Streams(pool, live.stream, held, fanout.emit, writer=registry)
-            hub = Hub(fanout, streams, Sweeper(streams, source, held, fanout.emit, live))
+            streams = Streams(pool, live.stream, held, fanout.emit, writer=registry, tasks=tasks)
+            sweeper = Sweeper(streams, source, held, fanout.emit, live, tasks=tasks)
+            hub = Hub(fanout, streams, sweeper)
             registry.start()
             undo.push_async_callback(registry.close, 0.0)
             hub.start()
@@ -113,7 +116,7 @@ class Services:
                     raise RuntimeError("async ingestion needs REDIS_URL")
                 ingest = IngestStream(redis, prefix=settings.redis_prefix,
                                       max_backlog=settings.ingest_max_backlog)
-                consumer = IngestConsumer(ingest, registry, pool,
+                consumer = IngestConsumer(ingest, registry, pool, tasks=tasks,
                                           batch=settings.ingest_batch,
                                           claim_idle_s=settings.ingest_claim_idle_s)
                 consumer.start()
@@ -172,11 +175,12 @@ class Services:
         return "ok" if healthy else "degraded"
 
 
-async def _open_redis(settings: Settings) -> tuple[Redis | None, Broker, Limiter]:
+async def _open_redis(settings: Settings,
+                      tasks: Supervisor) -> tuple[Redis | None, Broker, Limiter]:
     """The Redis client, broker and rate limiter; memory ones without ``REDIS_URL``."""
     client = None if settings.redis_url is None else connect(settings.redis_url)
-    broker = open_broker(client, prefix=settings.redis_prefix)
-    limiter = open_limiter(client, prefix=settings.redis_prefix,
+    broker = open_broker(client, tasks=tasks, prefix=settings.redis_prefix)
+    limiter = open_limiter(client, tasks=tasks, prefix=settings.redis_prefix,
                            rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
     if client is not None:
         try:  # a Redis that is down at start is an outage like any other: start degraded

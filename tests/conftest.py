@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.server.app import create_app
 from chat_storage.storage import db, tenants
+from chat_storage.supervisor import Supervisor
 from tests.support import scratch
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -67,6 +68,14 @@ async def prefix() -> AsyncIterator[str]:
         await delete_keys(client, value)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def tasks() -> AsyncIterator[Supervisor]:
+    """The owner of a test's background tasks; whatever is left is cancelled at the end."""
+    supervisor = Supervisor()
+    yield supervisor
+    await supervisor.close(5.0)
 
 
 @pytest.fixture

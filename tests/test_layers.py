@@ -133,3 +133,17 @@ def test_the_checks_see_the_whole_package() -> None:
     found = graph()
     assert "chat_storage.server.app" in found and "chat_storage.storage.db" in found
     assert "chat_storage.runtime.settings" in found["chat_storage.server.app"]
+
+
+def test_only_the_supervisor_creates_tasks() -> None:
+    """Every background task has one owner (chat_storage.supervisor), which logs and
+    counts its death; a bare create_task would be a task nobody answers for."""
+    bare = []
+    for name, path in modules().items():
+        if name == "chat_storage.supervisor":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("create_task", "ensure_future")):
+                bare.append(f"{name}:{node.lineno}")
+    assert bare == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -53,7 +54,7 @@ async def test_close_cancels_what_is_left_and_refuses_new_tasks() -> None:
         tasks.spawn(coro, name="late")
 
 
-async def test_cancel_waits_for_the_task_to_end() -> None:
+async def test_stop_waits_for_the_task_to_end() -> None:
     tasks = Supervisor()
     ended = asyncio.Event()
 
@@ -66,5 +67,21 @@ async def test_cancel_waits_for_the_task_to_end() -> None:
 
     task = tasks.spawn(slow_to_stop(), name="slow")
     await asyncio.sleep(0)
-    await tasks.cancel(task)
+    assert await tasks.stop(task) is True
     assert ended.is_set() and task.cancelled()
+
+
+async def test_stop_gives_up_at_its_timeout_on_a_task_that_will_not_end() -> None:
+    tasks = Supervisor()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # the bug being guarded
+                await release.wait()
+
+    task = tasks.spawn(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    assert await tasks.stop(task, timeout_s=0.05) is False
+    release.set()
+    await task

@@ -15,7 +15,6 @@ are in :class:`~chat_storage.actors.live.stream_state.HeldStreams`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -30,13 +29,14 @@ from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.actors.live.subscription import Render, Subscription
 from chat_storage.storage import broker as broker_mod
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.supervisor import Supervisor
 
 
 class Fanout:
     """Feeds by session, their subscribers, and the relay to and from the broker."""
 
     def __init__(self, broker: broker_mod.Broker, source: SessionSource, held: HeldStreams,
-                 config: HubConfig) -> None:
+                 config: HubConfig, *, tasks: Supervisor) -> None:
         self.config = config
         self.origin = uuid.uuid4().hex[:16].encode()
         self._broker = broker
@@ -44,7 +44,9 @@ class Fanout:
         self._held = held
         self._feeds: dict[SessionKey, Feed] = {}
         self._unlisten: dict[SessionKey, Callable[[], None]] = {}
-        self._relay = relay.Relay(broker, self.in_use, config.publish_queue)
+        self._relay = relay.Relay(broker, self.in_use, tasks=tasks,
+                                  max_queue=config.publish_queue)
+        self._tasks = tasks
         self._closers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -123,7 +125,7 @@ class Fanout:
     def _open_feed(self, key: SessionKey) -> Feed:
         if key in self._feeds:
             self._close_feed(key)
-        feed = Feed(key, self._source)
+        feed = Feed(key, self._source, tasks=self._tasks)
         self._feeds[key] = feed
         # listen before the feed reads Postgres: nothing published after that is missed
         self._unlisten[key] = self._broker.listen(relay.channel(key), self._listener(key))
@@ -135,7 +137,7 @@ class Fanout:
         unlisten = self._unlisten.pop(key, None)
         if unlisten is not None:
             unlisten()
-        task = asyncio.create_task(feed.close())
+        task = self._tasks.spawn(feed.close(), name=f"feed-close:{key[1]}")
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 
@@ -161,6 +163,5 @@ class Fanout:
         """Close every feed (their subscriptions are the connections' to end)."""
         for key in list(self._feeds):
             self._close_feed(key)
-        for task in list(self._closers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._closers:
+            await asyncio.wait(list(self._closers))

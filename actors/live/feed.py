@@ -25,6 +25,7 @@ from chat_storage.actors.live import events, metrics
 from chat_storage.actors.live.events import SessionEvent
 from chat_storage.actors.live.subscription import Subscription
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class Mirror:
 class Feed:
     """This replica's ordered view of one session, shared by its local subscribers."""
 
-    def __init__(self, key: SessionKey, source: FeedSource, *, block_limit: int = 100_000) -> None:
+    def __init__(self, key: SessionKey, source: FeedSource, *, tasks: Supervisor,
+                 block_limit: int = 100_000) -> None:
         self.key = key
+        self._tasks = tasks
         self.subs: list[Subscription] = []
         self.mirrors: dict[str, Mirror] = {}
         self.last_seq = 0
@@ -107,7 +110,7 @@ class Feed:
 
     def start(self) -> None:
         """Load the session's state; events ingested meanwhile wait for it."""
-        self._task = asyncio.create_task(self._start(), name=f"feed-start:{self.key[1]}")
+        self._task = self._tasks.spawn(self._start(), name=f"feed-start:{self.key[1]}")
 
     async def wait_ready(self) -> None:
         """Return once started; raise what made the start fail."""
@@ -118,14 +121,9 @@ class Feed:
     async def close(self) -> None:
         """Stop any load in flight; the subscriptions are the connections' to end."""
         for resync in list(self._resyncs):
-            resync.cancel()
+            self._tasks.cancel(resync)
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
+            await self._tasks.stop(self._task)
 
     def ingest(self, event: SessionEvent) -> None:
         """Take an event from this process or another replica (never waits)."""
@@ -211,8 +209,8 @@ class Feed:
             return
         if ev.seq > self.last_seq + 1:
             self._blocked = [ev]
-            self._task = asyncio.create_task(self._fill(self.last_seq, ev.seq - 1),
-                                             name=f"feed-fill:{self.key[1]}")
+            self._task = self._tasks.spawn(self._fill(self.last_seq, ev.seq - 1),
+                                           name=f"feed-fill:{self.key[1]}")
             return
         self._accept(ev)
 
@@ -268,7 +266,7 @@ class Feed:
             return
         metrics.FEED_GAPS.labels("delta").inc()
         self._resyncing[ev.stream_id] = [ev]
-        task = asyncio.create_task(self._resync(ev.stream_id), name=f"feed-resync:{ev.stream_id}")
+        task = self._tasks.spawn(self._resync(ev.stream_id), name=f"feed-resync:{ev.stream_id}")
         self._resyncs.add(task)
         task.add_done_callback(self._resyncs.discard)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from chat_storage.actors.live import metrics
 from chat_storage.storage.broker import Broker
 from chat_storage.storage.records import SessionKey
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 BATCH = 512
@@ -37,9 +37,10 @@ def channel(key: SessionKey) -> str:
 class Relay:
     """A bounded queue of (session, event bytes) and the task that publishes it."""
 
-    def __init__(self, broker: Broker, active: Callable[[SessionKey], bool],
-                 max_queue: int = 100_000) -> None:
+    def __init__(self, broker: Broker, active: Callable[[SessionKey], bool], *,
+                 tasks: Supervisor, max_queue: int = 100_000) -> None:
         self._broker = broker
+        self._tasks = tasks
         self._active = active
         self._max_queue = max_queue
         self._queue: collections.deque[tuple[SessionKey, bytes]] = collections.deque()
@@ -48,7 +49,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="broker-relay")
+        self._task = self._tasks.spawn(self._run(), name="broker-relay")
 
     def send(self, key: SessionKey, data: bytes) -> None:
         """Queue ``data`` for the session's channel (never waits)."""
@@ -69,9 +70,7 @@ class Relay:
                 log.warning("broker queue not flushed before the deadline",
                             extra={"left": len(self._queue)})
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._tasks.stop(self._task)
 
     async def _run(self) -> None:
         failing_since = 0.0

@@ -46,6 +46,7 @@ from chat_storage.storage import streams as store
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,8 +69,9 @@ class Streams:
     """
 
     def __init__(self, pool: asyncpg.Pool, config: StreamConfig, held: HeldStreams,
-                 emit: Emit, writer: Writer) -> None:
+                 emit: Emit, writer: Writer, *, tasks: Supervisor) -> None:
         self.config = config
+        self._supervisor = tasks
         self._pool = pool
         self._held = held
         self._emit = emit
@@ -272,7 +274,8 @@ class Streams:
         return await asyncio.shield(self._spawn(coro))
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        task = asyncio.create_task(coro)
+        # awaited through a shield by the producer that asked, or waited for by close()
+        task = self._supervisor.spawn(coro, name="stream-write", awaited=True)
         self._tasks.add(task)
         task.add_done_callback(self._reap)
         return task

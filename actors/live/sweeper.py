@@ -9,7 +9,6 @@ touched), on one replica at a time (a Postgres advisory lock, ``storage.streams`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.actors.live.streams import Streams
 from chat_storage.storage import streams as store
 from chat_storage.storage.records import StoredMessage
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 Swept = list[tuple[uuid.UUID, StoredMessage]]  # (tenant_id, message) per stream interrupted
@@ -33,8 +33,9 @@ class Sweeper:
     """The ticker of this process's streams, and the sweeper of other replicas' orphans."""
 
     def __init__(self, streams: Streams, source: SessionSource, held: HeldStreams,
-                 emit: Emit, config: HubConfig) -> None:
+                 emit: Emit, config: HubConfig, *, tasks: Supervisor) -> None:
         self.config = config
+        self._tasks = tasks
         self._streams = streams
         self._source = source
         self._held = held
@@ -43,14 +44,12 @@ class Sweeper:
 
     def start(self) -> None:
         """Start the ticker."""
-        self._task = asyncio.create_task(self._ticker(), name="hub-ticker")
+        self._task = self._tasks.spawn(self._ticker(), name="hub-ticker")
 
     async def stop(self) -> None:
         """Stop the ticker."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._tasks.stop(self._task)
 
     async def _ticker(self) -> None:
         interval = min(1.0, self.config.stream.checkpoint_interval_s / 2)

@@ -40,6 +40,7 @@ from chat_storage.storage.errors import InvalidReference, NotFound, Unavailable
 from chat_storage.storage.ingest import Delivery, IngestStream, IngestUnavailable, stored_ids
 from chat_storage.storage.messages import WriteGroup
 from chat_storage.storage.writes import Stored
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class IngestConsumer:
     """Persists ingest entries through ``registry``; see the module doc."""
 
     def __init__(self, stream: IngestStream, registry: Registry, pool: asyncpg.Pool, *,
-                 batch: int = 100, claim_idle_s: float = 30.0, block_ms: int = 1000,
-                 stats_interval_s: float = 5.0, name: str | None = None) -> None:
+                 tasks: Supervisor, batch: int = 100, claim_idle_s: float = 30.0,
+                 block_ms: int = 1000, stats_interval_s: float = 5.0,
+                 name: str | None = None) -> None:
         self.stream = stream
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch = batch
@@ -77,13 +79,14 @@ class IngestConsumer:
         self.stats_interval_s = stats_interval_s
         self._registry = registry
         self._pool = pool
+        self._supervisor = tasks
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         """Start the consumer loop and the gauge refresher."""
-        self._tasks = [asyncio.create_task(self._run(), name="ingest-consumer"),
-                       asyncio.create_task(self._refresh_stats(), name="ingest-stats")]
+        self._tasks = [self._supervisor.spawn(self._run(), name="ingest-consumer"),
+                       self._supervisor.spawn(self._refresh_stats(), name="ingest-stats")]
 
     def stop_reading(self) -> None:
         """Take no new entries; the batch under way still finishes and is acknowledged."""
@@ -102,11 +105,7 @@ class IngestConsumer:
         for task in late:
             log.warning("ingest consumer did not stop in time; abandoning its batch",
                         extra={"consumer": self.name})
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task in self._tasks:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("ingest task failed", exc_info=task.exception())
+            await self._supervisor.stop(task)  # a failure is logged and counted there
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when stopping."""

@@ -23,6 +23,9 @@ MAILBOX_DEPTH = Gauge("chat_mailbox_depth", "Writes queued in all session mailbo
 ACTIVE_ACTORS = Gauge("chat_active_actors", "Session actors alive in this process")
 IN_FLIGHT = Gauge("chat_writes_in_flight", "Writes accepted and not yet answered")
 REJECTED = Counter("chat_writes_rejected_total", "Writes not accepted, by reason", ["reason"])
+JANITOR_FAILURES = Counter("chat_registry_janitor_failures_total",
+                           "Rounds of the registry's janitor (write deadlines, idle eviction) "
+                           "that failed; the janitor goes on")
 
 
 class Watched(Protocol):

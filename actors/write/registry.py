@@ -10,10 +10,10 @@ abandoned: its writes are answered :class:`OutcomeUnknown`, never as stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from typing import Any
 
 from chat_storage.actors.write import metrics
 from chat_storage.actors.write.config import WriteConfig
@@ -23,6 +23,7 @@ from chat_storage.actors.write.protocols import BatchSink, CommitListener, NoLis
 from chat_storage.storage.messages import WriteGroup
 from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,12 @@ class Registry:
     """
 
     def __init__(
-        self, sink: BatchSink, config: WriteConfig, *,
+        self, sink: BatchSink, config: WriteConfig, *, tasks: Supervisor,
         listener: CommitListener | None = None, idle_s: float = 60.0,
         write_timeout_s: float = 10.0,
     ) -> None:
         self._config = config
+        self._tasks = tasks
         self._idle_s = idle_s
         self._write_timeout_s = write_timeout_s
         self._sink = sink
@@ -70,7 +72,7 @@ class Registry:
         """Start the sink (the committer) and the janitor (deadlines, idle eviction)."""
         self._sink.start()
         metrics.watch(self)
-        self._janitor = asyncio.create_task(self._janitor_loop(), name="registry-janitor")
+        self._janitor = self._tasks.spawn(self._janitor_loop(), name="registry-janitor")
 
     def mailbox(self, tenant_id: uuid.UUID, session_id: uuid.UUID) -> SessionMailbox:
         """The session's mailbox, created on first use."""
@@ -152,10 +154,16 @@ class Registry:
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
-            self.expire(now)
-            if now - last_evict >= evict_every:
-                last_evict = now
-                self.evict_idle(now)
+            try:
+                self.expire(now)
+                if now - last_evict >= evict_every:
+                    last_evict = now
+                    self.evict_idle(now)
+            except Exception:
+                # a dead janitor would let queued writes outlive their deadline: log,
+                # count, and go on with the next round
+                metrics.JANITOR_FAILURES.inc()
+                log.exception("registry janitor round failed")
 
     def begin_shutdown(self) -> None:
         """Refuse new writes from now on (503); queued ones are still committed."""
@@ -169,27 +177,26 @@ class Registry:
         mailboxes = list(self._mailboxes.values())
         log.info("shutdown: flushing session mailboxes",
                  extra={"mailboxes": len(mailboxes), "pending": self._pending})
-        flushed = await _within(deadline, *(m.stop() for m in mailboxes))
+        flushed = await self._within(deadline, *(m.stop() for m in mailboxes))
         if not flushed:
             log.warning("shutdown: flush deadline passed; failing writes not started",
                         extra={"pending": self._pending})
         for mailbox in mailboxes:
             mailbox.terminate()
         self._mailboxes.clear()
-        if not (flushed and await _within(deadline, self._sink.close())):
+        if not (flushed and await self._within(deadline, self._sink.close())):
             self._sink.terminate()
         if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+            await self._tasks.stop(self._janitor)
         log.info("shutdown: session mailboxes stopped", extra={"pending": self._pending})
 
 
-async def _within(deadline: float, *aws: Awaitable[None]) -> bool:
-    """Wait for ``aws`` until the loop time ``deadline``; whether they all finished."""
-    if not aws:
-        return True
-    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-    done, _ = await asyncio.wait([asyncio.ensure_future(a) for a in aws], timeout=timeout)
-    return len(done) == len(aws)
+    async def _within(self, deadline: float, *aws: Coroutine[Any, Any, None]) -> bool:
+        """Wait for ``aws`` until the loop time ``deadline``; whether they all finished."""
+        if not aws:
+            return True
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        running = [self._tasks.spawn(a, name="registry-flush") for a in aws]
+        done, _ = await asyncio.wait(running, timeout=timeout)
+        return len(done) == len(aws)
 

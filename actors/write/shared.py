@@ -22,12 +22,13 @@ from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.errors import OutcomeUnknown, ShuttingDown
 from chat_storage.actors.write.protocols import BatchSink, Done
 from chat_storage.storage.writes import SessionBatch, Stored
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 Item = tuple[SessionBatch, Done]  # a batch and whom to tell its outcome
 # How the root makes the registry's sink from the committer: SharedCommitter itself.
-SinkFactory = Callable[[Committer, WriteConfig], BatchSink]
+SinkFactory = Callable[[Committer, WriteConfig, Supervisor], BatchSink]
 
 
 def _size(batch: SessionBatch) -> int:
@@ -45,9 +46,10 @@ def tell(done: Done, outcome: list[Stored | Exception] | BaseException) -> None:
 class SharedCommitter:
     """Commits the batches of many sessions together, ``committers`` at a time."""
 
-    def __init__(self, committer: Committer, config: WriteConfig,
+    def __init__(self, committer: Committer, config: WriteConfig, tasks: Supervisor,
                  *, lease_idle_s: float = 1.0) -> None:
         self._committer = committer
+        self._tasks = tasks
         self._config = config
         self._lease_idle_s = lease_idle_s
         self._queue: collections.deque[Item] = collections.deque()
@@ -57,7 +59,7 @@ class SharedCommitter:
 
     def start(self) -> None:
         """Start the worker tasks."""
-        self._workers = [asyncio.create_task(self._work(), name=f"shared-committer-{i}")
+        self._workers = [self._tasks.spawn(self._work(), name=f"shared-committer:{i}")
                          for i in range(self._config.committers)]
 
     def submit(self, batch: SessionBatch, done: Done) -> None:
@@ -83,7 +85,7 @@ class SharedCommitter:
         while self._queue:
             tell(self._queue.popleft()[1], ShuttingDown("server stopped before the write"))
         for task in self._workers:
-            task.cancel()
+            self._tasks.cancel(task)
 
     async def _work(self) -> None:
         lease = self._committer.lease()

@@ -34,7 +34,7 @@ from chat_storage.server.jsonio import parse_query
 from chat_storage.server.middlewares import to_api_error
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.state import HUB_KEY, SETTINGS_KEY
+from chat_storage.server.state import HUB_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.server.streaming import CONNECTIONS_KEY
 from chat_storage.server.transport import framing, writer
 from chat_storage.storage import sessions
@@ -97,12 +97,13 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no"})
     key = (tenant_id, session_id)
     hub = app[HUB_KEY]
+    tasks = app[SERVICES_KEY].tasks
     sub = None
     sender: asyncio.Task[None] | None = None
     try:
         await response.prepare(request)
         await response.write(framing.SSE_RETRY)
-        sender = writer.start(outbox, writer.SseWire(response),
+        sender = writer.start(outbox, writer.SseWire(response), tasks=tasks,
                               keep_alive_s=settings.ws_heartbeat_s, name="sse-writer")
         try:
             sub = await hub.subscribe(key, outbox, after_seq=after_seq, known=known,
@@ -113,8 +114,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             api = to_api_error(exc)
             if api is None:
                 raise
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await tasks.stop(sender)
             await response.write(framing.sse_error(frames.from_api_error(api, None).code,
                                                    api.message))
             return response
@@ -126,7 +126,6 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         if sub is not None:
             hub.unsubscribe(key, sub)
         if sender is not None and not sender.done():
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await tasks.stop(sender)
         connections.close(tenant_id, "sse", token)
     return response

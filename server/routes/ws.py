@@ -36,7 +36,7 @@ from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SETTINGS_KEY
+from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
 from chat_storage.server.transport import writer
 from chat_storage.server.transport.framing import reply
@@ -121,11 +121,12 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
+        self._tasks = request.app[SERVICES_KEY].tasks
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
         self._writer = writer.start(self.outbox, writer.WebSocketWire(self._request, self.ws),
-                                    name="ws-writer")
+                                    tasks=self._tasks, name="ws-writer")
         try:
             while True:
                 msg = await self.ws.receive()
@@ -142,9 +143,9 @@ class Connection:
             if self.sub is not None:
                 self.hub.unsubscribe(self.key, self.sub)
             self.outbox.close()
-            await _finish(self._writer)
+            await self._finish(self._writer)
             if self._closing is not None:
-                await _finish(self._closing)
+                await self._finish(self._closing)
 
     async def shutdown(self) -> None:
         """Close with 1001 (server going away)."""
@@ -277,13 +278,14 @@ class Connection:
         stream_metrics.CUT.labels("ws").inc()
         log.info("websocket cut: send queue overflow", extra={"session_id": str(self.key[1])})
         if self._closing is None:
-            self._closing = asyncio.create_task(
-                self._close(1013, "send queue overflow; subscribe again from your last seq"))
+            self._closing = self._tasks.spawn(
+                self._close(1013, "send queue overflow; subscribe again from your last seq"),
+                name="ws-close")
 
     async def _close(self, code: int, reason: str) -> None:
         self.outbox.close()
         if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()  # it may be stuck on a full socket
+            self._tasks.cancel(self._writer)  # it may be stuck on a full socket
         transport = self._request.transport
         if transport is not None:
             # the close frame queues behind what the socket still holds; a client that
@@ -296,13 +298,8 @@ class Connection:
             pass
 
 
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Wait for ``task`` to end (cancelled if still running); never swallow our own cancel."""
-    if not task.done():
-        task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    async def _finish(self, task: asyncio.Task[None]) -> None:
+        """Wait for ``task`` to end, cancelled if still running (a failure is logged and
+        counted by the supervisor); our own cancellation still propagates."""
+        if not task.done():
+            await self._tasks.stop(task)

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from chat_storage.actors.live.outbox import Outbox
 from chat_storage.server.transport.framing import SSE_KEEP_ALIVE, ws_text_header
+from chat_storage.supervisor import Supervisor
 
 
 class Wire(Protocol):
@@ -95,7 +96,7 @@ class SseWire:
         await self._response.write(SSE_KEEP_ALIVE)
 
 
-def start(outbox: Outbox, wire: Wire, *, keep_alive_s: float | None = None,
-          name: str | None = None) -> asyncio.Task[None]:
-    """The connection's writer task (its owner, the route, awaits or cancels it)."""
-    return asyncio.create_task(pump(outbox, wire, keep_alive_s=keep_alive_s), name=name)
+def start(outbox: Outbox, wire: Wire, *, tasks: Supervisor, name: str,
+          keep_alive_s: float | None = None) -> asyncio.Task[None]:
+    """The connection's writer task, owned by ``tasks``; the route waits for its end."""
+    return tasks.spawn(pump(outbox, wire, keep_alive_s=keep_alive_s), name=name)

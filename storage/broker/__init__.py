@@ -18,16 +18,17 @@ from chat_storage.storage.broker.base import (
 )
 from chat_storage.storage.broker.memory import MemoryBroker
 from chat_storage.storage.broker.redis import RedisBroker
+from chat_storage.supervisor import Supervisor
 
 __all__ = ["Broker", "BrokerMessage", "BrokerUnavailable", "Gap", "Listener", "MemoryBroker",
            "RedisBroker", "open_broker"]
 
 
-def open_broker(client: Redis | None, *, prefix: str = "chat") -> Broker:
+def open_broker(client: Redis | None, *, tasks: Supervisor, prefix: str = "chat") -> Broker:
     """Redis streams under ``prefix`` on ``client``, or memory if ``client`` is ``None``.
 
     The broker does not own ``client``: close the broker first, then the client.
     """
     if client is None:
         return MemoryBroker()
-    return RedisBroker(client, prefix=prefix)
+    return RedisBroker(client, tasks=tasks, prefix=prefix)

@@ -33,6 +33,7 @@ from chat_storage.storage.broker.redis_reader import (
 )
 from chat_storage.storage.redis_client import connect
 from chat_storage.storage.redis_keys import RedisKeys
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def parse_id(value: str) -> tuple[int, int]:
 class RedisBroker:
     """The :class:`storage.broker.base.Broker` on Redis streams (see the module docstring)."""
 
-    def __init__(self, client: Redis, *, prefix: str = "chat", max_len: int = 10_000,
+    def __init__(self, client: Redis, *, tasks: Supervisor, prefix: str = "chat",
+                 max_len: int = 10_000,
                  ttl_s: int = 3600, block_ms: int = 1000, read_count: int = 512,
                  op_timeout_s: float = 2.0, backoff_max_s: float = 5.0,
                  owns_client: bool = False) -> None:
@@ -70,14 +72,15 @@ class RedisBroker:
         self._client = client
         self._owns_client = owns_client
         self._reader = StreamReader(
-            client, self.keys, node=self.node, name=self.reader_name, block_ms=block_ms,
+            client, self.keys, tasks=tasks, node=self.node, name=self.reader_name,
+            block_ms=block_ms,
             read_count=read_count, op_timeout_s=op_timeout_s, backoff_max_s=backoff_max_s)
         self._ops_failed_at: float | None = None  # monotonic time of the last failure
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisBroker:
+    def from_url(cls, url: str, *, tasks: Supervisor, **options: Any) -> RedisBroker:
         """A broker with its own client for ``url`` (closed by :meth:`close`)."""
-        return cls(connect(url), owns_client=True, **options)
+        return cls(connect(url), tasks=tasks, owns_client=True, **options)
 
     @property
     def healthy(self) -> bool:

@@ -40,6 +40,7 @@ from redis.typing import KeyT, StreamIdT
 
 from chat_storage.storage.broker.base import BrokerMessage, Listener
 from chat_storage.storage.redis_keys import RedisKeys
+from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,13 @@ class StreamReader:
     options, named ``name`` in ``CLIENT LIST``) and sends the wake-ups.
     """
 
-    def __init__(self, client: Redis, keys: RedisKeys, *, node: str, name: str,
+    def __init__(self, client: Redis, keys: RedisKeys, *, tasks: Supervisor, node: str,
+                 name: str,
                  block_ms: int, read_count: int, op_timeout_s: float,
                  backoff_max_s: float) -> None:
         self.keys = keys
         self.name = name
+        self._tasks = tasks
         self.block_ms = block_ms
         self.read_count = read_count
         self.op_timeout_s = op_timeout_s
@@ -130,7 +133,7 @@ class StreamReader:
         # so this ends at the latest when the current XREAD's block times out
         while pending := [t for t in tasks if not t.done()]:
             for task in pending:
-                task.cancel()
+                self._tasks.cancel(task)
             await asyncio.wait(pending, timeout=0.1)
         CHANNELS.dec(len(self._channels))
         self._channels.clear()
@@ -139,14 +142,12 @@ class StreamReader:
         if self._closed:
             return
         if self._reader_task is None:
-            self._reader_task = asyncio.get_running_loop().create_task(
-                self._read_loop(), name="redis-broker-reader")
+            self._reader_task = self._tasks.spawn(self._read_loop(), name="redis-broker-reader")
             return
         # the reader may be blocked in an XREAD without this channel: interrupt it
         self._wake_wanted = True
         if self._wake_task is None or self._wake_task.done():
-            self._wake_task = asyncio.get_running_loop().create_task(
-                self._send_wakes(), name="redis-broker-wake")
+            self._wake_task = self._tasks.spawn(self._send_wakes(), name="redis-broker-wake")
 
     async def _send_wakes(self) -> None:
         # loops so that a channel added while a wake-up is in flight gets one of its own

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from chat_storage.storage.ratelimit.base import Decision, RateLimitUnavailable, decision
 from chat_storage.storage.redis_keys import RedisKeys
+from chat_storage.supervisor import Supervisor
 
 # KEYS[1] bucket; ARGV rate per s, burst, now in ms ('' = Redis TIME), takes wanted.
 # Replies {takes granted, tokens left as a string} (Lua numbers would be truncated).
@@ -63,8 +64,8 @@ _Waiters = list["asyncio.Future[Decision]"]
 class RedisLimiter:
     """Per-key token buckets in Redis: ``rate_per_s`` refill, ``burst`` capacity."""
 
-    def __init__(self, client: Redis, *, prefix: str, rate_per_s: float, burst: int,
-                 timeout_s: float = 0.5) -> None:
+    def __init__(self, client: Redis, *, tasks: Supervisor, prefix: str, rate_per_s: float,
+                 burst: int, timeout_s: float = 0.5) -> None:
         if rate_per_s <= 0 or burst <= 0:
             raise ValueError("rate_per_s and burst must be greater than 0")
         self.rate_per_s = rate_per_s
@@ -76,7 +77,7 @@ class RedisLimiter:
         # per (key, now_ms): the takes waiting for the next script call; a key is
         # present while its drain task runs (bounded by the keys in use)
         self._queued: dict[tuple[str, float | None], _Waiters] = {}
-        self._drains: set[asyncio.Task[None]] = set()
+        self._tasks = tasks
 
     async def take(self, key: str, *, now_ms: float | None = None) -> Decision:
         """Take one token from ``key``'s bucket; :class:`RateLimitUnavailable` on outage.
@@ -90,9 +91,7 @@ class RedisLimiter:
             queued.append(future)
         else:
             self._queued[slot] = [future]
-            task = asyncio.create_task(self._drain(slot))
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
+            self._tasks.spawn(self._drain(slot), name="ratelimit-drain")
         return await future
 
     async def _drain(self, slot: tuple[str, float | None]) -> None:

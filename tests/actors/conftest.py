@@ -22,6 +22,7 @@ from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import db, sessions
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.supervisor import Supervisor
 from loadtest.direct import DirectCommitter
 from tests.conftest import Tenant
 from tests.support.pgproxy import PgProxy
@@ -61,7 +62,7 @@ async def row_locked(pool: asyncpg.Pool, session_id: uuid.UUID) -> AsyncIterator
 
 
 @pytest.fixture
-async def make_registry(pool: asyncpg.Pool) -> AsyncIterator[MakeRegistry]:
+async def make_registry(pool: asyncpg.Pool, tasks: Supervisor) -> AsyncIterator[MakeRegistry]:
     """Build started registries (on ``pool`` unless told otherwise); closed at the end."""
     made: list[Registry] = []
 
@@ -71,9 +72,9 @@ async def make_registry(pool: asyncpg.Pool) -> AsyncIterator[MakeRegistry]:
         cfg = WriteConfig(**config)
         committer = Committer(on or pool, cfg)
         # shared=False: one transaction per session batch (the benchmarks' comparison)
-        sink: BatchSink = (SharedCommitter(committer, cfg) if shared
-                           else DirectCommitter(committer))
-        registry = Registry(sink, cfg, listener=listener, idle_s=idle_s,
+        sink: BatchSink = (SharedCommitter(committer, cfg, tasks) if shared
+                           else DirectCommitter(committer, tasks))
+        registry = Registry(sink, cfg, tasks=tasks, listener=listener, idle_s=idle_s,
                             write_timeout_s=write_timeout_s)
         registry.start()
         made.append(registry)

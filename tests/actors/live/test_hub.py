@@ -34,6 +34,7 @@ from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
+from chat_storage.supervisor import Supervisor
 from tests.conftest import Tenant
 
 CONFIG = HubConfig(send_queue=64, sweep=False, stream=StreamConfig(grace_s=60.0))
@@ -70,8 +71,9 @@ def source(pool: asyncpg.Pool, broker: MemoryBroker, held: HeldStreams) -> Sessi
 
 
 @pytest.fixture
-def fanout(broker: MemoryBroker, source: SessionSource, held: HeldStreams) -> Fanout:
-    return Fanout(broker, source, held, CONFIG)
+def fanout(broker: MemoryBroker, source: SessionSource, held: HeldStreams,
+           tasks: Supervisor) -> Fanout:
+    return Fanout(broker, source, held, CONFIG, tasks=tasks)
 
 
 @pytest.fixture
@@ -80,9 +82,11 @@ def listener(fanout: Fanout) -> Muted:
 
 
 @pytest.fixture
-async def registry(pool: asyncpg.Pool, listener: Muted) -> AsyncIterator[Registry]:
+async def registry(pool: asyncpg.Pool, listener: Muted,
+                   tasks: Supervisor) -> AsyncIterator[Registry]:
     config = WriteConfig()
-    reg = Registry(SharedCommitter(Committer(pool, config), config), config, listener=listener)
+    reg = Registry(SharedCommitter(Committer(pool, config), config, tasks), config,
+                   tasks=tasks, listener=listener)
     reg.start()
     yield reg
     await reg.close(5.0)
@@ -90,9 +94,9 @@ async def registry(pool: asyncpg.Pool, listener: Muted) -> AsyncIterator[Registr
 
 @pytest.fixture
 async def hub(pool: asyncpg.Pool, held: HeldStreams, source: SessionSource, fanout: Fanout,
-              registry: Registry) -> AsyncIterator[Hub]:
-    streams = Streams(pool, CONFIG.stream, held, fanout.emit, writer=registry)
-    h = Hub(fanout, streams, Sweeper(streams, source, held, fanout.emit, CONFIG))
+              registry: Registry, tasks: Supervisor) -> AsyncIterator[Hub]:
+    streams = Streams(pool, CONFIG.stream, held, fanout.emit, writer=registry, tasks=tasks)
+    h = Hub(fanout, streams, Sweeper(streams, source, held, fanout.emit, CONFIG, tasks=tasks))
     h.start()
     yield h
     await h.close(5.0)

@@ -32,6 +32,7 @@ from chat_storage.server.state import REDIS_KEY
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.ingest import Entry, IngestStream
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.supervisor import Supervisor
 from tests.actors.conftest import MakeRegistry, metric, new_session, row_locked, stored
 from tests.conftest import REDIS_URL, Tenant
 from tests.server.test_attachments import ready
@@ -232,12 +233,12 @@ async def test_openapi_documents_the_202(client: Any) -> None:
 
 async def test_redelivery_never_stores_twice(
     make_registry: MakeRegistry, pool: asyncpg.Pool, tenant: Tenant, redis: Redis,
-    prefix: str,
+    prefix: str, tasks: Supervisor,
 ) -> None:
     registry = await make_registry()
     stream = IngestStream(redis, prefix=prefix)
     await stream.ensure_group()
-    consumer = IngestConsumer(stream, registry, pool, claim_idle_s=0.2,
+    consumer = IngestConsumer(stream, registry, pool, tasks=tasks, claim_idle_s=0.2,
                               stats_interval_s=0.05, block_ms=100)
     sid = await new_session(pool, tenant)
     first = Entry(tenant.id, sid, [user_message("a")])
@@ -283,11 +284,12 @@ async def test_redelivery_never_stores_twice(
 
 async def test_malformed_entry_is_dead_lettered(
     make_registry: MakeRegistry, pool: asyncpg.Pool, redis: Redis, prefix: str,
+    tasks: Supervisor,
 ) -> None:
     stream = IngestStream(redis, prefix=prefix)
     await stream.ensure_group()
     await redis.xadd(f"{prefix}:ingest", {b"d": b"{not json"})
-    consumer = IngestConsumer(stream, await make_registry(), pool, block_ms=100)
+    consumer = IngestConsumer(stream, await make_registry(), pool, tasks=tasks, block_ms=100)
     consumer.start()
     try:
         async def dead() -> bool:

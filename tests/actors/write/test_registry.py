@@ -283,3 +283,26 @@ async def test_a_caller_that_went_away_is_not_kept_alive(
     assert ref() is None
     # the write had started, so it was committed even though nobody waits for it
     assert [r["content"] for r in await stored(pool, sid)] == ["bye"]
+
+
+async def test_the_janitor_survives_a_failing_round(make_registry: MakeRegistry,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that raises is logged and counted; the next round still runs (a dead
+    janitor would let queued writes outlive their deadline)."""
+    registry = await make_registry(write_timeout_s=0.05)
+    real = registry.expire
+    failed, ran_again = asyncio.Event(), asyncio.Event()
+
+    def flaky(now: float | None = None) -> int:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a bug in one round")
+        ran_again.set()
+        return real(now)
+
+    before = metric("chat_registry_janitor_failures_total")
+    monkeypatch.setattr(registry, "expire", flaky)
+    async with asyncio.timeout(5):
+        await failed.wait()
+        await ran_again.wait()
+    assert metric("chat_registry_janitor_failures_total") == before + 1

@@ -23,6 +23,7 @@ from chat_storage.storage.broker import (
     open_broker,
 )
 from chat_storage.storage.redis_client import connect
+from chat_storage.supervisor import Supervisor
 from tests.conftest import REDIS_URL
 from tests.support.procs import RedisServer
 
@@ -47,7 +48,7 @@ async def redis_client() -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def broker(prefix: str) -> AsyncIterator[RedisBroker]:
-    b = RedisBroker.from_url(REDIS_URL, prefix=prefix)
+    b = RedisBroker.from_url(REDIS_URL, tasks=Supervisor(), prefix=prefix)
     yield b
     await b.close()
 
@@ -97,7 +98,7 @@ async def test_publish_then_read_in_order(broker: RedisBroker) -> None:
 
 
 async def test_read_raises_gap_after_trimming(prefix: str) -> None:
-    broker = RedisBroker.from_url(REDIS_URL, prefix=prefix, max_len=50)
+    broker = RedisBroker.from_url(REDIS_URL, tasks=Supervisor(), prefix=prefix, max_len=50)
     try:
         ids = [await broker.publish("s1", b"%d" % i) for i in range(600)]
         kept = await broker.read("s1", None, limit=10_000)
@@ -126,7 +127,7 @@ async def test_read_of_a_vanished_stream_is_a_gap(broker: RedisBroker, prefix: s
 
 
 async def test_publish_sets_and_refreshes_expiry(prefix: str, redis_client: Redis) -> None:
-    broker = RedisBroker.from_url(REDIS_URL, prefix=prefix, ttl_s=300)
+    broker = RedisBroker.from_url(REDIS_URL, tasks=Supervisor(), prefix=prefix, ttl_s=300)
     try:
         await broker.publish("s1", b"a")
         key = f"{prefix}:s:s1"
@@ -171,7 +172,8 @@ async def test_listener_added_late_gets_everything_after_listen(prefix: str) -> 
     # a block timeout far beyond the deadline: only the wake-up can make the reader
     # include the new channel in time
     client = connect(REDIS_URL, socket_timeout_s=120.0)
-    broker = RedisBroker(client, prefix=prefix, block_ms=60_000, owns_client=True)
+    broker = RedisBroker(client, tasks=Supervisor(), prefix=prefix, block_ms=60_000,
+                         owns_client=True)
     try:
         got = Collector()
         broker.listen("first", got.listener("first"))
@@ -196,7 +198,7 @@ async def test_listener_added_late_gets_everything_after_listen(prefix: str) -> 
 
 
 async def test_another_replica_sees_the_events(broker: RedisBroker, prefix: str) -> None:
-    other = RedisBroker.from_url(REDIS_URL, prefix=prefix)
+    other = RedisBroker.from_url(REDIS_URL, tasks=Supervisor(), prefix=prefix)
     try:
         got = Collector()
         other.listen("s1", got.listener("s1"))
@@ -210,10 +212,10 @@ async def test_another_replica_sees_the_events(broker: RedisBroker, prefix: str)
 
 
 async def test_open_broker_picks_the_implementation(prefix: str) -> None:
-    memory = open_broker(None)
+    memory = open_broker(None, tasks=Supervisor())
     assert isinstance(memory, MemoryBroker)
     client = connect(REDIS_URL)
-    redis_broker = open_broker(client, prefix=prefix)
+    redis_broker = open_broker(client, tasks=Supervisor(), prefix=prefix)
     try:
         assert isinstance(redis_broker, RedisBroker)
         assert redis_broker.keys.prefix == prefix
@@ -232,8 +234,8 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 async def test_reader_recovers_after_redis_restart(private_redis: RedisServer) -> None:
-    broker = RedisBroker.from_url(private_redis.url, prefix="chat-test", op_timeout_s=2.0,
-                                  backoff_max_s=0.5)
+    broker = RedisBroker.from_url(private_redis.url, tasks=Supervisor(), prefix="chat-test",
+                                  op_timeout_s=2.0, backoff_max_s=0.5)
     try:
         got = Collector()
         broker.listen("s1", got.listener("s1"))

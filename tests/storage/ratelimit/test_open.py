@@ -12,12 +12,13 @@ from chat_storage.storage.ratelimit import (
     open_limiter,
 )
 from chat_storage.storage.redis_client import connect
+from chat_storage.supervisor import Supervisor
 from tests.conftest import REDIS_URL
 from tests.support.procs import free_port
 
 
 async def test_without_redis_the_limiter_is_in_memory() -> None:
-    limiter = open_limiter(None, prefix="chat-test", rate_per_s=1.0, burst=2)
+    limiter = open_limiter(None, tasks=Supervisor(), prefix="chat-test", rate_per_s=1.0, burst=2)
     assert isinstance(limiter, MemoryLimiter)
     assert [(await limiter.take("k")).allowed for _ in range(3)] == [True, True, False]
 
@@ -25,7 +26,7 @@ async def test_without_redis_the_limiter_is_in_memory() -> None:
 async def test_with_redis_the_limiter_is_shared_with_a_memory_fallback(prefix: str) -> None:
     client = connect(REDIS_URL)
     try:
-        limiter = open_limiter(client, prefix=prefix, rate_per_s=0.001, burst=2)
+        limiter = open_limiter(client, tasks=Supervisor(), prefix=prefix, rate_per_s=0.001, burst=2)
         assert isinstance(limiter, SharedLimiter)
         assert isinstance(limiter.shared, RedisLimiter)
         assert isinstance(limiter.fallback, MemoryLimiter)
@@ -40,7 +41,8 @@ async def test_redis_down_answers_from_memory_and_counts(
         caplog: pytest.LogCaptureFixture) -> None:
     client = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
-        limiter = open_limiter(client, prefix="chat-test", rate_per_s=0.001, burst=2)
+        limiter = open_limiter(client, tasks=Supervisor(), prefix="chat-test",
+                               rate_per_s=0.001, burst=2)
         before = REGISTRY.get_sample_value("chat_ratelimit_fallback_total") or 0.0
         answers = [(await limiter.take("k")).allowed for _ in range(3)]
         after = REGISTRY.get_sample_value("chat_ratelimit_fallback_total") or 0.0

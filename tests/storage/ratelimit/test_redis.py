@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from chat_storage.storage.ratelimit import Decision, RateLimitUnavailable, RedisLimiter, decision
 from chat_storage.storage.redis_client import connect
+from chat_storage.supervisor import Supervisor
 from tests.conftest import REDIS_URL
 from tests.support.procs import RedisServer, free_port
 
@@ -30,8 +31,8 @@ async def client() -> AsyncIterator[Redis]:
 
 def limiter(client: Redis, prefix: str, rate_per_s: float, burst: int) -> RedisLimiter:
     # a generous timeout: 200 concurrent takes share one pool on a busy test machine
-    return RedisLimiter(client, prefix=prefix, rate_per_s=rate_per_s, burst=burst,
-                        timeout_s=10.0)
+    return RedisLimiter(client, tasks=Supervisor(), prefix=prefix, rate_per_s=rate_per_s,
+                        burst=burst, timeout_s=10.0)
 
 
 async def test_concurrent_takes_never_overspend(client: Redis, prefix: str) -> None:
@@ -135,7 +136,7 @@ async def test_script_reloads_after_redis_forgot_it(tmp_path: Path) -> None:
 async def test_outage_raises_a_narrow_error() -> None:
     c = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
-        bucket = RedisLimiter(c, prefix="chat-test", rate_per_s=1.0, burst=1)
+        bucket = RedisLimiter(c, tasks=Supervisor(), prefix="chat-test", rate_per_s=1.0, burst=1)
         with pytest.raises(RateLimitUnavailable):
             await asyncio.wait_for(bucket.take("k"), timeout=20)
     finally:
