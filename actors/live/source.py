@@ -17,7 +17,7 @@ from chat_storage.actors.live.events import SessionEvent
 from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.storage import broker as broker_mod
 from chat_storage.storage import db
-from chat_storage.storage import streams as store
+from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.records import SessionKey, StoredMessage
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ class SessionSource:
 
     async def load(self, key: SessionKey) -> tuple[int, list[StoredMessage]]:
         """The session's ``last_seq`` and its rows still streaming."""
-        return await self.db(lambda c: store.live_state(c, key[0], key[1]))
+        return await self.db(lambda c: stream_rows.live_state(c, key[0], key[1]))
 
     async def between(self, key: SessionKey, after_seq: int, upto: int) -> list[StoredMessage]:
         """Rows with ``after_seq < seq <= upto``, in order."""
@@ -52,12 +52,12 @@ class SessionSource:
     async def after(self, key: SessionKey, after_seq: int,
                     upto: int | None = None) -> list[StoredMessage]:
         """One page of rows with ``after_seq < seq`` (``<= upto``), in order."""
-        return await self.db(lambda c: store.after(c, key[0], key[1], after_seq, upto=upto,
+        return await self.db(lambda c: stream_rows.after(c, key[0], key[1], after_seq, upto=upto,
                                                    limit=PAGE))
 
     async def at_seqs(self, key: SessionKey, seqs: Sequence[int]) -> list[StoredMessage]:
         """The rows at ``seqs``, in order."""
-        return await self.db(lambda c: store.at_seqs(c, key[0], key[1], seqs))
+        return await self.db(lambda c: stream_rows.at_seqs(c, key[0], key[1], seqs))
 
     async def history(self, key: SessionKey) -> list[SessionEvent]:
         """The session's recent events kept by the broker, oldest first."""

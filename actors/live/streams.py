@@ -42,7 +42,7 @@ from chat_storage.actors.live.stream_state import (
     StreamError,
 )
 from chat_storage.storage import db
-from chat_storage.storage import streams as store
+from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey, StoredMessage
@@ -156,7 +156,8 @@ class Streams:
         quiet = [st for st in self._held if now - st.touched_at >= older_than_s]
         if not quiet:
             return
-        await self._db(lambda c: store.heartbeat(c, [(s.key[0], s.message_id) for s in quiet]))
+        touched = [(s.key[0], s.message_id) for s in quiet]
+        await self._db(lambda c: stream_rows.heartbeat(c, touched))
         for st in quiet:
             st.touched_at = now
 
@@ -226,7 +227,7 @@ class Streams:
             await asyncio.gather(st.saving, return_exceptions=True)
         content = st.text()
         try:
-            message = await self._db(lambda c: store.finish(
+            message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,
                 metadata=metadata, usage=usage))
         except (Conflict, NotFound):
@@ -249,7 +250,7 @@ class Streams:
     async def _checkpoint(self, st: OwnedStream) -> None:
         content = st.text()
         try:
-            kept = await self._db(lambda c: store.checkpoint(
+            kept = await self._db(lambda c: stream_rows.checkpoint(
                 c, st.key[0], st.key[1], st.message_id, stored_len=st.saved_len,
                 tail=content[st.saved_len:], content=content))
             st.saved_len = len(content)

@@ -21,7 +21,7 @@ from chat_storage.actors.live.events import Emit
 from chat_storage.actors.live.source import SessionSource
 from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.actors.live.streams import Streams
-from chat_storage.storage import streams as store
+from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.records import StoredMessage
 from chat_storage.supervisor import Supervisor
 
@@ -72,9 +72,9 @@ class Sweeper:
         """Interrupt streams whose replica stopped touching them; returns how many."""
         async def run(conn: asyncpg.Connection) -> Swept:
             async with conn.transaction():
-                if not await store.try_sweep_lock(conn):
+                if not await stream_rows.try_sweep_lock(conn):
                     return []
-                swept = await store.sweep_orphans(conn, self.config.orphan_after_s)
+                swept = await stream_rows.sweep_orphans(conn, self.config.orphan_after_s)
                 # in the same transaction, so no reader sees the content without it: what
                 # the dead owner streamed past its last checkpoint, if the broker has it
                 # (Redis reads are bounded by the broker's op timeout, tried once per sweep)
@@ -102,7 +102,7 @@ class Sweeper:
             have = len(message["content"])
             lost = events.tail(history, str(message["id"]), have)
             if lost:
-                message = await store.append_recovered(
+                message = await stream_rows.append_recovered(
                     conn, tenant_id, message["id"], have, lost) or message
             out.append((tenant_id, message))
         return out
