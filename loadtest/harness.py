@@ -166,7 +166,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` to completion on a :func:`new_loop` loop, with the service's garbage
     collector settings (the load generator's own pauses would otherwise show up as
     server latency, and the ceiling server runs as the service does)."""
-    from chat_storage.server.cli import tune_gc
+    from chat_storage.server.serving import tune_gc
 
     tune_gc()
     with asyncio.Runner(loop_factory=new_loop) as runner:
