@@ -28,6 +28,7 @@ from chat_storage.server import asyncapi, frames
 from chat_storage.server.app import create_app
 from tests.conftest import Tenant
 from tests.server.framecensus import sent_frame_types
+from tests.support import documents
 from tests.support.streamkit import DEADLINE_S, connect, new_session, recv_until, start
 
 DOC_URI = "urn:chat-storage:asyncapi"
@@ -52,11 +53,7 @@ NOT_DRAFT7 = {"$defs", "prefixItems", "unevaluatedProperties", "unevaluatedItems
 # ---------------------------------------------------------------- helpers
 
 async def get_document(client: Any) -> dict[str, Any]:
-    r = await client.get("/asyncapi.json")  # no API key
-    assert r.status == 200, await r.text()
-    assert r.content_type == "application/json"
-    doc: dict[str, Any] = await r.json()
-    return doc
+    return await documents.get_document(client, "/asyncapi.json")
 
 
 def pointer(doc: dict[str, Any], ref: str) -> Any:

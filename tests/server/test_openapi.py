@@ -9,6 +9,8 @@ import pytest
 from openapi_spec_validator import validate
 from yarl import URL
 
+from tests.support import documents
+
 # Every call of docs/api.md's Sessions and Messages tables (and feedback, search), written
 # as docs/api.md writes them; path parameter names are compared loosely ({id} = {session_id}).
 API_MD_CALLS = [
@@ -50,11 +52,7 @@ def shape(path: str) -> str:
 
 
 async def get_document(client: Any) -> dict[str, Any]:
-    r = await client.get("/openapi.json")  # no API key
-    assert r.status == 200, await r.text()
-    assert r.content_type == "application/json"
-    doc: dict[str, Any] = await r.json()
-    return doc
+    return await documents.get_document(client, "/openapi.json")
 
 
 def operation(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:
