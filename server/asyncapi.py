@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from chat_storage.server import frames
+from chat_storage.server import frames, frames_sent
 
 ASYNCAPI_VERSION = "3.0.0"
 API_VERSION = "1"
@@ -86,9 +86,9 @@ def build_document() -> dict[str, Any]:
     for kind, model in frames.CLIENT_FRAMES.items():
         messages[client_key(kind)] = _message(kind, model, payloads[(model, "validation")],
                                               EXAMPLES.get(kind))
-    for kind, model in frames.SERVER_FRAMES.items():
+    for kind, model in frames_sent.SERVER_FRAMES.items():
         messages[server_key(kind)] = _message(kind, model, payloads[(model, "serialization")])
-    sse_keys = [server_key(k) for k in (*frames.SESSION_EVENTS, "error")]
+    sse_keys = [server_key(k) for k in (*frames_sent.SESSION_EVENTS, "error")]
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -129,7 +129,7 @@ def _schemas() -> tuple[dict[str, Any], dict[tuple[Any, str], dict[str, Any]]]:
     """Every frame model's schema, and the ``$ref`` of each (model, mode)."""
     wanted: list[tuple[type[pydantic.BaseModel], JsonSchemaMode]] = [
         *((m, "validation") for m in frames.CLIENT_FRAMES.values()),
-        *((m, "serialization") for m in frames.SERVER_FRAMES.values()),
+        *((m, "serialization") for m in frames_sent.SERVER_FRAMES.values()),
     ]
     key_map, top = models_json_schema(wanted, ref_template=REF_TEMPLATE)
     refs = {(model, str(mode)): ref for (model, mode), ref in key_map.items()}
@@ -211,7 +211,7 @@ def _operations(sse_keys: list[str]) -> dict[str, Any]:
         "channel": ws,
         "summary": "After `subscribe`: committed messages after `after_seq`, snapshots of "
                    "answers in progress, then live events; each once and in order.",
-        "messages": [_in(WS_CHANNEL, server_key(k)) for k in frames.SESSION_EVENTS],
+        "messages": [_in(WS_CHANNEL, server_key(k)) for k in frames_sent.SESSION_EVENTS],
     }
     operations["sendSessionEventsOverSse"] = {
         "action": "send",

@@ -1,4 +1,4 @@
-"""WebSocket frames: the client's, parsed here without raising past here, and the server's.
+"""The client's WebSocket frames, parsed here without raising past here.
 
 A frame that is not JSON, not an object, of an unknown ``type`` or with bad fields is
 a *bad frame*: the client gets ``error {code, message, ref?, errors?}`` and the
@@ -6,10 +6,7 @@ connection stays open. ``stream.delta``, by far the most frequent frame, is chec
 by hand (a few ``isinstance``) instead of through pydantic; :class:`StreamDelta`
 describes it, and its fields are the keys the hand check wants.
 
-The server builds the frames it sends as dicts (``actors/events.py`` and
-``server/routes/ws.py``), encoded once, never through a model. The models at the end
-of this module describe them for the AsyncAPI document (``server/asyncapi.py``), and
-the tests check what a running server sends against that document.
+The frames the server sends are described in :mod:`chat_storage.server.frames_sent`.
 """
 
 from __future__ import annotations
@@ -25,9 +22,7 @@ from pydantic import Field
 from chat_storage.server.errors import ApiError
 from chat_storage.server.schemas import (
     ContextItem,
-    FieldError,
     JsonObject,
-    Message,
     MessageCreate,
     MessageUsage,
     Role,
@@ -212,128 +207,3 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "is required"
     return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-
-
-# ---------------------------------------------------------------- server → client
-# Documentation models (see the module docstring): the server never builds these.
-# ``ref`` is left out, not null, when the frame answers none.
-
-SeqNo = Annotated[int, Field(ge=1)]
-Offset = Annotated[int, Field(ge=0, description="Unicode code points, not bytes nor "
-                                                "UTF-16 units")]
-
-
-class Ack(pydantic.BaseModel):
-    """A ``message.create`` is committed: the stored message."""
-
-    type: Literal["ack"]
-    ref: str | None = None
-    message: Message
-
-
-class ErrorFrame(pydantic.BaseModel):
-    """A frame was refused (the connection stays open), or an SSE subscription failed."""
-
-    type: Literal["error"]
-    code: str = Field(description="bad_frame, unknown_type, invalid, too_large, not_found, "
-                                  "not_owner, ended, limit, already_subscribed, conflict, "
-                                  "rate_limited, unavailable, internal")
-    message: str
-    ref: str | None = None
-    errors: list[FieldError] | None = None
-
-
-class Pong(pydantic.BaseModel):
-    """The answer to ``ping``."""
-
-    type: Literal["pong"]
-    ref: str | None = None
-
-
-class StreamResumed(pydantic.BaseModel):
-    """This connection owns the stream now; send the rest from ``offset``."""
-
-    type: Literal["stream.resumed"]
-    ref: str | None = None
-    stream_id: str
-    offset: Offset
-
-
-class MessageCreated(pydantic.BaseModel):
-    """A message was committed (in any final status)."""
-
-    type: Literal["message.created"]
-    message: Message
-
-
-class StreamStarted(pydantic.BaseModel):
-    """An answer took its place in the session; ``ref`` only in the reply to its producer."""
-
-    type: Literal["stream.started"]
-    ref: str | None = None
-    stream_id: str = Field(description="the message's id")
-    message_id: str
-    seq: SeqNo
-    role: Role
-
-
-class StreamSnapshot(pydantic.BaseModel):
-    """Everything streamed so far, to a subscriber that joins mid-stream."""
-
-    type: Literal["stream.snapshot"]
-    stream_id: str
-    message_id: str
-    seq: SeqNo
-    content: str
-    offset: Offset = Field(description="the length of content, in code points")
-
-
-class StreamDeltaEvent(pydantic.BaseModel):
-    """Text appended to a stream at ``offset`` (the content's length before it)."""
-
-    type: Literal["stream.delta"]
-    stream_id: str
-    offset: Offset
-    delta: str
-
-
-class StreamCompleted(pydantic.BaseModel):
-    """The answer is stored complete; ``ref`` only in the reply to its ``stream.end``."""
-
-    type: Literal["stream.completed"]
-    ref: str | None = None
-    message: Message
-
-
-class StreamAborted(pydantic.BaseModel):
-    """The answer is stored aborted; ``ref`` only in the reply to its ``stream.abort``."""
-
-    type: Literal["stream.aborted"]
-    ref: str | None = None
-    message: Message
-
-
-class StreamInterrupted(pydantic.BaseModel):
-    """The producer went away past the grace period: stored with what was received."""
-
-    type: Literal["stream.interrupted"]
-    message: Message
-
-
-SERVER_FRAMES: dict[str, type[pydantic.BaseModel]] = {
-    "ack": Ack,
-    "error": ErrorFrame,
-    "pong": Pong,
-    "stream.resumed": StreamResumed,
-    "message.created": MessageCreated,
-    "stream.started": StreamStarted,
-    "stream.snapshot": StreamSnapshot,
-    "stream.delta": StreamDeltaEvent,
-    "stream.completed": StreamCompleted,
-    "stream.aborted": StreamAborted,
-    "stream.interrupted": StreamInterrupted,
-}
-# what every subscriber of the session receives, over the WebSocket and over SSE; the
-# other frames answer one connection's frame
-SESSION_EVENTS = ("message.created", "stream.started", "stream.snapshot", "stream.delta",
-                  "stream.completed", "stream.aborted", "stream.interrupted")

@@ -24,7 +24,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from chat_storage.runtime.settings import Settings
-from chat_storage.server import asyncapi, frames
+from chat_storage.server import asyncapi, frames, frames_sent
 from chat_storage.server.app import create_app
 from tests.conftest import Tenant
 from tests.server.framecensus import sent_frame_types
@@ -263,7 +263,7 @@ async def test_every_client_frame_has_an_operation_with_its_replies(client: Any)
 async def test_every_frame_type_the_server_sends_is_documented(client: Any) -> None:
     doc = await get_document(client)
     documented = set(messages_of(doc, "server"))
-    assert documented == set(frames.SERVER_FRAMES)
+    assert documented == set(frames_sent.SERVER_FRAMES)
     census = sent_frame_types()
     kinds = census.kinds
     assert not census.unknown, f"frames whose type the census cannot read: {census.unknown}"
@@ -271,10 +271,10 @@ async def test_every_frame_type_the_server_sends_is_documented(client: Any) -> N
     assert {"ack", "error", "pong", "stream.delta", "stream.interrupted"} <= kinds
     missing = kinds - documented
     assert not missing, (f"the server sends {sorted(missing)} but /asyncapi.json does not "
-                         "document it: add a model to frames.SERVER_FRAMES")
+                         "document it: add a model to frames_sent.SERVER_FRAMES")
     sse = {deref(doc, r)["name"]
            for r in doc["channels"][asyncapi.SSE_CHANNEL]["messages"].values()}
-    assert sse == {*frames.SESSION_EVENTS, "error"}
+    assert sse == {*frames_sent.SESSION_EVENTS, "error"}
 
 
 # ---------------------------------------------------------------- against a running server
@@ -347,9 +347,9 @@ async def test_frames_of_a_running_server_match_the_document(
     await watcher.until(lambda f: f["type"] == "stream.interrupted")
 
     seen = watcher.seen | writer.seen | late.seen | {"stream.started"}  # start() reads it
-    assert seen == set(frames.SERVER_FRAMES), (
+    assert seen == set(frames_sent.SERVER_FRAMES), (
         f"frames the document has but this test never received: "
-        f"{sorted(set(frames.SERVER_FRAMES) - seen)}")
+        f"{sorted(set(frames_sent.SERVER_FRAMES) - seen)}")
     for ws in (watcher.ws, late.ws):
         await ws.close()
 
