@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +148,24 @@ def test_only_the_supervisor_creates_tasks() -> None:
                     and node.func.attr in ("create_task", "ensure_future")):
                 bare.append(f"{name}:{node.lineno}")
     assert bare == []
+
+
+SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|pg_\w+lock)\b")
+
+
+def test_all_sql_lives_in_storage() -> None:
+    """Queries, advisory locks included, are storage's: no other layer holds SQL text."""
+    found = []
+    for name, path in modules().items():
+        if name.startswith("chat_storage.storage"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef
+                                    | ast.AsyncFunctionDef)
+                      and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings and SQL.search(node.value)):
+                found.append(f"{name}:{node.lineno}")
+    assert found == []
