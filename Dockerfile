@@ -10,6 +10,7 @@ COPY pyproject.toml README.md LICENSE ./
 # the migrations (sql/) and the demo page (web/) as package data
 COPY chat_storage ./chat_storage
 COPY server ./server
+COPY runtime ./runtime
 COPY actors ./actors
 COPY storage ./storage
 COPY sql ./sql
