@@ -120,3 +120,12 @@ async def _exercise(base: str, proc: asyncio.subprocess.Process) -> None:
         async with http.get(f"{base}/api/v1/sessions/{session['id']}/messages",
                             headers=headers) as r:
             assert [m["content"] for m in (await r.json())["data"]] == ["hello"]
+
+
+def test_the_image_copies_every_folder_the_package_links_to() -> None:
+    """The Dockerfile builds the wheel from copied folders: one it forgets is a package
+    that installs without a layer."""
+    linked = {p.name for p in (ROOT / "chat_storage").iterdir() if p.is_symlink()}
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line}
+    assert linked and linked <= copied, sorted(linked - copied)
