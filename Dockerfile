@@ -5,7 +5,7 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 # chat_storage/ links to the folders below: the wheel ships them as one package, with
 # the migrations (sql/) and the demo page (web/) as package data
 COPY chat_storage ./chat_storage

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chat_storage.storage import tenants
 from loadtest import harness
-from tests.server.procs import RedisServer, Server
+from tests.support.procs import RedisServer, Server
 
 PATHS = ("same replica", "cross replica")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import asyncpg
 
-from chat_storage.storage import scratch
+from chat_storage.storage import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -31,17 +32,32 @@ READY_TIMEOUT_S = 60
 # ---------------------------------------------------------------- the database
 def db_url(name: str) -> str:
     """The admin URL with its database replaced by ``name``."""
-    return scratch.url_of(ADMIN_URL, name)
+    return f"{ADMIN_URL.rpartition('/')[0]}/{name}"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def create_database(name: str) -> str:
     """Create database ``name``, apply the migrations of ``sql/``; return its URL."""
-    return await scratch.create(ADMIN_URL, name, ROOT / "sql")
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = db_url(name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrations.migrate(conn, ROOT / "sql")
+    finally:
+        await conn.close()
+    return url
 
 
 async def drop_database(name: str) -> None:
     """Drop database ``name``, closing whatever connections are still open on it."""
-    await scratch.drop(ADMIN_URL, name)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ---------------------------------------------------------------- the measured window
@@ -150,7 +166,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` to completion on a :func:`new_loop` loop, with the service's garbage
     collector settings (the load generator's own pauses would otherwise show up as
     server latency, and the ceiling server runs as the service does)."""
-    from chat_storage.server.cli import tune_gc
+    from chat_storage.server.serving import tune_gc
 
     tune_gc()
     with asyncio.Runner(loop_factory=new_loop) as runner:

@@ -1,4 +1,4 @@
-"""Serve the app with one transaction per session batch (no shared committer).
+"""Serve the app with one transaction per session batch (``direct.py``, no shared committer).
 
 Only for measuring what the shared committer (the default) buys:
 
@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import chat_storage.actors.registry
-from chat_storage.server.cli import main
-
-_init = chat_storage.actors.registry.Registry.__init__
-
-
-def _direct(self: chat_storage.actors.registry.Registry, *args: Any, **kwargs: Any) -> None:
-    _init(self, *args, **{**kwargs, "shared": False})
-
+from chat_storage.runtime.settings import Settings
+from chat_storage.server.serving import serve_one
+from loadtest.direct import direct_committer
 
 if __name__ == "__main__":
-    chat_storage.actors.registry.Registry.__init__ = _direct  # type: ignore[method-assign]
-    sys.exit(main(["serve", "--port", sys.argv[1]]))
+    sys.exit(serve_one(Settings.from_env(port=int(sys.argv[1])), sink=direct_committer))

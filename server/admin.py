@@ -18,9 +18,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chat_storage.server import database, maintenance, objects
-from chat_storage.server.settings import Settings
+from chat_storage.runtime import database, maintenance
+from chat_storage.runtime.objects import store_from_settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage import db, embedded, migrations, tenants
+
+PROG = "chat-storage"
 
 
 async def open_pool(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
@@ -41,9 +44,7 @@ async def migrate(settings: Settings) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrations.migrate(conn, settings.migrations_dir)
-            versions = [r["version"] for r in await conn.fetch(
-                "SELECT version FROM schema_migrations ORDER BY version"
-            )]
+            versions = await migrations.applied_versions(conn)
     finally:
         await close_pool(pool, settings)
     if applied:
@@ -58,7 +59,7 @@ async def retention(settings: Settings) -> int:
     """Run the maintenance jobs once and print what they removed, as JSON."""
     pool = await open_pool(settings)
     try:
-        store = await objects.open_store(settings)
+        store = await store_from_settings(settings)
         try:
             report = await maintenance.run_once(pool, store, settings)
         finally:
@@ -66,8 +67,7 @@ async def retention(settings: Settings) -> int:
     finally:
         await close_pool(pool, settings)
     if report is None:
-        print("chat-storage: error: another process is running maintenance right now; "
-              "try again later", file=sys.stderr)
+        print_error("another process is running maintenance right now; try again later")
         return 1
     print_json(dataclasses.asdict(report))
     return 0
@@ -126,6 +126,11 @@ async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
 
 def _when(value: dt.datetime | None) -> str:
     return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_error(message: str) -> None:
+    """``chat-storage: error: <message>`` on stderr: how every failure is reported."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 def print_line(text: str) -> None:

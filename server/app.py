@@ -1,27 +1,29 @@
 """The app factory. The app is composed, never subclassed.
 
-Start order (cleanup_ctx): database (pool, migrations) → write registry.
-Shutdown runs it backwards: the registry flushes every mailbox and answers every
-waiter, then the pool closes. aiohttp stops accepting connections and finishes
-in-flight requests before either (``shutdown_timeout``).
+One ``cleanup_ctx`` owns the process's services: it builds them
+(:meth:`Services.open <chat_storage.runtime.services.Services.open>`, where the start
+order is written), puts them under the typed keys of :mod:`chat_storage.server.state`,
+and stops them with :meth:`Services.close`, the only place the shutdown order is written.
+
+Shutdown has one deadline, ``CHAT_SHUTDOWN_TIMEOUT_S``, which starts when the listeners
+close (``on_shutdown``): every WebSocket and event stream is closed (1001, going away)
+and the services stop taking work (new writes 503); aiohttp then waits for the requests
+in flight, whose writes are still committed and answered; last, the cleanup step closes
+the services with what is left of that deadline.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from chat_storage.server import (
-    auth,
-    database,
-    ingest,
-    maintenance,
-    middlewares,
-    objects,
-    ratelimit,
-    redis,
-    streaming,
-    writer,
-)
+from chat_storage.actors.write.shared import SinkFactory
+from chat_storage.runtime.deadline import Deadline
+from chat_storage.runtime.services import Services
+from chat_storage.runtime.settings import Settings
+from chat_storage.server import auth, middlewares, objects, state, streaming
 from chat_storage.server.routes import (
     attachments,
     docs,
@@ -34,31 +36,59 @@ from chat_storage.server.routes import (
     ws,
 )
 from chat_storage.server.routes import web as web_page
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.state import SETTINGS_KEY
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the application for ``settings``."""
+class Shutdown:
+    """When this app's shutdown began: its one deadline (``None`` while serving)."""
+
+    def __init__(self) -> None:
+        self.deadline: Deadline | None = None
+
+
+SHUTDOWN_KEY = web.AppKey("shutdown", Shutdown)
+
+
+def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Application:
+    """Build the application for ``settings``.
+
+    ``sink``: what commits the session mailboxes' batches (default: the shared
+    committer; a benchmark swaps it).
+    """
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
+    app[SHUTDOWN_KEY] = Shutdown()
+    # first: every other context may use the services
+    app.cleanup_ctx.append(functools.partial(_services, sink=sink))
     auth.setup(app, settings.api_key_cache_s)
-    ratelimit.setup(
-        app, ratelimit.MemoryLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-    )
     middlewares.setup(app)
-    database.setup(app)
-    objects.setup(app)  # attachment files: S3 or a local directory (and its URLs)
-    redis.setup(app)  # broker + shared rate limit (replaces the memory limiter)
-    writer.setup(app)
-    streaming.setup(app)  # hub: after the registry and broker; closes connections first
-    ingest.setup(app)  # async ingestion consumer (CHAT_INGEST_MODE=async): after the hub
-    maintenance.setup(app)  # retention, temporary chats, stale uploads: after the store
+    streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
+    objects.setup(app)  # the local store's upload and download URLs
     for table in ROUTE_TABLES:
         table.register(app)
-    ops.setup(app, settings)  # /metrics (here or its own port), pool gauge; after database
+    ops.setup(app, settings)  # /metrics (here or its own port), pool gauge
     docs.setup(app)  # Swagger UI files, OpenAPI document cache
     web_page.setup(app)  # demo page at / and the JS client under /web/
+    app.on_shutdown.append(_begin_shutdown)
     return app
+
+
+async def _services(app: web.Application, *,
+                    sink: SinkFactory | None) -> AsyncIterator[None]:
+    services = await Services.open(app[SETTINGS_KEY], sink=sink)
+    state.expose(app, services)
+    yield
+    deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
+    await services.close(deadline)
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    """The listeners are closed: start the deadline, end streams, stop taking work."""
+    app[SHUTDOWN_KEY].deadline = Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
+    await streaming.close_connections(app)
+    services = app.get(state.SERVICES_KEY)
+    if services is not None:
+        services.stop_intake()

@@ -10,9 +10,8 @@ import time
 
 from aiohttp import web
 
-from chat_storage.server import database
 from chat_storage.server.errors import ApiError
-from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage.tenants import Principal, authenticate
 
@@ -58,7 +57,7 @@ async def resolve_key(app: web.Application, key: str) -> Principal | None:
         return principal
     settings = app[SETTINGS_KEY]
     principal = await db.call(
-        app[database.POOL_KEY], lambda conn: authenticate(conn, key),
+        app[POOL_KEY], lambda conn: authenticate(conn, key),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
     if principal is not None:

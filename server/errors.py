@@ -1,4 +1,4 @@
-"""The error body of API.md, and the one exception type handlers raise for it."""
+"""The error body of docs/api.md, and the one exception type handlers raise for it."""
 
 from __future__ import annotations
 
@@ -24,12 +24,6 @@ class ApiError(Exception):
         self.message = message
         self.errors = [dict(e) for e in errors]
         self.headers = dict(headers or {})
-
-
-def bad_request(message: str, field: str | None = None, detail: str | None = None) -> ApiError:
-    """400 with one field error when ``field`` is given."""
-    errors = [{"field": field, "message": detail or message}] if field else []
-    return ApiError(400, message, errors=errors)
 
 
 def not_found(what: str = "resource") -> ApiError:

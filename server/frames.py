@@ -1,9 +1,12 @@
-"""Client → server WebSocket frames: their models, and parsing that never raises past here.
+"""The client's WebSocket frames, parsed here without raising past here.
 
 A frame that is not JSON, not an object, of an unknown ``type`` or with bad fields is
 a *bad frame*: the client gets ``error {code, message, ref?, errors?}`` and the
 connection stays open. ``stream.delta``, by far the most frequent frame, is checked
-by hand (a few ``isinstance``) instead of through pydantic.
+by hand (a few ``isinstance``) instead of through pydantic; :class:`StreamDelta`
+describes it, and its fields are the keys the hand check wants.
+
+The frames the server sends are described in :mod:`chat_storage.server.frames_sent`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class StreamPosition(Strict):
 
 
 class Subscribe(Strict):
+    """Send every committed message after ``after_seq``, answers in progress, then live events."""
+
     type: Literal["subscribe"]
     ref: Ref | None = None
     after_seq: Annotated[int, Field(ge=0)] = 0
@@ -47,6 +52,8 @@ class Subscribe(Strict):
 
 
 class MessageCreateFrame(MessageCreate):
+    """Store a message; ``ack`` after it is committed (creates are pipelined)."""
+
     type: Literal["message.create"]
     ref: Ref | None = None
 
@@ -56,6 +63,8 @@ class MessageCreateFrame(MessageCreate):
 
 
 class StreamStart(Strict):
+    """Start an answer: its row is committed with ``status: streaming``, its seq fixed."""
+
     type: Literal["stream.start"]
     ref: Ref | None = None
     role: Role = "assistant"
@@ -66,6 +75,8 @@ class StreamStart(Strict):
 
 
 class StreamEnd(Strict):
+    """Store the answer complete (merging ``metadata``, adding ``usage``)."""
+
     type: Literal["stream.end"]
     ref: Ref | None = None
     stream_id: StreamId
@@ -74,6 +85,8 @@ class StreamEnd(Strict):
 
 
 class StreamAbort(Strict):
+    """Store the answer so far with ``status: aborted``."""
+
     type: Literal["stream.abort"]
     ref: Ref | None = None
     stream_id: StreamId
@@ -81,14 +94,29 @@ class StreamAbort(Strict):
 
 
 class StreamResume(Strict):
+    """Take over a stream whose producer went away (within the grace period)."""
+
     type: Literal["stream.resume"]
     ref: Ref | None = None
     stream_id: StreamId
 
 
 class Ping(Strict):
+    """Answered with ``pong`` (frames are answered in order: a way to wait for the rest)."""
+
     type: Literal["ping"]
     ref: Ref | None = None
+
+
+class StreamDelta(Strict):
+    """Append text to a stream this connection produces; no reply unless refused.
+
+    Parsed by hand (see :func:`parse`), not through this model: exactly these keys.
+    """
+
+    type: Literal["stream.delta"]
+    stream_id: str
+    delta: str
 
 
 Frame = Subscribe | MessageCreateFrame | StreamStart | StreamEnd | StreamAbort | StreamResume | Ping
@@ -101,7 +129,9 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
     "stream.resume": StreamResume,
     "ping": Ping,
 }
-_DELTA_KEYS = frozenset({"type", "stream_id", "delta"})
+_DELTA_KEYS = frozenset(StreamDelta.model_fields)
+# every frame a client may send, by type
+CLIENT_FRAMES: dict[str, type[pydantic.BaseModel]] = {**MODELS, "stream.delta": StreamDelta}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

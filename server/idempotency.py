@@ -15,13 +15,12 @@ import orjson
 from aiohttp import web
 
 from chat_storage.server.auth import principal_of
-from chat_storage.server.database import POOL_KEY
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import json_response
-from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
-from chat_storage.storage import idempotency as store
-from chat_storage.storage.idempotency import Claim, Outcome
+from chat_storage.storage import idempotency as idempotency_rows
+from chat_storage.storage.idempotency import Claim, ClaimStatus
 
 log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
@@ -46,14 +45,15 @@ async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
     digest = request_hash(request, body)
     result = await db.call(
         request.app[POOL_KEY],
-        lambda conn: store.claim(conn, tenant_id, key, digest, ttl_s=settings.idempotency_ttl_s),
+        lambda conn: idempotency_rows.claim(conn, tenant_id, key, digest,
+                                            ttl_s=settings.idempotency_ttl_s),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
-    if result.outcome is Outcome.CLAIMED:
+    if result.outcome is ClaimStatus.CLAIMED:
         return result.claim
-    if result.outcome is Outcome.MISMATCH:
+    if result.outcome is ClaimStatus.MISMATCH:
         raise ApiError(422, "Idempotency-Key was already used with a different request")
-    if result.outcome is Outcome.IN_FLIGHT:
+    if result.outcome is ClaimStatus.IN_FLIGHT:
         raise ApiError(409, "a request with this Idempotency-Key is still in progress",
                        headers={"Retry-After": "1"})
     assert result.status_code is not None  # REPLAY always carries the stored answer
@@ -66,7 +66,7 @@ async def release(request: web.Request, claim: Claim | None) -> None:
     if claim is None:
         return
     try:
-        await db.call(request.app[POOL_KEY], lambda conn: store.release(conn, claim))
+        await db.call(request.app[POOL_KEY], lambda conn: idempotency_rows.release(conn, claim))
     except Exception:
         # the claim's lock expires by itself (storage.idempotency.LOCK_S)
         log.warning("could not release idempotency key", exc_info=True)

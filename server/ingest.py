@@ -9,48 +9,40 @@ session does not exist (or was deleted meanwhile), or whose ``parent_id`` is not
 message of the session, is dead-lettered when it is persisted. A full backlog
 (``CHAT_INGEST_MAX_BACKLOG``) or an unreachable Redis is 503: nothing was accepted.
 
-Persisting: every process runs one :class:`actors.ingest.IngestConsumer`, writing
-through this process's session actors (same seq and group-commit rules as a 201).
+Persisting: every process runs one :class:`actors.write.ingest.IngestConsumer` (a
+service of :mod:`chat_storage.runtime.services`), writing through this process's
+session mailboxes (same seq and group-commit rules as a 201).
 
 Idempotency-Key: claimed in Postgres as for a 201, and the 202 answer is recorded
 right after the append. Should the process die between the two, the key's claim
 expires (30 s) and a retry is accepted again: at least once, never lost.
 
-Start order: after the registry and the hub (persisted messages are fanned out like
-any other). Shutdown: ``on_shutdown`` stops reading; the cleanup step lets the batch
-under way commit and be acknowledged while the registry flushes, before the registry
-and the Redis client close. Anything not acknowledged is taken over by another process.
+Anything the consumer has not acknowledged at shutdown is taken over by another process.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from chat_storage.actors.ingest import IngestConsumer
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
-from chat_storage.server.database import POOL_KEY
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import json_response
-from chat_storage.server.redis import REDIS_KEY
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.writer import FLUSH_SHARE, REGISTRY_KEY
+from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage.idempotency import Claim, record_response
-from chat_storage.storage.ingest import Entry, IngestFull, IngestStream, IngestUnavailable
+from chat_storage.storage.ingest import Entry, IngestFull, IngestUnavailable
 from chat_storage.storage.messages import NewMessage
 
 log = logging.getLogger(__name__)
 
-INGEST_KEY = web.AppKey("ingest", IngestStream)  # absent in sync mode
-CONSUMER_KEY = web.AppKey("ingest_consumer", IngestConsumer)
 ACCEPTED = Counter("chat_ingest_accepted_total",
                    "Async writes answered by this process, by outcome (accepted, full, "
                    "unavailable)", ["outcome"])
@@ -114,32 +106,3 @@ async def _record(request: web.Request, claim: Claim, body: Any) -> None:
     except Exception:
         # the claim expires by itself; a retry after that is accepted a second time
         log.warning("could not record the answer to an Idempotency-Key", exc_info=True)
-
-
-def setup(app: web.Application) -> None:
-    """In async mode, run this process's consumer; call after writer and streaming setup."""
-
-    async def on_shutdown(app: web.Application) -> None:
-        consumer = app.get(CONSUMER_KEY)
-        if consumer is not None:
-            consumer.stop_reading()
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS_KEY]
-        if settings.ingest_mode != "async":
-            yield
-            return
-        stream = IngestStream(app[REDIS_KEY], prefix=settings.redis_prefix,
-                              max_backlog=settings.ingest_max_backlog)
-        consumer = IngestConsumer(stream, app[REGISTRY_KEY].write, app[POOL_KEY],
-                                  batch=settings.ingest_batch,
-                                  claim_idle_s=settings.ingest_claim_idle_s)
-        app[INGEST_KEY] = stream
-        app[CONSUMER_KEY] = consumer
-        consumer.start()
-        log.info("async ingestion on", extra={"consumer": consumer.name})
-        yield
-        await consumer.close(settings.shutdown_timeout_s * FLUSH_SHARE)
-
-    app.on_shutdown.append(on_shutdown)
-    app.cleanup_ctx.append(ctx)

@@ -9,11 +9,6 @@ import orjson
 from chat_storage.server.errors import ApiError
 
 
-def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON."""
-    return len(orjson.dumps(value))
-
-
 def check_json(field: str, value: Any, max_bytes: int) -> None:
     """400 if ``value`` is larger than ``max_bytes`` or holds a NUL character.
 
@@ -36,3 +31,5 @@ def check_text(field: str, value: str, max_bytes: int) -> None:
     if len(value) > max_bytes or len(value.encode()) > max_bytes:
         raise ApiError(400, "request body is invalid",
                        errors=[{"field": field, "message": f"must be at most {max_bytes} bytes"}])
+
+

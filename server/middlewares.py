@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from chat_storage.actors.errors import ActorError, Overloaded, ShuttingDown
+from chat_storage.actors.write.errors import Overloaded, ShuttingDown, WriteError
 from chat_storage.server import auth, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
@@ -63,7 +63,7 @@ def _request_id(request: web.Request) -> str:
 
 
 def error_response(request: web.Request, err: ApiError) -> web.Response:
-    """Render ``err`` as the error body of API.md."""
+    """Render ``err`` as the error body of docs/api.md."""
     body = error_body(
         path=request.path, status=err.status, message=err.message,
         request_id=request.get(REQUEST_ID_KEY, ""), errors=err.errors,
@@ -102,7 +102,7 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, Unavailable):
         return ApiError(503, "database is unavailable; retry later with the same "
                         "Idempotency-Key", headers={"Retry-After": RETRY_AFTER_S})
-    if isinstance(exc, ActorError):
+    if isinstance(exc, WriteError):
         return ApiError(503, "write could not be completed; retry later",
                         headers={"Retry-After": RETRY_AFTER_S})
     return None

@@ -1,6 +1,6 @@
-"""The object store subsystem: S3 when ``S3_BUCKET`` is set, else a local directory.
+"""The object store at the edge: deleting a request's files, and the local store's URLs.
 
-With the local store this module also serves its URLs: ``PUT /objects/{token}``
+With the local store (no ``S3_BUCKET``) this module serves its URLs: ``PUT /objects/{token}``
 stores an upload (only the announced file: size, type and SHA-256 are in the signed
 token) and ``GET /objects/{token}`` serves a download. They take no API key: the
 signed, expiring token is the grant, as a presigned S3 URL is.
@@ -8,67 +8,16 @@ signed, expiring token is the grant, as a presigned S3 URL is.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from chat_storage.server.errors import ApiError
-from chat_storage.server.routes.common import run
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.handlers import run
+from chat_storage.server.state import LOCAL_KEY, OBJECTS_KEY
 from chat_storage.storage import attachments
-from chat_storage.storage.objects import CHUNK_BYTES, ObjectStore, content_disposition
-from chat_storage.storage.objects_local import (
-    PREFIX,
-    BadToken,
-    LocalStore,
-    UploadRefused,
-    signing_key,
-)
-from chat_storage.storage.objects_s3 import S3Store
-
-log = logging.getLogger(__name__)
-
-OBJECTS_KEY = web.AppKey("objects", ObjectStore)
-LOCAL_KEY = web.AppKey("local_objects", LocalStore)
-DELETE_FAILURES = Counter("chat_object_delete_failures_total",
-                          "Objects of deleted rows that the store failed to delete (logged)")
-
-
-async def open_store(settings: Settings) -> ObjectStore:
-    """The configured store; for S3, its bucket must exist and answer."""
-    if settings.s3_bucket is None:
-        root = settings.data_dir / "objects"
-        return LocalStore(root, signing_key(root, settings.object_signing_key))
-    store = await S3Store.open(
-        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-        public_url=settings.s3_public_url, region=settings.s3_region,
-        access_key_id=settings.s3_access_key_id,
-        secret_access_key=settings.s3_secret_access_key,
-    )
-    try:
-        await store.check()
-    except BaseException:
-        await store.close()
-        raise
-    return store
-
-
-async def discard_keys(store: ObjectStore, keys: Sequence[str], target: str) -> None:
-    """Delete the objects of attachment rows that were just deleted (after the commit).
-
-    A failure is logged with the keys, never raised: the rows are gone, and the caller
-    has nothing to undo. An operator can delete the logged keys later.
-    """
-    if not keys:
-        return
-    try:
-        await store.delete(keys)
-    except Exception:
-        DELETE_FAILURES.inc(len(keys))
-        log.exception("objects could not be deleted",
-                      extra={"target": target, "object_keys": list(keys)})
+from chat_storage.storage.objects import CHUNK_BYTES, LocalStore, content_disposition, discard_keys
+from chat_storage.storage.objects.local import PREFIX, BadToken, UploadRefused
 
 
 async def discard(app: web.Application, keys: Sequence[str], target: str) -> None:
@@ -124,16 +73,6 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    """Open the store at start (``app[OBJECTS_KEY]``), close it at the end."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(app[SETTINGS_KEY])
-        app[OBJECTS_KEY] = store
-        if isinstance(store, LocalStore):
-            app[LOCAL_KEY] = store
-        yield
-        await store.close()
-
-    app.cleanup_ctx.append(ctx)
+    """Serve the local store's upload and download URLs (404 when files are in S3)."""
     app.router.add_put(PREFIX + "{token}", upload)
     app.router.add_get(PREFIX + "{token}", download)

@@ -1,13 +1,8 @@
-"""Streaming's place in the app: the hub, its hooks into the write path, open connections.
+"""Streaming at the edge: open connections per tenant, the origin check, tickets, and the
+live content overlaid on REST history.
 
-Start order: after the broker (``server.redis``) and the session registry
-(``server.writer``): the hub writes through the registry, is told of every commit
-(``registry.on_commit``) and keeps busy sessions' actors alive (``registry.in_use``).
-
-Shutdown, in steps: ``on_shutdown`` closes every WebSocket (1001, going away) and
-ends every event stream; the cleanup step then stores each answer still being
-streamed here as ``interrupted`` with all it received, and flushes the broker queue —
-before the registry flushes and the pool closes (their cleanups run after this one).
+The hub itself is a service of :mod:`chat_storage.runtime.services`; on shutdown the
+app closes every connection here (:func:`close_connections`) before the services stop.
 """
 
 from __future__ import annotations
@@ -15,21 +10,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from chat_storage.actors import stream_metrics
-from chat_storage.actors.hub import Hub, HubConfig
-from chat_storage.actors.stream_state import StreamConfig
+from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.server import auth
-from chat_storage.server.database import POOL_KEY
 from chat_storage.server.errors import ApiError
-from chat_storage.server.redis import BROKER_KEY
-from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import HUB_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db, tickets
 from chat_storage.storage.ids import parse_uuid
 from chat_storage.storage.tenants import Principal
@@ -79,7 +69,6 @@ class Connections:
         await asyncio.gather(*(c() for c in closers), return_exceptions=True)
 
 
-HUB_KEY = web.AppKey("hub", Hub)
 CONNECTIONS_KEY = web.AppKey("stream_connections", Connections)
 
 
@@ -142,38 +131,13 @@ def overlay_live(request: web.Request, tenant_id: uuid.UUID, session_id: uuid.UU
     return messages
 
 
-def hub_config(settings: Settings) -> HubConfig:
-    """The streaming knobs from the settings."""
-    return HubConfig(
-        send_queue=settings.ws_send_queue,
-        stream=StreamConfig(
-            checkpoint_interval_s=settings.checkpoint_interval_s,
-            checkpoint_chars=settings.checkpoint_chars,
-            grace_s=settings.stream_grace_s,
-            max_content_bytes=settings.max_content_bytes,
-            acquire_timeout_s=settings.db_acquire_timeout_s,
-        ),
-    )
+async def close_connections(app: web.Application) -> None:
+    """Close every WebSocket (1001, going away) and end every event stream (shutdown)."""
+    await app[CONNECTIONS_KEY].close_all()
 
 
 def setup(app: web.Application) -> None:
-    """Register the hub's lifecycle, the ticket authenticator and shutdown of connections."""
+    """Count streaming connections per tenant; let a ticket stand in for the API key."""
     settings = app[SETTINGS_KEY]
     app[CONNECTIONS_KEY] = Connections(settings.ws_max_connections_per_tenant)
     app[auth.AUTHENTICATORS_KEY].append(ticket_authenticator)
-
-    async def on_shutdown(app: web.Application) -> None:
-        await app[CONNECTIONS_KEY].close_all()
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        registry = app[REGISTRY_KEY]
-        hub = Hub(app[POOL_KEY], app[BROKER_KEY], registry.write, hub_config(settings))
-        registry.on_commit = hub.on_commit
-        registry.in_use = hub.in_use
-        hub.start()
-        app[HUB_KEY] = hub
-        yield
-        await hub.close(settings.shutdown_timeout_s / 2)
-
-    app.on_shutdown.append(on_shutdown)
-    app.cleanup_ctx.append(ctx)

@@ -50,10 +50,9 @@ import time
 from types import FrameType
 from typing import Any
 
-from aiohttp import web
-
-from chat_storage.server import cli, database, logs
-from chat_storage.server.settings import Settings, SettingsError
+from chat_storage.runtime import database
+from chat_storage.runtime.settings import Settings, SettingsError
+from chat_storage.server import logs, serving
 from chat_storage.storage import embedded
 
 log = logging.getLogger(__name__)
@@ -123,9 +122,7 @@ async def _prepare(settings: Settings, given: Settings) -> None:
     pool = await database.open_database(small)
     try:
         if given.embedded:
-            holder = web.Application()  # what the first-run helper reads the pool from
-            holder[database.POOL_KEY] = pool
-            await cli._first_run_key(holder, given)
+            await serving.first_run_key(pool, given)
     finally:
         await database.close_pool(pool, settings.shutdown_timeout_s)
 
@@ -288,7 +285,7 @@ def _worker_main(settings: Settings, index: int) -> None:
         return record
 
     logging.setLogRecordFactory(tagged)
-    sys.exit(cli.serve(dataclasses.replace(settings, workers=1), reuse_port=True))
+    sys.exit(serving.serve_one(dataclasses.replace(settings, workers=1), reuse_port=True))
 
 
 def _stop_with_parent() -> None:

@@ -27,7 +27,9 @@ class Claim:
     request_hash: bytes
 
 
-class Outcome(enum.Enum):
+class ClaimStatus(enum.Enum):
+    """What a claim of an Idempotency-Key found."""
+
     CLAIMED = "claimed"  # go ahead, then record_response in the work's transaction
     REPLAY = "replay"  # same key, same request, finished: replay the stored response
     MISMATCH = "mismatch"  # same key, another request: 422
@@ -36,7 +38,7 @@ class Outcome(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimResult:
-    outcome: Outcome
+    outcome: ClaimStatus
     claim: Claim | None = None
     status_code: int | None = None
     response: Any = None
@@ -63,7 +65,7 @@ async def claim(
         tenant_id, key, request_hash, LOCK_S, float(ttl_s),
     )
     if row is not None:
-        return ClaimResult(Outcome.CLAIMED, Claim(tenant_id, key, request_hash))
+        return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash))
     existing = await conn.fetchrow(
         "SELECT request_hash, status_code, response FROM idempotency_keys "
         "WHERE tenant_id = $1 AND key = $2",
@@ -72,10 +74,10 @@ async def claim(
     if existing is None:  # deleted between the two statements: try once more
         return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s)
     if bytes(existing["request_hash"]) != request_hash:
-        return ClaimResult(Outcome.MISMATCH)
+        return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
-        return ClaimResult(Outcome.IN_FLIGHT)
-    return ClaimResult(Outcome.REPLAY, None, existing["status_code"], existing["response"])
+        return ClaimResult(ClaimStatus.IN_FLIGHT)
+    return ClaimResult(ClaimStatus.REPLAY, None, existing["status_code"], existing["response"])
 
 
 async def record_response(

@@ -8,19 +8,17 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.idempotency import Claim
+from chat_storage.storage.records import MESSAGE_FIELDS, StoredMessage
 from chat_storage.storage.sqlparams import Params
 from chat_storage.storage.tenants import audit
 
-COLUMNS = (
-    "id, session_id, seq, parent_id, role, content, sender_id, context, metadata, usage, "
-    "feedback, status, created_at, completed_at"
-)
+COLUMNS = ", ".join(MESSAGE_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,23 +52,13 @@ class WriteGroup:
 
 
 def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
-    """The API's message object from a row of :data:`COLUMNS`."""
-    return {
-        "id": row["id"],
-        "session_id": row["session_id"],
-        "seq": row["seq"],
-        "parent_id": row["parent_id"],
-        "role": row["role"],
-        "content": row["content"],
-        "sender_id": row["sender_id"],
-        "context": row["context"],
-        "metadata": row["metadata"],
-        "usage": row["usage"],
-        "feedback": row["feedback"],
-        "status": row["status"],
-        "created_at": row["created_at"],
-        "completed_at": row["completed_at"],
-    }
+    """The API's message object from a row of :data:`COLUMNS`, for REST reads."""
+    return {field: row[field] for field in MESSAGE_FIELDS}
+
+
+def to_stored(row: Mapping[str, Any] | asyncpg.Record) -> StoredMessage:
+    """:func:`to_json` typed as a :class:`StoredMessage`, for what goes on to ``actors/``."""
+    return cast(StoredMessage, {field: row[field] for field in MESSAGE_FIELDS})
 
 
 async def get(

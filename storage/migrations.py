@@ -16,11 +16,10 @@ from pathlib import Path
 import asyncpg
 
 from chat_storage.storage.errors import MigrationError
+from chat_storage.storage.locks import MIGRATIONS_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
 
-# pg_advisory_lock key: any constant unique to this service ("chatmigr" in ASCII)
-LOCK_KEY = 0x636861746D696772
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -56,8 +55,7 @@ def discover(directory: Path) -> list[Migration]:
 async def migrate(conn: asyncpg.Connection, directory: Path) -> list[int]:
     """Apply every pending migration; return the versions applied now."""
     migrations = discover(directory)
-    await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-    try:
+    async with advisory_lock(conn, MIGRATIONS_LOCK):
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -95,8 +93,6 @@ async def migrate(conn: asyncpg.Connection, directory: Path) -> list[int]:
             log.info("migration applied", extra={"version": m.version, "migration": m.name})
             done.append(m.version)
         return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
 
 
 async def pending(conn: asyncpg.Connection, directory: Path) -> list[int]:
@@ -107,3 +103,9 @@ async def pending(conn: asyncpg.Connection, directory: Path) -> list[int]:
         return wanted
     have = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
     return [v for v in wanted if v not in have]
+
+
+async def applied_versions(conn: asyncpg.Connection) -> list[int]:
+    """The versions applied to this database, in order."""
+    rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    return [r["version"] for r in rows]

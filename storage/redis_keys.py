@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 
 # One Redis stream per active session: its events (``message.created``, ``stream.*``),
-# capped with ``MAXLEN ~`` and expiring when idle. Written by storage.broker_redis.
+# capped with ``MAXLEN ~`` and expiring when idle. Written by storage.broker.redis.
 SESSION_STREAM = "{prefix}:s:{channel}"
 # A process's private wake-up stream: included in that process's XREAD so that adding
-# a channel interrupts the blocking read at once. Written by storage.broker_redis.
+# a channel interrupts the blocking read at once. Written by storage.broker.redis_reader.
 READER_WAKE = "{prefix}:wake:{node}"
 # Token bucket of one API key (hash ``t`` tokens, ``ts`` ms), deleted when it would be
-# full again. Written by storage.ratelimit_redis.
+# full again. Written by storage.ratelimit.redis.
 RATE_BUCKET = "{prefix}:rl:{key_id}"
 # Async ingestion (CHAT_INGEST_MODE=async): the stream writes are appended to, the
 # consumer group that persists them, and the dead-letter stream of entries that can
@@ -43,10 +43,6 @@ class RedisKeys:
         """The event stream of broker channel ``channel`` (a session)."""
         return SESSION_STREAM.format(prefix=self.prefix, channel=channel)
 
-    def channel_of(self, stream_key: str) -> str:
-        """The channel whose stream is ``stream_key`` (inverse of :meth:`session_stream`)."""
-        return stream_key.removeprefix(SESSION_STREAM.format(prefix=self.prefix, channel=""))
-
     def reader_wake(self, node: str) -> str:
         """The wake-up stream of the broker reader of process ``node``."""
         return READER_WAKE.format(prefix=self.prefix, node=node)
@@ -69,8 +65,3 @@ class RedisKeys:
     def ingest_dead(self) -> str:
         """The dead-letter stream of async ingestion."""
         return INGEST_DEAD.format(prefix=self.prefix)
-
-    @property
-    def pattern(self) -> str:
-        """A ``SCAN MATCH`` pattern for every key of this prefix (tests, cleanup)."""
-        return f"{self.prefix}:*"

@@ -43,7 +43,7 @@ def user_prefix(tenant_id: uuid.UUID, user_id: str) -> str:
 
 
 @dataclasses.dataclass(slots=True)
-class Outcome:
+class BatchReport:
     """What one batch did."""
 
     messages: int = 0
@@ -66,10 +66,10 @@ def _line(kind: str, user_id: str, obj: dict[str, Any]) -> bytes:
 async def archive_batch(
     conn: asyncpg.Connection, store: ObjectStore, tenant_id: uuid.UUID, cutoff: dt.datetime,
     *, limit: int = 2000,
-) -> Outcome:
+) -> BatchReport:
     """Archive and delete up to ``limit`` of the tenant's messages created before
     ``cutoff``, and the sessions last active before it that are left empty."""
-    out = Outcome()
+    out = BatchReport()
     async with conn.transaction():
         ids = [r["id"] for r in await conn.fetch(
             """
@@ -135,9 +135,9 @@ async def archive_batch(
     return out
 
 
-async def erase_expired(conn: asyncpg.Connection, *, limit: int = 500) -> Outcome:
+async def erase_expired(conn: asyncpg.Connection, *, limit: int = 500) -> BatchReport:
     """Erase up to ``limit`` temporary chats (``expires_at`` passed), with no archive."""
-    out = Outcome()
+    out = BatchReport()
     async with conn.transaction():
         rows = await conn.fetch(
             "SELECT tenant_id, id FROM sessions WHERE expires_at < now() "

@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 
 from chat_storage.storage.errors import Conflict, NotFound
-from chat_storage.storage.messages import COLUMNS, to_json
+from chat_storage.storage.messages import COLUMNS, to_stored
+from chat_storage.storage.records import StoredMessage
 
 FINAL_STATUSES = ("complete", "aborted", "interrupted")
 
@@ -57,7 +58,7 @@ async def finish(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, content: str, status: str,
     metadata: Mapping[str, Any] | None = None, usage: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> StoredMessage:
     """End a stream: final content, status, metadata (merged) and usage in one transaction.
 
     The session's token totals grow by ``usage``. :class:`Conflict` if the message is
@@ -97,7 +98,7 @@ async def finish(
                 """,
                 session_id, tenant_id, prompt, completion, total,
             )
-    return to_json(row)
+    return to_stored(row)
 
 
 async def heartbeat(
@@ -118,7 +119,7 @@ async def heartbeat(
 
 async def sweep_orphans(
     conn: asyncpg.Connection, older_than_s: float, limit: int = 500
-) -> list[tuple[uuid.UUID, dict[str, Any]]]:
+) -> list[tuple[uuid.UUID, StoredMessage]]:
     """Interrupt streaming messages nobody has touched for ``older_than_s`` (owner died).
 
     Returns ``(tenant_id, message)`` for each, so their subscribers can be told.
@@ -137,13 +138,13 @@ async def sweep_orphans(
         """,
         older_than_s, limit,
     )
-    return [(r["tenant_id"], to_json(r)) for r in rows]
+    return [(r["tenant_id"], to_stored(r)) for r in rows]
 
 
 async def append_recovered(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, message_id: uuid.UUID,
     stored_len: int, tail: str,
-) -> dict[str, Any] | None:
+) -> StoredMessage | None:
     """Append ``tail`` to a just-interrupted message whose content is ``stored_len`` long.
 
     The sweeper's recovery of what its dead owner had streamed past the last
@@ -158,16 +159,24 @@ async def append_recovered(
         """,
         tenant_id, message_id, stored_len, tail,
     )
-    return None if row is None else to_json(row)
+    return None if row is None else to_stored(row)
 
 
 # pg_try_advisory_lock key of the stream sweeper ("chatswep" in ASCII)
 SWEEP_LOCK = 0x6368617473776570
 
 
+async def try_sweep_lock(conn: asyncpg.Connection) -> bool:
+    """Take the sweeper's lock until the end of the caller's transaction, if free.
+
+    ``False``: another replica is sweeping now.
+    """
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK))
+
+
 async def live_state(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID
-) -> tuple[int, list[dict[str, Any]]]:
+) -> tuple[int, list[StoredMessage]]:
     """The session's ``last_seq`` and its messages still streaming (as last checkpointed)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         last_seq = await conn.fetchval(
@@ -181,26 +190,26 @@ async def live_state(
             "AND status = 'streaming' ORDER BY seq",
             session_id, tenant_id,
         )
-    return int(last_seq), [to_json(r) for r in rows]
+    return int(last_seq), [to_stored(r) for r in rows]
 
 
 async def after(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     after_seq: int, *, upto: int | None = None, limit: int = 500,
-) -> list[dict[str, Any]]:
+) -> list[StoredMessage]:
     """Messages with ``after_seq < seq <= upto`` in seq order, at most ``limit``."""
     rows = await conn.fetch(
         f"SELECT {COLUMNS} FROM messages WHERE session_id = $1 AND tenant_id = $2 "
         "AND seq > $3 AND ($4::int8 IS NULL OR seq <= $4) ORDER BY seq LIMIT $5",
         session_id, tenant_id, after_seq, upto, limit,
     )
-    return [to_json(r) for r in rows]
+    return [to_stored(r) for r in rows]
 
 
 async def at_seqs(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     seqs: Sequence[int],
-) -> list[dict[str, Any]]:
+) -> list[StoredMessage]:
     """The messages at ``seqs``, in seq order."""
     if not seqs:
         return []
@@ -209,4 +218,4 @@ async def at_seqs(
         "AND seq = ANY($3::int8[]) ORDER BY seq",
         session_id, tenant_id, list(seqs),
     )
-    return [to_json(r) for r in rows]
+    return [to_stored(r) for r in rows]

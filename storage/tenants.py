@@ -71,6 +71,11 @@ async def create_tenant(
     return tenant_id
 
 
+async def any_tenant(conn: asyncpg.Connection) -> bool:
+    """Whether any tenant exists (a fresh database has none)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)"))
+
+
 async def ensure_tenant(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     """Return the id of tenant ``name``, creating it if needed."""
     tenant_id: uuid.UUID = await conn.fetchval(

@@ -19,9 +19,10 @@ import asyncpg
 from chat_storage.storage.db import dumps_json
 from chat_storage.storage.errors import InvalidReference, NotFound
 from chat_storage.storage.idempotency import record_response
-from chat_storage.storage.messages import COLUMNS, NewMessage, WriteGroup, to_json
+from chat_storage.storage.messages import COLUMNS, NewMessage, WriteGroup, to_stored
+from chat_storage.storage.records import StoredMessage
 
-Stored = list[dict[str, Any]]
+Stored = list[StoredMessage]  # one write group's messages, in seq order
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -31,6 +32,14 @@ class SessionBatch:
     tenant_id: uuid.UUID
     session_id: uuid.UUID
     groups: Sequence[WriteGroup]
+
+
+async def prefer_generic_plans(conn: asyncpg.Connection) -> None:
+    """Plan the group-commit statement once per connection, for every batch size.
+
+    For a connection a committer keeps; the pool's reset (``RESET ALL``) undoes it.
+    """
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:
@@ -136,7 +145,7 @@ def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
         stored = []
         for m in batch.groups[gi].messages:
             pos[bi] = pos.get(bi, 0) + 1
-            stored.append(to_json({
+            stored.append(to_stored({
                 "id": m.id, "session_id": batch.session_id, "seq": base + pos[bi],
                 "parent_id": m.parent_id, "role": m.role, "content": m.content,
                 "sender_id": m.sender_id, "context": m.context, "metadata": m.metadata,
@@ -283,7 +292,7 @@ async def fetch_settled(
     ids: Sequence[uuid.UUID],
     *,
     lock_timeout_s: float,
-) -> dict[uuid.UUID, dict[str, Any]]:
+) -> dict[uuid.UUID, StoredMessage]:
     """The stored messages among ``ids``, read once no transaction can still store them.
 
     A transaction that inserts into a session holds that session's row lock until it
@@ -303,11 +312,11 @@ async def fetch_settled(
 
 async def fetch_by_ids(
     conn: asyncpg.Connection, tenant_ids: Sequence[uuid.UUID], ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, dict[str, Any]]:
+) -> dict[uuid.UUID, StoredMessage]:
     """Stored messages among ``ids`` of the tenants ``tenant_ids``, by id."""
     rows = await conn.fetch(
         f"SELECT {COLUMNS} FROM messages "
         "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[])",
         list(ids), list(set(tenant_ids)),
     )
-    return {r["id"]: to_json(r) for r in rows}
+    return {r["id"]: to_stored(r) for r in rows}

@@ -20,9 +20,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR, Settings
-from chat_storage.storage import db, scratch, tenants
+from chat_storage.storage import db, tenants
+from chat_storage.supervisor import Supervisor
+from tests.support import scratch
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -66,6 +68,14 @@ async def prefix() -> AsyncIterator[str]:
         await delete_keys(client, value)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def tasks() -> AsyncIterator[Supervisor]:
+    """The owner of a test's background tasks; whatever is left is cancelled at the end."""
+    supervisor = Supervisor()
+    yield supervisor
+    await supervisor.close(5.0)
 
 
 @pytest.fixture
@@ -124,8 +134,8 @@ async def client(aiohttp_client: Any, settings: Settings) -> TestClient:  # type
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The endpoint URL of a moto S3 server of this test run (see tests/motoserver.py)."""
-    from tests import motoserver
+    """The endpoint URL of a moto S3 server of this test run (see tests/support/motoserver.py)."""
+    from tests.support import motoserver
 
     with motoserver.running(tmp_path_factory.mktemp("moto")) as endpoint:
         yield endpoint
@@ -134,7 +144,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def s3_bucket(s3_endpoint: str) -> AsyncIterator[str]:
     """A new, empty bucket on the moto server."""
-    from tests import motoserver
+    from tests.support import motoserver
 
     async with motoserver.bucket(s3_endpoint) as name:
         yield name

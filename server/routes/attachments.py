@@ -22,9 +22,8 @@ from aiohttp import web
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import path_uuid, run
 from chat_storage.server.jsonio import json_response, read_json, validate
-from chat_storage.server.objects import OBJECTS_KEY
-from chat_storage.server.routes.common import path_uuid, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
     Attachment,
@@ -33,7 +32,7 @@ from chat_storage.server.schemas import (
     AttachmentDownload,
     Error,
 )
-from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
 from chat_storage.storage import attachments
 from chat_storage.storage.idempotency import record_response
 from chat_storage.storage.ids import new_id

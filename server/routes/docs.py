@@ -1,4 +1,4 @@
-"""API documentation: the OpenAPI document and Swagger UI. No API key needed.
+"""API documentation: the OpenAPI and AsyncAPI documents and Swagger UI. No API key needed.
 
 Swagger UI (5.x, which reads OpenAPI 3.1) is served from the files shipped in the
 ``swagger_ui`` package (swagger-ui-py) and a page of
@@ -14,7 +14,7 @@ from pathlib import Path
 import swagger_ui as swagger_ui_pkg
 from aiohttp import web
 
-from chat_storage.server import openapi
+from chat_storage.server import asyncapi, openapi
 from chat_storage.server.jsonio import JSON_TYPE, dumps
 from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint, RouteTable
 
@@ -54,6 +54,18 @@ async def openapi_json(request: web.Request) -> web.Response:
         endpoints: list[Endpoint] = request.app[ENDPOINTS_KEY]
         cache.body = dumps(openapi.build_document(endpoints))
     return web.Response(body=cache.body, content_type=JSON_TYPE, charset="utf-8")
+
+
+@routes.get("/asyncapi.json", auth=False, responses={200: JSON_TYPE})
+async def asyncapi_json(request: web.Request) -> web.Response:
+    """The AsyncAPI 3 document of a session's WebSocket and Server-Sent Events."""
+    return web.Response(body=_asyncapi_body(), content_type=JSON_TYPE, charset="utf-8")
+
+
+@functools.cache
+def _asyncapi_body() -> bytes:
+    # built from the frame models alone, the same for every app: once per process
+    return dumps(asyncapi.build_document())
 
 
 @routes.get("/docs", auth=False, responses={200: "text/html"})

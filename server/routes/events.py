@@ -24,18 +24,19 @@ from typing import Annotated
 import pydantic
 from aiohttp import web
 
-from chat_storage.actors import stream_metrics
-from chat_storage.actors.subscriber import ConnectionCut, Outbox
+from chat_storage.actors.live import metrics as stream_metrics
+from chat_storage.actors.live.outbox import ConnectionCut, Outbox
 from chat_storage.server import frames
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.jsonio import dumps, parse_query
+from chat_storage.server.handlers import path_uuid, run
+from chat_storage.server.jsonio import parse_query
 from chat_storage.server.middlewares import to_api_error
-from chat_storage.server.routes.common import path_uuid, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY
+from chat_storage.server.state import HUB_KEY, SERVICES_KEY, SETTINGS_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY
+from chat_storage.server.transport import framing, writer
 from chat_storage.storage import sessions
 
 log = logging.getLogger(__name__)
@@ -96,49 +97,35 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no"})
     key = (tenant_id, session_id)
     hub = app[HUB_KEY]
+    tasks = app[SERVICES_KEY].tasks
     sub = None
-    writer: asyncio.Task[None] | None = None
+    sender: asyncio.Task[None] | None = None
     try:
         await response.prepare(request)
-        await response.write(b"retry: 1000\n\n")
-        writer = asyncio.create_task(_write_loop(response, outbox, settings.ws_heartbeat_s))
+        await response.write(framing.SSE_RETRY)
+        sender = writer.start(outbox, writer.SseWire(response), tasks=tasks,
+                              keep_alive_s=settings.ws_heartbeat_s, name="sse-writer")
         try:
-            sub = await hub.subscribe(key, outbox, after_seq=after_seq, known=known, sse=True)
+            sub = await hub.subscribe(key, outbox, after_seq=after_seq, known=known,
+                                      render=framing.sse_event)
         except (ConnectionCut, ConnectionError):
             raise
         except Exception as exc:  # headers are sent: the error can only be an event now
             api = to_api_error(exc)
             if api is None:
                 raise
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            await response.write(b"event: error\ndata: " + dumps(
-                {"type": "error", "code": frames.from_api_error(api, None).code,
-                 "message": api.message}) + b"\n\n")
+            await tasks.stop(sender)
+            await response.write(framing.sse_error(frames.from_api_error(api, None).code,
+                                                   api.message))
             return response
-        await writer
+        await sender
     except (ConnectionCut, ConnectionError):
         pass
     finally:
         outbox.close()
         if sub is not None:
             hub.unsubscribe(key, sub)
-        if writer is not None and not writer.done():
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        if sender is not None and not sender.done():
+            await tasks.stop(sender)
         connections.close(tenant_id, "sse", token)
     return response
-
-
-async def _write_loop(response: web.StreamResponse, outbox: Outbox, heartbeat_s: float) -> None:
-    try:
-        while True:
-            batch = await outbox.take(timeout_s=heartbeat_s)
-            if batch:
-                await response.write(b"".join(batch))
-            elif outbox.closed:
-                return
-            else:
-                await response.write(b": keep-alive\n\n")
-    except ConnectionError:
-        outbox.close()

@@ -36,9 +36,9 @@ import asyncpg
 from aiohttp import web
 
 from chat_storage.server.auth import principal_of
+from chat_storage.server.handlers import path_uuid, run
+from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import dumps, parse_query
-from chat_storage.server.routes.common import path_uuid, run
-from chat_storage.server.routes.sessions import check_user_id
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, ExportQuery
 from chat_storage.storage import exports, sessions

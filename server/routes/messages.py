@@ -1,4 +1,4 @@
-"""Messages: create (through the session actor), batch, history, one, edit, tombstone."""
+"""Messages: create (through the session mailbox), batch, history, one, edit, tombstone."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from aiohttp import web
 from chat_storage.server import idempotency, ingest, objects, pagination, streaming
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
+from chat_storage.server.inputs import to_new_message
 from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
-from chat_storage.server.limits import check_json, check_text
-from chat_storage.server.routes.common import actor_name, path_uuid, request_id, run
+from chat_storage.server.limits import check_json
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
     Error,
@@ -24,36 +25,19 @@ from chat_storage.server.schemas import (
     MessagePage,
     MessageUpdate,
 )
-from chat_storage.server.settings import SETTINGS_KEY, Settings
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import REGISTRY_KEY, SETTINGS_KEY
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
-from chat_storage.storage.ids import new_id
-from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.messages import WriteGroup
+from chat_storage.storage.writes import Stored
 
 routes = RouteTable("messages")
 MESSAGES_PATH = "/api/v1/sessions/{session_id}/messages"
 MESSAGE_PATH = MESSAGES_PATH + "/{message_id}"
 
 
-def to_new_message(body: MessageCreate, settings: Settings, prefix: str = "") -> NewMessage:
-    """Check the size limits of ``body`` and make it a storable message."""
-    check_text(f"{prefix}content", body.content, settings.max_content_bytes)
-    context = None if body.context is None else [
-        c.model_dump(exclude_none=True) for c in body.context
-    ]
-    check_json(f"{prefix}context", context, settings.max_context_bytes)
-    check_json(f"{prefix}metadata", body.metadata, settings.max_metadata_bytes)
-    usage = None if body.usage is None else body.usage.model_dump(exclude_none=True)
-    return NewMessage(
-        id=new_id(), role=body.role, content=body.content, sender_id=body.sender_id,
-        parent_id=body.parent_id, context=context, metadata=body.metadata, usage=usage,
-        attachment_ids=tuple(body.attachment_ids),
-    )
-
-
 async def _write(request: web.Request, session_id: uuid.UUID,
-                 group: WriteGroup) -> list[dict[str, Any]]:
+                 group: WriteGroup) -> Stored:
     registry = request.app[REGISTRY_KEY]
     try:
         return await registry.write(principal_of(request).tenant_id, session_id, group)

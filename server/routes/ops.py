@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
-from chat_storage.server import metrics, redis
-from chat_storage.server.database import POOL_KEY
+from chat_storage.runtime.settings import Settings
+from chat_storage.server import metrics
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.routing import RouteTable
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import migrations
 from chat_storage.storage.db import CONNECTION_ERRORS
 
@@ -47,7 +47,7 @@ async def readyz(request: web.Request) -> web.Response:
     except CONNECTION_ERRORS:  # TimeoutError (pool acquire) is one of them
         checks["database"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
-    redis_check = await redis.status(request.app)  # degraded Redis: still ready
+    redis_check = await request.app[SERVICES_KEY].redis_status()  # degraded Redis: still ready
     if redis_check is not None:
         checks["redis"] = redis_check
     return json_response({"status": "ready" if ready else "not ready", "checks": checks},
@@ -64,8 +64,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 def setup(app: web.Application, settings: Settings) -> None:
     """Serve ``/metrics`` (here or on its own port) and report the pool in it.
 
-    Call after ``database.setup``: the pool must exist when this context starts, and
-    it stops being reported (and the metrics port closes) before the pool closes.
+    Its context runs inside the services' one: the pool exists when it starts, and it
+    stops being reported (and the metrics port closes) before the pool closes.
     """
     if settings.metrics_port is None:
         metrics_routes.register(app)

@@ -11,8 +11,8 @@ from aiohttp import web
 from chat_storage.server import pagination
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import run
 from chat_storage.server.jsonio import json_response, parse_query
-from chat_storage.server.routes.common import run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, FeedbackQuery, MessagePage, SearchPage, SearchQuery
 from chat_storage.storage import history

@@ -12,9 +12,10 @@ from aiohttp import web
 from chat_storage.server import idempotency, objects, pagination
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
+from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
 from chat_storage.server.limits import check_json
-from chat_storage.server.routes.common import actor_name, path_uuid, request_id, run
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
     Error,
@@ -24,7 +25,7 @@ from chat_storage.server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from chat_storage.server.settings import SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ routes = RouteTable("sessions")
 SESSIONS_PATH = "/api/v1/sessions"
 SESSION_PATH = "/api/v1/sessions/{session_id}"
 USER_SESSIONS_PATH = "/api/v1/users/{user_id}/sessions"
-MAX_USER_ID = 128
-
-
-def check_user_id(user_id: str, field: str = "user_id") -> str:
-    """``user_id`` if it could name a user (1 to 128 characters, no NUL); else 400."""
-    if not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
-        raise ApiError(400, "request is invalid", errors=[{
-            "field": field,
-            "message": f"must be 1 to {MAX_USER_ID} characters without NUL"}])
-    return user_id
 
 
 @routes.post(SESSIONS_PATH, body=SessionCreate, idempotent=True,
@@ -174,7 +165,7 @@ async def erase_user(request: web.Request) -> web.Response:
     ))
     log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
     await objects.discard(request.app, erased.object_keys, f"user:{user_id}")
-    store = request.app[objects.OBJECTS_KEY]
+    store = request.app[OBJECTS_KEY]
     try:
         archived = await store.list_keys(retention.user_prefix(tenant_id, user_id))
         await store.delete(archived)

@@ -14,7 +14,8 @@ import re
 from aiohttp import web
 from yarl import URL
 
-from chat_storage.server.settings import SETTINGS_KEY, Settings
+from chat_storage.runtime.settings import Settings
+from chat_storage.server.state import SETTINGS_KEY
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*\.(?:html|js|css)$")
 _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}

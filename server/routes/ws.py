@@ -3,7 +3,8 @@
 Before the upgrade: API key or ticket (middleware), ``Origin``, the session belongs to
 the caller's tenant (404 otherwise), the tenant's connection limit (429). After it,
 one connection is this handler's task reading frames, plus a writer task emptying the
-connection's bounded outbox; nothing else ever writes to the socket.
+connection's bounded outbox (``server.transport.writer``); nothing else ever writes
+to the socket.
 
 Close codes: 1001 server shutting down; 1008 a binary frame (protocol violation);
 1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the client did not read fast enough
@@ -17,31 +18,33 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import uuid
-from typing import Any
 
 import pydantic
 from aiohttp import WSMsgType, web
 
-from chat_storage.actors import events, stream_metrics
-from chat_storage.actors.stream_state import StreamError
-from chat_storage.actors.subscriber import ConnectionCut, Outbox, Subscription
+from chat_storage.actors.live import metrics as stream_metrics
+from chat_storage.actors.live.outbox import ConnectionCut, Outbox
+from chat_storage.actors.live.stream_state import StreamError
+from chat_storage.actors.live.subscription import Subscription
 from chat_storage.server import frames
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import path_uuid, run
+from chat_storage.server.inputs import to_new_message
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
-from chat_storage.server.routes.common import path_uuid, run
-from chat_storage.server.routes.messages import to_new_message
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
-from chat_storage.server.settings import SETTINGS_KEY
-from chat_storage.server.streaming import CONNECTIONS_KEY, HUB_KEY, check_origin
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY
+from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
+from chat_storage.server.transport import writer
+from chat_storage.server.transport.framing import reply
 from chat_storage.storage import sessions, tickets
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.records import SessionKey
+from chat_storage.storage.writes import Stored
 
 log = logging.getLogger(__name__)
 # message.create frames of one connection waiting for their commit at once
@@ -102,7 +105,7 @@ class Connection:
     """One WebSocket: what it subscribes to and the streams it produces."""
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse,
-                 key: tuple[uuid.UUID, uuid.UUID]) -> None:
+                 key: SessionKey) -> None:
         app = request.app
         self.key = key
         self.ws = ws
@@ -118,10 +121,12 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
+        self._tasks = request.app[SERVICES_KEY].tasks
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        self._writer = writer.start(self.outbox, writer.WebSocketWire(self._request, self.ws),
+                                    tasks=self._tasks, name="ws-writer")
         try:
             while True:
                 msg = await self.ws.receive()
@@ -134,13 +139,13 @@ class Connection:
                     break
         finally:
             self.closed = True
-            self.hub.streams.release(self)
+            self.hub.release(self)
             if self.sub is not None:
                 self.hub.unsubscribe(self.key, self.sub)
             self.outbox.close()
-            await _finish(self._writer)
+            await self._finish(self._writer)
             if self._closing is not None:
-                await _finish(self._closing)
+                await self._finish(self._closing)
 
     async def shutdown(self) -> None:
         """Close with 1001 (server going away)."""
@@ -152,7 +157,7 @@ class Connection:
         try:
             frame = frames.parse(raw)
             if isinstance(frame, frames.Delta):
-                self.hub.streams.delta(self.key, frame.stream_id, self, frame.delta)
+                self.hub.delta(self.key, frame.stream_id, self, frame.delta)
                 return
             ref = frame.ref
             await self._dispatch(frame)
@@ -179,17 +184,17 @@ class Connection:
         elif isinstance(frame, frames.StreamEnd):
             check_json("metadata", frame.metadata, self.settings.max_metadata_bytes)
             usage = None if frame.usage is None else frame.usage.model_dump(exclude_none=True)
-            ended = await self.hub.streams.end(self.key, frame.stream_id, self,
-                                               metadata=frame.metadata, usage=usage)
+            ended = await self.hub.end_stream(self.key, frame.stream_id, self,
+                                              metadata=frame.metadata, usage=usage)
             self._reply("stream.completed", ref=frame.ref, message=ended)
             self.own.discard(frame.stream_id)
         elif isinstance(frame, frames.StreamAbort):
-            aborted = await self.hub.streams.abort(self.key, frame.stream_id, self,
-                                                   frame.reason)
+            aborted = await self.hub.abort_stream(self.key, frame.stream_id, self,
+                                                  frame.reason)
             self._reply("stream.aborted", ref=frame.ref, message=aborted)
             self.own.discard(frame.stream_id)
         elif isinstance(frame, frames.StreamResume):
-            offset = self.hub.streams.resume(self.key, frame.stream_id, self)
+            offset = self.hub.resume_stream(self.key, frame.stream_id, self)
             self.own.add(frame.stream_id)
             self._reply("stream.resumed", ref=frame.ref, stream_id=frame.stream_id,
                         offset=offset)
@@ -212,7 +217,7 @@ class Connection:
             raise
         future.add_done_callback(functools.partial(self._acked, frame.ref))
 
-    def _acked(self, ref: str | None, future: asyncio.Future[list[dict[str, Any]]]) -> None:
+    def _acked(self, ref: str | None, future: asyncio.Future[Stored]) -> None:
         self._in_flight.release()
         if future.cancelled():
             return
@@ -253,7 +258,7 @@ class Connection:
         # the broadcast stream.started it also gets as this reply
         self.own.add(stream_id)
         try:
-            row = await self.hub.streams.start(self.key, self, NewMessage(
+            row = await self.hub.start_stream(self.key, self, NewMessage(
                 id=message_id, role=frame.role, content="", sender_id=frame.sender_id,
                 parent_id=frame.parent_id, context=context, metadata=frame.metadata,
                 status="streaming"))
@@ -266,47 +271,21 @@ class Connection:
     def _reply(self, kind: str, *, ref: str | None = None, **fields: object) -> None:
         if ref is not None:
             fields["ref"] = ref
-        self.outbox.put(events.reply(kind, **fields))
+        self.outbox.put(reply(kind, **fields))
 
-    # ------------------------------------------------------------ writing and closing
-    async def _write_loop(self) -> None:
-        send = self.ws.send_frame
-        transport = self._request.transport
-        # aiohttp's flow control, awaited by its own send_frame; private API, so if a
-        # later aiohttp lacks it we fall back to one send_frame per frame
-        drain = getattr(self._request.protocol, "_drain_helper", None)
-        try:
-            while True:
-                batch = await self.outbox.take()
-                if not batch:
-                    if self.outbox.closed:
-                        return
-                    continue
-                if len(batch) == 1 or transport is None or drain is None:
-                    for frame in batch:
-                        await send(frame, WSMsgType.TEXT)
-                    continue
-                if transport.is_closing():
-                    return
-                # many frames in one write (one syscall instead of one each); complete
-                # frames only, so aiohttp's own control frames cannot land inside one
-                transport.write(b"".join([part for f in batch for part in (_header(f), f)]))
-                # wait while the transport is over its high-water mark
-                await drain()
-        except ConnectionError:
-            return  # the peer went away; the reader sees it too
-
+    # ------------------------------------------------------------ closing
     def _overflowed(self) -> None:
         stream_metrics.CUT.labels("ws").inc()
         log.info("websocket cut: send queue overflow", extra={"session_id": str(self.key[1])})
         if self._closing is None:
-            self._closing = asyncio.create_task(
-                self._close(1013, "send queue overflow; subscribe again from your last seq"))
+            self._closing = self._tasks.spawn(
+                self._close(1013, "send queue overflow; subscribe again from your last seq"),
+                name="ws-close")
 
     async def _close(self, code: int, reason: str) -> None:
         self.outbox.close()
         if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()  # it may be stuck on a full socket
+            self._tasks.cancel(self._writer)  # it may be stuck on a full socket
         transport = self._request.transport
         if transport is not None:
             # the close frame queues behind what the socket still holds; a client that
@@ -319,23 +298,8 @@ class Connection:
             pass
 
 
-def _header(frame: bytes) -> bytes:
-    """The header of a final, unmasked text frame of ``frame``'s length (RFC 6455 5.2)."""
-    size = len(frame)
-    if size < 126:
-        return bytes((0x81, size))
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big")
-    return b"\x81\x7f" + size.to_bytes(8, "big")
-
-
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Wait for ``task`` to end (cancelled if still running); never swallow our own cancel."""
-    if not task.done():
-        task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    async def _finish(self, task: asyncio.Task[None]) -> None:
+        """Wait for ``task`` to end, cancelled if still running (a failure is logged and
+        counted by the supervisor); our own cancellation still propagates."""
+        if not task.done():
+            await self._tasks.stop(task)

@@ -14,13 +14,18 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from chat_storage.actors.committer import ActorConfig
-from chat_storage.actors.registry import Registry
+from chat_storage.actors.write.committer import Committer
+from chat_storage.actors.write.config import WriteConfig
+from chat_storage.actors.write.protocols import BatchSink, CommitListener
+from chat_storage.actors.write.registry import Registry
+from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import db, sessions
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
-from tests.actors.pgproxy import PgProxy
+from chat_storage.supervisor import Supervisor
+from loadtest.direct import DirectCommitter
 from tests.conftest import Tenant
+from tests.support.pgproxy import PgProxy
 
 MakeRegistry = Callable[..., Awaitable[Registry]]
 
@@ -57,15 +62,20 @@ async def row_locked(pool: asyncpg.Pool, session_id: uuid.UUID) -> AsyncIterator
 
 
 @pytest.fixture
-async def make_registry(pool: asyncpg.Pool) -> AsyncIterator[MakeRegistry]:
+async def make_registry(pool: asyncpg.Pool, tasks: Supervisor) -> AsyncIterator[MakeRegistry]:
     """Build started registries (on ``pool`` unless told otherwise); closed at the end."""
     made: list[Registry] = []
 
     async def make(*, on: asyncpg.Pool | None = None, idle_s: float = 30.0,
                    write_timeout_s: float = 10.0, shared: bool = True,
-                   **config: Any) -> Registry:
-        registry = Registry(on or pool, ActorConfig(**config), idle_s=idle_s,
-                            write_timeout_s=write_timeout_s, shared=shared)
+                   listener: CommitListener | None = None, **config: Any) -> Registry:
+        cfg = WriteConfig(**config)
+        committer = Committer(on or pool, cfg)
+        # shared=False: one transaction per session batch (the benchmarks' comparison)
+        sink: BatchSink = (SharedCommitter(committer, cfg, tasks) if shared
+                           else DirectCommitter(committer, tasks))
+        registry = Registry(sink, cfg, tasks=tasks, listener=listener, idle_s=idle_s,
+                            write_timeout_s=write_timeout_s)
         registry.start()
         made.append(registry)
         return registry

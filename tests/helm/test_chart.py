@@ -30,13 +30,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_URL
-from tests.server.procs import clean_env, cli_command, free_port
+from tests.support.procs import clean_env, cli_command, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "chat-storage"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 OPS_ROUTES = ROOT / "server" / "routes" / "ops.py"
-METRIC_SOURCES = [ROOT / "server", ROOT / "actors", ROOT / "storage"]
+# the package: chat_storage.supervisor and every layer it links to (rglob follows no links)
+METRIC_SOURCES = [ROOT / "chat_storage", ROOT / "server", ROOT / "runtime", ROOT / "actors",
+                  ROOT / "storage"]
 RELEASE = "rel"
 NAMESPACE = "chat"
 FULLNAME = f"{RELEASE}-chat-storage"

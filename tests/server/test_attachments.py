@@ -17,14 +17,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.middlewares import to_api_error
-from chat_storage.server.settings import Settings
 from chat_storage.storage.errors import ObjectStoreUnavailable
-from tests import motoserver
 from tests.conftest import Tenant
-from tests.motoserver import CREDENTIALS
 from tests.server.test_messages import error_of, fields, new_session
+from tests.support import motoserver
+from tests.support.motoserver import CREDENTIALS
 
 DATA = "a file's bytes, ünïcode included\n".encode() * 50
 

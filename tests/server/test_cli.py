@@ -27,11 +27,11 @@ import asyncpg
 import orjson
 import pytest
 
-from chat_storage.server import cli
-from chat_storage.server.settings import Settings, _env_name
+from chat_storage.runtime.settings import Settings, _env_name
+from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
 from chat_storage.storage import tenants
 from tests.conftest import ADMIN_URL, db_url
-from tests.server.procs import ROOT, clean_env, cli_command, free_port
+from tests.support.procs import ROOT, clean_env, cli_command, free_port
 
 DEADLINE_S = 60.0
 
@@ -374,8 +374,8 @@ def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
     before = gc.get_threshold()
     try:
         gc.unfreeze()
-        cli.tune_gc()
-        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_threshold()[0] > before[0]  # fewer young collections than Python's
         assert gc.get_freeze_count() > 0  # what exists now is out of the collector's way
     finally:

@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import Tenant
-from tests.server.procs import Server
+from tests.support.procs import Server
 
 CLIENTS = 32
 SESSIONS = 6

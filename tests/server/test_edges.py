@@ -14,9 +14,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.logs import JsonFormatter
-from chat_storage.server.settings import Settings
 from chat_storage.storage import tenants
 from tests.conftest import Tenant, make_tenant
 
@@ -25,7 +25,7 @@ SESSIONS = "/api/v1/sessions"
 
 
 async def assert_error(r: Any, status: int, phrase: str, path: str) -> dict[str, Any]:
-    """``r`` is an error response with exactly the body of API.md; return the body."""
+    """``r`` is an error response with exactly the body of docs/api.md; return the body."""
     assert r.status == status, await r.text()
     assert r.content_type == "application/json"
     body: dict[str, Any] = await r.json()

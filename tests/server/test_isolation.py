@@ -23,9 +23,9 @@ import aiohttp
 import orjson
 import pytest
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint
-from chat_storage.server.settings import Settings
 from tests.conftest import Tenant
 
 # A valid body for each endpoint that takes one: an invalid body could be refused

@@ -1,4 +1,4 @@
-"""The served OpenAPI document describes the API.md contract, and /docs works offline."""
+"""The served OpenAPI document describes the docs/api.md contract, and /docs works offline."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 from openapi_spec_validator import validate
 from yarl import URL
 
-# Every call of API.md's Sessions and Messages tables (and feedback, search), written
-# as API.md writes them; path parameter names are compared loosely ({id} = {session_id}).
+from tests.support import documents
+
+# Every call of docs/api.md's Sessions and Messages tables (and feedback, search), written
+# as docs/api.md writes them; path parameter names are compared loosely ({id} = {session_id}).
 API_MD_CALLS = [
     ("POST", "/api/v1/sessions"),
     ("GET", "/api/v1/sessions"),
@@ -32,7 +34,7 @@ API_MD_CALLS = [
     ("GET", "/api/v1/search"),
 ]
 
-# The query parameters API.md lists for these calls.
+# The query parameters docs/api.md lists for these calls.
 API_MD_QUERIES = {
     ("GET", "/api/v1/sessions"): {"user_id", "favorite", "q", "limit", "cursor"},
     ("GET", "/api/v1/sessions/{id}/messages"): {
@@ -50,11 +52,7 @@ def shape(path: str) -> str:
 
 
 async def get_document(client: Any) -> dict[str, Any]:
-    r = await client.get("/openapi.json")  # no API key
-    assert r.status == 200, await r.text()
-    assert r.content_type == "application/json"
-    doc: dict[str, Any] = await r.json()
-    return doc
+    return await documents.get_document(client, "/openapi.json")
 
 
 def operation(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:

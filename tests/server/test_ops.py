@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.database import POOL_KEY
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR, Settings
+from chat_storage.server.state import POOL_KEY
 from tests.conftest import Tenant
 
 

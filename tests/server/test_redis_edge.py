@@ -12,12 +12,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server import ratelimit
 from chat_storage.server.app import create_app
-from chat_storage.server.redis import BROKER_KEY, SharedLimiter
-from chat_storage.server.settings import Settings
-from chat_storage.storage.broker import MemoryBroker
-from chat_storage.storage.broker_redis import RedisBroker
+from chat_storage.server.state import BROKER_KEY
+from chat_storage.storage.broker import MemoryBroker, RedisBroker
+from chat_storage.storage.ratelimit import MemoryLimiter, SharedLimiter
 from tests.conftest import REDIS_URL, Tenant
 
 
@@ -31,7 +31,7 @@ def closed_port_url() -> str:
 async def test_without_redis_the_broker_is_in_memory(client: Any) -> None:
     app = client.server.app
     assert isinstance(app[BROKER_KEY], MemoryBroker)
-    assert isinstance(app[ratelimit.LIMITER_KEY], ratelimit.MemoryLimiter)
+    assert isinstance(app[ratelimit.LIMITER_KEY], MemoryLimiter)
     r = await client.get("/readyz")
     assert r.status == 200
     assert "redis" not in (await r.json())["checks"]

@@ -25,12 +25,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from chat_storage.actors import events
+from chat_storage.actors.live import events
 from chat_storage.storage.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.procs import Cluster, RedisServer, Server
-from tests.server.procws import Frame, Reader, new_session, open_ws, subscriber
-from tests.server.streamkit import rebuild, recv_until, start
+from tests.support.procs import Cluster, RedisServer, Server
+from tests.support.procws import Frame, Reader, new_session, open_ws, subscriber
+from tests.support.streamkit import rebuild, recv_until, start
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)  # a request slower than this has hung
 

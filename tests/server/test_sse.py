@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import Tenant
-from tests.server.streamkit import (
+from tests.support.streamkit import (
     DEADLINE_S,
     connect,
     new_session,

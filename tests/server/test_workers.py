@@ -30,10 +30,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.workers import Supervisor
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.procs import (
+from tests.support.procs import (
     ROOT,
     SHUTDOWN_TIMEOUT_S,
     Server,

@@ -14,10 +14,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.database import POOL_KEY
-from chat_storage.server.settings import Settings
-from chat_storage.server.writer import REGISTRY_KEY
+from chat_storage.server.state import POOL_KEY, REGISTRY_KEY
 from tests.conftest import Tenant
 
 Client = TestClient  # type: ignore[type-arg]

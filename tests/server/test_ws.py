@@ -10,7 +10,7 @@ import aiohttp
 import asyncpg
 
 from tests.conftest import Tenant
-from tests.server.streamkit import (
+from tests.support.streamkit import (
     connect,
     new_session,
     rebuild,

@@ -11,9 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.settings import Settings
 from tests.conftest import Tenant
-from tests.server.streamkit import connect, new_session, recv, subscribe
+from tests.support.streamkit import connect, new_session, recv, subscribe
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import Tenant
-from tests.server.streamkit import connect, new_session, recv
+from tests.support.streamkit import connect, new_session, recv
 
 
 async def test_pipelined_creates_are_acked_in_order_with_consecutive_seq(

@@ -8,10 +8,10 @@ from typing import Any
 
 import aiohttp
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import Settings
 from tests.conftest import REDIS_URL, Tenant
-from tests.server.streamkit import (
+from tests.support.streamkit import (
     connect,
     new_session,
     rebuild,

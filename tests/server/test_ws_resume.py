@@ -11,11 +11,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.server.settings import Settings
 from chat_storage.server.streaming import CONNECTIONS_KEY
 from tests.conftest import Tenant
-from tests.server.streamkit import (
+from tests.support.streamkit import (
     RawWebSocket,
     connect,
     new_session,

@@ -25,8 +25,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chat_storage.server.database import open_database
-from chat_storage.server.settings import Settings
+from chat_storage.runtime.database import open_database
+from chat_storage.runtime.settings import Settings
 from chat_storage.storage import db
 from chat_storage.storage.errors import UnsafeDatabase
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chat_storage.server.settings import DEFAULT_MIGRATIONS_DIR
-from chat_storage.storage import migrations, scratch
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.storage import locks, migrations
 from chat_storage.storage.errors import MigrationError
+from tests.support import scratch
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ALL_VERSIONS = [m.version for m in migrations.discover(DEFAULT_MIGRATIONS_DIR)]
@@ -90,7 +91,7 @@ async def test_edited_applied_migration_raises(empty_db: str, sql_copy: Path) ->
         # the advisory lock was released despite the error
         other = await asyncpg.connect(empty_db)
         try:
-            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", migrations.LOCK_KEY)
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", locks.MIGRATIONS_LOCK)
         finally:
             await other.close()
     finally:

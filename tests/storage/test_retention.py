@@ -12,7 +12,7 @@ import pytest
 from chat_storage.storage import retention, sessions, tenants
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
-from chat_storage.storage.objects_local import LocalStore
+from chat_storage.storage.objects.local import LocalStore
 from chat_storage.storage.writes import SessionBatch, insert_batches
 from tests.conftest import Tenant, make_tenant
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from chat_storage.runtime.settings import Settings
 from chat_storage.server.routes.web import _csp
-from chat_storage.server.settings import Settings
 from tests.conftest import Tenant
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -1,0 +1,99 @@
+"""The relay: this process's events to the broker, in order, without ever blocking.
+
+``send`` only appends to a bounded queue; one task publishes what is queued, in
+order, up to ``BATCH`` events per broker round trip (a busy event loop gives the task
+one turn per iteration: one event per turn would fall behind under load), so each
+session's channel gets its events in the order they happened here. When the
+broker fails, events are dropped (counted, logged at most every 10 s): Postgres is
+the source of truth and other replicas fill their gaps from it. With the memory
+broker, the log of a session that is no longer active here is dropped after its
+events are published (``forget``), so memory follows the active sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from chat_storage.actors.live import metrics
+from chat_storage.storage.broker import Broker
+from chat_storage.storage.records import SessionKey
+from chat_storage.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+BATCH = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def channel(key: SessionKey) -> str:
+    """The broker channel of a session."""
+    return f"session:{key[0]}:{key[1]}"
+
+
+class Relay:
+    """A bounded queue of (session, event bytes) and the task that publishes it."""
+
+    def __init__(self, broker: Broker, active: Callable[[SessionKey], bool], *,
+                 tasks: Supervisor, max_queue: int = 100_000) -> None:
+        self._broker = broker
+        self._tasks = tasks
+        self._active = active
+        self._max_queue = max_queue
+        self._queue: collections.deque[tuple[SessionKey, bytes]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._flushed: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = self._tasks.spawn(self._run(), name="broker-relay")
+
+    def send(self, key: SessionKey, data: bytes) -> None:
+        """Queue ``data`` for the session's channel (never waits)."""
+        if len(self._queue) >= self._max_queue:
+            metrics.BROKER_ERRORS.labels("queue_full").inc()
+            return
+        self._queue.append((key, data))
+        self._wake.set()
+
+    async def close(self, timeout_s: float) -> None:
+        """Publish what is queued (for at most ``timeout_s``), then stop."""
+        if self._queue and self._task is not None and not self._task.done():
+            self._flushed = asyncio.get_running_loop().create_future()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._flushed, timeout_s)
+            except TimeoutError:
+                log.warning("broker queue not flushed before the deadline",
+                            extra={"left": len(self._queue)})
+        if self._task is not None:
+            await self._tasks.stop(self._task)
+
+    async def _run(self) -> None:
+        failing_since = 0.0
+        forget = getattr(self._broker, "forget", None)  # the memory broker's
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            touched: set[SessionKey] = set()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                touched.update(key for key, _ in batch)
+                try:
+                    await self._broker.publish_many([(channel(k), d) for k, d in batch])
+                    failing_since = 0.0
+                except Exception as exc:
+                    metrics.BROKER_ERRORS.labels("error").inc(len(batch))
+                    now = time.monotonic()
+                    if not failing_since or now - failing_since > 10.0:
+                        failing_since = now
+                        log.warning("broker publish failed", extra={"error": repr(exc)})
+            if forget is not None:
+                for key in touched:
+                    if not self._active(key):
+                        forget(channel(key))
+            if self._flushed is not None and not self._flushed.done():
+                self._flushed.set_result(None)

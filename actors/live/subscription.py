@@ -1,0 +1,148 @@
+"""One connection's side of the fan-out: its cursor, and the filter that keeps it exact.
+
+The session's feed hands every event to each subscription synchronously; the
+subscription drops what its client already has (by ``seq`` and ``offset``) and puts
+the event's body in the connection's :class:`~chat_storage.actors.live.outbox.Outbox`,
+framed by the connection's :data:`Render` when its transport needs more than the body
+(SSE's ``id:`` and ``event:`` lines, rendered in ``server/``).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from chat_storage.actors.live import events
+from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.outbox import Outbox
+from chat_storage.storage.records import StoredMessage
+
+# Frames an event for one connection's transport, given its subscription (its cursor
+# after the event); without one, the outbox gets the event's body as is.
+Render = Callable[[SessionEvent, "Subscription"], bytes]
+
+
+class Subscription:
+    """What one client has of a session: a cursor, and the filter that keeps it exact.
+
+    The cursor is ``seq_hi`` (every message up to it was delivered) and, per stream in
+    progress, the content length the client has. SessionEvents the client already has are
+    dropped; an overlapping delta is trimmed. SessionEvents of streams this connection
+    produces itself (``own``) are not echoed as broadcasts when it got them as replies.
+    """
+
+    __slots__ = ("_final", "_final_order", "_pending_limit", "outbox", "own", "pending",
+                 "render", "seq_hi", "streams", "syncing")
+
+    def __init__(self, outbox: Outbox, *, after_seq: int = 0, render: Render | None = None,
+                 pending_limit: int = 10_000) -> None:
+        self.outbox = outbox
+        self.render = render
+        self.seq_hi = after_seq
+        self.streams: dict[str, list[int]] = {}  # stream_id -> [seq, offset the client has]
+        self.own: set[str] = set()
+        self.syncing = True  # catching up: live events wait in ``pending``
+        self.pending: list[SessionEvent] = []
+        self._pending_limit = pending_limit
+        self._final: set[str] = set()
+        self._final_order: collections.deque[str] = collections.deque()
+
+    # ------------------------------------------------------------ live side
+    def deliver(self, event: SessionEvent) -> None:
+        """Take a live event from the feed (never waits)."""
+        if self.syncing:
+            self.pending.append(event)
+            if len(self.pending) > self._pending_limit:
+                self.outbox.overflow()
+            return
+        self.offer(event)
+
+    def offer(self, event: SessionEvent, *, force: bool = False) -> None:
+        """Send ``event`` unless the client has it already."""
+        out = self._filter(event)
+        if out is not None:
+            self.outbox.put(self._render(out), force=force)
+
+    def go_live(self) -> None:
+        """End the catch-up: send what came meanwhile (minus duplicates), then live."""
+        pending, self.pending = self.pending, []
+        for event in pending:
+            self.offer(event, force=True)
+        self.syncing = False
+
+    # ------------------------------------------------------------ catch-up helpers
+    def knows(self, message: StoredMessage, offset: int) -> None:
+        """The client says it has ``offset`` code points of the stream at ``message``."""
+        sid = str(message["id"])
+        if message["status"] == "streaming":
+            self.streams[sid] = [int(message["seq"]), offset]
+        elif message["status"] in events.FINAL_BY_STATUS:
+            self.offer(events.final(message), force=True)
+
+    def catch_up(self, stream_id: str, seq: int, content: str) -> None:
+        """Bring the client to ``content`` of a stream in progress: a tail or a snapshot."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            if seq > self.seq_hi or stream_id in self._final:
+                return  # announced later by its own stream.started, or already over
+            self._snapshot(stream_id, seq, content)
+        elif state[1] == 0:
+            if content:
+                self._snapshot(stream_id, seq, content)
+        elif state[1] > len(content):
+            self._snapshot(stream_id, seq, content)  # the client claims more: resync it
+        elif state[1] < len(content):
+            self.offer(events.delta(stream_id, state[1], content[state[1]:]), force=True)
+
+    def _snapshot(self, stream_id: str, seq: int, content: str) -> None:
+        self.streams[stream_id] = [seq, len(content)]
+        self.outbox.put(self._render(events.snapshot(stream_id, seq, content)), force=True)
+
+    # ------------------------------------------------------------ the filter
+    def _filter(self, ev: SessionEvent) -> SessionEvent | None:
+        kind = ev.kind
+        if kind == events.DELTA:
+            state = self.streams.get(ev.stream_id)
+            if state is None or ev.end <= state[1] or ev.offset > state[1]:
+                return None  # unknown stream, already had, or a hole the feed never makes
+            if ev.offset < state[1]:
+                ev = events.trimmed(ev, state[1])
+            state[1] = ev.end
+            return ev
+        if kind == events.CREATED:
+            if ev.seq <= self.seq_hi:
+                return None
+            self.seq_hi = ev.seq
+            self._mark_final(ev.stream_id)
+            return ev
+        if kind == events.STARTED:
+            if ev.seq <= self.seq_hi:
+                return None
+            self.seq_hi = ev.seq
+            self.streams[ev.stream_id] = [ev.seq, 0]
+            return None if ev.stream_id in self.own else ev
+        if kind == events.SNAPSHOT:
+            state = self.streams.get(ev.stream_id)
+            if ev.stream_id in self._final or (state is not None and ev.offset <= state[1]):
+                return None
+            self.streams[ev.stream_id] = [ev.seq, ev.offset]
+            self.seq_hi = max(self.seq_hi, ev.seq)
+            return ev
+        if kind in events.FINALS:
+            if ev.stream_id in self._final:
+                return None
+            self._mark_final(ev.stream_id)
+            self.streams.pop(ev.stream_id, None)
+            self.seq_hi = max(self.seq_hi, ev.seq)
+            return None if ev.stream_id in self.own else ev
+        return ev
+
+    def _mark_final(self, stream_id: str) -> None:
+        # only needed to drop late duplicates, so a bounded memory is enough
+        self._final.add(stream_id)
+        self._final_order.append(stream_id)
+        if len(self._final_order) > 4096:
+            self._final.discard(self._final_order.popleft())
+
+    def _render(self, ev: SessionEvent) -> bytes:
+        return ev.body if self.render is None else self.render(ev, self)

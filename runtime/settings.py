@@ -1,0 +1,229 @@
+"""Settings: one frozen dataclass, built once from the environment and CLI flags.
+
+This is the only module that reads ``os.environ`` (via :meth:`Settings.from_env`,
+which takes the mapping explicitly). Every value is validated at start-up and a bad
+one raises :class:`SettingsError` with a one-line message naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Package data of ``chat_storage`` (shipped in the wheel); the package is always
+# installed as plain files, so the resource directories are real paths.
+DEFAULT_MIGRATIONS_DIR = Path(str(resources.files("chat_storage") / "sql"))
+DEFAULT_WEB_DIR = Path(str(resources.files("chat_storage") / "web"))
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be told. Units are in the names."""
+
+    # where things are
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".chat-storage")
+    migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
+    web_dir: Path = DEFAULT_WEB_DIR
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    shutdown_timeout_s: float = 20.0
+    # tenancy and limits
+    api_keys: tuple[tuple[str, str], ...] = ()
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 100
+    api_key_cache_s: float = 5.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_content_bytes: int = 256 * 1024
+    max_context_bytes: int = 256 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    idempotency_ttl_s: int = 24 * 3600
+    # database
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    db_connect_timeout_s: float = 5.0
+    db_acquire_timeout_s: float = 2.0
+    allow_unsafe_db: bool = False
+    # write path (session actors)
+    max_batch: int = 256
+    mailbox_size: int = 1024
+    write_timeout_s: float = 10.0
+    actor_idle_s: float = 60.0
+    # streaming
+    allowed_origins: tuple[str, ...] = ()
+    ws_max_frame_bytes: int = 1024 * 1024
+    ws_send_queue: int = 1024
+    ws_heartbeat_s: float = 30.0
+    ws_max_connections_per_tenant: int = 1000
+    checkpoint_interval_s: float = 1.0
+    checkpoint_chars: int = 2000
+    stream_grace_s: float = 30.0
+    redis_prefix: str = "chat"
+    # async ingestion: writes answered 202 once in a Redis stream, stored by consumers
+    ingest_mode: str = "sync"
+    ingest_batch: int = 100
+    ingest_claim_idle_s: float = 30.0
+    ingest_max_backlog: int = 100_000
+    # attachments: S3 when S3_BUCKET is set, else files under data_dir/objects
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_public_url: str | None = None  # the endpoint clients reach, if not s3_endpoint_url
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    object_signing_key: str | None = None  # local store URLs; default: a key in data_dir
+    max_attachment_bytes: int = 100 * 1024 * 1024
+    upload_url_s: int = 900
+    download_url_s: int = 300
+    # background jobs (retention, temporary chats, stale uploads); 0: not in this process
+    maintenance_interval_s: float = 300.0
+    pending_attachment_s: int = 24 * 3600
+
+    @property
+    def embedded(self) -> bool:
+        """True when no DATABASE_URL is set and an embedded Postgres is used."""
+        return self.database_url is None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default: the process environment).
+
+        ``overrides`` (CLI flags) win over the environment; ``None`` values are ignored.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            var = _ENV_NAMES.get(field.name, "CHAT_" + field.name.upper())
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            parse = _PARSERS.get(field.name) or _parser_for(field.type)
+            try:
+                values[field.name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(f"{var}={raw!r}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for the first value out of range."""
+        positive = (
+            "port", "workers", "rate_limit_burst", "max_body_bytes", "max_content_bytes",
+            "max_context_bytes", "max_metadata_bytes", "idempotency_ttl_s", "db_pool_max",
+            "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
+            "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
+            "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
+            "pending_attachment_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_env_name(name)} must be greater than 0")
+        positive_float = (
+            "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
+            "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
+            "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
+        )
+        for name in positive_float:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_env_name(name)} must be greater than 0")
+        if not 0 < self.port < 65536:
+            raise SettingsError("CHAT_PORT must be between 1 and 65535")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise SettingsError("CHAT_METRICS_PORT must be between 1 and 65535")
+        if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
+            raise SettingsError("CHAT_DB_POOL_MIN must be between 0 and CHAT_DB_POOL_MAX")
+        if self.maintenance_interval_s < 0:
+            raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise SettingsError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together")
+        if self.upload_url_s > 7 * 86400 or self.download_url_s > 7 * 86400:
+            raise SettingsError("presigned URLs last at most 7 days (604800 s)")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise SettingsError("CHAT_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise SettingsError("DATABASE_URL must start with postgres:// or postgresql://")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.ingest_mode not in ("sync", "async"):
+            raise SettingsError("CHAT_INGEST_MODE must be sync or async")
+        if self.ingest_mode == "async" and self.redis_url is None:
+            raise SettingsError("CHAT_INGEST_MODE=async needs REDIS_URL: accepted messages "
+                                "wait in a Redis stream until they are stored")
+
+
+def _env_name(field: str) -> str:
+    return _ENV_NAMES.get(field, "CHAT_" + field.upper())
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        tenant, sep, key = item.partition(":")
+        if not sep or not tenant or not key:
+            raise ValueError("expected tenant:key[,tenant:key...]")
+        pairs.append((tenant, key))
+    return tuple(pairs)
+
+
+def _parse_csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parser_for(annotation: object) -> Callable[[str], Any]:
+    text = str(annotation)
+    if "bool" in text:
+        return _parse_bool
+    if "Path" in text:
+        return Path
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+_ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
+              "s3_bucket": "S3_BUCKET", "s3_endpoint_url": "S3_ENDPOINT_URL",
+              "s3_public_url": "S3_PUBLIC_URL",
+              "s3_region": "S3_REGION", "s3_access_key_id": "S3_ACCESS_KEY_ID",
+              "s3_secret_access_key": "S3_SECRET_ACCESS_KEY"}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "api_keys": _parse_api_keys,
+    "allowed_origins": _parse_csv,
+    "ingest_mode": lambda raw: raw.strip().lower(),
+}

@@ -1,0 +1,47 @@
+"""Helpers shared by the route handlers: path ids, database calls, who is asking."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from aiohttp import web
+
+from chat_storage.server.errors import not_found
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
+from chat_storage.storage import db
+from chat_storage.storage.ids import parse_uuid
+
+T = TypeVar("T")
+
+
+def path_uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
+    """The UUID in path segment ``name``; a malformed one is as absent as a missing one."""
+    value = parse_uuid(request.match_info[name])
+    if value is None:
+        raise not_found(what)
+    return value
+
+
+async def run(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run ``fn`` on a pooled connection (503 when the database is unavailable)."""
+    return await db.call(
+        request.app[POOL_KEY], fn,
+        acquire_timeout_s=request.app[SETTINGS_KEY].db_acquire_timeout_s,
+    )
+
+
+def request_id(request: web.Request) -> str:
+    from chat_storage.server.middlewares import REQUEST_ID_KEY
+
+    rid: str = request.get(REQUEST_ID_KEY, "")
+    return rid
+
+
+def actor_name(request: web.Request) -> str:
+    """Who to name in the audit log: the API key's id."""
+    from chat_storage.server.auth import principal_of
+
+    return f"key:{principal_of(request).key_id}"

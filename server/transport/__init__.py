@@ -1,0 +1,1 @@
+"""The streaming transports (WebSocket, SSE): wire framing and the batching writer."""

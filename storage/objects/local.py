@@ -1,0 +1,191 @@
+"""The local object store: files in a directory, for the zero-setup single machine.
+
+Its URLs point at the service itself (``/objects/{token}``, see
+``server.objects``). A token is a signed, expiring grant for one method on
+one key: for an upload it also fixes the size, type and SHA-256, and
+:meth:`LocalStore.write` stores only a body that matches all three, so a file that
+exists is always the one announced. The signing key comes from the settings or is
+created once in the directory (workers of one machine share it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from chat_storage.storage.objects.base import CHUNK_BYTES, ObjectInfo, Upload, expires_at
+
+PREFIX = "/objects/"
+KEY_FILE = ".signing-key"
+_VALID_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+
+
+class BadToken(Exception):
+    """A URL token that is forged, expired or for another method."""
+
+
+class UploadRefused(Exception):
+    """An upload body that is not the announced file; the message says how."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def signing_key(root: Path, configured: str | None) -> bytes:
+    """The configured key, or the one kept in ``root`` (made on first use)."""
+    if configured:
+        return configured.encode()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker made it a moment ago: wait for its write
+            key = path.read_bytes()
+            if key:
+                return key
+            time.sleep(0.01)
+        raise OSError(f"{path} is empty") from None
+    key = secrets.token_hex(32).encode()
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+class LocalStore:
+    """Objects as files under ``root``; URLs are paths on this service."""
+
+    def __init__(self, root: Path, secret: bytes) -> None:
+        self.root = root
+        self._secret = secret
+
+    # -- URLs ---------------------------------------------------------------------------
+
+    def sign(self, claims: Mapping[str, Any], expires_s: int) -> str:
+        payload = _b64(orjson.dumps({**claims, "exp": int(time.time()) + expires_s}))
+        mac = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return f"{payload}.{_b64(mac)}"
+
+    def open_token(self, token: str, method: str) -> dict[str, Any]:
+        """The claims of a valid, unexpired ``token`` for ``method``; else :class:`BadToken`."""
+        payload, _, mac = token.partition(".")
+        want = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        try:
+            good = hmac.compare_digest(_unb64(mac), want)
+            claims: dict[str, Any] = orjson.loads(_unb64(payload)) if good else {}
+        except ValueError:
+            good = False
+        if not good:
+            raise BadToken("this URL is not valid")
+        if claims.get("m") != method:
+            raise BadToken(f"this URL is not for {method}")
+        if claims["exp"] < time.time():
+            raise BadToken("this URL has expired")
+        return claims
+
+    async def upload_url(self, key: str, *, size: int, mime: str, sha256: str,
+                         expires_s: int) -> Upload:
+        self.path(key)  # refuse a bad key now, not at upload time
+        token = self.sign({"m": "PUT", "k": key, "s": size, "t": mime, "h": sha256}, expires_s)
+        return Upload(url=PREFIX + token, method="PUT", headers={"Content-Type": mime},
+                      expires_at=expires_at(expires_s))
+
+    async def download_url(self, key: str, *, name: str, mime: str, expires_s: int) -> str:
+        return PREFIX + self.sign({"m": "GET", "k": key, "n": name, "t": mime}, expires_s)
+
+    # -- objects ------------------------------------------------------------------------
+
+    def path(self, key: str) -> Path:
+        if not _VALID_KEY.match(key) or ".." in key:
+            raise ValueError(f"bad object key {key!r}")
+        return self.root / key
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        """The file of ``key`` and a hidden partial file beside it, renamed into place."""
+        path = self.path(key)
+        return path, path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+
+    async def write(self, key: str, body: AsyncIterable[bytes], *, size: int,
+                    sha256: str) -> None:
+        """Store ``body`` under ``key`` only if it is ``size`` bytes hashing to ``sha256``."""
+        path, tmp = self._paths(key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        h, got = hashlib.sha256(), 0
+        try:
+            f = await asyncio.to_thread(open, tmp, "wb")
+            try:
+                async for chunk in body:
+                    got += len(chunk)
+                    if got > size:
+                        raise UploadRefused(f"the body is longer than the announced {size} bytes")
+                    h.update(chunk)
+                    await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
+            if got != size:
+                raise UploadRefused(f"the body has {got} bytes, not the announced {size}")
+            if h.hexdigest() != sha256:
+                raise UploadRefused("the body's sha256 differs from the one announced")
+            await asyncio.to_thread(os.replace, tmp, path)
+        finally:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = await asyncio.to_thread(self.path(key).stat)
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(size=st.st_size)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        f = await asyncio.to_thread(open, self.path(key), "rb")
+        try:
+            while chunk := await asyncio.to_thread(f.read, CHUNK_BYTES):
+                yield chunk
+        finally:
+            f.close()
+
+    async def put(self, key: str, data: bytes, mime: str) -> None:
+        path, tmp = self._paths(key)
+
+        def store() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        await asyncio.to_thread(store)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        def remove() -> None:
+            for key in keys:
+                self.path(key).unlink(missing_ok=True)
+
+        await asyncio.to_thread(remove)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix.rstrip("/"))
+
+        def walk() -> list[str]:
+            return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                          if p.is_file() and not p.name.startswith("."))
+
+        return await asyncio.to_thread(walk) if base.is_dir() else []
+
+    async def close(self) -> None:
+        return None

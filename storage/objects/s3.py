@@ -1,0 +1,160 @@
+"""The S3 object store (AWS S3, MinIO, moto's server, any S3-compatible endpoint).
+
+Upload URLs are presigned ``PUT``s (Signature Version 4) that sign the object's
+``Content-Type``, ``Content-Length`` and ``x-amz-checksum-sha256``: AWS S3 refuses
+an upload that differs in any of them, and keeps the checksum, which
+:func:`storage.objects.base.verify` then reads back. A store that ignores the checksum
+(moto does) is checked by reading the object instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chat_storage.storage.errors import ObjectStoreUnavailable
+from chat_storage.storage.objects.base import (
+    CHUNK_BYTES,
+    ObjectInfo,
+    Upload,
+    content_disposition,
+    expires_at,
+)
+
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+
+
+class S3Store:
+    """One bucket, through one long-lived aiobotocore client."""
+
+    def __init__(self, client: Any, bucket: str, stack: contextlib.AsyncExitStack,
+                 signer: Any = None) -> None:
+        self._client = client
+        self._signer = client if signer is None else signer  # makes the presigned URLs
+        self.bucket = bucket
+        self._stack = stack
+
+    @classmethod
+    async def open(cls, bucket: str, *, endpoint_url: str | None = None,
+                   public_url: str | None = None, region: str | None = None,
+                   access_key_id: str | None = None,
+                   secret_access_key: str | None = None, attempts: int = 3) -> S3Store:
+        """Connect to ``bucket``; credentials default to boto's chain (env, role, ...).
+
+        ``public_url``: the endpoint clients reach, when it differs from the one this
+        service uses (a private network name); presigned URLs are made for it.
+        ``attempts``: tries per call (boto's "standard" retry mode, with back-off).
+        """
+        stack = contextlib.AsyncExitStack()
+        clients = []
+        for url in (endpoint_url, public_url) if public_url else (endpoint_url,):
+            clients.append(await stack.enter_async_context(get_session().create_client(
+                "s3", endpoint_url=url, region_name=region,
+                aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                config=Config(signature_version="s3v4",
+                              retries={"max_attempts": attempts, "mode": "standard"}),
+            )))
+        return cls(clients[0], bucket, stack, signer=clients[-1])
+
+    async def check(self) -> None:
+        """Raise :class:`OSError`, saying why, unless the bucket exists and answers."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            # an OSError: serve and the CLI turn it into one line, never a traceback
+            code = _unavailable(exc).code
+            raise OSError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
+
+    async def upload_url(self, key: str, *, size: int, mime: str, sha256: str,
+                         expires_s: int) -> Upload:
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        url = await self._signer.generate_presigned_url("put_object", Params={
+            "Bucket": self.bucket, "Key": key, "ContentType": mime, "ContentLength": size,
+            "ChecksumSHA256": checksum,
+        }, ExpiresIn=expires_s)
+        return Upload(url=url, method="PUT", headers={
+            "Content-Type": mime, "Content-Length": str(size),
+            "x-amz-checksum-sha256": checksum,
+        }, expires_at=expires_at(expires_s))
+
+    async def download_url(self, key: str, *, name: str, mime: str, expires_s: int) -> str:
+        url: str = await self._signer.generate_presigned_url("get_object", Params={
+            "Bucket": self.bucket, "Key": key, "ResponseContentType": mime,
+            "ResponseContentDisposition": content_disposition(name),
+        }, ExpiresIn=expires_s)
+        return url
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = await self._client.head_object(Bucket=self.bucket, Key=key,
+                                                  ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
+        checksum = head.get("ChecksumSHA256")
+        # a multipart upload's checksum is of its parts ("…-N"), not of the object
+        sha256 = (base64.b64decode(checksum).hex()
+                  if checksum and "-" not in checksum else None)
+        return ObjectInfo(size=int(head["ContentLength"]), sha256=sha256)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                while chunk := await body.read(CHUNK_BYTES):
+                    yield chunk
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def put(self, key: str, data: bytes, mime: str) -> None:
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          ContentType=mime)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start:start + DELETE_BATCH]
+            try:
+                answer = await self._client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            except (BotoCoreError, ClientError) as exc:
+                raise _unavailable(exc) from exc
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise ObjectStoreUnavailable(
+                    f"S3 kept {len(answer['Errors'])} of {len(chunk)} objects: "
+                    f"{first.get('Code')} {first.get('Key')}")
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix)
+        try:
+            async for page in pages:
+                keys += [o["Key"] for o in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+        return keys
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+def _unavailable(exc: BotoCoreError | ClientError) -> ObjectStoreUnavailable:
+    """The store's failure, named by its error code (no URL, no credentials)."""
+    code = (exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError)
+            else type(exc).__name__)
+    failure = ObjectStoreUnavailable(f"object store call failed: {code}")
+    failure.code = code
+    return failure

@@ -1,0 +1,40 @@
+"""Subscriptions and outboxes, alone: the exactly-once filter and the bounded queue."""
+
+from __future__ import annotations
+
+import orjson
+
+from chat_storage.actors.live import events
+from chat_storage.actors.live.outbox import Outbox
+from chat_storage.actors.live.subscription import Subscription
+from chat_storage.server.transport.framing import event_id
+
+
+def test_subscription_drops_duplicates_and_trims_overlaps() -> None:
+    outbox = Outbox(100)
+    sub = Subscription(outbox)
+    sub.go_live()
+    message = {"id": "m1", "seq": 1, "role": "assistant", "status": "streaming"}
+    sub.offer(events.started(message))
+    sub.offer(events.started(message))  # a duplicate
+    sub.offer(events.delta("m1", 0, "abc"))
+    sub.offer(events.delta("m1", 1, "bcdef"))  # overlaps: only "def" is new
+    sub.offer(events.delta("m1", 2, "cd"))  # nothing new
+    sub.offer(events.delta("m1", 9, "zz"))  # a hole: never sent
+    assert event_id(sub) == "1,1:6"
+    sent = [orjson.loads(f) for f in outbox._items]
+    assert [(f["type"], f.get("offset"), f.get("delta")) for f in sent] == [
+        ("stream.started", None, None), ("stream.delta", 0, "abc"), ("stream.delta", 3, "def")]
+    final = dict(message, status="complete", content="abcdef")
+    sub.offer(events.final(final))
+    sub.offer(events.final(final))
+    assert event_id(sub) == "1" and len(outbox) == 4
+
+
+def test_outbox_cuts_instead_of_growing() -> None:
+    cut: list[bool] = []
+    outbox = Outbox(2, on_overflow=lambda: cut.append(True))
+    assert outbox.put(b"1") and outbox.put(b"2")
+    assert not outbox.put(b"3")
+    assert cut == [True] and outbox.overflowed and outbox.closed and len(outbox) == 0
+    assert not outbox.put(b"4", force=True)
