@@ -4,7 +4,7 @@ The feed of replica B gets another replica's events from the broker and the same
 events again from its own reads: its start-up (``last_seq``, the streaming rows, the
 broker's log) and its hole filling. What it passes on is the contract its subscribers
 build on: each ``seq`` once, in order; each stream's text once, in non-overlapping,
-non-empty deltas (API.md). The subscriptions drop duplicates too, so some of these
+non-empty deltas (docs/api.md). The subscriptions drop duplicates too, so some of these
 slips never reach a client (see ``test_exactly_once.py``); they are caught here.
 
 The feed's source is scripted, a fake standing in for Postgres and the broker's log:
@@ -12,7 +12,7 @@ each read returns what the test set and can be held, so a broker event lands ins
 the read on every run, and a test can set shapes the real components give only by
 chance (a hole in ``seq`` filled while the late copy arrives; a delta cut at another
 boundary than the feed's). What a subscription does with the events is left out:
-``Recorder`` keeps exactly what the feed passed on.
+``Recorder`` (``tests/support/interleave.py``) keeps exactly what the feed passed on.
 """
 
 from __future__ import annotations
@@ -20,23 +20,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import cast
 
 import pytest
 
-from chat_storage.actors import events
-from chat_storage.actors.events import Event
-from chat_storage.actors.feed import Feed, FeedKey
-from chat_storage.actors.subscriber import Outbox, Subscription
-from tests.actors.interleave import Hold
+from chat_storage.actors.live import events
+from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.feed import Feed
+from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.supervisor import Supervisor
+from tests.support.interleave import Hold, Recorder
 
-KEY: FeedKey = (uuid.UUID(int=1), uuid.UUID(int=2))
+KEY: SessionKey = (uuid.UUID(int=1), uuid.UUID(int=2))
 STREAM = "s1"
 WAIT_S = 5.0
 
 
 class ScriptedSource:
-    """What the feed reads (Postgres rows, the broker's log), set by the test.
+    """The feed's ``FeedSource`` (Postgres rows, the broker's log), set by the test.
 
     ``hold()`` pauses the next Postgres read (``load`` or ``between``) until released;
     ``reads`` lists the Postgres reads made.
@@ -44,8 +45,8 @@ class ScriptedSource:
 
     def __init__(self) -> None:
         self.last_seq = 0
-        self.rows: list[dict[str, Any]] = []
-        self.log: list[Event] = []
+        self.rows: list[StoredMessage] = []
+        self.log: list[SessionEvent] = []
         self.reads: list[tuple[str, int, int]] = []
         self._holds: list[Hold] = []
 
@@ -54,63 +55,34 @@ class ScriptedSource:
         self._holds.append(h)
         return h
 
-    def add(self, seq: int, status: str = "complete", content: str = "") -> dict[str, Any]:
-        row = {"id": f"m{seq}" if status != "streaming" else STREAM, "seq": seq,
-               "role": "assistant", "status": status, "content": content}
+    def add(self, seq: int, status: str = "complete", content: str = "") -> StoredMessage:
+        row = cast(StoredMessage, {"id": f"m{seq}" if status != "streaming" else STREAM,
+                                   "seq": seq, "role": "assistant", "status": status,
+                                   "content": content})
         self.rows.append(row)
         self.last_seq = seq
         return row
 
-    async def load(self, key: FeedKey) -> tuple[int, list[dict[str, Any]]]:
+    async def load(self, key: SessionKey) -> tuple[int, list[StoredMessage]]:
         self.reads.append(("load", 0, 0))
         await self._pause()
         return self.last_seq, [r for r in self.rows if r["status"] == "streaming"]
 
-    async def between(self, key: FeedKey, after_seq: int, upto: int) -> list[dict[str, Any]]:
+    async def between(self, key: SessionKey, after_seq: int,
+                      upto: int) -> list[StoredMessage]:
         self.reads.append(("between", after_seq, upto))
         await self._pause()
         return [r for r in self.rows if after_seq < r["seq"] <= upto]
 
-    async def history(self, key: FeedKey) -> list[Event]:
+    async def history(self, key: SessionKey) -> list[SessionEvent]:
         return list(self.log)
 
-    def local_streams(self, key: FeedKey) -> dict[str, str]:
+    def local_streams(self, key: SessionKey) -> dict[str, str]:
         return {}  # every stream is produced on another replica
 
     async def _pause(self) -> None:
         if self._holds:
             await self._holds.pop(0).pause()
-
-
-class Recorder(Subscription):
-    """A subscription that keeps what the feed hands it, unfiltered."""
-
-    def __init__(self) -> None:
-        super().__init__(Outbox(1000))
-        self.seen: list[Event] = []
-        self._more = asyncio.Event()
-
-    def deliver(self, event: Event) -> None:
-        self.seen.append(event)
-        self._more.set()
-
-    async def until(self, n: int) -> None:
-        """Wait (a few seconds at most) until the feed handed over ``n`` events."""
-        async with asyncio.timeout(WAIT_S):
-            while len(self.seen) < n:
-                self._more.clear()
-                await self._more.wait()
-
-    def brief(self) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        for ev in self.seen:
-            if ev.kind == events.DELTA:
-                out.append(("delta", ev.offset, ev.text))
-            elif ev.kind == events.SNAPSHOT:
-                out.append(("snapshot", ev.seq, ev.text))
-            else:
-                out.append((ev.kind, ev.seq))
-        return out
 
 
 @pytest.fixture
@@ -119,20 +91,20 @@ def source() -> ScriptedSource:
 
 
 @pytest.fixture
-async def feed(source: ScriptedSource) -> AsyncIterator[Feed]:
-    f = Feed(KEY, source)
+async def feed(source: ScriptedSource, tasks: Supervisor) -> AsyncIterator[Feed]:
+    f = Feed(KEY, source, tasks=tasks)
     yield f
     await f.close()
 
 
-def _created(row: dict[str, Any]) -> Event:
+def _created(row: StoredMessage) -> SessionEvent:
     return events.created(row)
 
 
-def _started(seq: int) -> Event:
+def _started(seq: int) -> SessionEvent:
     """``stream.started`` as it comes from the broker (no content)."""
-    _, ev = events.open_envelope(events.envelope(b"a", events.started(
-        {"id": STREAM, "seq": seq, "role": "assistant"})))
+    _, ev = events.open_envelope(events.envelope(b"a", events.started(cast(
+        StoredMessage, {"id": STREAM, "seq": seq, "role": "assistant"}))))
     assert ev is not None
     return ev
 
@@ -201,6 +173,28 @@ async def test_start_up_passes_each_character_once(source: ScriptedSource, feed:
     assert feed.mirrors[STREAM].text() == "Hello world"
 
 
+async def test_start_up_takes_each_character_of_the_log_once_whatever_its_cuts(
+    source: ScriptedSource, feed: Feed
+) -> None:
+    # the checkpoint ends inside a delta of the broker's log: only its tail is new
+    source.add(1, "streaming", content="Hel")
+    source.log = [_started(1), events.delta(STREAM, 0, "He"), events.delta(STREAM, 2, "llo "),
+                  events.delta(STREAM, 6, "wor")]
+    feed.start()
+    await _ready(feed)
+    assert feed.mirrors[STREAM].text() == "Hello wor"
+
+
+async def test_start_up_does_not_cross_a_hole_in_the_log(
+    source: ScriptedSource, feed: Feed
+) -> None:
+    # the log lost what follows the checkpoint: what comes after the hole is not pasted on
+    source.add(1, "streaming", content="Hel")
+    source.log = [_started(1), events.delta(STREAM, 6, "wor")]
+    feed.start()
+    await _ready(feed)
+    assert feed.mirrors[STREAM].text() == "Hel"
+
 async def test_an_overlapping_delta_is_trimmed(source: ScriptedSource, feed: Feed) -> None:
     source.add(1, "streaming", content="Hello")
     feed.start()
@@ -219,8 +213,8 @@ async def test_the_end_of_a_stream_is_passed_on_once(source: ScriptedSource, fee
     await _ready(feed)
     rec = Recorder()
     feed.subs.append(rec)
-    final = events.final({"id": STREAM, "seq": 1, "role": "assistant", "status": "complete",
-                          "content": "Hi"})
+    final = events.final(cast(StoredMessage, {
+        "id": STREAM, "seq": 1, "role": "assistant", "status": "complete", "content": "Hi"}))
     feed.ingest(final)
     feed.ingest(events.delta(STREAM, 0, "Hi"))  # late copies, after the end
     feed.ingest(final)

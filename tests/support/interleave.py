@@ -1,16 +1,20 @@
-"""Pause points for race tests: hold a hub's next Postgres read; count a broker's deliveries.
+"""Pause points for race tests: hold a replica's next Postgres read; count a broker's deliveries.
 
 A race test has to put a live event *inside* a read (a subscriber's catch-up, a feed's
 start-up) on every run, not now and then, and without sleeping. ``HeldPool`` wraps the
 real pool: a :class:`Hold` stops the next ``acquire`` either before its query runs
 (``before``) or after it ran but before its caller sees the rows (``after``), until the
 test releases it. Nothing is faked: the read runs on the real database. The wrapped
-pool must see only the reads the test expects, so a hub built on it is never started
-(no ticker, no heartbeats).
+pool must see only the reads the test expects, so it is given to the replica's
+``SessionSource`` alone (the reads of its feeds and of its subscribers' catch-ups),
+and a hub whose source reads through it is never started (no sweeper, no heartbeats).
 
 ``CountingBroker`` is the memory broker (listeners are called within ``publish``) that
 lets a test await "n events have been handed to the listeners", i.e. reached the other
 replica's feed, and hold a publish (the broker lagging behind Postgres).
+
+``Recorder`` is a subscription that keeps what a feed hands it, unfiltered: it shows
+what the feed passed on, before any subscription's own duplicate drops.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from typing import Any, Literal, cast
 
 import asyncpg
 
+from chat_storage.actors.live import events
+from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.outbox import Outbox
+from chat_storage.actors.live.subscription import Subscription
 from chat_storage.storage.broker import MemoryBroker
 
 When = Literal["before", "after"]
@@ -73,7 +81,7 @@ class HeldPool:
         return cast(asyncpg.Pool, self)
 
     @contextlib.asynccontextmanager
-    async def acquire(  # asyncpg's signature: the hub passes timeout=
+    async def acquire(  # asyncpg's signature: storage.db.call passes timeout=
         self, *, timeout: float | None = None,  # noqa: ASYNC109
     ) -> AsyncIterator[Any]:
         h = self._holds.popleft() if self._holds else None
@@ -114,3 +122,34 @@ class CountingBroker(MemoryBroker):
             while self.published < n:
                 self._bump.clear()
                 await self._bump.wait()
+
+
+class Recorder(Subscription):
+    """A subscription that keeps what the feed hands it, unfiltered."""
+
+    def __init__(self) -> None:
+        super().__init__(Outbox(1000))
+        self.seen: list[SessionEvent] = []
+        self._more = asyncio.Event()
+
+    def deliver(self, event: SessionEvent) -> None:
+        self.seen.append(event)
+        self._more.set()
+
+    async def until(self, n: int) -> None:
+        """Wait (a few seconds at most) until the feed handed over ``n`` events."""
+        async with asyncio.timeout(WAIT_S):
+            while len(self.seen) < n:
+                self._more.clear()
+                await self._more.wait()
+
+    def brief(self) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for ev in self.seen:
+            if ev.kind == events.DELTA:
+                out.append(("delta", ev.offset, ev.text))
+            elif ev.kind == events.SNAPSHOT:
+                out.append(("snapshot", ev.seq, ev.text))
+            else:
+                out.append((ev.kind, ev.seq))
+        return out
