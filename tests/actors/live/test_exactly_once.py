@@ -48,10 +48,7 @@ from chat_storage.actors.live.stream_state import HeldStreams, StreamConfig
 from chat_storage.actors.live.streams import Streams
 from chat_storage.actors.live.subscription import Subscription
 from chat_storage.actors.live.sweeper import Sweeper
-from chat_storage.actors.write.committer import Committer
-from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.registry import Registry
-from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import sessions
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.ids import new_id
@@ -59,7 +56,7 @@ from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
 from chat_storage.supervisor import Supervisor
-from tests.actors.conftest import metric
+from tests.actors.conftest import MakeRegistry, metric
 from tests.conftest import Tenant
 from tests.support.interleave import CountingBroker, HeldPool, Recorder, When
 
@@ -109,14 +106,8 @@ def listener() -> Listener:
 
 
 @pytest.fixture
-async def registry(pool: asyncpg.Pool, listener: Listener,
-                   tasks: Supervisor) -> AsyncIterator[Registry]:
-    config = WriteConfig()
-    reg = Registry(SharedCommitter(Committer(pool, config), config, tasks), config,
-                   tasks=tasks, listener=listener)
-    reg.start()
-    yield reg
-    await reg.close(5.0)
+async def registry(make_registry: MakeRegistry, listener: Listener) -> Registry:
+    return await make_registry(listener=listener)
 
 
 @pytest.fixture
@@ -151,6 +142,24 @@ async def _session(pool: asyncpg.Pool, tenant: Tenant) -> SessionKey:
     async with pool.acquire() as conn:
         session = await sessions.create(conn, tenant.id, user_id="u")
     return tenant.id, uuid.UUID(str(session["id"]))
+
+
+@dataclasses.dataclass
+class Alone:
+    """One replica whose reads can be held, heard by the registry, and a new session."""
+
+    held: HeldPool
+    hub: Hub
+    key: SessionKey
+
+
+@pytest.fixture
+async def alone(pool: asyncpg.Pool, make_replica: MakeReplica, listener: Listener,
+                tenant: Tenant) -> Alone:
+    held = HeldPool(pool)
+    one = make_replica(held.as_pool(), MemoryBroker(), started=False)
+    listener.fanout = one.fanout
+    return Alone(held, one.hub, await _session(pool, tenant))
 
 
 async def _say(registry: Registry, key: SessionKey, text: str) -> None:
@@ -215,14 +224,9 @@ def _recording(replica: Replica, key: SessionKey) -> Recorder:
 
 @pytest.mark.parametrize("when", ["before", "after"])
 async def test_message_committed_during_catch_up_is_sent_once(
-    when: When, pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    when: When, pool: asyncpg.Pool, registry: Registry, alone: Alone
 ) -> None:
-    held = HeldPool(pool)
-    one = make_replica(held.as_pool(), MemoryBroker(), started=False)
-    hub = one.hub
-    listener.fanout = one.fanout
-    key = await _session(pool, tenant)
+    held, hub, key = alone.held, alone.hub, alone.key
     for text in ("one", "two"):
         await _say(registry, key, text)
     held.skip()  # the feed's start-up
@@ -240,14 +244,9 @@ async def test_message_committed_during_catch_up_is_sent_once(
 
 
 async def test_answer_in_progress_during_catch_up_every_character_once(
-    pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    pool: asyncpg.Pool, registry: Registry, alone: Alone
 ) -> None:
-    held = HeldPool(pool)
-    one = make_replica(held.as_pool(), MemoryBroker(), started=False)
-    hub = one.hub
-    listener.fanout = one.fanout
-    key = await _session(pool, tenant)
+    held, hub, key = alone.held, alone.hub, alone.key
     producer = Producer()
     sid = await _start(hub, key, producer)
     for part in ("Hel", "lo "):
@@ -268,14 +267,9 @@ async def test_answer_in_progress_during_catch_up_every_character_once(
 
 @pytest.mark.parametrize("when", ["before", "after"])
 async def test_answer_started_during_catch_up_is_announced_once(
-    when: When, pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    when: When, pool: asyncpg.Pool, registry: Registry, alone: Alone
 ) -> None:
-    held = HeldPool(pool)
-    one = make_replica(held.as_pool(), MemoryBroker(), started=False)
-    hub = one.hub
-    listener.fanout = one.fanout
-    key = await _session(pool, tenant)
+    held, hub, key = alone.held, alone.hub, alone.key
     await _say(registry, key, "question")
     held.skip()
     catch_up = held.hold(when)
@@ -298,14 +292,9 @@ async def test_answer_started_during_catch_up_is_announced_once(
 
 @pytest.mark.parametrize("when", ["before", "after"])
 async def test_answer_ending_during_catch_up_is_reported_once(
-    when: When, pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    when: When, pool: asyncpg.Pool, registry: Registry, alone: Alone
 ) -> None:
-    held = HeldPool(pool)
-    one = make_replica(held.as_pool(), MemoryBroker(), started=False)
-    hub = one.hub
-    listener.fanout = one.fanout
-    key = await _session(pool, tenant)
+    held, hub, key = alone.held, alone.hub, alone.key
     producer = Producer()
     sid = await _start(hub, key, producer)
     hub.delta(key, sid, producer, "Hello")

@@ -24,10 +24,7 @@ from chat_storage.actors.live.source import SessionSource
 from chat_storage.actors.live.stream_state import HeldStreams, StreamConfig
 from chat_storage.actors.live.streams import Streams
 from chat_storage.actors.live.sweeper import Sweeper
-from chat_storage.actors.write.committer import Committer
-from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.registry import Registry
-from chat_storage.actors.write.shared import SharedCommitter
 from chat_storage.storage import sessions
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.ids import new_id
@@ -35,6 +32,7 @@ from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
 from chat_storage.supervisor import Supervisor
+from tests.actors.conftest import MakeRegistry
 from tests.conftest import Tenant
 
 CONFIG = HubConfig(send_queue=64, sweep=False, stream=StreamConfig(grace_s=60.0))
@@ -82,14 +80,8 @@ def listener(fanout: Fanout) -> Muted:
 
 
 @pytest.fixture
-async def registry(pool: asyncpg.Pool, listener: Muted,
-                   tasks: Supervisor) -> AsyncIterator[Registry]:
-    config = WriteConfig()
-    reg = Registry(SharedCommitter(Committer(pool, config), config, tasks), config,
-                   tasks=tasks, listener=listener)
-    reg.start()
-    yield reg
-    await reg.close(5.0)
+async def registry(make_registry: MakeRegistry, listener: Muted) -> Registry:
+    return await make_registry(listener=listener)
 
 
 @pytest.fixture
