@@ -162,6 +162,29 @@ async def alone(pool: asyncpg.Pool, make_replica: MakeReplica, listener: Listene
     return Alone(held, one.hub, await _session(pool, tenant))
 
 
+@dataclasses.dataclass
+class Pair:
+    """Replica ``a``, which the registry tells of commits, and replica ``b``, whose reads
+    can be held, on one broker; and a new session."""
+
+    broker: CountingBroker
+    a: Replica
+    b: Hub
+    held: HeldPool
+    key: SessionKey
+
+
+@pytest.fixture
+async def pair(pool: asyncpg.Pool, make_replica: MakeReplica, listener: Listener,
+               tenant: Tenant) -> Pair:
+    broker = CountingBroker()
+    a = make_replica(pool, broker, started=True)
+    held = HeldPool(pool)
+    b = make_replica(held.as_pool(), broker, started=False).hub
+    listener.fanout = a.fanout
+    return Pair(broker, a, b, held, await _session(pool, tenant))
+
+
 async def _say(registry: Registry, key: SessionKey, text: str) -> None:
     await registry.write(key[0], key[1], WriteGroup(
         [NewMessage(id=new_id(), role="user", content=text)]))
@@ -345,15 +368,9 @@ async def test_feed_start_up_passes_a_message_committed_during_its_read_once(
 # ---------------------------------------------------------------- two replicas
 
 async def test_message_reaching_a_replica_by_broker_and_by_its_reads_is_sent_once(
-    pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    pool: asyncpg.Pool, registry: Registry, pair: Pair
 ) -> None:
-    broker = CountingBroker()
-    a = make_replica(pool, broker, started=True)
-    held = HeldPool(pool)
-    b = make_replica(held.as_pool(), broker, started=False).hub
-    listener.fanout = a.fanout
-    key = await _session(pool, tenant)
+    broker, b, held, key = pair.broker, pair.b, pair.held, pair.key
     await _say(registry, key, "one")
     start_up, catch_up = held.hold(), held.hold()
     outbox = Outbox(64)
@@ -375,15 +392,9 @@ async def test_message_reaching_a_replica_by_broker_and_by_its_reads_is_sent_onc
 
 
 async def test_answer_reaching_a_replica_by_broker_and_by_its_reads_every_character_once(
-    pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    pool: asyncpg.Pool, registry: Registry, pair: Pair
 ) -> None:
-    broker = CountingBroker()
-    a = make_replica(pool, broker, started=True)
-    held = HeldPool(pool)
-    b = make_replica(held.as_pool(), broker, started=False).hub
-    listener.fanout = a.fanout
-    key = await _session(pool, tenant)
+    broker, a, b, held, key = pair.broker, pair.a, pair.b, pair.held, pair.key
     producer = Producer()
     sid = await _start(a.hub, key, producer)  # nobody listens yet: B learns it from Postgres
     for part in ("Hel", "lo "):
@@ -412,15 +423,9 @@ async def test_answer_reaching_a_replica_by_broker_and_by_its_reads_every_charac
 
 @pytest.mark.parametrize("when", ["before", "after"])
 async def test_answer_started_on_a_replica_during_catch_up_on_another_is_announced_once(
-    when: When, pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    when: When, pool: asyncpg.Pool, registry: Registry, pair: Pair
 ) -> None:
-    broker = CountingBroker()
-    a = make_replica(pool, broker, started=True)
-    held = HeldPool(pool)
-    b = make_replica(held.as_pool(), broker, started=False).hub
-    listener.fanout = a.fanout
-    key = await _session(pool, tenant)
+    broker, a, b, held, key = pair.broker, pair.a, pair.b, pair.held, pair.key
     held.skip()
     catch_up = held.hold(when)
     outbox = Outbox(64)
@@ -490,18 +495,12 @@ async def test_answer_filled_from_postgres_during_catch_up_on_another_replica_on
 
 
 async def test_answer_ended_before_the_broker_says_so_is_reported_once(
-    pool: asyncpg.Pool, registry: Registry, make_replica: MakeReplica,
-    listener: Listener, tenant: Tenant
+    pool: asyncpg.Pool, registry: Registry, listener: Listener, pair: Pair
 ) -> None:
     # the catch-up on B reads the answer complete while B's feed, behind the broker,
     # still holds it in progress: no snapshot of it, and its late delta and end are dropped
     failed = metric("chat_broker_errors_total", reason="error")
-    broker = CountingBroker()
-    a = make_replica(pool, broker, started=True)
-    held = HeldPool(pool)
-    b = make_replica(held.as_pool(), broker, started=False).hub
-    listener.fanout = a.fanout
-    key = await _session(pool, tenant)
+    broker, a, b, held, key = pair.broker, pair.a, pair.b, pair.held, pair.key
     held.skip()
     held.skip()
     watcher = Outbox(64)
