@@ -38,3 +38,22 @@ def test_outbox_cuts_instead_of_growing() -> None:
     assert not outbox.put(b"3")
     assert cut == [True] and outbox.overflowed and outbox.closed and len(outbox) == 0
     assert not outbox.put(b"4", force=True)
+
+
+def test_a_resuming_client_gets_exactly_what_it_lacks_of_a_stream() -> None:
+    """``known`` offsets at resume: the rest as one delta, nothing when it has it all
+    (never an empty delta), a snapshot when it claims more than there is."""
+    row = {"id": "m1", "seq": 1, "role": "assistant", "status": "streaming"}
+
+    def resume(known: int) -> list[tuple[str, int | None, str | None]]:
+        outbox = Outbox(100)
+        sub = Subscription(outbox, after_seq=1)
+        sub.knows(row, known)  # type: ignore[arg-type]  # the fields it reads
+        sub.catch_up("m1", 1, "Hello")
+        sent = [orjson.loads(f) for f in outbox._items]
+        return [(f["type"], f.get("offset"), f.get("delta", f.get("content")))
+                for f in sent]
+
+    assert resume(3) == [("stream.delta", 3, "lo")]
+    assert resume(5) == []
+    assert resume(9) == [("stream.snapshot", 5, "Hello")]  # offset: where the text ends
