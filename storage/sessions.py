@@ -187,7 +187,7 @@ async def delete(
 ) -> list[str]:
     """Delete a session and everything under it; return its attachments' object keys.
 
-    Audited. A session actor still running for it finds no row at its next write,
+    Audited. A session mailbox still open for it finds no row at its next write,
     which then fails with :class:`NotFound`.
     """
     async with conn.transaction():
