@@ -8,13 +8,16 @@ one raises :class:`SettingsError` with a one-line message naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Package data of ``chat_storage`` (shipped in the wheel); the package is always
 # installed as plain files, so the resource directories are real paths.
@@ -64,8 +67,9 @@ class Settings:
     mailbox_size: int = 1024
     write_timeout_s: float = 10.0
     actor_idle_s: float = 60.0
+    # browsers on other origins: CORS and the WebSocket's Origin check (one list)
+    cors_origins: tuple[str, ...] = ()
     # streaming
-    allowed_origins: tuple[str, ...] = ()
     ws_max_frame_bytes: int = 1024 * 1024
     ws_send_queue: int = 1024
     ws_heartbeat_s: float = 30.0
@@ -110,9 +114,8 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            var = _ENV_NAMES.get(field.name, "CHAT_" + field.name.upper())
-            raw = env.get(var)
-            if raw is None or raw == "":
+            var, raw = _lookup(env, _env_name(field.name))
+            if raw is None:
                 continue
             parse = _PARSERS.get(field.name) or _parser_for(field.type)
             try:
@@ -172,6 +175,28 @@ class Settings:
         if self.ingest_mode == "async" and self.redis_url is None:
             raise SettingsError("CHAT_INGEST_MODE=async needs REDIS_URL: accepted messages "
                                 "wait in a Redis stream until they are stored")
+        try:
+            _check_origins(self.cors_origins)
+        except ValueError as exc:
+            raise SettingsError(f"CHAT_CORS_ORIGINS: {exc}") from None
+
+
+# Deprecated variable -> the variable it now spells. Setting both is an error: which
+# one wins would be a guess.
+_DEPRECATED = {"CHAT_CORS_ORIGINS": "CHAT_ALLOWED_ORIGINS"}
+
+
+def _lookup(env: Mapping[str, str], var: str) -> tuple[str, str | None]:
+    """The variable that sets ``var`` (itself or its deprecated name) and its value."""
+    raw = env.get(var) or None
+    old = _DEPRECATED.get(var)
+    old_raw = (env.get(old) or None) if old is not None else None
+    if old is None or old_raw is None:
+        return var, raw
+    if raw is not None:
+        raise SettingsError(f"{old} is the deprecated name of {var}: set {var} only")
+    log.warning("%s is deprecated, use %s", old, var, extra={"variable": old, "use": var})
+    return old, old_raw
 
 
 def _env_name(field: str) -> str:
@@ -204,6 +229,41 @@ def _parse_csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def parse_origin(text: str) -> str:
+    """``text`` as a browser sends it in ``Origin``: ``scheme://host[:port]``, in lower
+    case, without a default port; a trailing ``/`` is dropped. ``ValueError`` for
+    anything else (a path, a query, user info, another scheme)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} is not an origin") from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if (scheme not in ("http", "https") or not host or parts.username is not None
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or "@" in parts.netloc):
+        raise ValueError(f"{text!r} is not an origin (http(s)://host[:port], no path)")
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _check_origins(origins: tuple[str, ...]) -> None:
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' allows every origin: list it alone")
+    for item in origins:
+        if item != "*":
+            parse_origin(item)
+
+
+def _parse_origins(raw: str) -> tuple[str, ...]:
+    items = _parse_csv(raw)
+    _check_origins(items)
+    return tuple(item if item == "*" else parse_origin(item) for item in items)
+
+
 def _parser_for(annotation: object) -> Callable[[str], Any]:
     text = str(annotation)
     if "bool" in text:
@@ -224,6 +284,6 @@ _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
               "s3_secret_access_key": "S3_SECRET_ACCESS_KEY"}
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _parse_api_keys,
-    "allowed_origins": _parse_csv,
+    "cors_origins": _parse_origins,
     "ingest_mode": lambda raw: raw.strip().lower(),
 }

@@ -23,7 +23,7 @@ from chat_storage.actors.write.shared import SinkFactory
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
-from chat_storage.server import auth, middlewares, objects, state, streaming
+from chat_storage.server import auth, cors, middlewares, objects, state, streaming
 from chat_storage.server.routes import (
     attachments,
     docs,
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     # first: every other context may use the services
     app.cleanup_ctx.append(functools.partial(_services, sink=sink))
     auth.setup(app, settings.api_key_cache_s)
+    cors.setup(app, settings.cors_origins)  # read by the middleware and the WebSocket check
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
     objects.setup(app)  # the local store's upload and download URLs

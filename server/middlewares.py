@@ -1,10 +1,10 @@
 """The one middleware of every request: request id, errors, access log and metrics,
-then, for ``/api/v1``, authentication and the rate limit.
+then a CORS preflight's answer or, for ``/api/v1``, authentication and the rate limit.
 
 They are steps of one function, in that order, rather than four middlewares: each
 aiohttp middleware costs a wrapper and a coroutine per request, and this is the
 hot path of every write (``loadtest/bench_writes.py``).
-Headers every response must carry (``X-Request-ID``, ``RateLimit-*``) are added in
+Headers every response must carry (``X-Request-ID``, ``RateLimit-*``, CORS) are added in
 ``on_response_prepare`` so streamed responses and WebSocket handshakes get them too.
 """
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from chat_storage.actors.write.errors import Overloaded, ShuttingDown, WriteError
-from chat_storage.server import auth, metrics, ratelimit
+from chat_storage.server import auth, cors, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.logs import REQUEST_ID
@@ -110,18 +110,23 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id; then auth and rate limit for ``/api/v1``; then the handler. Every
-    exception becomes the error body; one access-log line and the metrics per request."""
+    """Request id; then a preflight's answer, or auth and rate limit for ``/api/v1`` and
+    the handler. Every exception becomes the error body; one access-log line and the
+    metrics per request."""
     rid = request[REQUEST_ID_KEY] = _request_id(request)
     token = REQUEST_ID.set(rid)
     started = time.perf_counter()
     status = 500
+    response: web.StreamResponse
     try:
         try:
-            if request.path.startswith(auth.API_PREFIX):
-                await auth.authenticate_request(request)
-                await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
-            response = await handler(request)
+            if cors.is_preflight(request):  # before auth: a browser sends it without a key
+                response = cors.preflight(request)
+            else:
+                if request.path.startswith(auth.API_PREFIX):
+                    await auth.authenticate_request(request)
+                    await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
+                response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)
             if err is None:
@@ -158,6 +163,7 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     if rid is not None:
         response.headers["X-Request-ID"] = rid
     ratelimit.apply_headers(request, response)
+    cors.apply_headers(request, response)
 
 
 def setup(app: web.Application) -> None:

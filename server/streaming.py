@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from chat_storage.actors.live import metrics as stream_metrics
-from chat_storage.server import auth
+from chat_storage.server import auth, cors
 from chat_storage.server.errors import ApiError
 from chat_storage.server.state import HUB_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db, tickets
@@ -72,26 +72,23 @@ class Connections:
 CONNECTIONS_KEY = web.AppKey("stream_connections", Connections)
 
 
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+def origin_allowed(request: web.Request, origins: cors.Origins) -> bool:
     """Whether a browser page at the request's ``Origin`` may open a stream.
 
     No ``Origin`` (not a browser): allowed, the API key or ticket is the check.
-    With ``CHAT_ALLOWED_ORIGINS`` set: only those origins (``*`` allows any).
-    Unset: only the server's own origin (same host and port as the request).
+    The server's own origin (same host and port as the request: the demo page) and the
+    origins of ``CHAT_CORS_ORIGINS`` (``*``: any), the list CORS allows: allowed.
     """
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origins.allows(origin):
         return True
-    origin = origin.strip().rstrip("/").lower()
-    if allowed:
-        return "*" in allowed or origin in {a.rstrip("/").lower() for a in allowed}
-    parts = urlsplit(origin)
+    parts = urlsplit(origin.strip().rstrip("/").lower())
     return parts.scheme in ("http", "https") and parts.netloc == request.host.lower()
 
 
 def check_origin(request: web.Request) -> None:
     """403 before any upgrade when the page's origin is not allowed."""
-    if not origin_allowed(request, request.app[SETTINGS_KEY].allowed_origins):
+    if not origin_allowed(request, request.app[cors.ORIGINS_KEY]):
         raise ApiError(403, "origin not allowed")
 
 

@@ -86,18 +86,21 @@ async def test_origin_checked_before_upgrade(client: Any, tenant: Tenant) -> Non
     assert await _handshake_status(client, path, headers=tenant.headers) == 101
 
 
-async def test_allowed_origins_setting(aiohttp_client: Any, settings: Settings,
-                                       tenant: Tenant) -> None:
+async def test_cors_origins_setting(aiohttp_client: Any, settings: Settings,
+                                    tenant: Tenant) -> None:
     from chat_storage.server.app import create_app
 
     client = await aiohttp_client(create_app(dataclasses.replace(
-        settings, allowed_origins=("https://chat.example",))))
+        settings, cors_origins=("https://chat.example",))))
     sid = await new_session(client, tenant)
     path = f"/api/v1/sessions/{sid}/ws"
     assert await _handshake_status(client, path, headers={
         **tenant.headers, "Origin": "https://chat.example"}) == 101
     assert await _handshake_status(client, path, headers={
-        **tenant.headers, "Origin": f"http://{client.host}:{client.port}"}) == 403
+        **tenant.headers, "Origin": "https://evil.example"}) == 403
+    # the server's own page keeps its WebSocket when other origins are listed
+    assert await _handshake_status(client, path, headers={
+        **tenant.headers, "Origin": f"http://{client.host}:{client.port}"}) == 101
 
 
 async def test_oversize_frame_closes_1009(client: Any, tenant: Tenant) -> None:
