@@ -99,7 +99,9 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
             "title": title,
             "version": API_VERSION,
             "description": "Durable, live-streaming conversation storage for RAG chat "
-                           "applications. Every `/api/v1` call needs an `X-Api-Key`.",
+                           "applications. Every `/api/v1` call needs an `X-Api-Key`. "
+                           "Pages on the origins of `CHAT_CORS_ORIGINS` may call it "
+                           "(CORS; preflights need no key).",
         },
         "tags": [{"name": name} for name in tags],
         "paths": paths,
