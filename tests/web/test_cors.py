@@ -3,12 +3,14 @@
 Two origins on loopback, told apart by their ports: a throwaway page server and the
 API. The page's ``fetch`` sends ``X-Api-Key``, so the browser preflights it; it works
 only if the preflight is answered without a key and the page's origin is listed, and
-the page reads ``X-Request-ID`` only if it is exposed. Skipped like tests/web/test_page.py
+the page reads ``X-Request-ID`` only if it is exposed. The same list lets the page open
+a WebSocket, and refuses one to a page not listed. Skipped like tests/web/test_page.py
 where Debian's chromium or playwright is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -50,6 +52,13 @@ CALL = """async ([api, key]) => {
   }
   return out;
 }"""
+# runs in the page: open a WebSocket, say whether the server let it
+OPEN_WS = """(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { ws.close(); resolve("open"); };
+  ws.onerror = () => resolve("refused");
+  setTimeout(() => resolve("timeout"), 10000);
+})"""
 
 
 @pytest.fixture
@@ -73,15 +82,24 @@ async def _page_origin(aiohttp_server: Any) -> str:
     return f"http://127.0.0.1:{server.port}"
 
 
-async def _call_from(browser: Any, origin: str, api: str, tenant: Tenant) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _page_at(browser: Any, origin: str) -> AsyncIterator[Any]:
     context = await browser.new_context()
     try:
         page = await context.new_page()
         await page.goto(origin + "/")
-        result: dict[str, Any] = await page.evaluate(CALL, [api, tenant.key])
-        return result
+        yield page
     finally:
         await context.close()
+
+
+async def _ws_url(client: Any, tenant: Tenant) -> str:
+    """A WebSocket URL with a fresh ticket, for a page to open."""
+    r = await client.post("/api/v1/sessions", json={"user_id": "ws"}, headers=tenant.headers)
+    sid = (await r.json())["id"]
+    r = await client.post(f"/api/v1/sessions/{sid}/ws-tickets", headers=tenant.headers)
+    ticket = (await r.json())["ticket"]
+    return f"ws://127.0.0.1:{client.port}/api/v1/sessions/{sid}/ws?ticket={ticket}"
 
 
 async def _web_sessions(client: Any, tenant: Tenant) -> int:
@@ -101,7 +119,10 @@ async def test_a_listed_origin_calls_the_api_and_reads_exposed_headers(
     api = f"http://127.0.0.1:{client.port}"
     assert listed != api and unlisted != api  # three origins: other ports
 
-    out = await _call_from(browser, listed, api, tenant)
+    async with _page_at(browser, listed) as page:
+        out = await page.evaluate(CALL, [api, tenant.key])
+        # the WebSocket's Origin check lets the same page in
+        assert await page.evaluate(OPEN_WS, await _ws_url(client, tenant)) == "open"
     assert "error" not in out, out
     created = out["created"]
     assert created["status"] == 201
@@ -115,6 +136,9 @@ async def test_a_listed_origin_calls_the_api_and_reads_exposed_headers(
     assert await _web_sessions(client, tenant) == 1
 
     # not listed: the browser refuses the preflight's answer and never sends the POST
-    out = await _call_from(browser, unlisted, api, tenant)
+    async with _page_at(browser, unlisted) as page:
+        out = await page.evaluate(CALL, [api, tenant.key])
+        # and its WebSocket is refused (403 before the upgrade), ticket or not
+        assert await page.evaluate(OPEN_WS, await _ws_url(client, tenant)) == "refused"
     assert "created" not in out and "Failed to fetch" in out["error"], out
     assert await _web_sessions(client, tenant) == 1
