@@ -91,13 +91,14 @@ async def tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
 
 
 async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
-    created = await tenants.create_key(conn, args.tenant, name=args.name)
+    created = await tenants.create_key(conn, args.tenant, name=args.name, scope=args.scope)
     if args.json:
-        print_json({"id": created.id, "tenant": created.tenant, "key": created.key})
+        print_json({"id": created.id, "tenant": created.tenant, "scope": created.scope,
+                    "key": created.key})
         return
     print_line(created.key)
-    print(f"created key {created.id} for tenant {created.tenant}; it is shown only this once",
-          file=sys.stderr)
+    print(f"created {created.scope} key {created.id} for tenant {created.tenant}; "
+          "it is shown only this once", file=sys.stderr)
 
 
 async def keys_revoke(args: argparse.Namespace, conn: db.Connection) -> None:
@@ -109,16 +110,16 @@ async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
     keys = await tenants.list_keys(conn, args.tenant)
     if args.json:
         print_json([
-            {"id": k["id"], "name": k["name"], "created_at": k["created_at"],
-             "revoked_at": k["revoked_at"]}
+            {"id": k["id"], "name": k["name"], "scope": k["scope"],
+             "created_at": k["created_at"], "revoked_at": k["revoked_at"]}
             for k in keys
         ])
         return
-    rows = [("ID", "NAME", "CREATED", "REVOKED")] + [
-        (k["id"], k["name"] or "-", _when(k["created_at"]), _when(k["revoked_at"]))
+    rows = [("ID", "NAME", "SCOPE", "CREATED", "REVOKED")] + [
+        (k["id"], k["name"] or "-", k["scope"], _when(k["created_at"]), _when(k["revoked_at"]))
         for k in keys
     ]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print_line("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
                .rstrip())

@@ -19,7 +19,7 @@ import asyncpg
 from chat_storage.runtime.settings import Settings, SettingsError
 from chat_storage.server import admin, logs, serving, workers
 from chat_storage.server.admin import PROG
-from chat_storage.storage import db
+from chat_storage.storage import db, tenants
 from chat_storage.storage.errors import StorageError
 
 
@@ -117,8 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     create_key = keys_sub.add_parser("create", help="create a key; it is printed only once")
     create_key.add_argument("--tenant", required=True, metavar="NAME")
     create_key.add_argument("--name", default="", metavar="LABEL", help="a label for the key")
+    create_key.add_argument(
+        "--scope", choices=tenants.SCOPES, default=tenants.DEFAULT_SCOPE,
+        help="what the key reaches: admin everything of its tenant, write every session "
+        "and message but not user erasure, read only GET routes (default: %(default)s)")
     create_key.add_argument("--json", action="store_true",
-                            help='print one line {"id", "tenant", "key"}')
+                            help='print one line {"id", "tenant", "scope", "key"}')
     create_key.set_defaults(handler=admin.keys_create)
     revoke_key = keys_sub.add_parser("revoke", help="revoke a key")
     revoke_key.add_argument("id", metavar="ID")

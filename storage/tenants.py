@@ -8,7 +8,7 @@ import hmac
 import secrets
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -17,14 +17,25 @@ from chat_storage.storage.ids import new_id
 
 KEY_PREFIX = "cs"
 
+Scope = Literal["read", "write", "admin"]
+# weakest first: a scope reaches everything the scopes before it reach
+SCOPES: tuple[Scope, ...] = get_args(Scope)
+DEFAULT_SCOPE: Scope = "admin"  # keys made before scopes existed reached everything
+
+
+def scope_allows(held: Scope, needed: Scope) -> bool:
+    """Whether a key of scope ``held`` may do what needs ``needed``."""
+    return SCOPES.index(held) >= SCOPES.index(needed)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the tenant and the API key used."""
+    """Who is calling: the tenant, the API key used and that key's scope."""
 
     tenant_id: uuid.UUID
     tenant_name: str
     key_id: str
+    scope: Scope = DEFAULT_SCOPE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +46,7 @@ class CreatedKey:
     tenant: str
     name: str
     key: str
+    scope: Scope = DEFAULT_SCOPE
 
 
 def hash_key(key: str) -> bytes:
@@ -100,9 +112,12 @@ async def tenant_id_by_name(conn: asyncpg.Connection, name: str) -> uuid.UUID:
 
 
 async def create_key(
-    conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None
+    conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None,
+    scope: Scope = DEFAULT_SCOPE,
 ) -> CreatedKey:
-    """Create a key for ``tenant``; with ``key`` given, store that one (seeding)."""
+    """Create a key of ``scope`` for ``tenant``; with ``key`` given, store that one (seeding)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     tenant_id = await tenant_id_by_name(conn, tenant)
     if key is None:
         key_id, key = make_key()
@@ -113,13 +128,15 @@ async def create_key(
     async with conn.transaction():
         await conn.execute(
             """
-            INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)
+            INSERT INTO api_keys (id, tenant_id, name, key_hash, scope)
+            VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (id) DO NOTHING
             """,
-            key_id, tenant_id, name, hash_key(key),
+            key_id, tenant_id, name, hash_key(key), scope,
         )
-        await audit(conn, tenant_id, "cli", "key.create", key_id, {"name": name})
-    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key)
+        await audit(conn, tenant_id, "cli", "key.create", key_id,
+                    {"name": name, "scope": scope})
+    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope)
 
 
 async def revoke_key(conn: asyncpg.Connection, key_id: str) -> None:
@@ -139,7 +156,7 @@ async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any
     """The keys of ``tenant`` (never their secrets)."""
     tenant_id = await tenant_id_by_name(conn, tenant)
     rows = await conn.fetch(
-        "SELECT id, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
+        "SELECT id, name, scope, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
         "ORDER BY created_at",
         tenant_id,
     )
@@ -156,7 +173,7 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     candidates.append(hashlib.sha256(key.encode()).hexdigest()[:16])
     row = await conn.fetchrow(
         """
-        SELECT k.id, k.key_hash, k.tenant_id, t.name AS tenant_name
+        SELECT k.id, k.key_hash, k.tenant_id, k.scope, t.name AS tenant_name
         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.id = ANY($1::text[]) AND k.revoked_at IS NULL
         LIMIT 1
@@ -165,7 +182,7 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     )
     if row is None or not hmac.compare_digest(bytes(row["key_hash"]), hash_key(key)):
         return None
-    return Principal(row["tenant_id"], row["tenant_name"], row["id"])
+    return Principal(row["tenant_id"], row["tenant_name"], row["id"], row["scope"])
 
 
 async def audit(

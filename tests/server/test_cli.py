@@ -149,29 +149,37 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
     assert made.returncode == 0, made.stderr
     assert len(made.stdout.strip().splitlines()) == 1
     key = json.loads(made.stdout)
-    assert set(key) == {"id", "tenant", "key"}
-    assert key["tenant"] == name
+    assert set(key) == {"id", "tenant", "scope", "key"}
+    assert (key["tenant"], key["scope"]) == (name, "admin")  # the default: as before scopes
     principal = authenticate(database_url, key["key"])
     assert principal is not None
-    assert (principal.tenant_name, principal.key_id) == (name, key["id"])
+    assert (principal.tenant_name, principal.key_id, principal.scope) == (name, key["id"], "admin")
 
-    plain = run("keys", "create", "--tenant", name, DATABASE_URL=database_url)
+    plain = run("keys", "create", "--tenant", name, "--scope", "read", DATABASE_URL=database_url)
     assert plain.returncode == 0, plain.stderr
     plain_key = plain.stdout.strip()
-    assert authenticate(database_url, plain_key) is not None
+    read_principal = authenticate(database_url, plain_key)
+    assert read_principal is not None and read_principal.scope == "read"
+    assert "read key" in plain.stderr
 
     listed = run("keys", "list", "--tenant", name, "--json", DATABASE_URL=database_url)
     assert listed.returncode == 0, listed.stderr
     keys = json.loads(listed.stdout)
     assert len(keys) == 2 and keys[0]["id"] == key["id"]
     assert keys[0]["name"] == "ci" and keys[0]["revoked_at"] is None
+    assert [k["scope"] for k in keys] == ["admin", "read"]
     assert key["key"] not in listed.stdout and plain_key not in listed.stdout
 
     table = run("keys", "list", "--tenant", name, DATABASE_URL=database_url)
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "SCOPE", "CREATED", "REVOKED"]
     assert len(lines) == 2 and lines[0].startswith(key["id"])
+    assert [line.split()[2] for line in lines] == ["admin", "read"]
+
+    bad_scope = run("keys", "create", "--tenant", name, "--scope", "root",
+                    DATABASE_URL=database_url)
+    assert bad_scope.returncode == 2 and "invalid choice" in bad_scope.stderr
 
     revoked = run("keys", "revoke", key["id"], DATABASE_URL=database_url)
     assert revoked.returncode == 0, revoked.stderr
