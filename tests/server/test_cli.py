@@ -14,12 +14,15 @@ import json
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import pytest
 
 from chat_storage.runtime.settings import Settings, _env_name
 from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
-from chat_storage.storage import tenants
+from chat_storage.storage import db, sessions, tenants
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.procs import ROOT, clean_env, cli_command, free_port
 
@@ -195,6 +198,117 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
     assert relisted[0]["revoked_at"] is not None
 
 
+def test_version_is_the_installed_package_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"chat-storage {metadata.version('chat-storage')}"
+
+
+@pytest.mark.parametrize("args", [
+    ("tenants", "create", ""),
+    ("tenants", "create", "   "),
+    ("tenants", "show", "\t"),
+    ("tenants", "update", " ", "--retention-days", "3"),
+    ("tenants", "delete", ""),
+    ("keys", "create", "--tenant", " "),
+    ("keys", "create", "--tenant", "acme", "--name", "  "),
+    ("keys", "list", "--tenant", ""),
+    ("keys", "revoke", " "),
+], ids=lambda args: " ".join(repr(a) for a in args))
+def test_empty_or_blank_names_exit_2(args: tuple[str, ...]) -> None:
+    # no database is reachable: the name is refused before any connection is tried
+    result = run(*args, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 2, result.stderr
+    assert "must not be empty or blank" in result.stderr
+
+
+def add_session(url: str, tenant: str) -> None:
+    async def go() -> None:
+        pool = await db.create_pool(url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                tenant_id = await tenants.tenant_id_by_name(conn, tenant)
+                await sessions.create(conn, tenant_id, user_id="someone")
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def test_tenants_list_show_update_and_delete(database_url: str, tmp_path: Path) -> None:
+    name = f"list-{secrets.token_hex(4)}"
+    env = {"DATABASE_URL": database_url, "CHAT_DATA_DIR": str(tmp_path)}
+    assert run("tenants", "create", name, **env).returncode == 0
+    assert run("keys", "create", "--tenant", name, **env).returncode == 0
+
+    listed = run("tenants", "list", "--json", **env)
+    assert listed.returncode == 0, listed.stderr
+    mine = next(t for t in json.loads(listed.stdout) if t["name"] == name)
+    assert (mine["retention_days"], mine["sessions"], mine["active_keys"]) == (None, 0, 1)
+    table = run("tenants", "list", **env)
+    assert table.stdout.splitlines()[0].split() == [
+        "NAME", "ID", "RETENTION", "SESSIONS", "KEYS", "CREATED"]
+    assert any(line.split()[:2] == [name, mine["id"]] for line in table.stdout.splitlines())
+
+    updated = run("tenants", "update", name, "--retention-days", "7", **env)
+    assert updated.returncode == 0, updated.stderr
+    shown = json.loads(run("tenants", "show", name, "--json", **env).stdout)
+    assert (shown["id"], shown["retention_days"]) == (mine["id"], 7)
+    assert run("tenants", "update", name, "--no-retention", **env).returncode == 0
+    assert json.loads(run("tenants", "show", name, "--json", **env).stdout)[
+        "retention_days"] is None
+    nothing = run("tenants", "update", name, **env)
+    assert nothing.returncode == 2 and "--retention-days" in nothing.stderr
+    assert "retention" in run("tenants", "show", name, **env).stdout
+
+    # its files: one attachment and one archive, in the local store of CHAT_DATA_DIR
+    files = [tmp_path / "objects" / mine["id"] / "s" / "a",
+             tmp_path / "objects" / "archives" / mine["id"] / "u" / "x.jsonl.gz"]
+    for file in files:
+        file.parent.mkdir(parents=True)
+        file.write_bytes(b"data")
+    add_session(database_url, name)
+    refused = run("tenants", "delete", name, **env)
+    assert refused.returncode == 1
+    message = one_line_error(refused)
+    assert "1 session" in message and "--force" in message
+    assert run("tenants", "show", name, **env).returncode == 0  # still there
+    assert all(file.exists() for file in files)
+
+    deleted = run("tenants", "delete", name, "--force", **env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert query(database_url, "SELECT 1 FROM sessions WHERE tenant_id = $1",
+                 uuid.UUID(mine["id"])) == []
+    assert not any(file.exists() for file in files)
+    gone = run("tenants", "show", name, **env)
+    assert gone.returncode == 1 and "does not exist" in one_line_error(gone)
+    audit = query(database_url, "SELECT details FROM audit_log WHERE action = 'tenant.delete' "
+                  "AND target = $1", name)
+    assert len(audit) == 1
+
+    empty = f"empty-{secrets.token_hex(4)}"
+    assert run("tenants", "create", empty, **env).returncode == 0
+    assert run("tenants", "delete", empty, **env).returncode == 0  # no sessions: no --force
+
+
+def test_keys_revoke_takes_the_id_or_the_whole_key(database_url: str) -> None:
+    name = f"revoke-{secrets.token_hex(4)}"
+    assert run("tenants", "create", name, DATABASE_URL=database_url).returncode == 0
+    made = json.loads(run("keys", "create", "--tenant", name, "--json",
+                          DATABASE_URL=database_url).stdout)
+    wrong = made["key"][:-4] + ("AAAA" if not made["key"].endswith("AAAA") else "BBBB")
+    mistyped = run("keys", "revoke", wrong, DATABASE_URL=database_url)
+    assert mistyped.returncode == 1
+    assert wrong not in mistyped.stderr  # a secret is never echoed
+    assert authenticate(database_url, made["key"]) is not None
+
+    revoked = run("keys", "revoke", made["key"], DATABASE_URL=database_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked key {made['id']}"
+    assert made["key"] not in revoked.stdout
+    assert authenticate(database_url, made["key"]) is None
+
+
 def test_unknown_tenant_is_one_line_exit_1(database_url: str) -> None:
     for args in (("keys", "create", "--tenant", "nobody"), ("keys", "list", "--tenant", "nobody")):
         result = run(*args, DATABASE_URL=database_url)
@@ -331,6 +445,21 @@ def test_serve_answers_healthz_and_stops_on_sigterm(database_url: str, tmp_path:
     assert not any(entry["level"] == "ERROR" for entry in logs), logs
 
 
+def test_serve_reports_a_port_in_use_before_any_database_work(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        # no DATABASE_URL: the embedded Postgres would start first, and take seconds
+        result = run("serve", "--port", str(port), CHAT_DATA_DIR=str(data_dir))
+    assert result.returncode == 1
+    message = one_line_error(result)
+    assert f"127.0.0.1:{port}" in message and "address already in use" in message
+    assert not (data_dir / "pg").exists()  # the database was never touched
+    assert time.monotonic() - started < 10
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """A 0700 directory outside ``/tmp/pytest-of-<user>`` (see tests/storage/test_embedded)."""
@@ -348,6 +477,9 @@ def test_serve_zero_config_prints_a_working_key(tmp_path: Path, data_dir: Path) 
         printed = server.out.read_text()
         key = next(word for word in printed.split() if word.startswith("cs_"))
         assert f"{server.url}/api/v1/sessions" in printed
+        assert f"{server.url}/ " in printed and f"{server.url}/docs" in printed
+        assert f"using the embedded PostgreSQL in {data_dir.resolve()}" in (
+            server.err.read_text())
         status, session = http(
             "POST", f"{server.url}/api/v1/sessions", b'{"user_id":"me"}',
             {"X-Api-Key": key, "Content-Type": "application/json"},
