@@ -19,7 +19,12 @@ from importlib import metadata
 
 import asyncpg
 
-from chat_storage.runtime.settings import Settings, SettingsError
+from chat_storage.runtime.settings import (
+    DEFAULT_DATA_DIR,
+    LEGACY_DATA_DIR,
+    Settings,
+    SettingsError,
+)
 from chat_storage.server import admin, logs, serving, workers
 from chat_storage.server.admin import PROG
 from chat_storage.storage import db, tenants
@@ -39,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=getattr(args, "port", None),
             workers=getattr(args, "workers", None),
         )
+        if settings.embedded:
+            _note_legacy_data_dir(settings)
         if args.command == "serve":
             return serve(settings)
         logs.configure("WARNING")
@@ -58,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, asyncpg.PostgresError, OSError) as exc:
         admin.print_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 1
+
+
+def _note_legacy_data_dir(settings: Settings) -> None:
+    """Say so when a data directory of an earlier version is here but not used."""
+    if settings.data_dir == DEFAULT_DATA_DIR and (LEGACY_DATA_DIR / "pg").is_dir():
+        print(f"{PROG}: note: ./{LEGACY_DATA_DIR} (the data directory of earlier versions) "
+              f"is not used any more; CHAT_DATA_DIR={LEGACY_DATA_DIR} keeps using it",
+              file=sys.stderr, flush=True)
 
 
 # -- serve --------------------------------------------------------------------------------

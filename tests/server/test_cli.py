@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -458,6 +459,31 @@ def test_serve_reports_a_port_in_use_before_any_database_work(data_dir: Path) ->
     assert f"127.0.0.1:{port}" in message and "address already in use" in message
     assert not (data_dir / "pg").exists()  # the database was never touched
     assert time.monotonic() - started < 10
+
+
+def test_the_default_data_directory_is_the_user_s(tmp_path: Path) -> None:
+    code = ("from chat_storage.runtime.settings import Settings; "
+            "print(Settings.from_env().data_dir)")
+    xdg = tmp_path / "xdg"
+    for env, wanted in (({"XDG_DATA_HOME": str(xdg)}, xdg / "chat-storage"),
+                        ({"XDG_DATA_HOME": str(xdg), "CHAT_DATA_DIR": "mine"}, Path("mine"))):
+        out = subprocess.run([sys.executable, "-c", code], env=clean_env(**env), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=DEADLINE_S, check=True)
+        assert Path(out.stdout.strip()) == wanted
+
+
+def test_serve_notes_a_data_directory_of_an_earlier_version(tmp_path: Path) -> None:
+    (tmp_path / ".chat-storage" / "pg").mkdir(parents=True)
+    with socket.socket() as taken:  # the port check ends the command before any start-up
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [*cli_command(), "serve", "--port", str(taken.getsockname()[1])],
+            env=clean_env(XDG_DATA_HOME=str(tmp_path / "xdg")), cwd=tmp_path,
+            capture_output=True, text=True, timeout=DEADLINE_S, check=False)
+    assert result.returncode == 1
+    assert "CHAT_DATA_DIR=.chat-storage keeps using it" in result.stderr
+    assert not (tmp_path / "xdg").exists()
 
 
 @pytest.fixture
