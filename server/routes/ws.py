@@ -67,8 +67,10 @@ class StreamQuery(pydantic.BaseModel):
     ticket: str | None = None
 
 
-# a ticket opens the WebSocket, so it needs what the WebSocket needs
-@routes.post(SESSION_PATH + "/ws-tickets", scope="write",
+# `read`, though a POST: a ticket stands in for its key on the stream routes and
+# carries that key's scope, checked when it is used (a read key's ticket opens the
+# event stream, not the WebSocket), so a read-only browser can watch over SSE
+@routes.post(SESSION_PATH + "/ws-tickets", scope="read",
              responses={201: WsTicket, 404: Error})
 async def create_ticket(request: web.Request) -> web.Response:
     """Make a single-use ticket (60 s) for a browser to open this session's stream."""

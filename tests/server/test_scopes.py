@@ -27,6 +27,8 @@ _PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")
 ADMIN_ONLY = {("DELETE", "/api/v1/users/{user_id}/sessions")}
 # GETs that still need `write`: the WebSocket creates messages and streams answers
 WRITE_GETS = {("GET", "/api/v1/sessions/{session_id}/ws")}
+# POSTs that need only `read`: a ticket carries its key's scope to the stream it opens
+READ_POSTS = {("POST", "/api/v1/sessions/{session_id}/ws-tickets")}
 
 
 def expected_scope(method: str, path: str) -> Scope:
@@ -34,6 +36,8 @@ def expected_scope(method: str, path: str) -> Scope:
     if (method, path) in ADMIN_ONLY:
         return "admin"
     if method in ("GET", "HEAD") and (method, path) not in WRITE_GETS:
+        return "read"
+    if (method, path) in READ_POSTS:
         return "read"
     return "write"
 
@@ -121,8 +125,23 @@ async def test_a_read_key_reads_and_watches_but_cannot_write(
     wrote = await client.post(f"/api/v1/sessions/{sid}/messages",
                               json={"role": "user", "content": "hi"}, headers=read)
     assert wrote.status == 403
-    assert (await client.post(f"/api/v1/sessions/{sid}/ws-tickets", headers=read)).status == 403
-    # a write key mints a ticket, and the ticket opens the WebSocket with that key's scope
+    assert (await client.get(f"/api/v1/sessions/{sid}/ws", headers=read)).status == 403
+
+    # a read key's ticket carries its scope: it opens the event stream, not the WebSocket
+    async def read_ticket() -> str:
+        made = await client.post(f"/api/v1/sessions/{sid}/ws-tickets", headers=read)
+        assert made.status == 201
+        ticket: str = (await made.json())["ticket"]
+        return ticket
+
+    events = await client.get(f"/api/v1/sessions/{sid}/events?ticket={await read_ticket()}")
+    assert events.status == 200
+    events.close()
+    refused = await client.get(f"/api/v1/sessions/{sid}/ws?ticket={await read_ticket()}")
+    assert refused.status == 403
+    assert "needs 'write'" in (await refused.json())["message"]
+
+    # a write key's ticket opens the WebSocket
     write = {"X-Api-Key": keys["write"]}
     ticket = await client.post(f"/api/v1/sessions/{sid}/ws-tickets", headers=write)
     assert ticket.status == 201
