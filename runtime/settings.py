@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import platformdirs
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 # installed as plain files, so the resource directories are real paths.
 DEFAULT_MIGRATIONS_DIR = Path(str(resources.files("chat_storage") / "sql"))
 DEFAULT_WEB_DIR = Path(str(resources.files("chat_storage") / "web"))
+# The embedded database and local files live in the user's data directory (one per
+# user, wherever the command is run); CHAT_DATA_DIR overrides it.
+DEFAULT_DATA_DIR = platformdirs.user_data_path("chat-storage", appauthor=False)
+# where earlier versions kept them, relative to the working directory
+LEGACY_DATA_DIR = Path(".chat-storage")
 
 
 class SettingsError(ValueError):
@@ -36,7 +43,7 @@ class Settings:
     # where things are
     database_url: str | None = None
     redis_url: str | None = None
-    data_dir: Path = Path(".chat-storage")
+    data_dir: Path = DEFAULT_DATA_DIR
     migrations_dir: Path = DEFAULT_MIGRATIONS_DIR
     web_dir: Path = DEFAULT_WEB_DIR
     # serving

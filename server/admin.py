@@ -21,7 +21,9 @@ import orjson
 from chat_storage.runtime import database, maintenance
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
-from chat_storage.storage import db, embedded, migrations, tenants
+from chat_storage.storage import attachments, db, embedded, migrations, tenants
+from chat_storage.storage import retention as archives
+from chat_storage.storage.errors import Conflict
 
 PROG = "chat-storage"
 
@@ -90,38 +92,108 @@ async def tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
     print_line(f"created tenant {args.name} ({tenant_id})")
 
 
-async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
-    created = await tenants.create_key(conn, args.tenant, name=args.name)
+def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
+    return {"name": info.name, "id": str(info.id), "retention_days": info.retention_days,
+            "sessions": info.sessions, "active_keys": info.active_keys,
+            "created_at": info.created_at}
+
+
+async def tenants_list(args: argparse.Namespace, conn: db.Connection) -> None:
+    found = await tenants.list_tenants(conn)
     if args.json:
-        print_json({"id": created.id, "tenant": created.tenant, "key": created.key})
+        print_json([_tenant_json(t) for t in found])
+        return
+    print_table(("NAME", "ID", "RETENTION", "SESSIONS", "KEYS", "CREATED"), [
+        (t.name, str(t.id), _retention(t.retention_days), str(t.sessions),
+         str(t.active_keys), _when(t.created_at))
+        for t in found
+    ])
+
+
+async def tenants_show(args: argparse.Namespace, conn: db.Connection) -> None:
+    info = await tenants.get_tenant(conn, args.name)
+    if args.json:
+        print_json(_tenant_json(info))
+        return
+    print_table(("FIELD", "VALUE"), [
+        ("name", info.name), ("id", str(info.id)),
+        ("retention", _retention(info.retention_days)), ("sessions", str(info.sessions)),
+        ("active keys", str(info.active_keys)), ("created", _when(info.created_at)),
+    ])
+
+
+async def tenants_update(args: argparse.Namespace, conn: db.Connection) -> None:
+    info = await tenants.update_tenant(conn, args.name, retention_days=args.retention_days)
+    print_line(f"updated tenant {info.name}: retention {_retention(info.retention_days)}")
+
+
+async def tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete a tenant; with ``--force`` also its sessions, messages and stored files."""
+    pool = await open_pool(settings)
+    try:
+        async with pool.acquire() as conn:
+            try:
+                info = await tenants.delete_tenant(conn, args.name, force=args.force)
+            except tenants.TenantNotEmpty as exc:
+                raise Conflict(f"{exc}: not deleted; `{PROG} tenants delete {args.name} "
+                               "--force` deletes them with it") from None
+        # the rows are gone (committed): now their files, attachments and archives
+        store = await store_from_settings(settings)
+        try:
+            prefixes = (attachments.tenant_prefix(info.id), archives.tenant_prefix(info.id))
+            for prefix in prefixes:
+                await store.delete(await store.list_keys(prefix))
+        finally:
+            await store.close()
+    finally:
+        await close_pool(pool, settings)
+    print_line(f"deleted tenant {info.name} with its keys and {info.sessions} session(s)")
+    return 0
+
+
+async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
+    created = await tenants.create_key(conn, args.tenant, name=args.name or "",
+                                       scope=args.scope)
+    if args.json:
+        print_json({"id": created.id, "tenant": created.tenant, "scope": created.scope,
+                    "key": created.key})
         return
     print_line(created.key)
-    print(f"created key {created.id} for tenant {created.tenant}; it is shown only this once",
-          file=sys.stderr)
+    print(f"created {created.scope} key {created.id} for tenant {created.tenant}; "
+          "it is shown only this once", file=sys.stderr)
 
 
 async def keys_revoke(args: argparse.Namespace, conn: db.Connection) -> None:
-    await tenants.revoke_key(conn, args.id)
-    print_line(f"revoked key {args.id}")
+    key_id = await tenants.revoke_key(conn, args.id)
+    print_line(f"revoked key {key_id}")
 
 
 async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
     keys = await tenants.list_keys(conn, args.tenant)
     if args.json:
         print_json([
-            {"id": k["id"], "name": k["name"], "created_at": k["created_at"],
-             "revoked_at": k["revoked_at"]}
+            {"id": k["id"], "name": k["name"], "scope": k["scope"],
+             "created_at": k["created_at"], "revoked_at": k["revoked_at"]}
             for k in keys
         ])
         return
-    rows = [("ID", "NAME", "CREATED", "REVOKED")] + [
-        (k["id"], k["name"] or "-", _when(k["created_at"]), _when(k["revoked_at"]))
+    print_table(("ID", "NAME", "SCOPE", "CREATED", "REVOKED"), [
+        (k["id"], k["name"] or "-", k["scope"], _when(k["created_at"]), _when(k["revoked_at"]))
         for k in keys
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    ])
+
+
+def print_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell, the header first."""
+    rows = [header, *body]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
         print_line("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-               .rstrip())
+                   .rstrip())
+
+
+def _retention(days: int | None) -> str:
+    return "forever" if days is None else f"{days} days"
 
 
 def _when(value: dt.datetime | None) -> str:

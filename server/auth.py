@@ -1,7 +1,10 @@
-"""API-key authentication for ``/api/v1``: 401 without a key, 403 for a bad one.
+"""API-key authentication for ``/api/v1``: 401 without a key, 403 for a bad one, 403
+for a key whose scope does not reach the route.
 
 Keys are looked up by id and compared by hash in constant time (``storage.tenants``);
 a successful lookup is cached for ``api_key_cache_s`` so a hot key costs no query.
+The scope a route needs is declared in its route table (``server.routing``) and
+checked here, once, for every route: handlers never check scopes.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import time
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
+from chat_storage.server.routing import ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
-from chat_storage.storage.tenants import Principal, authenticate
+from chat_storage.storage.tenants import Principal, Scope, authenticate, scope_allows
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 API_PREFIX = "/api/v1/"
@@ -66,10 +70,11 @@ async def resolve_key(app: web.Application, key: str) -> Principal | None:
 
 
 async def authenticate_request(request: web.Request) -> None:
-    """Authenticate an ``/api/v1`` request and store its :class:`Principal`.
+    """Authenticate an ``/api/v1`` request, check its scope, store its :class:`Principal`.
 
-    401 without a key (and no other authenticator took it), 403 for a bad one.
-    Called by the API middleware (``server.middlewares``).
+    401 without a key (and no other authenticator took it), 403 for a bad one or one
+    whose scope does not reach the route. Called by the API middleware
+    (``server.middlewares``).
     """
     key = request.headers.get("X-Api-Key")
     principal: Principal | None = None
@@ -85,7 +90,20 @@ async def authenticate_request(request: web.Request) -> None:
         principal = await resolve_key(request.app, key)
     if principal is None:
         raise ApiError(403, "API key is not valid")
+    needed = required_scope(request)
+    if needed is not None and not scope_allows(principal.scope, needed):
+        raise ApiError(403, f"this API key has scope {principal.scope!r}; "
+                            f"this route needs {needed!r}")
     request[PRINCIPAL_KEY] = principal
+
+
+def required_scope(request: web.Request) -> Scope | None:
+    """The scope the matched route needs; ``None`` when no route matched (the router's
+    404 or 405 follows). A matched route that no route table declared needs ``admin``:
+    a route added without a scope is closed, not open."""
+    if request.match_info.http_exception is not None:
+        return None
+    return request.app.get(ROUTE_SCOPES_KEY, {}).get(request.match_info.route, "admin")
 
 
 def principal_of(request: web.Request) -> Principal:

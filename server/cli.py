@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import metadata
 
 import asyncpg
 
-from chat_storage.runtime.settings import Settings, SettingsError
+from chat_storage.runtime.settings import (
+    DEFAULT_DATA_DIR,
+    LEGACY_DATA_DIR,
+    Settings,
+    SettingsError,
+)
 from chat_storage.server import admin, logs, serving, workers
 from chat_storage.server.admin import PROG
-from chat_storage.storage import db
+from chat_storage.storage import db, tenants
 from chat_storage.storage.errors import StorageError
 
 
@@ -36,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=getattr(args, "port", None),
             workers=getattr(args, "workers", None),
         )
+        if settings.embedded:
+            _note_legacy_data_dir(settings)
         if args.command == "serve":
             return serve(settings)
         logs.configure("WARNING")
@@ -43,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(admin.migrate(settings))
         if args.command == "retention":
             return asyncio.run(admin.retention(settings))
+        if args.command == "tenants" and args.action == "delete":
+            return asyncio.run(admin.tenants_delete(settings, args))  # files too: the store
         command: Callable[[db.Connection], Awaitable[None]] = functools.partial(
             args.handler, args
         )
@@ -55,12 +67,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _note_legacy_data_dir(settings: Settings) -> None:
+    """Say so when a data directory of an earlier version is here but not used."""
+    if settings.data_dir == DEFAULT_DATA_DIR and (LEGACY_DATA_DIR / "pg").is_dir():
+        print(f"{PROG}: note: ./{LEGACY_DATA_DIR} (the data directory of earlier versions) "
+              f"is not used any more; CHAT_DATA_DIR={LEGACY_DATA_DIR} keeps using it",
+              file=sys.stderr, flush=True)
+
+
 # -- serve --------------------------------------------------------------------------------
 
 
 def serve(settings: Settings) -> int:
     """Run the HTTP server until SIGTERM or SIGINT, then shut down gracefully:
-    this process, or with ``--workers N`` a parent of N worker processes."""
+    this process, or with ``--workers N`` a parent of N worker processes.
+
+    A port in use is reported before any database work (starting the embedded
+    Postgres takes seconds, and its failure would hide the real problem).
+    """
+    check_port_free(settings.host, settings.port)
+    if settings.embedded:
+        print(f"{PROG}: using the embedded PostgreSQL in {settings.data_dir.resolve()} "
+              "(CHAT_DATA_DIR moves it; DATABASE_URL uses your own server)",
+              file=sys.stderr, flush=True)
     if settings.workers > 1:
         if settings.redis_url is None:
             raise UsageError(
@@ -69,6 +98,34 @@ def serve(settings: Settings) -> int:
             )
         return workers.run(settings)
     return serving.serve_one(settings)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`PortInUse` if ``host:port`` cannot be listened on because it is taken.
+
+    Binds as the server will (``SO_REUSEADDR``, as asyncio does) and lets go at once;
+    other bind failures (a bad host) are left for the server to report.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(
+                        f"cannot listen on {host}:{port}: address already in use (is "
+                        "another server running there? choose another with --port)"
+                    ) from None
+
+
+class PortInUse(OSError):
+    """The port ``serve`` was asked to listen on is taken (exit status 1)."""
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -84,12 +141,27 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _name(raw: str) -> str:
+    """A tenant or key name: not empty, not only blanks."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank")
+    return raw
+
+
+def _version() -> str:
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Durable, live-streaming conversation storage for RAG chat apps. "
         "Settings come from the environment (see .env.example); flags win.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_cmd = commands.add_parser("serve", help="run the HTTP/WebSocket server")
@@ -107,24 +179,51 @@ def _parser() -> argparse.ArgumentParser:
     tenants_cmd = commands.add_parser("tenants", help="manage tenants")
     tenants_sub = tenants_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     create_tenant = tenants_sub.add_parser("create", help="create a tenant")
-    create_tenant.add_argument("name")
+    create_tenant.add_argument("name", type=_name)
     create_tenant.add_argument("--retention-days", type=_positive_int, metavar="N",
                                help="erase its messages N days after they are written")
     create_tenant.set_defaults(handler=admin.tenants_create)
+    list_tenants = tenants_sub.add_parser("list", help="list the tenants")
+    list_tenants.add_argument("--json", action="store_true", help="print a JSON array")
+    list_tenants.set_defaults(handler=admin.tenants_list)
+    show_tenant = tenants_sub.add_parser("show", help="show a tenant")
+    show_tenant.add_argument("name", type=_name)
+    show_tenant.add_argument("--json", action="store_true", help="print a JSON object")
+    show_tenant.set_defaults(handler=admin.tenants_show)
+    update_tenant = tenants_sub.add_parser("update", help="change a tenant's retention")
+    update_tenant.add_argument("name", type=_name)
+    retention = update_tenant.add_mutually_exclusive_group(required=True)
+    retention.add_argument("--retention-days", type=_positive_int, metavar="N",
+                           help="erase its messages N days after they are written")
+    retention.add_argument("--no-retention", dest="retention_days", action="store_const",
+                           const=None, help="keep its messages until they are deleted")
+    update_tenant.set_defaults(handler=admin.tenants_update)
+    delete_tenant = tenants_sub.add_parser(
+        "delete", help="delete a tenant and its keys; refused while it has sessions "
+        "unless --force")
+    delete_tenant.add_argument("name", type=_name)
+    delete_tenant.add_argument("--force", action="store_true",
+                               help="also delete its sessions, messages and files")
 
     keys_cmd = commands.add_parser("keys", help="manage API keys")
     keys_sub = keys_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     create_key = keys_sub.add_parser("create", help="create a key; it is printed only once")
-    create_key.add_argument("--tenant", required=True, metavar="NAME")
-    create_key.add_argument("--name", default="", metavar="LABEL", help="a label for the key")
+    create_key.add_argument("--tenant", required=True, metavar="NAME", type=_name)
+    create_key.add_argument("--name", default=None, metavar="LABEL", type=_name,
+                            help="a label for the key (not blank)")
+    create_key.add_argument(
+        "--scope", choices=tenants.SCOPES, default=tenants.DEFAULT_SCOPE,
+        help="what the key reaches: admin everything of its tenant, write every session "
+        "and message but not user erasure, read only GET routes (default: %(default)s)")
     create_key.add_argument("--json", action="store_true",
-                            help='print one line {"id", "tenant", "key"}')
+                            help='print one line {"id", "tenant", "scope", "key"}')
     create_key.set_defaults(handler=admin.keys_create)
     revoke_key = keys_sub.add_parser("revoke", help="revoke a key")
-    revoke_key.add_argument("id", metavar="ID")
+    revoke_key.add_argument("id", metavar="ID_OR_KEY", type=_name,
+                            help="the key's id (keys list) or the whole key")
     revoke_key.set_defaults(handler=admin.keys_revoke)
     list_keys = keys_sub.add_parser("list", help="list the keys of a tenant (never secrets)")
-    list_keys.add_argument("--tenant", required=True, metavar="NAME")
+    list_keys.add_argument("--tenant", required=True, metavar="NAME", type=_name)
     list_keys.add_argument("--json", action="store_true", help="print a JSON array")
     list_keys.set_defaults(handler=admin.keys_list)
     return parser

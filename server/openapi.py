@@ -6,6 +6,9 @@ answers with; their JSON schemas (draft 2020-12, which OpenAPI 3.1 uses as is) g
 answer (auth, rate limit, body checks, overload) and the headers every response
 carries are added here from the endpoint's flags, so route modules declare only
 what is particular to them.
+
+Each authenticated operation names the API-key scope it needs in ``x-required-scope``
+(``read`` < ``write`` < ``admin``; a key reaches its own scope and those below it).
 """
 
 from __future__ import annotations
@@ -99,9 +102,11 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
             "title": title,
             "version": API_VERSION,
             "description": "Durable, live-streaming conversation storage for RAG chat "
-                           "applications. Every `/api/v1` call needs an `X-Api-Key`. "
-                           "Pages on the origins of `CHAT_CORS_ORIGINS` may call it "
-                           "(CORS; preflights need no key).",
+                           "applications. Every `/api/v1` call needs an `X-Api-Key` "
+                           "whose scope reaches the operation's `x-required-scope` "
+                           "(`read` < `write` < `admin`); otherwise 403. Pages on the "
+                           "origins of `CHAT_CORS_ORIGINS` may call it (CORS; preflights "
+                           "need no key).",
         },
         "tags": [{"name": name} for name in tags],
         "paths": paths,
@@ -148,6 +153,8 @@ def _operation(ep: Endpoint, refs: Refs, schemas: dict[str, Any]) -> dict[str, A
         }
     operation["responses"] = _responses(ep, refs)
     operation["security"] = [{"ApiKey": []}] if ep.auth else []
+    if ep.required_scope is not None:
+        operation["x-required-scope"] = ep.required_scope
     return operation
 
 

@@ -3,6 +3,11 @@
 Each routes module owns one :class:`RouteTable`; the app factory registers them all.
 The OpenAPI document is generated from the same pydantic models the handlers use to
 validate requests, so the two cannot drift apart.
+
+Each endpoint also declares the API-key scope it needs (``scope=``; by default
+``read`` for GET and HEAD, ``write`` for the other methods). The API middleware checks
+it once, after authentication (:func:`chat_storage.server.auth.authenticate_request`),
+through :data:`ROUTE_SCOPES_KEY`: no handler checks a scope itself.
 """
 
 from __future__ import annotations
@@ -13,9 +18,15 @@ from typing import Any
 
 import pydantic
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+
+from chat_storage.storage.tenants import Scope
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])
+# the scope each registered route needs (``None``: no key at all), for the auth check
+ROUTE_SCOPES_KEY = web.AppKey("route_scopes", dict[AbstractRoute, Scope | None])
+_READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +46,18 @@ class Endpoint:
     )
     auth: bool = True
     idempotent: bool = False
+    # the API-key scope needed; None: derived from the method (see required_scope)
+    scope: Scope | None = None
+
+    @property
+    def required_scope(self) -> Scope | None:
+        """The scope a key needs here: declared, else ``read`` for GET/HEAD and ``write``
+        for the rest; ``None`` for an endpoint that takes no key."""
+        if not self.auth:
+            return None
+        if self.scope is not None:
+            return self.scope
+        return "read" if self.method in _READ_METHODS else "write"
 
 
 class RouteTable:
@@ -73,7 +96,8 @@ class RouteTable:
         return self.route("DELETE", path, **spec)
 
     def register(self, app: web.Application) -> None:
-        """Add every endpoint to ``app``'s router and to its endpoint list."""
+        """Add every endpoint to ``app``'s router, to its endpoint list and its scopes."""
+        scopes = app.setdefault(ROUTE_SCOPES_KEY, {})
         for ep in self.endpoints:
-            app.router.add_route(ep.method, ep.path, ep.handler)
+            scopes[app.router.add_route(ep.method, ep.path, ep.handler)] = ep.required_scope
         app.setdefault(ENDPOINTS_KEY, []).extend(self.endpoints)

@@ -143,11 +143,12 @@ async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    url = f"http://{host}:{settings.port}/api/v1/sessions"
+    base = f"http://{host}:{settings.port}"
     admin.print_line(
         f"Created tenant {DEV_TENANT!r} and an API key (shown only this once):\n"
         f"  {created.key}\n"
-        "Try it:\n"
+        f"Open {base}/ for the demo chat page (paste the key there), and {base}/docs\n"
+        "for the API documentation (Authorize with the key). Or try it with curl:\n"
         f"  curl -H 'X-Api-Key: {created.key}' -H 'Content-Type: application/json' "
-        f"""-d '{{"user_id":"me"}}' {url}"""
+        f"""-d '{{"user_id":"me"}}' {base}/api/v1/sessions"""
     )

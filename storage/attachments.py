@@ -28,9 +28,14 @@ def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
                                 "sha256", "status", "created_at")}
 
 
+def tenant_prefix(tenant_id: uuid.UUID) -> str:
+    """Where every attachment file of a tenant is kept."""
+    return f"{tenant_id}/"
+
+
 def object_key(tenant_id: uuid.UUID, session_id: uuid.UUID, attachment_id: uuid.UUID) -> str:
     """Where an attachment's file is kept in the object store."""
-    return f"{tenant_id}/{session_id}/{attachment_id}"
+    return f"{tenant_prefix(tenant_id)}{session_id}/{attachment_id}"
 
 
 async def create(

@@ -37,9 +37,14 @@ ARCHIVES = "archives"
 ACTOR = "retention"
 
 
+def tenant_prefix(tenant_id: uuid.UUID) -> str:
+    """Where the archives of a tenant are kept."""
+    return f"{ARCHIVES}/{tenant_id}/"
+
+
 def user_prefix(tenant_id: uuid.UUID, user_id: str) -> str:
     """Where the archives of one user of a tenant are kept."""
-    return f"{ARCHIVES}/{tenant_id}/{hashlib.sha256(user_id.encode()).hexdigest()[:32]}/"
+    return f"{tenant_prefix(tenant_id)}{hashlib.sha256(user_id.encode()).hexdigest()[:32]}/"
 
 
 @dataclasses.dataclass(slots=True)

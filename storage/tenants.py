@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -16,15 +17,47 @@ from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.ids import new_id
 
 KEY_PREFIX = "cs"
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+Scope = Literal["read", "write", "admin"]
+# weakest first: a scope reaches everything the scopes before it reach
+SCOPES: tuple[Scope, ...] = get_args(Scope)
+DEFAULT_SCOPE: Scope = "admin"  # keys made before scopes existed reached everything
+
+
+def scope_allows(held: Scope, needed: Scope) -> bool:
+    """Whether a key of scope ``held`` may do what needs ``needed``."""
+    return SCOPES.index(held) >= SCOPES.index(needed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the tenant and the API key used."""
+    """Who is calling: the tenant, the API key used and that key's scope."""
 
     tenant_id: uuid.UUID
     tenant_name: str
     key_id: str
+    scope: Scope = DEFAULT_SCOPE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantInfo:
+    """A tenant as an operator sees it: its settings and how much it holds."""
+
+    id: uuid.UUID
+    name: str
+    retention_days: int | None
+    created_at: datetime
+    sessions: int
+    active_keys: int
+
+
+class TenantNotEmpty(Conflict):
+    """The tenant still has sessions; deleting it would delete them too."""
+
+    def __init__(self, name: str, sessions: int) -> None:
+        super().__init__(f"tenant {name!r} still has {sessions} session(s)")
+        self.sessions = sessions
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +68,7 @@ class CreatedKey:
     tenant: str
     name: str
     key: str
+    scope: Scope = DEFAULT_SCOPE
 
 
 def hash_key(key: str) -> bytes:
@@ -71,6 +105,67 @@ async def create_tenant(
     return tenant_id
 
 
+_TENANT_INFO = """
+    SELECT t.id, t.name, t.retention_days, t.created_at,
+           (SELECT count(*) FROM sessions s WHERE s.tenant_id = t.id) AS sessions,
+           (SELECT count(*) FROM api_keys k
+            WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys
+    FROM tenants t
+"""
+
+
+async def list_tenants(conn: asyncpg.Connection) -> list[TenantInfo]:
+    """Every tenant, by name."""
+    rows = await conn.fetch(_TENANT_INFO + " ORDER BY t.name")
+    return [TenantInfo(**dict(r)) for r in rows]
+
+
+async def get_tenant(conn: asyncpg.Connection, name: str) -> TenantInfo:
+    """Tenant ``name``; :class:`NotFound` if there is none."""
+    row = await conn.fetchrow(_TENANT_INFO + " WHERE t.name = $1", name)
+    if row is None:
+        raise NotFound(f"tenant {name!r} does not exist")
+    return TenantInfo(**dict(row))
+
+
+async def update_tenant(
+    conn: asyncpg.Connection, name: str, *, retention_days: int | None
+) -> TenantInfo:
+    """Set the retention of tenant ``name`` (``None``: keep messages forever). Audited."""
+    async with conn.transaction():
+        tenant_id = await conn.fetchval(
+            "UPDATE tenants SET retention_days = $2 WHERE name = $1 RETURNING id",
+            name, retention_days,
+        )
+        if tenant_id is None:
+            raise NotFound(f"tenant {name!r} does not exist")
+        await audit(conn, tenant_id, "cli", "tenant.update", name,
+                    {"retention_days": retention_days})
+    return await get_tenant(conn, name)
+
+
+async def delete_tenant(conn: asyncpg.Connection, name: str, *, force: bool) -> TenantInfo:
+    """Delete tenant ``name`` with its keys, and with ``force`` its sessions, messages and
+    attachment rows too (the caller deletes its stored objects after this returns).
+
+    :class:`TenantNotEmpty` if it has sessions and not ``force``. The audit record
+    outlives the tenant (the audit log has no foreign key).
+    """
+    async with conn.transaction():
+        # the tenant row locked first: no session can be created for it meanwhile
+        tenant_id = await conn.fetchval(
+            "SELECT id FROM tenants WHERE name = $1 FOR UPDATE", name)
+        if tenant_id is None:
+            raise NotFound(f"tenant {name!r} does not exist")
+        info = await get_tenant(conn, name)
+        if info.sessions and not force:
+            raise TenantNotEmpty(name, info.sessions)
+        await conn.execute("DELETE FROM tenants WHERE id = $1", tenant_id)
+        await audit(conn, tenant_id, "cli", "tenant.delete", name,
+                    {"sessions": info.sessions, "forced": force})
+    return info
+
+
 async def any_tenant(conn: asyncpg.Connection) -> bool:
     """Whether any tenant exists (a fresh database has none)."""
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)"))
@@ -100,9 +195,12 @@ async def tenant_id_by_name(conn: asyncpg.Connection, name: str) -> uuid.UUID:
 
 
 async def create_key(
-    conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None
+    conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None,
+    scope: Scope = DEFAULT_SCOPE,
 ) -> CreatedKey:
-    """Create a key for ``tenant``; with ``key`` given, store that one (seeding)."""
+    """Create a key of ``scope`` for ``tenant``; with ``key`` given, store that one (seeding)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     tenant_id = await tenant_id_by_name(conn, tenant)
     if key is None:
         key_id, key = make_key()
@@ -113,33 +211,48 @@ async def create_key(
     async with conn.transaction():
         await conn.execute(
             """
-            INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)
+            INSERT INTO api_keys (id, tenant_id, name, key_hash, scope)
+            VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (id) DO NOTHING
             """,
-            key_id, tenant_id, name, hash_key(key),
+            key_id, tenant_id, name, hash_key(key), scope,
         )
-        await audit(conn, tenant_id, "cli", "key.create", key_id, {"name": name})
-    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key)
+        await audit(conn, tenant_id, "cli", "key.create", key_id,
+                    {"name": name, "scope": scope})
+    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope)
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: str) -> None:
-    """Revoke key ``key_id``; :class:`NotFound` if there is no such active key."""
+async def revoke_key(conn: asyncpg.Connection, id_or_key: str) -> str:
+    """Revoke a key given by its id or as the whole key; return its id.
+
+    A whole key must match its stored hash (a mistyped secret revokes nothing).
+    :class:`NotFound` if there is no such active key; the message never repeats a secret.
+    """
+    if _KEY_ID.fullmatch(id_or_key):
+        key_id, key_hash = id_or_key, None
+        missing = f"no active key {id_or_key!r}"
+    else:
+        # not our format: a seeded key (CHAT_API_KEYS), whose id is derived from it
+        key_id = key_id_of(id_or_key) or hashlib.sha256(id_or_key.encode()).hexdigest()[:16]
+        key_hash = hash_key(id_or_key)
+        missing = "no active key matches the key given"
     async with conn.transaction():
         tenant_id = await conn.fetchval(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
-            "RETURNING tenant_id",
-            key_id,
+            "AND ($2::bytea IS NULL OR key_hash = $2) RETURNING tenant_id",
+            key_id, key_hash,
         )
         if tenant_id is None:
-            raise NotFound(f"no active key {key_id!r}")
+            raise NotFound(missing)
         await audit(conn, tenant_id, "cli", "key.revoke", key_id)
+    return key_id
 
 
 async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
     """The keys of ``tenant`` (never their secrets)."""
     tenant_id = await tenant_id_by_name(conn, tenant)
     rows = await conn.fetch(
-        "SELECT id, name, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
+        "SELECT id, name, scope, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
         "ORDER BY created_at",
         tenant_id,
     )
@@ -156,7 +269,7 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     candidates.append(hashlib.sha256(key.encode()).hexdigest()[:16])
     row = await conn.fetchrow(
         """
-        SELECT k.id, k.key_hash, k.tenant_id, t.name AS tenant_name
+        SELECT k.id, k.key_hash, k.tenant_id, k.scope, t.name AS tenant_name
         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.id = ANY($1::text[]) AND k.revoked_at IS NULL
         LIMIT 1
@@ -165,7 +278,7 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     )
     if row is None or not hmac.compare_digest(bytes(row["key_hash"]), hash_key(key)):
         return None
-    return Principal(row["tenant_id"], row["tenant_name"], row["id"])
+    return Principal(row["tenant_id"], row["tenant_name"], row["id"], row["scope"])
 
 
 async def audit(

@@ -66,10 +66,11 @@ async def consume(
         WHERE t.ticket_hash = $1 AND t.session_id = $2 AND t.expires_at > now()
           AND n.id = t.tenant_id
           AND k.id = t.key_id AND k.tenant_id = t.tenant_id AND k.revoked_at IS NULL
-        RETURNING t.tenant_id, n.name, t.key_id
+        RETURNING t.tenant_id, n.name, t.key_id, k.scope
         """,
         _hash(ticket), session_id,
     )
     if row is None:
         return None
-    return Principal(tenant_id=row["tenant_id"], tenant_name=row["name"], key_id=row["key_id"])
+    return Principal(tenant_id=row["tenant_id"], tenant_name=row["name"], key_id=row["key_id"],
+                     scope=row["scope"])

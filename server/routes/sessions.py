@@ -151,7 +151,8 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.delete(USER_SESSIONS_PATH, responses={204: None, 400: Error, 503: Error})
+@routes.delete(USER_SESSIONS_PATH, scope="admin",  # erasure is the tenant's call, not an app's
+               responses={204: None, 400: Error, 503: Error})
 async def erase_user(request: web.Request) -> web.Response:
     """Erase every session and message of a user (right to erasure). Audited.
 

@@ -67,7 +67,11 @@ class StreamQuery(pydantic.BaseModel):
     ticket: str | None = None
 
 
-@routes.post(SESSION_PATH + "/ws-tickets", responses={201: WsTicket, 404: Error})
+# `read`, though a POST: a ticket stands in for its key on the stream routes and
+# carries that key's scope, checked when it is used (a read key's ticket opens the
+# event stream, not the WebSocket), so a read-only browser can watch over SSE
+@routes.post(SESSION_PATH + "/ws-tickets", scope="read",
+             responses={201: WsTicket, 404: Error})
 async def create_ticket(request: web.Request) -> web.Response:
     """Make a single-use ticket (60 s) for a browser to open this session's stream."""
     session_id = path_uuid(request, "session_id", "session")
@@ -77,7 +81,9 @@ async def create_ticket(request: web.Request) -> web.Response:
     return json_response({"ticket": ticket, "expires_at": expires_at}, status=201)
 
 
-@routes.get(SESSION_PATH + "/ws", query=StreamQuery,
+# `write`, though a GET: the socket creates messages and streams answers; a read-only
+# client watches over Server-Sent Events (`read`)
+@routes.get(SESSION_PATH + "/ws", query=StreamQuery, scope="write",
             responses={101: None, 400: Error, 403: Error, 404: Error, 429: Error})
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Open the session's WebSocket: subscribe to it, write to it, stream answers into it."""

@@ -14,12 +14,16 @@ import json
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ import pytest
 
 from chat_storage.runtime.settings import Settings, _env_name
 from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
-from chat_storage.storage import tenants
+from chat_storage.storage import db, sessions, tenants
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.procs import ROOT, clean_env, cli_command, free_port
 
@@ -149,29 +153,37 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
     assert made.returncode == 0, made.stderr
     assert len(made.stdout.strip().splitlines()) == 1
     key = json.loads(made.stdout)
-    assert set(key) == {"id", "tenant", "key"}
-    assert key["tenant"] == name
+    assert set(key) == {"id", "tenant", "scope", "key"}
+    assert (key["tenant"], key["scope"]) == (name, "admin")  # the default: as before scopes
     principal = authenticate(database_url, key["key"])
     assert principal is not None
-    assert (principal.tenant_name, principal.key_id) == (name, key["id"])
+    assert (principal.tenant_name, principal.key_id, principal.scope) == (name, key["id"], "admin")
 
-    plain = run("keys", "create", "--tenant", name, DATABASE_URL=database_url)
+    plain = run("keys", "create", "--tenant", name, "--scope", "read", DATABASE_URL=database_url)
     assert plain.returncode == 0, plain.stderr
     plain_key = plain.stdout.strip()
-    assert authenticate(database_url, plain_key) is not None
+    read_principal = authenticate(database_url, plain_key)
+    assert read_principal is not None and read_principal.scope == "read"
+    assert "read key" in plain.stderr
 
     listed = run("keys", "list", "--tenant", name, "--json", DATABASE_URL=database_url)
     assert listed.returncode == 0, listed.stderr
     keys = json.loads(listed.stdout)
     assert len(keys) == 2 and keys[0]["id"] == key["id"]
     assert keys[0]["name"] == "ci" and keys[0]["revoked_at"] is None
+    assert [k["scope"] for k in keys] == ["admin", "read"]
     assert key["key"] not in listed.stdout and plain_key not in listed.stdout
 
     table = run("keys", "list", "--tenant", name, DATABASE_URL=database_url)
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "SCOPE", "CREATED", "REVOKED"]
     assert len(lines) == 2 and lines[0].startswith(key["id"])
+    assert [line.split()[2] for line in lines] == ["admin", "read"]
+
+    bad_scope = run("keys", "create", "--tenant", name, "--scope", "root",
+                    DATABASE_URL=database_url)
+    assert bad_scope.returncode == 2 and "invalid choice" in bad_scope.stderr
 
     revoked = run("keys", "revoke", key["id"], DATABASE_URL=database_url)
     assert revoked.returncode == 0, revoked.stderr
@@ -185,6 +197,117 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
         run("keys", "list", "--tenant", name, "--json", DATABASE_URL=database_url).stdout
     )
     assert relisted[0]["revoked_at"] is not None
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"chat-storage {metadata.version('chat-storage')}"
+
+
+@pytest.mark.parametrize("args", [
+    ("tenants", "create", ""),
+    ("tenants", "create", "   "),
+    ("tenants", "show", "\t"),
+    ("tenants", "update", " ", "--retention-days", "3"),
+    ("tenants", "delete", ""),
+    ("keys", "create", "--tenant", " "),
+    ("keys", "create", "--tenant", "acme", "--name", "  "),
+    ("keys", "list", "--tenant", ""),
+    ("keys", "revoke", " "),
+], ids=lambda args: " ".join(repr(a) for a in args))
+def test_empty_or_blank_names_exit_2(args: tuple[str, ...]) -> None:
+    # no database is reachable: the name is refused before any connection is tried
+    result = run(*args, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 2, result.stderr
+    assert "must not be empty or blank" in result.stderr
+
+
+def add_session(url: str, tenant: str) -> None:
+    async def go() -> None:
+        pool = await db.create_pool(url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                tenant_id = await tenants.tenant_id_by_name(conn, tenant)
+                await sessions.create(conn, tenant_id, user_id="someone")
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def test_tenants_list_show_update_and_delete(database_url: str, tmp_path: Path) -> None:
+    name = f"list-{secrets.token_hex(4)}"
+    env = {"DATABASE_URL": database_url, "CHAT_DATA_DIR": str(tmp_path)}
+    assert run("tenants", "create", name, **env).returncode == 0
+    assert run("keys", "create", "--tenant", name, **env).returncode == 0
+
+    listed = run("tenants", "list", "--json", **env)
+    assert listed.returncode == 0, listed.stderr
+    mine = next(t for t in json.loads(listed.stdout) if t["name"] == name)
+    assert (mine["retention_days"], mine["sessions"], mine["active_keys"]) == (None, 0, 1)
+    table = run("tenants", "list", **env)
+    assert table.stdout.splitlines()[0].split() == [
+        "NAME", "ID", "RETENTION", "SESSIONS", "KEYS", "CREATED"]
+    assert any(line.split()[:2] == [name, mine["id"]] for line in table.stdout.splitlines())
+
+    updated = run("tenants", "update", name, "--retention-days", "7", **env)
+    assert updated.returncode == 0, updated.stderr
+    shown = json.loads(run("tenants", "show", name, "--json", **env).stdout)
+    assert (shown["id"], shown["retention_days"]) == (mine["id"], 7)
+    assert run("tenants", "update", name, "--no-retention", **env).returncode == 0
+    assert json.loads(run("tenants", "show", name, "--json", **env).stdout)[
+        "retention_days"] is None
+    nothing = run("tenants", "update", name, **env)
+    assert nothing.returncode == 2 and "--retention-days" in nothing.stderr
+    assert "retention" in run("tenants", "show", name, **env).stdout
+
+    # its files: one attachment and one archive, in the local store of CHAT_DATA_DIR
+    files = [tmp_path / "objects" / mine["id"] / "s" / "a",
+             tmp_path / "objects" / "archives" / mine["id"] / "u" / "x.jsonl.gz"]
+    for file in files:
+        file.parent.mkdir(parents=True)
+        file.write_bytes(b"data")
+    add_session(database_url, name)
+    refused = run("tenants", "delete", name, **env)
+    assert refused.returncode == 1
+    message = one_line_error(refused)
+    assert "1 session" in message and "--force" in message
+    assert run("tenants", "show", name, **env).returncode == 0  # still there
+    assert all(file.exists() for file in files)
+
+    deleted = run("tenants", "delete", name, "--force", **env)
+    assert deleted.returncode == 0, deleted.stderr
+    assert query(database_url, "SELECT 1 FROM sessions WHERE tenant_id = $1",
+                 uuid.UUID(mine["id"])) == []
+    assert not any(file.exists() for file in files)
+    gone = run("tenants", "show", name, **env)
+    assert gone.returncode == 1 and "does not exist" in one_line_error(gone)
+    audit = query(database_url, "SELECT details FROM audit_log WHERE action = 'tenant.delete' "
+                  "AND target = $1", name)
+    assert len(audit) == 1
+
+    empty = f"empty-{secrets.token_hex(4)}"
+    assert run("tenants", "create", empty, **env).returncode == 0
+    assert run("tenants", "delete", empty, **env).returncode == 0  # no sessions: no --force
+
+
+def test_keys_revoke_takes_the_id_or_the_whole_key(database_url: str) -> None:
+    name = f"revoke-{secrets.token_hex(4)}"
+    assert run("tenants", "create", name, DATABASE_URL=database_url).returncode == 0
+    made = json.loads(run("keys", "create", "--tenant", name, "--json",
+                          DATABASE_URL=database_url).stdout)
+    wrong = made["key"][:-4] + ("AAAA" if not made["key"].endswith("AAAA") else "BBBB")
+    mistyped = run("keys", "revoke", wrong, DATABASE_URL=database_url)
+    assert mistyped.returncode == 1
+    assert wrong not in mistyped.stderr  # a secret is never echoed
+    assert authenticate(database_url, made["key"]) is not None
+
+    revoked = run("keys", "revoke", made["key"], DATABASE_URL=database_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked key {made['id']}"
+    assert made["key"] not in revoked.stdout
+    assert authenticate(database_url, made["key"]) is None
 
 
 def test_unknown_tenant_is_one_line_exit_1(database_url: str) -> None:
@@ -323,6 +446,46 @@ def test_serve_answers_healthz_and_stops_on_sigterm(database_url: str, tmp_path:
     assert not any(entry["level"] == "ERROR" for entry in logs), logs
 
 
+def test_serve_reports_a_port_in_use_before_any_database_work(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        # no DATABASE_URL: the embedded Postgres would start first, and take seconds
+        result = run("serve", "--port", str(port), CHAT_DATA_DIR=str(data_dir))
+    assert result.returncode == 1
+    message = one_line_error(result)
+    assert f"127.0.0.1:{port}" in message and "address already in use" in message
+    assert not (data_dir / "pg").exists()  # the database was never touched
+    assert time.monotonic() - started < 10
+
+
+def test_the_default_data_directory_is_the_user_s(tmp_path: Path) -> None:
+    code = ("from chat_storage.runtime.settings import Settings; "
+            "print(Settings.from_env().data_dir)")
+    xdg = tmp_path / "xdg"
+    for env, wanted in (({"XDG_DATA_HOME": str(xdg)}, xdg / "chat-storage"),
+                        ({"XDG_DATA_HOME": str(xdg), "CHAT_DATA_DIR": "mine"}, Path("mine"))):
+        out = subprocess.run([sys.executable, "-c", code], env=clean_env(**env), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=DEADLINE_S, check=True)
+        assert Path(out.stdout.strip()) == wanted
+
+
+def test_serve_notes_a_data_directory_of_an_earlier_version(tmp_path: Path) -> None:
+    (tmp_path / ".chat-storage" / "pg").mkdir(parents=True)
+    with socket.socket() as taken:  # the port check ends the command before any start-up
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [*cli_command(), "serve", "--port", str(taken.getsockname()[1])],
+            env=clean_env(XDG_DATA_HOME=str(tmp_path / "xdg")), cwd=tmp_path,
+            capture_output=True, text=True, timeout=DEADLINE_S, check=False)
+    assert result.returncode == 1
+    assert "CHAT_DATA_DIR=.chat-storage keeps using it" in result.stderr
+    assert not (tmp_path / "xdg").exists()
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     """A 0700 directory outside ``/tmp/pytest-of-<user>`` (see tests/storage/test_embedded)."""
@@ -340,6 +503,9 @@ def test_serve_zero_config_prints_a_working_key(tmp_path: Path, data_dir: Path) 
         printed = server.out.read_text()
         key = next(word for word in printed.split() if word.startswith("cs_"))
         assert f"{server.url}/api/v1/sessions" in printed
+        assert f"{server.url}/ " in printed and f"{server.url}/docs" in printed
+        assert f"using the embedded PostgreSQL in {data_dir.resolve()}" in (
+            server.err.read_text())
         status, session = http(
             "POST", f"{server.url}/api/v1/sessions", b'{"user_id":"me"}',
             {"X-Api-Key": key, "Content-Type": "application/json"},
