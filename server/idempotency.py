@@ -52,10 +52,11 @@ async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
     if result.outcome is ClaimStatus.CLAIMED:
         return result.claim
     if result.outcome is ClaimStatus.MISMATCH:
-        raise ApiError(422, "Idempotency-Key was already used with a different request")
+        raise ApiError(422, "Idempotency-Key was already used with a different request",
+                       code="idempotency_mismatch")
     if result.outcome is ClaimStatus.IN_FLIGHT:
         raise ApiError(409, "a request with this Idempotency-Key is still in progress",
-                       headers={"Retry-After": "1"})
+                       code="idempotency_in_flight", headers={"Retry-After": "1"})
     assert result.status_code is not None  # REPLAY always carries the stored answer
     return json_response(result.response, status=result.status_code,
                          headers={"Idempotent-Replayed": "true"})

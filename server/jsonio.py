@@ -10,6 +10,7 @@ import pydantic
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
+from chat_storage.server.field_errors import field_errors
 from chat_storage.storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -46,10 +47,7 @@ def validate(model: type[M], data: Any, *, location: str = "body") -> M:
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = [
-            {"field": _field_name(err["loc"]) or location, "message": _message(err)}
-            for err in exc.errors(include_url=False)
-        ]
+        errors = field_errors(exc, location)
         message = "request body is invalid" if location == "body" else "query is invalid"
         raise ApiError(400, message, errors=errors) from None
 
@@ -70,17 +68,3 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         data[key] = values[0]
     return validate(model, data, location="query")
 
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "is required"
-    msg = str(err.get("msg", "is invalid"))
-    # pydantic prefixes custom errors with "Value error, "
-    return msg.removeprefix("Value error, ")

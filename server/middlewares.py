@@ -65,7 +65,7 @@ def _request_id(request: web.Request) -> str:
 def error_response(request: web.Request, err: ApiError) -> web.Response:
     """Render ``err`` as the error body of docs/api.md."""
     body = error_body(
-        path=request.path, status=err.status, message=err.message,
+        path=request.path, status=err.status, code=err.code, message=err.message,
         request_id=request.get(REQUEST_ID_KEY, ""), errors=err.errors,
     )
     return json_response(body, status=err.status, headers=err.headers)

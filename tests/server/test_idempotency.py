@@ -56,6 +56,7 @@ async def test_replay_of_a_message(client: Any, tenant: Tenant, pool: asyncpg.Po
     r = await client.post(url, json={**body, "content": "changed"}, headers=headers)
     assert r.status == 422
     assert (await r.json())["status"] == 422
+    assert (await r.json())["code"] == "idempotency_mismatch"
     # the same key on another session's path is another request too
     other = await new_session(client, tenant)
     r = await client.post(f"/api/v1/sessions/{other}/messages", json=body, headers=headers)
@@ -121,6 +122,7 @@ async def test_same_key_while_in_flight_is_409(
             )
             second = await client.post(url, json=body, headers=headers)
             assert second.status == 409, await second.text()
+            assert (await second.json())["code"] == "idempotency_in_flight"
             assert second.headers["Retry-After"]
             assert not first.done()
         finally:
