@@ -1,5 +1,5 @@
 """The one middleware of every request: request id, errors, access log and metrics,
-then, for ``/api/v1``, authentication and the rate limit.
+then, for ``/api/v1``, authentication, the rate limit and unknown query parameters.
 
 They are steps of one function, in that order, rather than four middlewares: each
 aiohttp middleware costs a wrapper and a coroutine per request, and this is the
@@ -23,6 +23,7 @@ from chat_storage.server import auth, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.logs import REQUEST_ID
+from chat_storage.server.routing import query_names
 from chat_storage.storage.errors import (
     Conflict,
     InvalidReference,
@@ -71,6 +72,19 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
     return json_response(body, status=err.status, headers=err.headers)
 
 
+def refuse_unknown_parameters(request: web.Request) -> None:
+    """400 ``unknown_parameter`` for a query parameter the route's query model lacks
+    (as an unknown body field is refused), naming each one in ``errors``."""
+    allowed = query_names(request)
+    if allowed is None:  # not one of our routes (a 404 or 405 follows)
+        return
+    unknown = [name for name in dict.fromkeys(request.query) if name not in allowed]
+    if unknown:
+        raise ApiError(400, "query has unknown parameters", code="unknown_parameter",
+                       errors=[{"field": name, "message": "unknown parameter"}
+                               for name in unknown])
+
+
 def to_api_error(exc: BaseException) -> ApiError | None:
     """Map a known exception of any layer to an :class:`ApiError` (``None``: unexpected)."""
     if isinstance(exc, ApiError):
@@ -110,7 +124,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id; then auth and rate limit for ``/api/v1``; then the handler. Every
+    """Request id; then auth, rate limit and the query's parameter names for ``/api/v1``;
+    then the handler. Every
     exception becomes the error body; one access-log line and the metrics per request."""
     rid = request[REQUEST_ID_KEY] = _request_id(request)
     token = REQUEST_ID.set(rid)
@@ -121,6 +136,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             if request.path.startswith(auth.API_PREFIX):
                 await auth.authenticate_request(request)
                 await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
+                if request.query_string:
+                    refuse_unknown_parameters(request)
             response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)

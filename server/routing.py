@@ -16,6 +16,8 @@ from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])
+# the query parameters each route takes: the names (and aliases) of its query model
+QUERY_NAMES_KEY = web.AppKey("query_names", dict[web.AbstractRoute, frozenset[str]])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +37,13 @@ class Endpoint:
     )
     auth: bool = True
     idempotent: bool = False
+
+    def query_names(self) -> frozenset[str]:
+        """The query parameters this endpoint takes (none without a query model)."""
+        if self.query is None:
+            return frozenset()
+        fields = self.query.model_fields.items()
+        return frozenset(f.alias or name for name, f in fields)
 
 
 class RouteTable:
@@ -74,6 +83,14 @@ class RouteTable:
 
     def register(self, app: web.Application) -> None:
         """Add every endpoint to ``app``'s router and to its endpoint list."""
+        names = app.setdefault(QUERY_NAMES_KEY, {})
         for ep in self.endpoints:
-            app.router.add_route(ep.method, ep.path, ep.handler)
+            route = app.router.add_route(ep.method, ep.path, ep.handler)
+            names[route] = ep.query_names()
         app.setdefault(ENDPOINTS_KEY, []).extend(self.endpoints)
+
+
+def query_names(request: web.Request) -> frozenset[str] | None:
+    """The query parameters the matched route takes; ``None`` if it is not a route of
+    a :class:`RouteTable` (an unknown path, a static file)."""
+    return request.app.get(QUERY_NAMES_KEY, {}).get(request.match_info.route)
