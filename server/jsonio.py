@@ -15,17 +15,23 @@ from chat_storage.storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON_TYPE = "application/json"
-__all__ = ["JSON_TYPE", "dumps", "json_response", "parse_body", "parse_query", "read_json",
-           "validate"]
+__all__ = ["JSON_TYPE", "dumps", "encoded_json_response", "json_response", "parse_body",
+           "parse_query", "read_json", "validate"]
 
 
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """A JSON response with ``application/json; charset=utf-8``."""
+    return encoded_json_response(dumps(data), status, headers)
+
+
+def encoded_json_response(
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A response of JSON encoded already (a replayed answer), as :func:`json_response`."""
     return web.Response(
-        body=dumps(data), status=status, headers=headers,
-        content_type=JSON_TYPE, charset="utf-8",
+        body=body, status=status, headers=headers, content_type=JSON_TYPE, charset="utf-8",
     )
 
 
