@@ -39,6 +39,10 @@ async def read_json(request: web.Request) -> Any:
     """The request's JSON body: 415 for another content type, 413 past the limit, 400 if bad."""
     if request.content_type != JSON_TYPE:
         raise ApiError(415, "Content-Type must be application/json")
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # refused before reading: a client announcing too much does not wait for a 413
+        raise ApiError(413, "request body is too large")
     raw = await request.read()  # aiohttp raises 413 past client_max_size
     if not raw:
         raise ApiError(400, "request body is empty")

@@ -60,6 +60,11 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID")
     if given is not None and _VALID_REQUEST_ID.match(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 random hex digits."""
     return f"{random.getrandbits(128):032x}"
 
 
