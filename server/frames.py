@@ -199,4 +199,3 @@ def from_api_error(err: ApiError, ref: str | None) -> BadFrame:
     """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame,
     with the same code."""
     return BadFrame(err.code, err.message, ref, err.errors)
-

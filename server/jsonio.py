@@ -77,4 +77,3 @@ def parse_query(request: web.Request, model: type[M]) -> M:
                            errors=[{"field": key, "message": "given more than once"}])
         data[key] = values[0]
     return validate(model, data, location="query")
-

@@ -130,8 +130,8 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id; then auth, rate limit and the query's parameter names for ``/api/v1``;
-    then the handler. Every
-    exception becomes the error body; one access-log line and the metrics per request."""
+    then the handler. Every exception becomes the error body; one access-log line and
+    the metrics per request."""
     rid = request[REQUEST_ID_KEY] = _request_id(request)
     token = REQUEST_ID.set(rid)
     started = time.perf_counter()

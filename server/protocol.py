@@ -66,9 +66,10 @@ class JsonErrorProtocol(RequestHandler):
         # aiohttp's own: logs, and refuses (ConnectionError) once a response has begun
         super().handle_error(request, status, exc, message)
         rid = new_request_id()
+        # a request the parser refused is a placeholder: its path is not the client's
+        refused = isinstance(exc, http_exceptions.HttpProcessingError)
         body = error_body(
-            # the path is not known when the request line itself is what was refused
-            path="", status=status, code=code_for_status(status),
+            path="" if refused else request.path, status=status, code=code_for_status(status),
             message=refused_message(status, exc), request_id=rid,
         )
         response = json_response(body, status=status, headers={"X-Request-ID": rid})

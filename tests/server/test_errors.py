@@ -290,8 +290,8 @@ async def test_a_request_refused_before_routing_gets_the_json_body(
     assert headers["content-type"] == "application/json; charset=utf-8"
     body = orjson.loads(raw)
     assert set(body) == BODY_KEYS
-    assert (body["status"], body["error"], body["code"], body["errors"]) == (
-        400, "Bad Request", "validation_failed", [])
+    assert (body["status"], body["error"], body["code"], body["errors"], body["path"]) == (
+        400, "Bad Request", "validation_failed", [], "")
     assert body["request_id"] == headers["x-request-id"]
     # plain words, not the parser's report quoting the request's bytes
     assert "b'" not in body["message"] and "^" not in body["message"]
