@@ -1,5 +1,5 @@
 """The one middleware of every request: request id, errors, access log and metrics,
-then, for ``/api/v1``, authentication, the rate limit and unknown query parameters.
+then, for ``/api/v1``, authentication, the rate limit and the query's parameters.
 
 They are steps of one function, in that order, rather than four middlewares: each
 aiohttp middleware costs a wrapper and a coroutine per request, and this is the
@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import time
+import urllib.parse
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -77,17 +78,37 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
     return json_response(body, status=err.status, headers=err.headers)
 
 
-def refuse_unknown_parameters(request: web.Request) -> None:
-    """400 ``unknown_parameter`` for a query parameter the route's query model lacks
-    (as an unknown body field is refused), naming each one in ``errors``."""
+def check_query(request: web.Request) -> None:
+    """400 for a query the route cannot take, naming each parameter in ``errors``:
+    ``validation_failed`` for one that is not UTF-8 once percent-decoded (yarl would
+    hand it on with U+FFFD in place of the bytes), ``unknown_parameter`` for one the
+    route's query model lacks (as an unknown body field is refused)."""
     allowed = query_names(request)
     if allowed is None:  # not one of our routes (a 404 or 405 follows)
         return
+    garbled = _not_utf8(request.rel_url.raw_query_string)
+    if garbled:
+        raise ApiError(400, "query is invalid",
+                       errors=[{"field": name, "message": "must be UTF-8 text"}
+                               for name in garbled])
     unknown = [name for name in dict.fromkeys(request.query) if name not in allowed]
     if unknown:
         raise ApiError(400, "query has unknown parameters", code="unknown_parameter",
                        errors=[{"field": name, "message": "unknown parameter"}
                                for name in unknown])
+
+
+def _not_utf8(raw_query: str) -> list[str]:
+    """The parameters of ``raw_query`` whose name or value is not UTF-8 once decoded."""
+    found: list[str] = []
+    for pair in raw_query.split("&"):
+        name, _, value = pair.replace("+", " ").partition("=")
+        try:
+            urllib.parse.unquote_to_bytes(name).decode()
+            urllib.parse.unquote_to_bytes(value).decode()
+        except UnicodeDecodeError:
+            found.append(urllib.parse.unquote(name))
+    return found
 
 
 def to_api_error(exc: BaseException) -> ApiError | None:
@@ -142,7 +163,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                 await auth.authenticate_request(request)
                 await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
                 if request.query_string:
-                    refuse_unknown_parameters(request)
+                    check_query(request)
             response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)

@@ -18,6 +18,7 @@ import pydantic
 import pydantic_core
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import protocol
@@ -178,6 +179,20 @@ async def test_unknown_query_parameters_are_refused(client: Any, tenant: Tenant)
     await error_of(r, 400, "unknown_parameter")
     # auth comes first: no key, no hint about parameters
     await error_of(await client.get(SESSIONS, params={"bogus": "1"}), 401, "unauthorized")
+
+
+async def test_a_query_that_is_not_utf8_once_decoded_is_refused(
+    client: Any, tenant: Tenant
+) -> None:
+    # percent-encoded, so no parser refuses it; yarl would decode %ff to U+FFFD
+    r = await client.get(URL(f"{SESSIONS}?q=%ff%fe&limit=2", encoded=True),
+                         headers=tenant.headers)
+    body = await error_of(r, 400, "validation_failed")
+    assert body["errors"] == [{"field": "q", "message": "must be UTF-8 text"}]
+    # real UTF-8, encoded, and a real U+FFFD are text
+    r = await client.get(URL(f"{SESSIONS}?q=%C3%A9%EF%BF%BD+x", encoded=True),
+                         headers=tenant.headers)
+    assert r.status == 200, await r.text()
 
 
 async def test_every_declared_parameter_is_still_taken(client: Any, tenant: Tenant) -> None:
