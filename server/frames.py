@@ -2,9 +2,11 @@
 
 A frame that is not JSON, not an object, of an unknown ``type`` or with bad fields is
 a *bad frame*: the client gets ``error {code, message, ref?, errors?}`` and the
-connection stays open. ``stream.delta``, by far the most frequent frame, is checked
-by hand (a few ``isinstance``) instead of through pydantic; :class:`StreamDelta`
-describes it, and its fields are the keys the hand check wants.
+connection stays open. Its ``code`` is one of the REST error codes
+(:data:`~chat_storage.server.errors.ErrorCode`); ``errors`` is left out when empty.
+``stream.delta``, by far the most frequent frame, is checked by hand (a few
+``isinstance``) instead of through pydantic; :class:`StreamDelta` describes it, and
+its fields are the keys the hand check wants.
 
 The frames the server sends are described in :mod:`chat_storage.server.frames_sent`.
 """
@@ -19,7 +21,8 @@ import orjson
 import pydantic
 from pydantic import Field
 
-from chat_storage.server.errors import ApiError
+from chat_storage.server.errors import ApiError, ErrorCode
+from chat_storage.server.field_errors import field_errors
 from chat_storage.server.schemas import (
     ContextItem,
     JsonObject,
@@ -145,10 +148,10 @@ class Delta:
 class BadFrame(Exception):
     """A frame the server cannot act on; becomes an ``error`` frame."""
 
-    def __init__(self, code: str, message: str, ref: str | None = None,
+    def __init__(self, code: ErrorCode, message: str, ref: str | None = None,
                  errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message
         self.ref = ref
         self.errors = errors or []
@@ -168,9 +171,9 @@ def parse(raw: str) -> Frame | Delta:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise BadFrame("bad_frame", "frame is not valid JSON") from None
+        raise BadFrame("validation_failed", "frame is not valid JSON") from None
     if not isinstance(data, dict):
-        raise BadFrame("bad_frame", "frame must be a JSON object")
+        raise BadFrame("validation_failed", "frame must be a JSON object")
     kind = data.get("type")
     if kind == "stream.delta" and data.keys() == _DELTA_KEYS:
         sid, text = data["stream_id"], data["delta"]
@@ -178,32 +181,21 @@ def parse(raw: str) -> Frame | Delta:
             return Delta(sid, text)
     ref = data.get("ref") if isinstance(data.get("ref"), str) else None
     if kind == "stream.delta":
-        raise BadFrame("invalid", "stream.delta takes exactly a string stream_id and a "
-                       "string delta", ref)
+        raise BadFrame("validation_failed", "stream.delta takes exactly a string stream_id "
+                       "and a string delta", ref)
     model = MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise BadFrame("unknown_type", f"unknown frame type {kind!r}", ref)
+        raise BadFrame("validation_failed", f"unknown frame type {kind!r}", ref,
+                       [{"field": "type", "message": "is not a known frame type"}])
     try:
         frame: Frame = model.model_validate(data)  # type: ignore[assignment]
     except pydantic.ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "frame",
-                   "message": _message(e)} for e in exc.errors(include_url=False)]
-        raise BadFrame("invalid", "frame is invalid", ref, errors) from None
+        errors = field_errors(exc, "frame")
+        raise BadFrame("validation_failed", "frame is invalid", ref, errors) from None
     return frame
 
 
 def from_api_error(err: ApiError, ref: str | None) -> BadFrame:
-    """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame."""
-    code = {400: "invalid", 404: "not_found", 409: "conflict", 413: "too_large",
-            422: "invalid", 429: "rate_limited", 500: "internal",
-            503: "unavailable"}.get(err.status, "error")
-    return BadFrame(code, err.message, ref, err.errors)
-
-
-def _message(err: Any) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "is required"
-    return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame,
+    with the same code."""
+    return BadFrame(err.code, err.message, ref, err.errors)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import Field
 
+from chat_storage.server.errors import ErrorCode
 from chat_storage.server.schemas import FieldError, Message, Role
 
 SeqNo = Annotated[int, Field(ge=1)]
@@ -32,9 +33,7 @@ class ErrorFrame(pydantic.BaseModel):
     """A frame was refused (the connection stays open), or an SSE subscription failed."""
 
     type: Literal["error"]
-    code: str = Field(description="bad_frame, unknown_type, invalid, too_large, not_found, "
-                                  "not_owner, ended, limit, already_subscribed, conflict, "
-                                  "rate_limited, unavailable, internal")
+    code: ErrorCode = Field(description="the code of the REST error body (docs/api.md)")
     message: str
     ref: str | None = None
     errors: list[FieldError] | None = None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -31,6 +31,12 @@ async def run(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable
         request.app[POOL_KEY], fn,
         acquire_timeout_s=request.app[SETTINGS_KEY].db_acquire_timeout_s,
     )
+
+
+def message_location(message: Mapping[str, Any]) -> str:
+    """The ``Location`` of a created (or accepted) message, from its body: the first
+    answer and an idempotent replay of it get it from the same place."""
+    return f"/api/v1/sessions/{message['session_id']}/messages/{message['id']}"
 
 
 def request_id(request: web.Request) -> str:

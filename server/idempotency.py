@@ -3,12 +3,16 @@
 Handlers call :func:`begin` with the parsed body; the returned claim goes down to the
 storage call, which records the response in the same transaction as the work.
 If the work fails, :func:`release` frees the key so a retry runs at once.
+
+A replay is byte-identical to the first answer: the body is the stored text as is, and
+``Location`` is rebuilt from it by the function the route also answered with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,7 +20,7 @@ from aiohttp import web
 
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.jsonio import json_response
+from chat_storage.server.jsonio import encoded_json_response
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
@@ -32,8 +36,13 @@ def request_hash(request: web.Request, body: Any) -> bytes:
     return hashlib.sha256(f"{request.method} {request.path}\n".encode() + canonical).digest()
 
 
-async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
-    """Claim the request's key. ``None``: no key sent; a Response: answer with it now."""
+async def begin(
+    request: web.Request, body: Any, *, location: Callable[[Any], str] | None = None,
+) -> web.Response | Claim | None:
+    """Claim the request's key. ``None``: no key sent; a Response: answer with it now.
+
+    ``location``: the ``Location`` of an answer, from its body (the route's own).
+    """
     key = request.headers.get(HEADER)
     if key is None:
         return None
@@ -52,13 +61,17 @@ async def begin(request: web.Request, body: Any) -> web.Response | Claim | None:
     if result.outcome is ClaimStatus.CLAIMED:
         return result.claim
     if result.outcome is ClaimStatus.MISMATCH:
-        raise ApiError(422, "Idempotency-Key was already used with a different request")
+        raise ApiError(422, "Idempotency-Key was already used with a different request",
+                       code="idempotency_mismatch")
     if result.outcome is ClaimStatus.IN_FLIGHT:
         raise ApiError(409, "a request with this Idempotency-Key is still in progress",
-                       headers={"Retry-After": "1"})
-    assert result.status_code is not None  # REPLAY always carries the stored answer
-    return json_response(result.response, status=result.status_code,
-                         headers={"Idempotent-Replayed": "true"})
+                       code="idempotency_in_flight", headers={"Retry-After": "1"})
+    if result.status_code is None or result.response is None:
+        raise RuntimeError("an idempotent replay without its stored answer")
+    headers = {"Idempotent-Replayed": "true"}
+    if location is not None:
+        headers["Location"] = location(orjson.loads(result.response))
+    return encoded_json_response(result.response, status=result.status_code, headers=headers)
 
 
 async def release(request: web.Request, claim: Claim | None) -> None:

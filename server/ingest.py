@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
+from chat_storage.server.handlers import message_location
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
@@ -93,8 +94,7 @@ async def accept(request: web.Request, session_id: uuid.UUID, messages: Sequence
     body: Any = {"data": items} if wrap else items[0]
     if claim is not None:
         await _record(request, claim, body)
-    headers = {} if wrap else {
-        "Location": f"/api/v1/sessions/{session_id}/messages/{messages[0].id}"}
+    headers = {} if wrap else {"Location": message_location(items[0])}
     return json_response(body, status=202, headers=headers)
 
 

@@ -10,21 +10,28 @@ import pydantic
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
+from chat_storage.server.field_errors import field_errors
 from chat_storage.storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 JSON_TYPE = "application/json"
-__all__ = ["JSON_TYPE", "dumps", "json_response", "parse_body", "parse_query", "read_json",
-           "validate"]
+__all__ = ["JSON_TYPE", "dumps", "encoded_json_response", "json_response", "parse_body",
+           "parse_query", "read_json", "validate"]
 
 
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """A JSON response with ``application/json; charset=utf-8``."""
+    return encoded_json_response(dumps(data), status, headers)
+
+
+def encoded_json_response(
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A response of JSON encoded already (a replayed answer), as :func:`json_response`."""
     return web.Response(
-        body=dumps(data), status=status, headers=headers,
-        content_type=JSON_TYPE, charset="utf-8",
+        body=body, status=status, headers=headers, content_type=JSON_TYPE, charset="utf-8",
     )
 
 
@@ -32,6 +39,10 @@ async def read_json(request: web.Request) -> Any:
     """The request's JSON body: 415 for another content type, 413 past the limit, 400 if bad."""
     if request.content_type != JSON_TYPE:
         raise ApiError(415, "Content-Type must be application/json")
+    declared = request.content_length
+    if declared is not None and declared > request.client_max_size:
+        # refused before reading: a client announcing too much does not wait for a 413
+        raise ApiError(413, "request body is too large")
     raw = await request.read()  # aiohttp raises 413 past client_max_size
     if not raw:
         raise ApiError(400, "request body is empty")
@@ -46,10 +57,7 @@ def validate(model: type[M], data: Any, *, location: str = "body") -> M:
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = [
-            {"field": _field_name(err["loc"]) or location, "message": _message(err)}
-            for err in exc.errors(include_url=False)
-        ]
+        errors = field_errors(exc, location)
         message = "request body is invalid" if location == "body" else "query is invalid"
         raise ApiError(400, message, errors=errors) from None
 
@@ -69,18 +77,3 @@ def parse_query(request: web.Request, model: type[M]) -> M:
                            errors=[{"field": key, "message": "given more than once"}])
         data[key] = values[0]
     return validate(model, data, location="query")
-
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "is required"
-    msg = str(err.get("msg", "is invalid"))
-    # pydantic prefixes custom errors with "Value error, "
-    return msg.removeprefix("Value error, ")

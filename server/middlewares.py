@@ -1,5 +1,6 @@
 """The one middleware of every request: request id, errors, access log and metrics,
-then a CORS preflight's answer or, for ``/api/v1``, authentication and the rate limit.
+then a CORS preflight's answer or, for ``/api/v1``, authentication, the rate limit and
+the query's parameters.
 
 They are steps of one function, in that order, rather than four middlewares: each
 aiohttp middleware costs a wrapper and a coroutine per request, and this is the
@@ -14,6 +15,7 @@ import logging
 import random
 import re
 import time
+import urllib.parse
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -23,6 +25,7 @@ from chat_storage.server import auth, cors, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.logs import REQUEST_ID
+from chat_storage.server.routing import query_names
 from chat_storage.storage.errors import (
     Conflict,
     InvalidReference,
@@ -59,16 +62,54 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID")
     if given is not None and _VALID_REQUEST_ID.match(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 random hex digits."""
     return f"{random.getrandbits(128):032x}"
 
 
 def error_response(request: web.Request, err: ApiError) -> web.Response:
     """Render ``err`` as the error body of docs/api.md."""
     body = error_body(
-        path=request.path, status=err.status, message=err.message,
+        path=request.path, status=err.status, code=err.code, message=err.message,
         request_id=request.get(REQUEST_ID_KEY, ""), errors=err.errors,
     )
     return json_response(body, status=err.status, headers=err.headers)
+
+
+def check_query(request: web.Request) -> None:
+    """400 for a query the route cannot take, naming each parameter in ``errors``:
+    ``validation_failed`` for one that is not UTF-8 once percent-decoded (yarl would
+    hand it on with U+FFFD in place of the bytes), ``unknown_parameter`` for one the
+    route's query model lacks (as an unknown body field is refused)."""
+    allowed = query_names(request)
+    if allowed is None:  # not one of our routes (a 404 or 405 follows)
+        return
+    garbled = _not_utf8(request.rel_url.raw_query_string)
+    if garbled:
+        raise ApiError(400, "query is invalid",
+                       errors=[{"field": name, "message": "must be UTF-8 text"}
+                               for name in garbled])
+    unknown = [name for name in dict.fromkeys(request.query) if name not in allowed]
+    if unknown:
+        raise ApiError(400, "query has unknown parameters", code="unknown_parameter",
+                       errors=[{"field": name, "message": "unknown parameter"}
+                               for name in unknown])
+
+
+def _not_utf8(raw_query: str) -> list[str]:
+    """The parameters of ``raw_query`` whose name or value is not UTF-8 once decoded."""
+    found: list[str] = []
+    for pair in raw_query.split("&"):
+        name, _, value = pair.replace("+", " ").partition("=")
+        try:
+            urllib.parse.unquote_to_bytes(name).decode()
+            urllib.parse.unquote_to_bytes(value).decode()
+        except UnicodeDecodeError:
+            found.append(urllib.parse.unquote(name))
+    return found
 
 
 def to_api_error(exc: BaseException) -> ApiError | None:
@@ -110,9 +151,9 @@ def to_api_error(exc: BaseException) -> ApiError | None:
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id; then a preflight's answer, or auth and rate limit for ``/api/v1`` and
-    the handler. Every exception becomes the error body; one access-log line and the
-    metrics per request."""
+    """Request id; then a preflight's answer, or auth, rate limit and the query's parameter
+    names for ``/api/v1`` and the handler. Every exception becomes the error body; one
+    access-log line and the metrics per request."""
     rid = request[REQUEST_ID_KEY] = _request_id(request)
     token = REQUEST_ID.set(rid)
     started = time.perf_counter()
@@ -126,6 +167,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                 if request.path.startswith(auth.API_PREFIX):
                     await auth.authenticate_request(request)
                     await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
+                    if request.query_string:
+                        check_query(request)
                 response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)

@@ -70,7 +70,8 @@ _IDEMPOTENCY_KEY_PARAM: dict[str, Any] = {
 }
 
 _ERROR_MESSAGES = {
-    400: "The body, query or a field is invalid (see `errors`).",
+    400: "The body, query or a field is invalid, or the query has a parameter the "
+         "route does not take (see `code` and `errors`).",
     401: "No API key.",
     403: "The API key is unknown or revoked.",
     404: "No such resource (or it belongs to another tenant).",
@@ -209,8 +210,8 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 def _standard_errors(ep: Endpoint) -> set[int]:
     """Error statuses an endpoint can answer because of the middlewares and its inputs."""
     statuses: set[int] = set()
-    if ep.auth:
-        statuses |= {401, 403, 429, 503}
+    if ep.auth:  # an /api/v1 route: also refuses unknown query parameters
+        statuses |= {400, 401, 403, 429, 503}
     if ep.body is not None:
         statuses |= {400, 413, 415}
     if ep.query is not None:

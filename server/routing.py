@@ -26,6 +26,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])
 # the scope each registered route needs (``None``: no key at all), for the auth check
 ROUTE_SCOPES_KEY = web.AppKey("route_scopes", dict[AbstractRoute, Scope | None])
+# the query parameters each route takes: the names (and aliases) of its query model
+QUERY_NAMES_KEY = web.AppKey("query_names", dict[AbstractRoute, frozenset[str]])
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -58,6 +60,13 @@ class Endpoint:
         if self.scope is not None:
             return self.scope
         return "read" if self.method in _READ_METHODS else "write"
+
+    def query_names(self) -> frozenset[str]:
+        """The query parameters this endpoint takes (none without a query model)."""
+        if self.query is None:
+            return frozenset()
+        fields = self.query.model_fields.items()
+        return frozenset(f.alias or name for name, f in fields)
 
 
 class RouteTable:
@@ -96,8 +105,18 @@ class RouteTable:
         return self.route("DELETE", path, **spec)
 
     def register(self, app: web.Application) -> None:
-        """Add every endpoint to ``app``'s router, to its endpoint list and its scopes."""
+        """Add every endpoint to ``app``'s router, to its endpoint list, its scopes and
+        its query parameter names."""
         scopes = app.setdefault(ROUTE_SCOPES_KEY, {})
+        names = app.setdefault(QUERY_NAMES_KEY, {})
         for ep in self.endpoints:
-            scopes[app.router.add_route(ep.method, ep.path, ep.handler)] = ep.required_scope
+            route = app.router.add_route(ep.method, ep.path, ep.handler)
+            scopes[route] = ep.required_scope
+            names[route] = ep.query_names()
         app.setdefault(ENDPOINTS_KEY, []).extend(self.endpoints)
+
+
+def query_names(request: web.Request) -> frozenset[str] | None:
+    """The query parameters the matched route takes; ``None`` if it is not a route of
+    a :class:`RouteTable` (an unknown path, a static file)."""
+    return request.app.get(QUERY_NAMES_KEY, {}).get(request.match_info.route)

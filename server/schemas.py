@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from chat_storage.server.errors import ErrorCode
+
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
@@ -257,12 +259,14 @@ class FieldError(BaseModel):
 
 
 class Error(BaseModel):
-    """The body of every error response."""
+    """The body of every error response; ``errors`` is ``[]`` when no single field is at
+    fault."""
 
     timestamp: dt.datetime
     path: str
     status: int
     error: str
+    code: ErrorCode
     message: str
     request_id: str
-    errors: list[FieldError] | None = None
+    errors: list[FieldError]

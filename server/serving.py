@@ -18,7 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from chat_storage.runtime.settings import Settings
-from chat_storage.server import admin, logs
+from chat_storage.server import admin, logs, protocol
 from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
@@ -90,7 +90,8 @@ async def _serve(settings: Settings, reuse_port: bool = False,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    runner = web.AppRunner(
+    # protocol.AppRunner: a request refused before routing still gets the JSON error body
+    runner = protocol.AppRunner(
         create_app(settings, sink=sink), access_log=None,
         shutdown_timeout=settings.shutdown_timeout_s,
     )

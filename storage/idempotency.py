@@ -4,6 +4,10 @@ A claim holds a lock (``locked_until``) while the first request runs. The respon
 is written by the same transaction that stores the work, so a crash can never leave
 work stored without its recorded answer (a retry would store it twice) or an answer
 without its work. A claim whose holder died expires and can be taken over.
+
+The response is kept as the JSON text the first request was answered with (a ``json``
+column, which keeps text as written, not ``jsonb``, which reorders keys), and a replay
+gets that text back unchanged: it is byte-identical to the first answer.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class ClaimResult:
     outcome: ClaimStatus
     claim: Claim | None = None
     status_code: int | None = None
-    response: Any = None
+    response: bytes | None = None  # REPLAY: the first answer's body, as sent
 
 
 async def claim(
@@ -67,7 +71,7 @@ async def claim(
     if row is not None:
         return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash))
     existing = await conn.fetchrow(
-        "SELECT request_hash, status_code, response FROM idempotency_keys "
+        "SELECT request_hash, status_code, response::text AS response FROM idempotency_keys "
         "WHERE tenant_id = $1 AND key = $2",
         tenant_id, key,
     )
@@ -77,13 +81,18 @@ async def claim(
         return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
         return ClaimResult(ClaimStatus.IN_FLIGHT)
-    return ClaimResult(ClaimStatus.REPLAY, None, existing["status_code"], existing["response"])
+    return ClaimResult(ClaimStatus.REPLAY, None, existing["status_code"],
+                       existing["response"].encode())
 
 
 async def record_response(
     conn: asyncpg.Connection, idem: Claim, status_code: int, response: Any
 ) -> None:
-    """Store the answer to a claimed key; call inside the work's transaction."""
+    """Store the answer to a claimed key; call inside the work's transaction.
+
+    ``response`` is encoded as the API encodes bodies (``jsoncodec.dumps``), so the
+    text stored is the body the client gets.
+    """
     await conn.execute(
         "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL "
         "WHERE tenant_id = $1 AND key = $2",

@@ -13,7 +13,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 from chat_storage.actors.live import metrics
 from chat_storage.storage.records import SessionKey, StoredMessage
@@ -26,10 +26,15 @@ class Owner(Protocol):
     def closed(self) -> bool: ...
 
 
+# the codes of the error frame (docs/api.md, "Errors") that a stream request can fail with
+StreamErrorCode = Literal["not_found", "forbidden", "conflict", "payload_too_large",
+                          "validation_failed"]
+
+
 class StreamError(Exception):
     """A stream request that cannot be done; ``code`` goes into the error frame."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: StreamErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -100,10 +100,10 @@ class Streams:
             return
         size = len(text) if text.isascii() else len(text.encode())
         if st.size_bytes + size > self.config.max_content_bytes:
-            raise StreamError("too_large", f"content would exceed "
+            raise StreamError("payload_too_large", f"content would exceed "
                                            f"{self.config.max_content_bytes} bytes")
         if "\x00" in text:
-            raise StreamError("invalid", "delta must not contain NUL characters")
+            raise StreamError("validation_failed", "delta must not contain NUL characters")
         offset = st.length
         st.chunks.append(text)
         st.length += len(text)
@@ -177,13 +177,13 @@ class Streams:
         if st is None or st.key != key:
             raise StreamError("not_found", absent)
         if st.ending:
-            raise StreamError("ended", "the stream has ended")
+            raise StreamError("conflict", "the stream has ended")
         return st
 
     def _owned(self, key: SessionKey, stream_id: str, owner: Owner) -> OwnedStream:
         st = self._live(key, stream_id, "no such stream in progress")
         if st.owner is not owner:
-            raise StreamError("not_owner", "the stream belongs to another connection")
+            raise StreamError("forbidden", "the stream belongs to another connection")
         return st
 
     def _orphan(self, st: OwnedStream) -> None:
@@ -218,7 +218,7 @@ class Streams:
     async def _finish(self, st: OwnedStream, status: str, metadata: Mapping[str, Any] | None,
                       usage: Mapping[str, Any] | None) -> StoredMessage:
         if st.ending:
-            raise StreamError("ended", "the stream is already ending")
+            raise StreamError("conflict", "the stream is already ending")
         st.ending = True
         if st.grace is not None:
             st.grace.cancel()
@@ -232,7 +232,7 @@ class Streams:
                 metadata=metadata, usage=usage))
         except (Conflict, NotFound):
             self._drop(st)  # ended elsewhere (the sweeper) or erased: its final went out there
-            raise StreamError("ended", "the stream had already ended") from None
+            raise StreamError("conflict", "the stream had already ended") from None
         except BaseException:
             st.ending = False
             if st.owner is None or st.owner.closed:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -61,7 +62,11 @@ async def create_attachment(request: web.Request) -> web.Response:
         raise ApiError(413, f"attachments are limited to {settings.max_attachment_bytes} bytes",
                        errors=[{"field": "size", "message":
                                 f"must be at most {settings.max_attachment_bytes}"}])
-    claim = await idempotency.begin(request, raw)
+
+    def location(answer: Mapping[str, Any]) -> str:  # for the first answer and a replay
+        return f"{request.path}/{answer['attachment']['id']}"
+
+    claim = await idempotency.begin(request, raw, location=location)
     if isinstance(claim, web.Response):
         return claim
     tenant_id = principal_of(request).tenant_id
@@ -89,8 +94,7 @@ async def create_attachment(request: web.Request) -> web.Response:
     except BaseException:
         await idempotency.release(request, claim)
         raise
-    return json_response(answer, status=201,
-                         headers={"Location": f"{request.path}/{attachment_id}"})
+    return json_response(answer, status=201, headers={"Location": location(answer)})
 
 
 async def _load(request: web.Request) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, asyncpg.Record]:

@@ -26,7 +26,6 @@ from aiohttp import web
 
 from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.actors.live.outbox import ConnectionCut, Outbox
-from chat_storage.server import frames
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import path_uuid, run
@@ -115,8 +114,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             if api is None:
                 raise
             await tasks.stop(sender)
-            await response.write(framing.sse_error(frames.from_api_error(api, None).code,
-                                                   api.message))
+            await response.write(framing.sse_error(api.code, api.message))
             return response
         await sender
     except (ConnectionCut, ConnectionError):

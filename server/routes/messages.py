@@ -10,7 +10,13 @@ from aiohttp import web
 from chat_storage.server import idempotency, ingest, objects, pagination, streaming
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
+from chat_storage.server.handlers import (
+    actor_name,
+    message_location,
+    path_uuid,
+    request_id,
+    run,
+)
 from chat_storage.server.inputs import to_new_message
 from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
 from chat_storage.server.limits import check_json
@@ -54,14 +60,14 @@ async def create_message(request: web.Request) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     raw = await read_json(request)
     message = to_new_message(validate(MessageCreate, raw), request.app[SETTINGS_KEY])
-    claim = await idempotency.begin(request, raw)
+    claim = await idempotency.begin(request, raw, location=message_location)
     if isinstance(claim, web.Response):
         return claim
     if ingest.is_async(request.app):  # CHAT_INGEST_MODE=async: 202 once queued in Redis
         return await ingest.accept(request, session_id, [message], claim=claim)
     stored = await _write(request, session_id, WriteGroup([message], idem=claim))
-    return json_response(stored[0], status=201, headers={
-        "Location": f"/api/v1/sessions/{session_id}/messages/{stored[0]['id']}"})
+    return json_response(stored[0], status=201,
+                         headers={"Location": message_location(stored[0])})
 
 
 @routes.post(MESSAGES_PATH + "/batch", body=MessageBatch, idempotent=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +44,7 @@ async def create_session(request: web.Request) -> web.Response:
     raw = await read_json(request)
     body = validate(SessionCreate, raw)
     check_json("metadata", body.metadata, request.app[SETTINGS_KEY].max_metadata_bytes)
-    claim = await idempotency.begin(request, raw)
+    claim = await idempotency.begin(request, raw, location=_location)
     if isinstance(claim, web.Response):
         return claim
     tenant_id = principal_of(request).tenant_id
@@ -55,8 +56,12 @@ async def create_session(request: web.Request) -> web.Response:
     except BaseException:
         await idempotency.release(request, claim)
         raise
-    return json_response(session, status=201,
-                         headers={"Location": f"/api/v1/sessions/{session['id']}"})
+    return json_response(session, status=201, headers={"Location": _location(session)})
+
+
+def _location(session: Mapping[str, Any]) -> str:
+    """A created session's ``Location``, for the first answer and a replay of it."""
+    return f"{SESSIONS_PATH}/{session['id']}"
 
 
 @routes.get(SESSIONS_PATH, query=SessionListQuery, responses={200: SessionPage, 400: Error})

@@ -240,8 +240,8 @@ class Connection:
 
     async def _subscribe(self, frame: frames.Subscribe) -> None:
         if self.sub is not None or self._subscribing:
-            raise frames.BadFrame("already_subscribed", "this connection is already "
-                                  "subscribed", frame.ref)
+            raise frames.BadFrame("conflict", "this connection is already subscribed",
+                                  frame.ref)
         self._subscribing = True
         try:
             self.sub = await self.hub.subscribe(
@@ -252,7 +252,7 @@ class Connection:
 
     async def _start(self, frame: frames.StreamStart) -> None:
         if len(self.own) >= MAX_STREAMS_PER_CONNECTION:
-            raise frames.BadFrame("limit", f"at most {MAX_STREAMS_PER_CONNECTION} streams "
+            raise frames.BadFrame("rate_limited", f"at most {MAX_STREAMS_PER_CONNECTION} streams "
                                   "at once per connection", frame.ref)
         context = None if frame.context is None else [
             c.model_dump(exclude_none=True) for c in frame.context]

@@ -24,13 +24,16 @@ RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 SESSIONS = "/api/v1/sessions"
 
 
-async def assert_error(r: Any, status: int, phrase: str, path: str) -> dict[str, Any]:
+async def assert_error(r: Any, status: int, phrase: str, path: str,
+                       code: str) -> dict[str, Any]:
     """``r`` is an error response with exactly the body of docs/api.md; return the body."""
     assert r.status == status, await r.text()
     assert r.content_type == "application/json"
     body: dict[str, Any] = await r.json()
-    assert set(body) <= {"timestamp", "path", "status", "error", "message", "request_id",
-                         "errors"}
+    assert set(body) == {"timestamp", "path", "status", "error", "code", "message",
+                         "request_id", "errors"}
+    assert body["code"] == code
+    assert isinstance(body["errors"], list)
     assert RFC3339_Z.match(body["timestamp"]), body["timestamp"]
     stamp = dt.datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
     assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 300
@@ -44,18 +47,18 @@ async def assert_error(r: Any, status: int, phrase: str, path: str) -> dict[str,
 
 async def test_unknown_route_is_404(client: Any, tenant: Tenant) -> None:
     r = await client.get("/nope")
-    body = await assert_error(r, 404, "Not Found", "/nope")
-    assert "errors" not in body
+    body = await assert_error(r, 404, "Not Found", "/nope", "not_found")
+    assert body["errors"] == []
     r = await client.get("/api/v1/nope", headers=tenant.headers)
-    await assert_error(r, 404, "Not Found", "/api/v1/nope")
+    await assert_error(r, 404, "Not Found", "/api/v1/nope", "not_found")
 
 
 async def test_wrong_method_is_405_with_allow(client: Any, tenant: Tenant) -> None:
     r = await client.put("/healthz")
-    await assert_error(r, 405, "Method Not Allowed", "/healthz")
+    await assert_error(r, 405, "Method Not Allowed", "/healthz", "not_found")
     assert "GET" in r.headers["Allow"]
     r = await client.put(SESSIONS, json={}, headers=tenant.headers)
-    await assert_error(r, 405, "Method Not Allowed", SESSIONS)
+    await assert_error(r, 405, "Method Not Allowed", SESSIONS, "not_found")
     assert {"GET", "POST"} <= set(re.split(r",\s*", r.headers["Allow"]))
 
 
@@ -73,47 +76,47 @@ async def test_body_over_the_limit_is_413(
     assert r.status == 201, "a body under the limit is accepted"
     r = await client.post(SESSIONS, json={"user_id": "u", "metadata": {"x": "y" * 2000}},
                           headers=tenant.headers)
-    await assert_error(r, 413, "Request Entity Too Large", SESSIONS)
+    await assert_error(r, 413, "Request Entity Too Large", SESSIONS, "payload_too_large")
 
 
 async def test_wrong_content_type_is_415(client: Any, tenant: Tenant) -> None:
     r = await client.post(SESSIONS, data=b'{"user_id": "u"}',
                           headers={**tenant.headers, "Content-Type": "text/plain"})
-    await assert_error(r, 415, "Unsupported Media Type", SESSIONS)
+    await assert_error(r, 415, "Unsupported Media Type", SESSIONS, "unsupported_media_type")
 
 
 async def test_invalid_json_is_400(client: Any, tenant: Tenant) -> None:
     r = await client.post(SESSIONS, data=b'{"user_id": "u",',
                           headers={**tenant.headers, "Content-Type": "application/json"})
-    await assert_error(r, 400, "Bad Request", SESSIONS)
+    await assert_error(r, 400, "Bad Request", SESSIONS, "validation_failed")
 
 
 async def test_unknown_field_is_400_with_field_errors(client: Any, tenant: Tenant) -> None:
     r = await client.post(SESSIONS, json={"user_id": "u", "tenant_id": str(uuid.uuid4())},
                           headers=tenant.headers)
-    body = await assert_error(r, 400, "Bad Request", SESSIONS)
+    body = await assert_error(r, 400, "Bad Request", SESSIONS, "validation_failed")
     assert body["errors"] == [{"field": "tenant_id", "message": "unknown field"}]
     r = await client.post(SESSIONS, json={"user_id": "u", "title": "t" * 201},
                           headers=tenant.headers)
-    body = await assert_error(r, 400, "Bad Request", SESSIONS)
-    assert [e["field"] for e in body["errors"]] == ["title"]
+    body = await assert_error(r, 400, "Bad Request", SESSIONS, "validation_failed")
+    assert body["errors"] == [{"field": "title", "message": "must be at most 200 characters"}]
 
 
 async def test_missing_key_is_401_with_challenge(client: Any) -> None:
     r = await client.get(SESSIONS)
-    await assert_error(r, 401, "Unauthorized", SESSIONS)
+    await assert_error(r, 401, "Unauthorized", SESSIONS, "unauthorized")
     assert r.headers["WWW-Authenticate"] == "ApiKey"
 
 
 @pytest.mark.parametrize("key", ["nonsense", "cs_0123456789abcdef_wrongsecret"])
 async def test_unknown_key_is_403(client: Any, key: str) -> None:
     r = await client.get(SESSIONS, headers={"X-Api-Key": key})
-    await assert_error(r, 403, "Forbidden", SESSIONS)
+    await assert_error(r, 403, "Forbidden", SESSIONS, "forbidden")
 
 
 async def test_right_key_id_wrong_secret_is_403(client: Any, tenant: Tenant) -> None:
     r = await client.get(SESSIONS, headers={"X-Api-Key": tenant.key + "x"})
-    await assert_error(r, 403, "Forbidden", SESSIONS)
+    await assert_error(r, 403, "Forbidden", SESSIONS, "forbidden")
 
 
 @pytest.fixture
@@ -132,7 +135,7 @@ async def test_revoked_key_is_403(
     async with pool.acquire() as conn:
         await tenants.revoke_key(conn, tenant.key_id)
     r = await client.get(SESSIONS, headers=tenant.headers)
-    await assert_error(r, 403, "Forbidden", SESSIONS)
+    await assert_error(r, 403, "Forbidden", SESSIONS, "forbidden")
 
 
 async def test_unexpected_exception_is_500_without_internals(
@@ -149,7 +152,7 @@ async def test_unexpected_exception_is_500_without_internals(
     client = await aiohttp_client(app)
     caplog.set_level(logging.ERROR, logger="chat_storage.server.middlewares")
     r = await client.get("/test-only/boom", headers={"X-Request-ID": "boom-1"})
-    body = await assert_error(r, 500, "Internal Server Error", "/test-only/boom")
+    body = await assert_error(r, 500, "Internal Server Error", "/test-only/boom", "internal")
     assert body["request_id"] == "boom-1"
     text = await r.text()
     for leak in ("Traceback", "SELECT", "api_keys", "10.1.2.3", "RuntimeError", "boom("):
@@ -198,7 +201,7 @@ async def test_rate_limit_is_429_with_retry_after(
         assert int(r.headers["RateLimit-Reset"]) > 0
     assert [r.headers["RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
     limited = answers[2]
-    await assert_error(limited, 429, "Too Many Requests", SESSIONS)
+    await assert_error(limited, 429, "Too Many Requests", SESSIONS, "rate_limited")
     assert int(limited.headers["Retry-After"]) >= 1
     # a 429 stored nothing
     r = await client.post(SESSIONS, json={"user_id": "u"}, headers=tenant.headers)

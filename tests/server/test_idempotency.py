@@ -50,12 +50,15 @@ async def test_replay_of_a_message(client: Any, tenant: Tenant, pool: asyncpg.Po
                                          "role": "user"}, headers=headers)
     assert again.status == 201
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert await again.json() == await first.json()
+    # byte for byte, with the same Location (docs/api.md 1.1)
+    assert await again.read() == await first.read()
+    assert again.headers["Location"] == first.headers["Location"]
     assert await messages_in(pool, sid) == 1
 
     r = await client.post(url, json={**body, "content": "changed"}, headers=headers)
     assert r.status == 422
     assert (await r.json())["status"] == 422
+    assert (await r.json())["code"] == "idempotency_mismatch"
     # the same key on another session's path is another request too
     other = await new_session(client, tenant)
     r = await client.post(f"/api/v1/sessions/{other}/messages", json=body, headers=headers)
@@ -74,7 +77,7 @@ async def test_replay_of_a_batch(client: Any, tenant: Tenant, pool: asyncpg.Pool
     assert first.status == 201
     again = await client.post(url, json=body, headers=headers)
     assert (again.status, again.headers.get("Idempotent-Replayed")) == (201, "true")
-    assert await again.json() == await first.json()
+    assert await again.read() == await first.read()
     assert [m["seq"] for m in (await again.json())["data"]] == [1, 2]
     assert await messages_in(pool, sid) == 2
     r = await client.post(url, json={"messages": body["messages"][:1]}, headers=headers)
@@ -89,7 +92,8 @@ async def test_replay_of_a_session(client: Any, tenant: Tenant, pool: asyncpg.Po
     assert first.status == 201
     again = await client.post("/api/v1/sessions", json=body, headers=headers)
     assert (again.status, again.headers.get("Idempotent-Replayed")) == (201, "true")
-    assert await again.json() == await first.json()
+    assert await again.read() == await first.read()
+    assert again.headers["Location"] == first.headers["Location"]
     r = await client.post("/api/v1/sessions", json={**body, "title": "u"}, headers=headers)
     assert r.status == 422
     n = await count(pool, "SELECT count(*) FROM sessions WHERE tenant_id = $1 AND user_id = $2",
@@ -121,6 +125,7 @@ async def test_same_key_while_in_flight_is_409(
             )
             second = await client.post(url, json=body, headers=headers)
             assert second.status == 409, await second.text()
+            assert (await second.json())["code"] == "idempotency_in_flight"
             assert second.headers["Retry-After"]
             assert not first.done()
         finally:

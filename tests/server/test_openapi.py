@@ -9,6 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 from yarl import URL
 
+from chat_storage.server.errors import CODES
 from tests.support import documents
 
 # Every call of docs/api.md's Sessions and Messages tables (and feedback, search), written
@@ -138,8 +139,9 @@ async def test_errors_and_headers_are_documented(client: Any) -> None:
     header_params = {p["name"] for p in op["parameters"] if p["in"] == "header"}
     assert "Idempotency-Key" in header_params
     error = doc["components"]["schemas"]["Error"]
-    assert {"timestamp", "path", "status", "error", "message", "request_id"} <= set(
-        error["required"])
+    assert set(error["required"]) == {"timestamp", "path", "status", "error", "code",
+                                      "message", "request_id", "errors"}
+    assert error["properties"]["code"]["enum"] == list(CODES)
     assert doc["components"]["securitySchemes"]["ApiKey"] == {
         "type": "apiKey", "in": "header", "name": "X-Api-Key"}
     # health and docs need no key

@@ -129,6 +129,7 @@ async def test_full_mailbox_is_503_with_retry_after_and_not_stored(
         if status == 503:
             assert headers["Retry-After"].isdigit()
             assert body["status"] == 503 and "nothing was stored" in body["message"]
+            assert body["code"] == "unavailable"
             assert body["request_id"] == headers["X-Request-ID"]
     ok = [body["content"] for status, body, _ in results if status == 201]
     assert len(ok) == 3  # one committing + a mailbox of two

@@ -160,7 +160,7 @@ async def test_another_producer_cannot_write_into_a_stream(client: Any, tenant: 
     intruder = await connect(client, tenant, sid)
     await intruder.send_json({"type": "stream.delta", "stream_id": stream_id, "delta": "x"})
     err = await recv(intruder)
-    assert err["type"] == "error" and err["code"] == "not_owner"
+    assert err["type"] == "error" and err["code"] == "forbidden"
     await intruder.send_json({"type": "stream.end", "ref": "e", "stream_id": "nope"})
     err = await recv(intruder)
     assert err == {"type": "error", "code": "not_found", "message": err["message"], "ref": "e"}

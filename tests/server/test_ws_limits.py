@@ -114,28 +114,32 @@ async def test_oversize_frame_closes_1009(client: Any, tenant: Tenant) -> None:
 async def test_bad_frames_get_errors_and_the_connection_stays(client: Any, tenant: Tenant) -> None:
     sid = await new_session(client, tenant)
     ws = await connect(client, tenant, sid)
+    # every refusal has the REST code validation_failed; errors name the field at fault
     cases = [
-        ("not json", "bad_frame"),
-        ("[1, 2]", "bad_frame"),
-        ('{"type": "nope", "ref": "r1"}', "unknown_type"),
-        ('{"type": "message.create", "ref": "r2", "role": "robot", "content": "x"}', "invalid"),
-        ('{"type": "message.create", "role": "user", "content": "x", "admin": true}', "invalid"),
-        ('{"type": "stream.delta", "stream_id": 5, "delta": "x"}', "invalid"),
-        ('{"type": "subscribe", "after_seq": -1}', "invalid"),
+        ("not json", None),
+        ("[1, 2]", None),
+        ('{"type": "nope", "ref": "r1"}', "type"),
+        ('{"type": "message.create", "ref": "r2", "role": "robot", "content": "x"}', "role"),
+        ('{"type": "message.create", "role": "user", "content": "x", "admin": true}', "admin"),
+        ('{"type": "stream.delta", "stream_id": 5, "delta": "x"}', None),
+        ('{"type": "subscribe", "after_seq": -1}', "after_seq"),
     ]
-    for raw, code in cases:
+    for raw, field in cases:
         await ws.send_str(raw)
         err = await recv(ws)
-        assert err["type"] == "error" and err["code"] == code, (raw, err)
+        assert err["type"] == "error" and err["code"] == "validation_failed", (raw, err)
+        assert [e["field"] for e in err.get("errors", [])] == ([field] if field else []), err
     await ws.send_json({"type": "message.create", "ref": "r3", "role": "robot", "content": "x"})
     err = await recv(ws)
-    assert err["ref"] == "r3" and err["errors"][0]["field"] == "role"
+    assert err["ref"] == "r3" and err["errors"] == [
+        {"field": "role", "message": "must be one of 'user', 'assistant', 'system' or 'tool'"}]
     await ws.send_json({"type": "ping", "ref": "alive"})
     assert await recv(ws) == {"type": "pong", "ref": "alive"}
     await subscribe(ws)
     await subscribe(ws, ref="again")
     err = await recv(ws)
-    assert err["code"] == "already_subscribed" and err["ref"] == "again"
+    assert err["code"] == "conflict" and err["ref"] == "again"
+    assert "already subscribed" in err["message"]
 
 
 async def test_binary_frame_closes_1008(client: Any, tenant: Tenant) -> None:
@@ -172,11 +176,11 @@ async def test_stream_content_limit_and_nul(client: Any, tenant: Tenant) -> None
     await ws.send_json({"type": "stream.start", "ref": "s"})
     stream_id = (await recv(ws))["stream_id"]
     await ws.send_json({"type": "stream.delta", "stream_id": stream_id, "delta": "a\x00b"})
-    assert (await recv(ws))["code"] == "invalid"
+    assert (await recv(ws))["code"] == "validation_failed"
     await ws.send_json({"type": "stream.delta", "stream_id": stream_id, "delta": "é" * 300})
     await ws.send_json({"type": "stream.delta", "stream_id": stream_id, "delta": "é" * 300})
     err = await recv(ws)
-    assert err["code"] == "too_large"  # 600 bytes + 600 bytes > 1000
+    assert err["code"] == "payload_too_large"  # 600 bytes + 600 bytes > 1000
     await ws.send_json({"type": "stream.end", "ref": "e", "stream_id": stream_id})
     done = await recv(ws)
     assert done["type"] == "stream.completed" and done["message"]["content"] == "é" * 300
