@@ -31,7 +31,6 @@ else:
     playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not IN_CI,
                                 reason="Debian's chromium is not installed")
-from tests.web.test_page import ARGS, CHROMIUM  # noqa: E402  (after the skip above)
 
 PAGE = "<!doctype html><title>another origin</title><p>calls the API from here</p>"
 # runs in the page: a preflighted POST, then a GET that fails; what the page can read
@@ -59,16 +58,6 @@ OPEN_WS = """(url) => new Promise((resolve) => {
   ws.onerror = () => resolve("refused");
   setTimeout(() => resolve("timeout"), 10000);
 })"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def _page_origin(aiohttp_server: Any) -> str:

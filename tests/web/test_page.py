@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from chat_storage.runtime.settings import Settings
 from chat_storage.server.routes.web import _csp
 from tests.conftest import Tenant
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # In CI (.ci/run installs both) a missing browser is a failure, not a skip.
 IN_CI = bool(os.environ.get("CI"))
 if IN_CI:
@@ -29,19 +27,7 @@ else:
     playwright_api = pytest.importorskip("playwright.async_api")
 pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not IN_CI,
                                 reason="Debian's chromium is not installed")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 15_000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def _sign_in(page: Any, base: str, tenant: Tenant, user: str) -> None:
