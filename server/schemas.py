@@ -102,6 +102,17 @@ class Attachment(BaseModel):
     created_at: dt.datetime
 
 
+class LinkedAttachment(BaseModel):
+    """An attachment as a message object lists it."""
+
+    id: uuid.UUID
+    name: str
+    mime: str
+    size: int
+    sha256: str
+    status: Literal["pending", "ready"]
+
+
 class AttachmentDownload(Attachment):
     """``download_url`` is null until the upload is complete."""
 
@@ -184,6 +195,7 @@ class Message(BaseModel):
     status: Status
     created_at: dt.datetime
     completed_at: dt.datetime | None
+    attachments: list[LinkedAttachment]  # in the order they were linked; empty when none
 
 
 class MessageList(BaseModel):
@@ -231,6 +243,10 @@ class SearchQuery(PageQuery):
     session_id: uuid.UUID | None = None
 
 
+class AttachmentListQuery(PageQuery):
+    status: Literal["pending", "ready"] | None = None
+
+
 class ExportQuery(BaseModel):
     format: Literal["json", "jsonl", "markdown"] = "json"
 
@@ -243,6 +259,12 @@ class SessionPage(BaseModel):
 
 class MessagePage(BaseModel):
     data: list[Message]
+    next_cursor: str | None
+    has_more: bool
+
+
+class AttachmentPage(BaseModel):
+    data: list[Attachment]
     next_cursor: str | None
     has_more: bool
 

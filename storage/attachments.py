@@ -18,6 +18,7 @@ import asyncpg
 
 from chat_storage.storage.errors import NotFound
 from chat_storage.storage.ids import parse_uuid
+from chat_storage.storage.sqlparams import Params
 
 COLUMNS = "id, session_id, message_id, name, mime, size, sha256, status, created_at, object_key"
 
@@ -79,6 +80,34 @@ async def mark_ready(
         f"WHERE id = $1 AND session_id = $2 AND tenant_id = $3 RETURNING {COLUMNS}",
         attachment_id, session_id, tenant_id,
     ))
+
+
+async def list_for_session(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID, *,
+    limit: int, status: str | None = None,
+    after: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` attachments of a session of this tenant, oldest first.
+
+    A keyset page: ``after`` is the ``(created_at, id)`` of the last item served.
+    :class:`NotFound` if the tenant has no such session (checked only on an empty page).
+    """
+    p = Params(session_id, tenant_id, limit)
+    where = ["session_id = $1", "tenant_id = $2"]
+    if status is not None:
+        where.append(p.fill("status = {}", status))
+    if after is not None:
+        where.append(p.fill("(created_at, id) > ({}, {})", *after))
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {COLUMNS} FROM attachments WHERE {' AND '.join(where)} "
+        "ORDER BY created_at, id LIMIT $3",
+        *p.values,
+    )
+    if not rows and not await conn.fetchval(
+        "SELECT true FROM sessions WHERE id = $1 AND tenant_id = $2", session_id, tenant_id
+    ):
+        raise NotFound("session not found")
+    return rows
 
 
 def _found(row: asyncpg.Record | None) -> asyncpg.Record:

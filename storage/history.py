@@ -15,12 +15,12 @@ from typing import Any
 import asyncpg
 
 from chat_storage.storage.errors import InvalidReference, NotFound
-from chat_storage.storage.messages import COLUMNS, to_json
+from chat_storage.storage.messages import COLUMNS, columns, to_json
 from chat_storage.storage.sqlparams import Params
 
 MAX_SEQ = 2**63 - 1
 # the message columns, qualified for queries that join
-M_COLUMNS = ", ".join(f"m.{c.strip()}" for c in COLUMNS.split(","))
+M_COLUMNS = columns("m")
 # ts_headline: a short plain-text excerpt; no markup, so clients never render
 # user content as HTML by accident
 HEADLINE_OPTIONS = 'StartSel="", StopSel="", MaxWords=24, MinWords=8, MaxFragments=1'

@@ -18,7 +18,27 @@ from chat_storage.storage.records import MESSAGE_FIELDS, StoredMessage
 from chat_storage.storage.sqlparams import Params
 from chat_storage.storage.tenants import audit
 
-COLUMNS = ", ".join(MESSAGE_FIELDS)
+# what a message object says of each linked attachment
+LINKED_FIELDS: tuple[str, ...] = ("id", "name", "mime", "size", "sha256", "status")
+
+
+def columns(table: str = "messages") -> str:
+    """The select list of a message row of ``table`` (a name or alias): its columns and
+    its ``attachments``, aggregated in the same statement.
+
+    The attachments are a correlated subquery (one index probe of
+    ``attachments_message`` per row), so a page of messages stays one query.
+    """
+    pairs = ", ".join(f"'{f}', a.{f}" for f in LINKED_FIELDS)
+    linked = (
+        f"(SELECT coalesce(json_agg(json_build_object({pairs}) ORDER BY a.link_pos, a.id), "
+        f"'[]'::json) FROM attachments a "
+        f"WHERE a.message_id = {table}.id AND a.tenant_id = {table}.tenant_id) AS attachments"
+    )
+    return ", ".join(linked if f == "attachments" else f"{table}.{f}" for f in MESSAGE_FIELDS)
+
+
+COLUMNS = columns()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

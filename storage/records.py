@@ -32,7 +32,10 @@ class StoredMessage(TypedDict):
     status: str
     created_at: dt.datetime
     completed_at: dt.datetime | None
+    # the linked files, in link order: each {id, name, mime, size, sha256, status}
+    attachments: list[dict[str, Any]]
 
 
 MESSAGE_FIELDS: tuple[str, ...] = tuple(StoredMessage.__annotations__)
-"""The fields of :class:`StoredMessage`, in order: also the columns message queries select."""
+"""The fields of :class:`StoredMessage`, in order: also what message queries select
+(``attachments`` is aggregated from the attachments table, see ``storage.messages``)."""

@@ -19,7 +19,13 @@ import asyncpg
 from chat_storage.storage.db import dumps_json
 from chat_storage.storage.errors import InvalidReference, NotFound
 from chat_storage.storage.idempotency import record_response
-from chat_storage.storage.messages import COLUMNS, NewMessage, WriteGroup, to_stored
+from chat_storage.storage.messages import (
+    COLUMNS,
+    LINKED_FIELDS,
+    NewMessage,
+    WriteGroup,
+    to_stored,
+)
 from chat_storage.storage.records import StoredMessage
 
 Stored = list[StoredMessage]  # one write group's messages, in seq order
@@ -107,12 +113,12 @@ async def insert_batches(
                   results)
         return results
     async with conn.transaction():
-        if linking:
-            await _claim_attachments(conn, batches, results)
+        claimed = await _claim_attachments(conn, batches, results) if linking else {}
         keep = _kept(batches, results)
         if not keep:
             return results
-        _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)), results)
+        _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)), results,
+              claimed)
         if linking:
             await _link_attachments(conn, batches, keep, results)
         for bi, gi in keep:
@@ -132,8 +138,14 @@ def _kept(batches: Sequence[SessionBatch],
 
 
 def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
-          rows: Sequence[asyncpg.Record], results: list[list[Stored | Exception]]) -> None:
-    """Each kept group's stored messages, as a read would return them."""
+          rows: Sequence[asyncpg.Record], results: list[list[Stored | Exception]],
+          claimed: Mapping[uuid.UUID, asyncpg.Record] | None = None) -> None:
+    """Each kept group's stored messages, as a read would return them.
+
+    ``claimed``: the attachment rows locked for linking, by id; each message lists
+    its own in the order of its ``attachment_ids``, as reads do.
+    """
+    claimed = claimed or {}
     found = {r["id"]: (r["base"], r["at"]) for r in rows}
     pos: dict[int, int] = {}
     for bi, gi in keep:
@@ -151,8 +163,14 @@ def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
                 "sender_id": m.sender_id, "context": m.context, "metadata": m.metadata,
                 "usage": m.usage, "feedback": None, "status": m.status, "created_at": at,
                 "completed_at": None if m.status == "streaming" else at,
+                "attachments": [_linked(claimed[aid]) for aid in m.attachment_ids],
             }))
         results[bi][gi] = stored
+
+
+def _linked(row: asyncpg.Record) -> dict[str, Any]:
+    """A linked attachment as a message object lists it (as the JSON of a read)."""
+    return {f: str(row[f]) if f == "id" else row[f] for f in LINKED_FIELDS}
 
 
 def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]]) -> list[Any]:
@@ -217,13 +235,13 @@ async def _claim_attachments(
     conn: asyncpg.Connection,
     batches: Sequence[SessionBatch],
     results: list[list[Stored | Exception]],
-) -> None:
+) -> dict[uuid.UUID, asyncpg.Record]:
     """Lock the attachments the groups name; refuse the groups that cannot have them.
 
     An attachment can be linked if it belongs to the group's session, is ``ready`` and
     is not linked yet, nor named twice. The batch's sessions are locked first, in id
     order, as every writer and session delete does; then no other transaction can link
-    the locked attachments before this one ends.
+    the locked attachments before this one ends. Returns the locked rows, by id.
     """
     await conn.execute(
         "SELECT 1 FROM sessions WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) "
@@ -232,7 +250,7 @@ async def _claim_attachments(
     )
     wanted = [a for b in batches for g in b.groups for m in g.messages for a in m.attachment_ids]
     rows = await conn.fetch(
-        "SELECT id, session_id, status, message_id FROM attachments "
+        "SELECT id, session_id, status, message_id, name, mime, size, sha256 FROM attachments "
         "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) ORDER BY id FOR UPDATE",
         wanted, list({b.tenant_id for b in batches}),
     )
@@ -245,6 +263,7 @@ async def _claim_attachments(
             problem = _attachment_problem(group, batch.session_id, found, taken)
             if problem is not None:
                 results[bi][gi] = InvalidReference(*problem)
+    return found
 
 
 def _attachment_problem(
@@ -275,14 +294,16 @@ async def _link_attachments(
     conn: asyncpg.Connection, batches: Sequence[SessionBatch],
     keep: Sequence[tuple[int, int]], results: list[list[Stored | Exception]],
 ) -> None:
-    """Point the claimed attachments at the messages just stored."""
-    pairs = [(aid, m.id) for bi, gi in keep if not isinstance(results[bi][gi], Exception)
-             for m in batches[bi].groups[gi].messages for aid in m.attachment_ids]
-    if pairs:
+    """Point the claimed attachments at the messages just stored, keeping their order."""
+    links = [(aid, m.id, pos) for bi, gi in keep if not isinstance(results[bi][gi], Exception)
+             for m in batches[bi].groups[gi].messages
+             for pos, aid in enumerate(m.attachment_ids)]
+    if links:
         await conn.execute(
-            "UPDATE attachments AS a SET message_id = p.message_id "
-            "FROM unnest($1::uuid[], $2::uuid[]) AS p(id, message_id) WHERE a.id = p.id",
-            [a for a, _ in pairs], [m for _, m in pairs],
+            "UPDATE attachments AS a SET message_id = p.message_id, link_pos = p.pos "
+            "FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) AS p(id, message_id, pos) "
+            "WHERE a.id = p.id",
+            [a for a, _, _ in links], [m for _, m, _ in links], [p for _, _, p in links],
         )
 
 

@@ -9,10 +9,13 @@
    and answers it ``ready`` (409 if no file or another file is there).
 4. A ready attachment is linked to a message through ``attachment_ids`` when the
    message is stored; ``GET …/attachments/{aid}`` answers it with a download URL.
+
+``GET …/attachments`` lists a session's attachments, oldest first, a keyset page.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -20,17 +23,19 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from chat_storage.server import idempotency
+from chat_storage.server import idempotency, pagination
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import path_uuid, run
-from chat_storage.server.jsonio import json_response, read_json, validate
+from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import (
     Attachment,
     AttachmentCreate,
     AttachmentCreated,
     AttachmentDownload,
+    AttachmentListQuery,
+    AttachmentPage,
     Error,
 )
 from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
@@ -95,6 +100,27 @@ async def create_attachment(request: web.Request) -> web.Response:
         await idempotency.release(request, claim)
         raise
     return json_response(answer, status=201, headers={"Location": location(answer)})
+
+
+@routes.get(ATTACHMENTS_PATH, query=AttachmentListQuery,
+            responses={200: AttachmentPage, 400: Error, 404: Error})
+async def list_attachments(request: web.Request) -> web.Response:
+    """List a session's attachments, oldest first (filter by status)."""
+    session_id = path_uuid(request, "session_id", "session")
+    query = parse_query(request, AttachmentListQuery)
+    tenant_id = principal_of(request).tenant_id
+    # the cursor is only valid for the same tenant, session and filter
+    scope = pagination.scope_of("GET " + ATTACHMENTS_PATH, tenant_id, session_id, query.status)
+    key = pagination.decode(query.cursor, scope, (dt.datetime, uuid.UUID))
+    after = None if key is None else (key[0], key[1])
+    rows = await run(request, lambda conn: attachments.list_for_session(
+        conn, tenant_id, session_id, status=query.status, after=after, limit=query.limit + 1))
+
+    def key_of(item: dict[str, Any]) -> list[Any]:
+        return [item["created_at"], str(item["id"])]
+
+    return json_response(pagination.page([attachments.to_json(r) for r in rows], query.limit,
+                                         scope, key_of))
 
 
 async def _load(request: web.Request) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, asyncpg.Record]:
