@@ -116,7 +116,7 @@ function render() {
     const content = li.querySelector(".content");
     if (content.textContent !== m.content) content.textContent = m.content;
     const files = li.querySelector(".files");
-    const attached = Array.isArray(m.metadata && m.metadata.attachments) ? m.metadata.attachments : [];
+    const attached = Array.isArray(m.attachments) ? m.attachments : [];
     if (files.childElementCount !== attached.length) {
       files.textContent = "";
       for (const a of attached) files.append(fileLink(live.sessionId, a));
@@ -127,8 +127,8 @@ function render() {
 }
 
 // A file's link: its download URL is short-lived, so it is asked for on each click.
-// The message names its attachments in its metadata (the client's own field), so
-// every tab, and the history after a reload, can show them.
+// The message object lists its attachments (history, events, acks), so every tab,
+// and the history after a reload, can show them.
 function fileLink(sessionId, a) {
   const link = document.createElement("a");
   link.href = "#";
@@ -167,7 +167,7 @@ async function send() {
   const files = pending;
   pending = [];
   $("pending").textContent = "";
-  const extra = files.length ? { attachment_ids: files.map((a) => a.id), metadata: { attachments: files } } : {};
+  const extra = files.length ? { attachment_ids: files.map((a) => a.id) } : {};
   await socket.createMessage({ role: "user", content: text, sender_id: userId, ...extra });
   if (first) {
     await api.request("PATCH", `/api/v1/sessions/${encodeURIComponent(socket.sessionId)}`, { title: text.slice(0, 80) });

@@ -126,7 +126,9 @@ async def test_a_file_attached_in_one_tab_downloads_in_another(client: Any, tena
     # stored: linked to the message, as the API sees it
     r = await client.get(f"/api/v1/sessions/{session_id}/messages", headers=tenant.headers)
     [question] = [m for m in (await r.json())["data"] if m["role"] == "user"]
-    [named] = question["metadata"]["attachments"]
+    [named] = question["attachments"]
+    assert (named["name"], named["size"]) == ("minutes.txt", len(data))
+    assert "attachments" not in question["metadata"]  # the message object lists them
     r = await client.get(f"/api/v1/sessions/{session_id}/attachments/{named['id']}",
                          headers=tenant.headers)
     attachment = await r.json()
