@@ -257,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="erase its messages N days after they are written")
     retention.add_argument("--no-retention", dest="retention_days", action="store_const",
                            const=None, help="keep its messages until they are deleted")
-    _limit_flags(update_tenant, "its keys", clearable=True)
+    _limit_flags(update_tenant, "each of its keys", clearable=True)
     cap = update_tenant.add_mutually_exclusive_group()
     cap.add_argument("--max-stream-connections", type=_positive_int, metavar="N",
                      help="WebSocket and event-stream connections open at once, per server "
