@@ -93,9 +93,16 @@ async def tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
 
 
 def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
+    # a limit null: the server's setting applies
     return {"name": info.name, "id": str(info.id), "retention_days": info.retention_days,
             "sessions": info.sessions, "active_keys": info.active_keys,
-            "created_at": info.created_at}
+            "created_at": info.created_at, **_limits_json(info.limits)}
+
+
+def _limits_json(limits: tenants.Limits) -> dict[str, Any]:
+    return {"rate_limit_per_s": limits.rate_limit_per_s,
+            "rate_limit_burst": limits.rate_limit_burst,
+            "max_stream_connections": limits.max_stream_connections}
 
 
 async def tenants_list(args: argparse.Namespace, conn: db.Connection) -> None:
@@ -119,12 +126,22 @@ async def tenants_show(args: argparse.Namespace, conn: db.Connection) -> None:
         ("name", info.name), ("id", str(info.id)),
         ("retention", _retention(info.retention_days)), ("sessions", str(info.sessions)),
         ("active keys", str(info.active_keys)), ("created", _when(info.created_at)),
+        ("rate limit", _rate(info.limits.rate_limit_per_s, "setting")),
+        ("rate limit burst", _limit(info.limits.rate_limit_burst, "setting")),
+        ("max stream connections", _limit(info.limits.max_stream_connections, "setting")),
     ])
 
 
 async def tenants_update(args: argparse.Namespace, conn: db.Connection) -> None:
-    info = await tenants.update_tenant(conn, args.name, retention_days=args.retention_days)
-    print_line(f"updated tenant {info.name}: retention {_retention(info.retention_days)}")
+    info = await tenants.update_tenant(
+        conn, args.name, retention_days=args.retention_days,
+        rate_limit_per_s=args.rate_limit_per_s, rate_limit_burst=args.rate_limit_burst,
+        max_stream_connections=args.max_stream_connections)
+    limits = info.limits
+    print_line(f"updated tenant {info.name}: retention {_retention(info.retention_days)}, "
+               f"rate limit {_rate(limits.rate_limit_per_s, 'setting')}, "
+               f"burst {_limit(limits.rate_limit_burst, 'setting')}, "
+               f"max stream connections {_limit(limits.max_stream_connections, 'setting')}")
 
 
 async def tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,11 +169,13 @@ async def tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
+    limits = tenants.Limits(args.rate_limit_per_s, args.rate_limit_burst)
     created = await tenants.create_key(conn, args.tenant, name=args.name or "",
-                                       scope=args.scope)
+                                       scope=args.scope, limits=limits)
     if args.json:
         print_json({"id": created.id, "tenant": created.tenant, "scope": created.scope,
-                    "key": created.key})
+                    "rate_limit_per_s": limits.rate_limit_per_s,
+                    "rate_limit_burst": limits.rate_limit_burst, "key": created.key})
         return
     print_line(created.key)
     print(f"created {created.scope} key {created.id} for tenant {created.tenant}; "
@@ -173,12 +192,16 @@ async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
     if args.json:
         print_json([
             {"id": k["id"], "name": k["name"], "scope": k["scope"],
+             "rate_limit_per_s": k["rate_limit_per_s"], "rate_limit_burst": k["rate_limit_burst"],
              "created_at": k["created_at"], "revoked_at": k["revoked_at"]}
             for k in keys
         ])
         return
-    print_table(("ID", "NAME", "SCOPE", "CREATED", "REVOKED"), [
-        (k["id"], k["name"] or "-", k["scope"], _when(k["created_at"]), _when(k["revoked_at"]))
+    # a key without its own limit has its tenant's, else the setting
+    print_table(("ID", "NAME", "SCOPE", "RATE", "BURST", "CREATED", "REVOKED"), [
+        (k["id"], k["name"] or "-", k["scope"], _rate(k["rate_limit_per_s"], "tenant"),
+         _limit(k["rate_limit_burst"], "tenant"), _when(k["created_at"]),
+         _when(k["revoked_at"]))
         for k in keys
     ])
 
@@ -194,6 +217,14 @@ def print_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
 
 def _retention(days: int | None) -> str:
     return "forever" if days is None else f"{days} days"
+
+
+def _rate(per_s: float | None, otherwise: str) -> str:
+    return otherwise if per_s is None else f"{per_s:g}/s"
+
+
+def _limit(value: int | None, otherwise: str) -> str:
+    return otherwise if value is None else str(value)
 
 
 def _when(value: dt.datetime | None) -> str:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import errno
 import functools
+import math
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +38,10 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "tenants" and args.action == "update":
+        _check_tenant_update(parser, args)
     try:
         settings = Settings.from_env(
             host=getattr(args, "host", None),
@@ -65,6 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StorageError, asyncpg.PostgresError, OSError) as exc:
         admin.print_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 1
+
+
+def _check_tenant_update(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve ``--clear-rate-limit``; exit 2 when nothing would change."""
+    if args.clear_rate_limit:
+        for dest, flag in (("rate_limit_per_s", "--rate-limit-per-s"),
+                           ("rate_limit_burst", "--rate-limit-burst")):
+            if getattr(args, dest) is not tenants.UNCHANGED:
+                parser.error(f"--clear-rate-limit: not allowed with {flag} or its --clear-…")
+            setattr(args, dest, None)
+    if all(getattr(args, dest) is tenants.UNCHANGED for dest in TENANT_UPDATES):
+        parser.error("nothing to change: give --retention-days N or --no-retention, "
+                     "--rate-limit-per-s R, --rate-limit-burst B, --max-stream-connections N "
+                     "or one of their --clear-… flags")
 
 
 def _note_legacy_data_dir(settings: Settings) -> None:
@@ -141,6 +159,17 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _positive_rate(raw: str) -> float:
+    """Requests per second: a finite number greater than 0 (``0.5``: one every 2 s)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be a number greater than 0")
+    return value
+
+
 def _name(raw: str) -> str:
     """A tenant or key name: not empty, not only blanks."""
     if not raw.strip():
@@ -153,6 +182,36 @@ def _version() -> str:
         return metadata.version(PROG)
     except metadata.PackageNotFoundError:  # run from a source tree that is not installed
         return "unknown (not installed)"
+
+
+# what `tenants update` changes; at least one must be given
+TENANT_UPDATES = ("retention_days", "rate_limit_per_s", "rate_limit_burst",
+                  "max_stream_connections")
+
+
+def _limit_flags(parser: argparse.ArgumentParser, whose: str, *, clearable: bool) -> None:
+    """``--rate-limit-per-s`` and ``--rate-limit-burst`` (with ``clearable``, each with its
+    ``--clear-…`` and ``--clear-rate-limit`` for both)."""
+    rate_help = (f"requests per second for {whose} (a key's own wins over its tenant's; "
+                 "default: CHAT_RATE_LIMIT_PER_S)")
+    burst_help = (f"requests {whose} may make at once (a key's own wins over its tenant's; "
+                  "default: CHAT_RATE_LIMIT_BURST)")
+    if not clearable:
+        parser.add_argument("--rate-limit-per-s", type=_positive_rate, metavar="R",
+                            help=rate_help)
+        parser.add_argument("--rate-limit-burst", type=_positive_int, metavar="B",
+                            help=burst_help)
+        return
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate-limit-per-s", type=_positive_rate, metavar="R", help=rate_help)
+    rate.add_argument("--clear-rate-limit-per-s", dest="rate_limit_per_s",
+                      action="store_const", const=None, help="back to the setting")
+    burst = parser.add_mutually_exclusive_group()
+    burst.add_argument("--rate-limit-burst", type=_positive_int, metavar="B", help=burst_help)
+    burst.add_argument("--clear-rate-limit-burst", dest="rate_limit_burst",
+                       action="store_const", const=None, help="back to the setting")
+    parser.add_argument("--clear-rate-limit", action="store_true",
+                        help="rate and burst both back to the settings")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,14 +249,23 @@ def _parser() -> argparse.ArgumentParser:
     show_tenant.add_argument("name", type=_name)
     show_tenant.add_argument("--json", action="store_true", help="print a JSON object")
     show_tenant.set_defaults(handler=admin.tenants_show)
-    update_tenant = tenants_sub.add_parser("update", help="change a tenant's retention")
+    update_tenant = tenants_sub.add_parser(
+        "update", help="change a tenant's retention and limits (what is not given stays)")
     update_tenant.add_argument("name", type=_name)
-    retention = update_tenant.add_mutually_exclusive_group(required=True)
+    retention = update_tenant.add_mutually_exclusive_group()
     retention.add_argument("--retention-days", type=_positive_int, metavar="N",
                            help="erase its messages N days after they are written")
     retention.add_argument("--no-retention", dest="retention_days", action="store_const",
                            const=None, help="keep its messages until they are deleted")
-    update_tenant.set_defaults(handler=admin.tenants_update)
+    _limit_flags(update_tenant, "each of its keys", clearable=True)
+    cap = update_tenant.add_mutually_exclusive_group()
+    cap.add_argument("--max-stream-connections", type=_positive_int, metavar="N",
+                     help="WebSocket and event-stream connections open at once, per server "
+                          "process (default: CHAT_WS_MAX_CONNECTIONS_PER_TENANT)")
+    cap.add_argument("--clear-max-stream-connections", dest="max_stream_connections",
+                     action="store_const", const=None, help="back to the setting")
+    update_tenant.set_defaults(handler=admin.tenants_update, **dict.fromkeys(
+        TENANT_UPDATES, tenants.UNCHANGED))
     delete_tenant = tenants_sub.add_parser(
         "delete", help="delete a tenant and its keys; refused while it has sessions "
         "unless --force")
@@ -215,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scope", choices=tenants.SCOPES, default=tenants.DEFAULT_SCOPE,
         help="what the key reaches: admin everything of its tenant, write every session "
         "and message but not user erasure, read only GET routes (default: %(default)s)")
+    _limit_flags(create_key, "this key", clearable=False)
     create_key.add_argument("--json", action="store_true",
                             help='print one line {"id", "tenant", "scope", "key"}')
     create_key.set_defaults(handler=admin.keys_create)

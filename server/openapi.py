@@ -43,12 +43,16 @@ _HEADERS: dict[str, dict[str, Any]] = {
                        "it is in every log line and error body of the request.",
         "schema": {"type": "string"},
     },
-    "RateLimit-Limit": {"description": "Token bucket capacity of the API key.",
+    "RateLimit-Limit": {"description": "Token bucket capacity (the burst) of the API key.",
                         "schema": {"type": "integer"}},
     "RateLimit-Remaining": {"description": "Tokens left in the bucket.",
                             "schema": {"type": "integer"}},
     "RateLimit-Reset": {"description": "Seconds until the bucket is full again.",
                         "schema": {"type": "integer"}},
+    "RateLimit-Policy": {
+        "description": "The key's limits: `<requests per second>;w=1;burst=<capacity>`; "
+                       "they may differ per tenant and per key.",
+        "schema": {"type": "string"}, "example": "100;w=1;burst=200"},
     "Retry-After": {"description": "Seconds to wait before retrying; nothing was stored.",
                     "schema": {"type": "integer"}},
     "Idempotent-Replayed": {
@@ -259,7 +263,8 @@ def _response(
 def _response_headers(ep: Endpoint, status: int, is_error: bool) -> dict[str, Any]:
     names = ["X-Request-ID"]
     if ep.auth and status not in (401, 403):
-        names += ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+        names += ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+                  "RateLimit-Policy"]
     if is_error and status in (429, 503):
         names.append("Retry-After")
     if status == 401:

@@ -1,6 +1,11 @@
 """Per-API-key rate limit of the HTTP API. Every ``/api/v1`` response carries
 ``RateLimit-*`` headers.
 
+The limits of a key are the principal's (key override, else tenant override, resolved
+by ``storage.tenants`` when the key is authenticated and cached with it), else the
+settings the limiter was opened with. ``RateLimit-Limit`` is the burst (the most
+requests that may go at once), ``RateLimit-Policy`` is ``<rate>;w=1;burst=<burst>``.
+
 The limiter (:mod:`storage.ratelimit`) is chosen at start: in memory for one process,
 or shared through Redis when ``REDIS_URL`` is set. Both answer the same ``Decision``.
 """
@@ -22,7 +27,9 @@ async def take_token(request: web.Request, principal: Principal) -> None:
 
     Called by the API middleware (``server.middlewares``) after authentication.
     """
-    result = await request.app[LIMITER_KEY].take(principal.key_id)
+    limits = principal.limits
+    result = await request.app[LIMITER_KEY].take(
+        principal.key_id, rate_per_s=limits.rate_limit_per_s, burst=limits.rate_limit_burst)
     request[DECISION_KEY] = result
     if not result.allowed:
         raise ApiError(429, "rate limit exceeded",
@@ -37,6 +44,14 @@ def apply_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["RateLimit-Limit"] = str(result.limit)
     response.headers["RateLimit-Remaining"] = str(result.remaining)
     response.headers["RateLimit-Reset"] = str(result.reset_s)
+    response.headers["RateLimit-Policy"] = policy(result.rate_per_s, result.limit)
+
+
+def policy(rate_per_s: float, burst: int) -> str:
+    """``RateLimit-Policy``: ``rate_per_s`` per 1-second window, ``burst`` at most at once
+    (``100;w=1;burst=200``; a fractional rate as a plain decimal, ``0.5;w=1;burst=2``)."""
+    rate = f"{rate_per_s:.6f}".rstrip("0").rstrip(".")
+    return f"{rate or '0'};w=1;burst={burst}"
 
 
 def setup(app: web.Application, limiter: Limiter) -> None:

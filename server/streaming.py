@@ -28,7 +28,12 @@ STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
 
 
 class Connections:
-    """Open streaming connections: counted per tenant, all closed on shutdown."""
+    """Open streaming connections: counted per tenant, all closed on shutdown.
+
+    A tenant may have at most its own cap (``tenants update --max-stream-connections``,
+    carried by the principal) open at once in this process, else ``per_tenant`` (the
+    setting).
+    """
 
     def __init__(self, per_tenant: int) -> None:
         self.per_tenant = per_tenant
@@ -36,11 +41,18 @@ class Connections:
         self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
         self._ids = itertools.count()
 
-    def open(self, tenant_id: uuid.UUID, kind: str,
+    def cap(self, principal: Principal) -> int:
+        """How many connections ``principal``'s tenant may have open at once."""
+        own = principal.limits.max_stream_connections
+        return self.per_tenant if own is None else own
+
+    def open(self, principal: Principal, kind: str,
              closer: Callable[[], Awaitable[None]]) -> int:
-        """Count a new connection of ``tenant_id``; 429 past the limit. Returns its token."""
+        """Count a new connection of ``principal``'s tenant; 429 past its cap. Returns
+        its token."""
+        tenant_id = principal.tenant_id
         count = self._counts.get(tenant_id, 0)
-        if count >= self.per_tenant:
+        if count >= self.cap(principal):
             raise ApiError(429, "too many streaming connections for this tenant",
                            headers={"Retry-After": "5"})
         self._counts[tenant_id] = count + 1

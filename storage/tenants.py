@@ -31,13 +31,47 @@ def scope_allows(held: Scope, needed: Scope) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Overrides of the server's limits; ``None``: the setting applies."""
+
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
+    max_stream_connections: int | None = None  # tenants only
+
+
+def check_limits(limits: Limits) -> None:
+    """``ValueError`` unless every override given is greater than 0."""
+    for field in dataclasses.fields(limits):
+        value = getattr(limits, field.name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{field.name} must be greater than 0, not {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the tenant, the API key used and that key's scope."""
+    """Who is calling: the tenant, the API key used and that key's scope, and the limits
+    that apply to it (key over tenant, field by field; ``None``: the setting)."""
 
     tenant_id: uuid.UUID
     tenant_name: str
     key_id: str
     scope: Scope = DEFAULT_SCOPE
+    limits: Limits = Limits()
+
+
+# a key's rate and burst win over its tenant's; the connection cap is the tenant's.
+# Used with ``api_keys k`` and ``tenants t`` in the query.
+EFFECTIVE_LIMITS = """
+    COALESCE(k.rate_limit_per_s, t.rate_limit_per_s) AS rate_limit_per_s,
+    COALESCE(k.rate_limit_burst, t.rate_limit_burst) AS rate_limit_burst,
+    t.max_stream_connections
+"""
+
+
+def limits_of(row: asyncpg.Record) -> Limits:
+    """The :class:`Limits` in the columns of :data:`EFFECTIVE_LIMITS`."""
+    return Limits(row["rate_limit_per_s"], row["rate_limit_burst"],
+                  row["max_stream_connections"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,6 +84,7 @@ class TenantInfo:
     created_at: datetime
     sessions: int
     active_keys: int
+    limits: Limits = Limits()
 
 
 class TenantNotEmpty(Conflict):
@@ -69,6 +104,7 @@ class CreatedKey:
     name: str
     key: str
     scope: Scope = DEFAULT_SCOPE
+    limits: Limits = Limits()
 
 
 def hash_key(key: str) -> bytes:
@@ -107,6 +143,7 @@ async def create_tenant(
 
 _TENANT_INFO = """
     SELECT t.id, t.name, t.retention_days, t.created_at,
+           t.rate_limit_per_s, t.rate_limit_burst, t.max_stream_connections,
            (SELECT count(*) FROM sessions s WHERE s.tenant_id = t.id) AS sessions,
            (SELECT count(*) FROM api_keys k
             WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys
@@ -117,7 +154,14 @@ _TENANT_INFO = """
 async def list_tenants(conn: asyncpg.Connection) -> list[TenantInfo]:
     """Every tenant, by name."""
     rows = await conn.fetch(_TENANT_INFO + " ORDER BY t.name")
-    return [TenantInfo(**dict(r)) for r in rows]
+    return [_tenant_info(r) for r in rows]
+
+
+def _tenant_info(row: asyncpg.Record) -> TenantInfo:
+    fields = dict(row)
+    limits = Limits(fields.pop("rate_limit_per_s"), fields.pop("rate_limit_burst"),
+                    fields.pop("max_stream_connections"))
+    return TenantInfo(**fields, limits=limits)
 
 
 async def get_tenant(conn: asyncpg.Connection, name: str) -> TenantInfo:
@@ -125,22 +169,43 @@ async def get_tenant(conn: asyncpg.Connection, name: str) -> TenantInfo:
     row = await conn.fetchrow(_TENANT_INFO + " WHERE t.name = $1", name)
     if row is None:
         raise NotFound(f"tenant {name!r} does not exist")
-    return TenantInfo(**dict(row))
+    return _tenant_info(row)
+
+
+UNCHANGED: Any = object()  # update_tenant: leave this setting as it is
+_TENANT_COLUMNS = ("retention_days", "rate_limit_per_s", "rate_limit_burst",
+                   "max_stream_connections")
 
 
 async def update_tenant(
-    conn: asyncpg.Connection, name: str, *, retention_days: int | None
+    conn: asyncpg.Connection, name: str, *, retention_days: int | None = UNCHANGED,
+    rate_limit_per_s: float | None = UNCHANGED, rate_limit_burst: int | None = UNCHANGED,
+    max_stream_connections: int | None = UNCHANGED,
 ) -> TenantInfo:
-    """Set the retention of tenant ``name`` (``None``: keep messages forever). Audited."""
+    """Change the settings of tenant ``name`` that are given; the others stay. Audited.
+
+    ``retention_days=None``: keep messages forever; a limit ``None``: the server's
+    setting again. ``ValueError`` for a limit that is not greater than 0.
+    """
+    given = {column: value for column, value in zip(_TENANT_COLUMNS, (
+        retention_days, rate_limit_per_s, rate_limit_burst, max_stream_connections),
+        strict=True) if value is not UNCHANGED}
+    check_limits(Limits(
+        None if rate_limit_per_s is UNCHANGED else rate_limit_per_s,
+        None if rate_limit_burst is UNCHANGED else rate_limit_burst,
+        None if max_stream_connections is UNCHANGED else max_stream_connections))
+    if not given:
+        raise ValueError("nothing to change")
+    # column names come from _TENANT_COLUMNS only, never from the caller
+    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(given, start=2))
     async with conn.transaction():
         tenant_id = await conn.fetchval(
-            "UPDATE tenants SET retention_days = $2 WHERE name = $1 RETURNING id",
-            name, retention_days,
+            f"UPDATE tenants SET {assignments} WHERE name = $1 RETURNING id",
+            name, *given.values(),
         )
         if tenant_id is None:
             raise NotFound(f"tenant {name!r} does not exist")
-        await audit(conn, tenant_id, "cli", "tenant.update", name,
-                    {"retention_days": retention_days})
+        await audit(conn, tenant_id, "cli", "tenant.update", name, given)
     return await get_tenant(conn, name)
 
 
@@ -196,11 +261,17 @@ async def tenant_id_by_name(conn: asyncpg.Connection, name: str) -> uuid.UUID:
 
 async def create_key(
     conn: asyncpg.Connection, tenant: str, name: str = "", key: str | None = None,
-    scope: Scope = DEFAULT_SCOPE,
+    scope: Scope = DEFAULT_SCOPE, limits: Limits = Limits(),
 ) -> CreatedKey:
-    """Create a key of ``scope`` for ``tenant``; with ``key`` given, store that one (seeding)."""
+    """Create a key of ``scope`` for ``tenant``; with ``key`` given, store that one (seeding).
+
+    ``limits``: the key's own rate and burst (``None``: its tenant's, else the setting).
+    """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    check_limits(limits)
+    if limits.max_stream_connections is not None:
+        raise ValueError("max_stream_connections is a tenant's limit, not a key's")
     tenant_id = await tenant_id_by_name(conn, tenant)
     if key is None:
         key_id, key = make_key()
@@ -211,15 +282,18 @@ async def create_key(
     async with conn.transaction():
         await conn.execute(
             """
-            INSERT INTO api_keys (id, tenant_id, name, key_hash, scope)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO api_keys (id, tenant_id, name, key_hash, scope, rate_limit_per_s,
+                                  rate_limit_burst)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (id) DO NOTHING
             """,
-            key_id, tenant_id, name, hash_key(key), scope,
+            key_id, tenant_id, name, hash_key(key), scope, limits.rate_limit_per_s,
+            limits.rate_limit_burst,
         )
         await audit(conn, tenant_id, "cli", "key.create", key_id,
-                    {"name": name, "scope": scope})
-    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope)
+                    {"name": name, "scope": scope, "rate_limit_per_s": limits.rate_limit_per_s,
+                     "rate_limit_burst": limits.rate_limit_burst})
+    return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope, limits=limits)
 
 
 async def revoke_key(conn: asyncpg.Connection, id_or_key: str) -> str:
@@ -252,7 +326,8 @@ async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any
     """The keys of ``tenant`` (never their secrets)."""
     tenant_id = await tenant_id_by_name(conn, tenant)
     rows = await conn.fetch(
-        "SELECT id, name, scope, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 "
+        "SELECT id, name, scope, rate_limit_per_s, rate_limit_burst, created_at, revoked_at "
+        "FROM api_keys WHERE tenant_id = $1 "
         "ORDER BY created_at",
         tenant_id,
     )
@@ -269,7 +344,8 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     candidates.append(hashlib.sha256(key.encode()).hexdigest()[:16])
     row = await conn.fetchrow(
         """
-        SELECT k.id, k.key_hash, k.tenant_id, k.scope, t.name AS tenant_name
+        SELECT k.id, k.key_hash, k.tenant_id, k.scope, t.name AS tenant_name,
+        """ + EFFECTIVE_LIMITS + """
         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE k.id = ANY($1::text[]) AND k.revoked_at IS NULL
         LIMIT 1
@@ -278,7 +354,8 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> Principal | None:
     )
     if row is None or not hmac.compare_digest(bytes(row["key_hash"]), hash_key(key)):
         return None
-    return Principal(row["tenant_id"], row["tenant_name"], row["id"], row["scope"])
+    return Principal(row["tenant_id"], row["tenant_name"], row["id"], row["scope"],
+                     limits_of(row))
 
 
 async def audit(

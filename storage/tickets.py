@@ -16,7 +16,7 @@ import uuid
 import asyncpg
 
 from chat_storage.storage.errors import NotFound
-from chat_storage.storage.tenants import Principal
+from chat_storage.storage.tenants import EFFECTIVE_LIMITS, Principal, limits_of
 
 PREFIX = "wst_"
 
@@ -62,15 +62,16 @@ async def consume(
         return None
     row = await conn.fetchrow(
         """
-        DELETE FROM ws_tickets t USING tenants n, api_keys k
-        WHERE t.ticket_hash = $1 AND t.session_id = $2 AND t.expires_at > now()
-          AND n.id = t.tenant_id
-          AND k.id = t.key_id AND k.tenant_id = t.tenant_id AND k.revoked_at IS NULL
-        RETURNING t.tenant_id, n.name, t.key_id, k.scope
+        DELETE FROM ws_tickets w USING tenants t, api_keys k
+        WHERE w.ticket_hash = $1 AND w.session_id = $2 AND w.expires_at > now()
+          AND t.id = w.tenant_id
+          AND k.id = w.key_id AND k.tenant_id = w.tenant_id AND k.revoked_at IS NULL
+        RETURNING w.tenant_id, t.name, w.key_id, k.scope,
+        """ + EFFECTIVE_LIMITS + """
         """,
         _hash(ticket), session_id,
     )
     if row is None:
         return None
     return Principal(tenant_id=row["tenant_id"], tenant_name=row["name"], key_id=row["key_id"],
-                     scope=row["scope"])
+                     scope=row["scope"], limits=limits_of(row))

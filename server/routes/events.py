@@ -90,7 +90,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
         outbox.close()
 
     connections = app[CONNECTIONS_KEY]
-    token = connections.open(tenant_id, "sse", close)
+    token = connections.open(principal_of(request), "sse", close)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})

@@ -98,7 +98,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "expected a WebSocket upgrade request")
     conn = Connection(request, ws, (tenant_id, session_id))
     connections = request.app[CONNECTIONS_KEY]
-    token = connections.open(tenant_id, "ws", conn.shutdown)
+    token = connections.open(principal_of(request), "ws", conn.shutdown)
     try:
         await ws.prepare(request)
         await conn.run()

@@ -30,17 +30,19 @@ class SharedLimiter:
         self.fallback = fallback
         self.failing = False
 
-    async def take(self, key: str) -> Decision:
-        """Take a token from the shared bucket of ``key`` (or the local one, see above)."""
+    async def take(self, key: str, *, rate_per_s: float | None = None,
+                   burst: int | None = None) -> Decision:
+        """Take a token from the shared bucket of ``key`` (or the local one, see above),
+        with the same limits either way."""
         try:
-            result = await self.shared.take(key)
+            result = await self.shared.take(key, rate_per_s=rate_per_s, burst=burst)
         except RateLimitUnavailable as exc:
             FALLBACKS.inc()
             if not self.failing:
                 log.warning("shared rate limit unavailable; limiting in memory",
                             extra={"error": repr(exc.__cause__)})
             self.failing = True
-            return await self.fallback.take(key)
+            return await self.fallback.take(key, rate_per_s=rate_per_s, burst=burst)
         if self.failing:
             log.info("shared rate limit available again")
         self.failing = False

@@ -23,7 +23,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat_storage.storage.ratelimit.base import Decision, RateLimitUnavailable, decision
+from chat_storage.storage.ratelimit.base import (
+    Decision,
+    RateLimitUnavailable,
+    check_limits,
+    decision,
+)
 from chat_storage.storage.redis_keys import RedisKeys
 from chat_storage.supervisor import Supervisor
 
@@ -45,9 +50,11 @@ if tokens == nil or ts == nil then
   ts = now
 end
 if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  tokens = tokens + (now - ts) * rate / 1000
   ts = now
 end
+-- limits may differ from the last take's (an override changed): never above this burst
+tokens = math.min(burst, tokens)
 local granted = math.min(tonumber(ARGV[4]), math.floor(tokens))
 tokens = tokens - granted
 -- after a take the bucket is below burst, so this is at least 1 ms
@@ -59,32 +66,39 @@ return {granted, tostring(tokens)}
 
 
 _Waiters = list["asyncio.Future[Decision]"]
+# the takes that may share one script call: same key, clock, rate and burst
+_Slot = tuple[str, float | None, float, int]
 
 
 class RedisLimiter:
-    """Per-key token buckets in Redis: ``rate_per_s`` refill, ``burst`` capacity."""
+    """Per-key token buckets in Redis: ``rate_per_s`` refill, ``burst`` capacity (the
+    defaults; a take may give its own, passed to the script as arguments)."""
 
     def __init__(self, client: Redis, *, tasks: Supervisor, prefix: str, rate_per_s: float,
                  burst: int, timeout_s: float = 0.5) -> None:
-        if rate_per_s <= 0 or burst <= 0:
-            raise ValueError("rate_per_s and burst must be greater than 0")
+        check_limits(rate_per_s, burst)
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.timeout_s = timeout_s
         self.keys = RedisKeys(prefix)
         # EVALSHA, and on NOSCRIPT (a restarted or failed-over Redis) SCRIPT LOAD + retry
         self._script = client.register_script(TOKEN_BUCKET)
-        # per (key, now_ms): the takes waiting for the next script call; a key is
+        # per (key, now_ms, rate, burst): the takes waiting for the next script call; a key is
         # present while its drain task runs (bounded by the keys in use)
-        self._queued: dict[tuple[str, float | None], _Waiters] = {}
+        self._queued: dict[_Slot, _Waiters] = {}
         self._tasks = tasks
 
-    async def take(self, key: str, *, now_ms: float | None = None) -> Decision:
+    async def take(self, key: str, *, rate_per_s: float | None = None, burst: int | None = None,
+                   now_ms: float | None = None) -> Decision:
         """Take one token from ``key``'s bucket; :class:`RateLimitUnavailable` on outage.
 
+        ``rate_per_s`` and ``burst`` (default: the limiter's) are this take's limits.
         ``now_ms`` replaces Redis's clock (tests); keep it monotonic per key.
         """
-        slot = (key, now_ms)
+        rate_per_s = self.rate_per_s if rate_per_s is None else rate_per_s
+        burst = self.burst if burst is None else burst
+        check_limits(rate_per_s, burst)
+        slot: _Slot = (key, now_ms, rate_per_s, burst)
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         queued = self._queued.get(slot)
         if queued is not None:  # a drain is under way: go with its next call
@@ -94,27 +108,28 @@ class RedisLimiter:
             self._tasks.spawn(self._drain(slot), name="ratelimit-drain")
         return await future
 
-    async def _drain(self, slot: tuple[str, float | None]) -> None:
+    async def _drain(self, slot: _Slot) -> None:
         """Script calls for the queued takes of ``slot``, a batch each, until none is left.
 
         A task of its own, so no caller waits for other callers' answers.
         """
-        key, now_ms = slot
+        key = slot[0]
         try:
             while queued := self._queued[slot]:
                 self._queued[slot] = []
-                await self._call(key, now_ms, queued)
+                await self._call(slot, queued)
         finally:
             for waiter in self._queued.pop(slot, []):  # only if this task was cancelled
                 if not waiter.done():
                     waiter.set_exception(RateLimitUnavailable(f"rate limit of {key} unavailable"))
 
-    async def _call(self, key: str, now_ms: float | None, waiters: _Waiters) -> None:
+    async def _call(self, slot: _Slot, waiters: _Waiters) -> None:
         """One script call for ``waiters`` (in arrival order); answers each of them."""
+        key, now_ms, rate_per_s, burst = slot
         waiters = [w for w in waiters if not w.done()]  # a caller that went away
         if not waiters:
             return
-        args: list[Any] = [repr(self.rate_per_s), self.burst,
+        args: list[Any] = [repr(float(rate_per_s)), burst,
                            "" if now_ms is None else now_ms, len(waiters)]
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -132,4 +147,4 @@ class RedisLimiter:
             # what the bucket held after this take, had the takes gone one by one
             after = tokens + int(granted) - i - 1 if allowed else tokens
             if not waiter.done():
-                waiter.set_result(decision(allowed, after, self.burst, self.rate_per_s))
+                waiter.set_result(decision(allowed, after, burst, rate_per_s))

@@ -153,7 +153,7 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
     assert made.returncode == 0, made.stderr
     assert len(made.stdout.strip().splitlines()) == 1
     key = json.loads(made.stdout)
-    assert set(key) == {"id", "tenant", "scope", "key"}
+    assert set(key) == {"id", "tenant", "scope", "rate_limit_per_s", "rate_limit_burst", "key"}
     assert (key["tenant"], key["scope"]) == (name, "admin")  # the default: as before scopes
     principal = authenticate(database_url, key["key"])
     assert principal is not None
@@ -177,7 +177,7 @@ def test_tenant_and_key_lifecycle(database_url: str) -> None:
     table = run("keys", "list", "--tenant", name, DATABASE_URL=database_url)
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "SCOPE", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "SCOPE", "RATE", "BURST", "CREATED", "REVOKED"]
     assert len(lines) == 2 and lines[0].startswith(key["id"])
     assert [line.split()[2] for line in lines] == ["admin", "read"]
 
@@ -547,3 +547,80 @@ def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_limits_of_tenants_and_keys(database_url: str) -> None:
+    name = f"limits-{secrets.token_hex(4)}"
+    env = {"DATABASE_URL": database_url}
+    assert run("tenants", "create", name, **env).returncode == 0
+
+    def shown() -> dict[str, Any]:
+        out = run("tenants", "show", name, "--json", **env)
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    def limits() -> tuple[Any, ...]:
+        info = shown()
+        return (info["rate_limit_per_s"], info["rate_limit_burst"],
+                info["max_stream_connections"])
+
+    assert limits() == (None, None, None)  # the settings apply
+    updated = run("tenants", "update", name, "--rate-limit-per-s", "2.5",
+                  "--rate-limit-burst", "20", "--max-stream-connections", "7", **env)
+    assert updated.returncode == 0, updated.stderr
+    assert "2.5/s" in updated.stdout and "burst 20" in updated.stdout
+    assert limits() == (2.5, 20, 7)
+    table = run("tenants", "show", name, **env).stdout
+    assert "2.5/s" in table and "max stream connections  7" in table
+    # one change leaves the others (and the retention) as they were
+    assert run("tenants", "update", name, "--retention-days", "9", **env).returncode == 0
+    assert limits() == (2.5, 20, 7) and shown()["retention_days"] == 9
+    assert run("tenants", "update", name, "--clear-max-stream-connections",
+               **env).returncode == 0
+    assert limits() == (2.5, 20, None)
+    assert run("tenants", "update", name, "--clear-rate-limit", **env).returncode == 0
+    assert limits() == (None, None, None) and shown()["retention_days"] == 9
+    assert run("tenants", "update", name, "--rate-limit-burst", "3", **env).returncode == 0
+    assert run("tenants", "update", name, "--clear-rate-limit-burst", **env).returncode == 0
+    assert limits() == (None, None, None)
+
+    made = run("keys", "create", "--tenant", name, "--rate-limit-per-s", "0.5",
+               "--rate-limit-burst", "4", "--json", **env)
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert (key["rate_limit_per_s"], key["rate_limit_burst"]) == (0.5, 4)
+    assert run("keys", "create", "--tenant", name, **env).returncode == 0
+    listed = json.loads(run("keys", "list", "--tenant", name, "--json", **env).stdout)
+    assert [(k["rate_limit_per_s"], k["rate_limit_burst"]) for k in listed] == [
+        (0.5, 4), (None, None)]
+    _header, *lines = run("keys", "list", "--tenant", name, **env).stdout.splitlines()
+    assert [line.split()[3:5] for line in lines] == [["0.5/s", "4"], ["tenant", "tenant"]]
+    audit = query(database_url, "SELECT details FROM audit_log WHERE action = 'tenant.update' "
+                  "AND target = $1 ORDER BY id", name)
+    assert json.loads(audit[0]["details"]) == {"rate_limit_per_s": 2.5, "rate_limit_burst": 20,
+                                   "max_stream_connections": 7}
+
+
+@pytest.mark.parametrize("args, words", [
+    (("tenants", "update", "t", "--rate-limit-per-s", "0"), "greater than 0"),
+    (("tenants", "update", "t", "--rate-limit-per-s", "-1.5"), "greater than 0"),
+    (("tenants", "update", "t", "--rate-limit-per-s", "nan"), "greater than 0"),
+    (("tenants", "update", "t", "--rate-limit-per-s", "fast"), "not a number"),
+    (("tenants", "update", "t", "--rate-limit-burst", "0"), "greater than 0"),
+    (("tenants", "update", "t", "--rate-limit-burst", "1.5"), "not a whole number"),
+    (("tenants", "update", "t", "--max-stream-connections", "-2"), "greater than 0"),
+    (("tenants", "update", "t", "--rate-limit-per-s", "1", "--clear-rate-limit-per-s"),
+     "not allowed with"),
+    (("tenants", "update", "t", "--clear-rate-limit", "--rate-limit-burst", "2"),
+     "--clear-rate-limit: not allowed with --rate-limit-burst"),
+    (("tenants", "update", "t"), "nothing to change"),
+    (("keys", "create", "--tenant", "t", "--rate-limit-per-s", "0"), "greater than 0"),
+    (("keys", "create", "--tenant", "t", "--rate-limit-burst", "none"), "not a whole number"),
+    (("keys", "create", "--tenant", "t", "--max-stream-connections", "3"),
+     "unrecognized arguments"),
+])
+def test_bad_limits_exit_2_with_a_clear_message(args: tuple[str, ...], words: str) -> None:
+    # refused while parsing: no database is reached
+    out = run(*args, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert out.returncode == 2
+    assert words in out.stderr and "Traceback" not in out.stderr

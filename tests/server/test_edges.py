@@ -198,6 +198,7 @@ async def test_rate_limit_is_429_with_retry_after(
     assert [r.status for r in answers] == [200, 200, 429]
     for r in answers:
         assert r.headers["RateLimit-Limit"] == "2"
+        assert r.headers["RateLimit-Policy"] == "0.02;w=1;burst=2"
         assert int(r.headers["RateLimit-Reset"]) > 0
     assert [r.headers["RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
     limited = answers[2]

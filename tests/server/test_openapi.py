@@ -135,7 +135,8 @@ async def test_errors_and_headers_are_documented(client: Any) -> None:
     assert "Retry-After" in op["responses"]["429"]["headers"]
     assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
     ok = op["responses"]["201"]
-    assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(ok["headers"])
+    assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
+            "RateLimit-Policy"} <= set(ok["headers"])
     header_params = {p["name"] for p in op["parameters"] if p["in"] == "header"}
     assert "Idempotency-Key" in header_params
     error = doc["components"]["schemas"]["Error"]

@@ -144,6 +144,6 @@ async def test_outage_raises_a_narrow_error() -> None:
 
 
 def test_decision_matches_the_header_arithmetic() -> None:
-    assert decision(True, 4.5, 10, 2.0) == Decision(True, 10, 4, 3, 0)
-    assert decision(False, 0.25, 10, 2.0) == Decision(False, 10, 0, 5, 1)
+    assert decision(True, 4.5, 10, 2.0) == Decision(True, 10, 4, 3, 0, 2.0)
+    assert decision(False, 0.25, 10, 2.0) == Decision(False, 10, 0, 5, 1, 2.0)
     assert decision(False, 0.0, 10, 0.1).retry_after_s == 10
