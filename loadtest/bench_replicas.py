@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chat_storage.storage import tenants
+from chat_storage.storage import apikeys
 from loadtest import harness
 from tests.support.procs import RedisServer, Server
 
@@ -190,7 +190,7 @@ def parse_args() -> argparse.Namespace:
 
 async def main() -> None:
     args = parse_args()
-    key = tenants.make_key()[1]
+    key = apikeys.make_key()[1]
     prefix = f"bench-{secrets.token_hex(4)}"
     name = f"chat_bench_replicas_{secrets.token_hex(4)}"
     url = await harness.create_database(name)

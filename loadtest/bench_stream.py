@@ -37,7 +37,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chat_storage.storage import tenants
+from chat_storage.storage import apikeys
 from loadtest import harness
 
 
@@ -199,7 +199,7 @@ def parse_args() -> argparse.Namespace:
 async def main() -> None:
     args = parse_args()
     loads = [x for x in args.loads.split(",") if x]
-    key = tenants.make_key()[1]
+    key = apikeys.make_key()[1]
     name = f"chat_bench_stream_{secrets.token_hex(4)}"
     url = await harness.create_database(name)
     env = {**os.environ, "DATABASE_URL": url, "CHAT_API_KEYS": f"bench:{key}",

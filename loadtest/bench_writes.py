@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chat_storage.storage import db, tenants
+from chat_storage.storage import apikeys, db, tenants
 from loadtest import bench_clients as clients
 from loadtest import harness
 from loadtest.bench_clients import Result
@@ -72,7 +72,7 @@ async def create_database() -> tuple[str, str, str]:
     try:
         async with pool.acquire() as conn:
             await tenants.create_tenant(conn, "bench")
-            key = (await tenants.create_key(conn, "bench", name="bench")).key
+            key = (await apikeys.create_key(conn, "bench", name="bench")).key
     finally:
         await pool.close()
     return name, url, key

@@ -12,7 +12,7 @@ import logging
 import asyncpg
 
 from chat_storage.runtime.settings import Settings
-from chat_storage.storage import db, embedded, migrations, tenants
+from chat_storage.storage import apikeys, db, embedded, migrations, tenants
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ async def seed_keys(pool: asyncpg.Pool, pairs: tuple[tuple[str, str], ...]) -> N
     async with pool.acquire() as conn:
         for tenant, key in pairs:
             await tenants.ensure_tenant(conn, tenant)
-            await tenants.create_key(conn, tenant, name="seeded", key=key)
+            await apikeys.create_key(conn, tenant, name="seeded", key=key)
 
 
 async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:

@@ -21,7 +21,7 @@ import orjson
 from chat_storage.runtime import database, maintenance
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
-from chat_storage.storage import attachments, db, embedded, migrations, tenants
+from chat_storage.storage import apikeys, attachments, db, embedded, migrations, overrides, tenants
 from chat_storage.storage import retention as archives
 from chat_storage.storage.errors import Conflict
 
@@ -99,7 +99,7 @@ def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
             "created_at": info.created_at, **_limits_json(info.limits)}
 
 
-def _limits_json(limits: tenants.Limits) -> dict[str, Any]:
+def _limits_json(limits: overrides.Limits) -> dict[str, Any]:
     return {"rate_limit_per_s": limits.rate_limit_per_s,
             "rate_limit_burst": limits.rate_limit_burst,
             "max_stream_connections": limits.max_stream_connections}
@@ -169,8 +169,8 @@ async def tenants_delete(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
-    limits = tenants.Limits(args.rate_limit_per_s, args.rate_limit_burst)
-    created = await tenants.create_key(conn, args.tenant, name=args.name or "",
+    limits = overrides.Limits(args.rate_limit_per_s, args.rate_limit_burst)
+    created = await apikeys.create_key(conn, args.tenant, name=args.name or "",
                                        scope=args.scope, limits=limits)
     if args.json:
         print_json({"id": created.id, "tenant": created.tenant, "scope": created.scope,
@@ -183,12 +183,12 @@ async def keys_create(args: argparse.Namespace, conn: db.Connection) -> None:
 
 
 async def keys_revoke(args: argparse.Namespace, conn: db.Connection) -> None:
-    key_id = await tenants.revoke_key(conn, args.id)
+    key_id = await apikeys.revoke_key(conn, args.id)
     print_line(f"revoked key {key_id}")
 
 
 async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
-    keys = await tenants.list_keys(conn, args.tenant)
+    keys = await apikeys.list_keys(conn, args.tenant)
     if args.json:
         print_json([
             {"id": k["id"], "name": k["name"], "scope": k["scope"],

@@ -1,7 +1,7 @@
 """API-key authentication for ``/api/v1``: 401 without a key, 403 for a bad one, 403
 for a key whose scope does not reach the route.
 
-Keys are looked up by id and compared by hash in constant time (``storage.tenants``);
+Keys are looked up by id and compared by hash in constant time (``storage.apikeys``);
 a successful lookup is cached for ``api_key_cache_s`` so a hot key costs no query.
 The scope a route needs is declared in its route table (``server.routing``) and
 checked here, once, for every route: handlers never check scopes.
@@ -17,7 +17,7 @@ from chat_storage.server.errors import ApiError
 from chat_storage.server.routing import ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
-from chat_storage.storage.tenants import Principal, Scope, authenticate, scope_allows
+from chat_storage.storage.apikeys import Principal, Scope, authenticate, scope_allows
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 API_PREFIX = "/api/v1/"

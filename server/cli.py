@@ -28,7 +28,7 @@ from chat_storage.runtime.settings import (
 )
 from chat_storage.server import admin, logs, serving, workers
 from chat_storage.server.admin import PROG
-from chat_storage.storage import db, tenants
+from chat_storage.storage import apikeys, db, tenants
 from chat_storage.storage.errors import StorageError
 
 
@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default=None, metavar="LABEL", type=_name,
                             help="a label for the key (not blank)")
     create_key.add_argument(
-        "--scope", choices=tenants.SCOPES, default=tenants.DEFAULT_SCOPE,
+        "--scope", choices=apikeys.SCOPES, default=apikeys.DEFAULT_SCOPE,
         help="what the key reaches: admin everything of its tenant, write every session "
         "and message but not user erasure, read only GET routes (default: %(default)s)")
     _limit_flags(create_key, "this key", clearable=False)

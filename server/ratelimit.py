@@ -2,7 +2,7 @@
 ``RateLimit-*`` headers.
 
 The limits of a key are the principal's (key override, else tenant override, resolved
-by ``storage.tenants`` when the key is authenticated and cached with it), else the
+by ``storage.apikeys`` when the key is authenticated and cached with it), else the
 settings the limiter was opened with. ``RateLimit-Limit`` is the burst (the most
 requests that may go at once), ``RateLimit-Policy`` is ``<rate>;w=1;burst=<burst>``.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
+from chat_storage.storage.apikeys import Principal
 from chat_storage.storage.ratelimit import Decision, Limiter
-from chat_storage.storage.tenants import Principal
 
 LIMITER_KEY = web.AppKey("limiter", Limiter)
 DECISION_KEY = web.RequestKey("ratelimit", Decision)

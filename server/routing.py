@@ -20,7 +20,7 @@ import pydantic
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from chat_storage.storage.tenants import Scope
+from chat_storage.storage.apikeys import Scope
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])

@@ -20,7 +20,7 @@ from aiohttp import web
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import admin, logs, protocol
 from chat_storage.server.state import POOL_KEY
-from chat_storage.storage import embedded, tenants
+from chat_storage.storage import apikeys, embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
 
 if TYPE_CHECKING:  # the write path is only imported to serve
@@ -138,7 +138,7 @@ async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
         try:
             async with conn.transaction():  # a tenant without its key would help no one
                 await tenants.create_tenant(conn, DEV_TENANT)
-                created = await tenants.create_key(conn, DEV_TENANT, name="first run")
+                created = await apikeys.create_key(conn, DEV_TENANT, name="first run")
         except Conflict:
             return  # another process sharing the data directory got there first
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"

@@ -12,11 +12,11 @@ from typing import Any, cast
 
 import asyncpg
 
+from chat_storage.storage.audit_log import audit
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.idempotency import Claim
 from chat_storage.storage.records import MESSAGE_FIELDS, StoredMessage
 from chat_storage.storage.sqlparams import Params
-from chat_storage.storage.tenants import audit
 
 # what a message object says of each linked attachment
 LINKED_FIELDS: tuple[str, ...] = ("id", "name", "mime", "size", "sha256", "status")

@@ -29,9 +29,9 @@ import asyncpg
 import orjson
 
 from chat_storage.storage import jsoncodec, messages, sessions
+from chat_storage.storage.audit_log import audit
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.objects import ObjectStore
-from chat_storage.storage.tenants import audit
 
 ARCHIVES = "archives"
 ACTOR = "retention"

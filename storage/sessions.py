@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from chat_storage.storage.audit_log import audit
 from chat_storage.storage.errors import NotFound
 from chat_storage.storage.idempotency import Claim, record_response
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.sqlparams import Params
-from chat_storage.storage.tenants import audit
 
 COLUMNS = (
     "id, user_id, title, favorite, metadata, message_count, last_seq, prompt_tokens, "

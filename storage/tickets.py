@@ -15,8 +15,8 @@ import uuid
 
 import asyncpg
 
+from chat_storage.storage.apikeys import EFFECTIVE_LIMITS, Principal, limits_of
 from chat_storage.storage.errors import NotFound
-from chat_storage.storage.tenants import EFFECTIVE_LIMITS, Principal, limits_of
 
 PREFIX = "wst_"
 

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR, Settings
 from chat_storage.server.app import create_app
-from chat_storage.storage import db, tenants
+from chat_storage.storage import apikeys, db, tenants
 from chat_storage.supervisor import Supervisor
 from tests.support import scratch
 
@@ -112,7 +112,7 @@ async def make_tenant(pool: asyncpg.Pool, prefix: str = "t") -> Tenant:
     name = f"{prefix}-{secrets.token_hex(6)}"
     async with pool.acquire() as conn:
         tenant_id = await tenants.create_tenant(conn, name)
-        created = await tenants.create_key(conn, name, name="test")
+        created = await apikeys.create_key(conn, name, name="test")
     return Tenant(name, tenant_id, created.key, created.id)
 
 

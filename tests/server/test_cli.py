@@ -33,7 +33,7 @@ import pytest
 
 from chat_storage.runtime.settings import Settings, _env_name
 from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
-from chat_storage.storage import db, sessions, tenants
+from chat_storage.storage import apikeys, db, sessions, tenants
 from tests.conftest import ADMIN_URL, db_url
 from tests.support.procs import ROOT, clean_env, cli_command, free_port
 
@@ -79,11 +79,11 @@ def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-def authenticate(url: str, key: str) -> tenants.Principal | None:
-    async def go() -> tenants.Principal | None:
+def authenticate(url: str, key: str) -> apikeys.Principal | None:
+    async def go() -> apikeys.Principal | None:
         conn = await asyncpg.connect(url)
         try:
-            return await tenants.authenticate(conn, key)
+            return await apikeys.authenticate(conn, key)
         finally:
             await conn.close()
 

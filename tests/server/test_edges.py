@@ -17,7 +17,7 @@ from aiohttp import web
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.logs import JsonFormatter
-from chat_storage.storage import tenants
+from chat_storage.storage import apikeys
 from tests.conftest import Tenant, make_tenant
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -133,7 +133,7 @@ async def test_revoked_key_is_403(
     r = await client.get(SESSIONS, headers=tenant.headers)
     assert r.status == 200
     async with pool.acquire() as conn:
-        await tenants.revoke_key(conn, tenant.key_id)
+        await apikeys.revoke_key(conn, tenant.key_id)
     r = await client.get(SESSIONS, headers=tenant.headers)
     await assert_error(r, 403, "Forbidden", SESSIONS, "forbidden")
 

@@ -20,7 +20,7 @@ import pytest
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
-from chat_storage.storage import tenants
+from chat_storage.storage import apikeys, overrides, tenants
 from tests.conftest import Tenant, make_tenant
 from tests.support.procs import Cluster
 from tests.support.streamkit import connect, new_session
@@ -37,8 +37,8 @@ async def set_tenant(pool: asyncpg.Pool, tenant: Tenant, **changes: Any) -> None
 async def add_key(pool: asyncpg.Pool, tenant: Tenant, **limits: Any) -> Tenant:
     """Another key of ``tenant``, with its own limits."""
     async with pool.acquire() as conn:
-        created = await tenants.create_key(conn, tenant.name, name="own",
-                                           limits=tenants.Limits(**limits))
+        created = await apikeys.create_key(conn, tenant.name, name="own",
+                                           limits=overrides.Limits(**limits))
     return dataclasses.replace(tenant, key=created.key, key_id=created.id)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from chat_storage.storage import tenants
+from chat_storage.storage import audit_log
 from tests.conftest import Tenant
 
 
@@ -382,7 +382,7 @@ async def test_delete_leaves_an_audited_tombstone(
     assert (await r.json())["message_count"] == 2
 
     async with pool.acquire() as conn:
-        records = await tenants.audit_records(conn, tenant.id)
+        records = await audit_log.audit_records(conn, tenant.id)
         stored = await conn.fetchval("SELECT content FROM messages WHERE id = $1",
                                      uuid.UUID(secret["id"]))
     deletes = [a for a in records if a["action"] == "message.delete"]

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint
-from chat_storage.storage import tenants
-from chat_storage.storage.tenants import SCOPES, Scope
+from chat_storage.storage import apikeys
+from chat_storage.storage.apikeys import SCOPES, Scope
 from tests.conftest import Tenant
 
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")
@@ -59,7 +59,7 @@ async def keys(pool: asyncpg.Pool, tenant: Tenant) -> dict[Scope, str]:
     out: dict[Scope, str] = {}
     async with pool.acquire() as conn:
         for scope in SCOPES:
-            out[scope] = (await tenants.create_key(conn, tenant.name, name=scope,
+            out[scope] = (await apikeys.create_key(conn, tenant.name, name=scope,
                                                    scope=scope)).key
     return out
 

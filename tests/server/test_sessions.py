@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from chat_storage.storage.tenants import audit_records
+from chat_storage.storage.audit_log import audit_records
 from tests.conftest import Tenant
 
 SESSIONS = "/api/v1/sessions"

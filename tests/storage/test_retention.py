@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from chat_storage.storage import retention, sessions, tenants
+from chat_storage.storage import audit_log, retention, sessions
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.objects.local import LocalStore
@@ -87,7 +87,7 @@ async def test_archive_moves_old_messages_to_the_store_then_deletes_them(
             "SELECT count(*) FROM sessions WHERE id = ANY($1::uuid[])", [gone, empty]) == 0
         assert await conn.fetchval("SELECT count(*) FROM attachments WHERE tenant_id = $1",
                                    tenant.id) == 0
-        [record] = [a for a in await tenants.audit_records(conn, tenant.id)
+        [record] = [a for a in await audit_log.audit_records(conn, tenant.id)
                     if a["action"] == "retention.archive"]
         assert record["details"]["messages"] == 3 and record["actor"] == "retention"
 
@@ -132,6 +132,6 @@ async def test_erase_expired_removes_temporary_chats_only(pool: asyncpg.Pool) ->
         left = {r["id"] for r in await conn.fetch(
             "SELECT id FROM sessions WHERE tenant_id = $1", tenant.id)}
         assert left == {lasting, forever}
-        [record] = [a for a in await tenants.audit_records(conn, tenant.id)
+        [record] = [a for a in await audit_log.audit_records(conn, tenant.id)
                     if a["action"] == "session.expire"]
         assert record["details"] == {"sessions": [str(expired)], "messages": 1}
