@@ -58,6 +58,13 @@ class Settings:
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
     api_key_cache_s: float = 5.0
+    # seals the keys that sign user tokens (32+ characters, the same on every replica);
+    # unset: a key made in data_dir with an embedded database, else no user tokens
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    # how far a token's exp, nbf and iat may be off this server's clock (at most 300)
+    token_leeway_s: float = 30.0
+    # how long an OIDC issuer's keys (JWKS) are kept before they are fetched again
+    oidc_jwks_cache_s: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_content_bytes: int = 256 * 1024
     max_context_bytes: int = 256 * 1024
@@ -96,7 +103,7 @@ class Settings:
     s3_public_url: str | None = None  # the endpoint clients reach, if not s3_endpoint_url
     s3_region: str | None = None
     s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     object_signing_key: str | None = None  # local store URLs; default: a key in data_dir
     max_attachment_bytes: int = 100 * 1024 * 1024
     upload_url_s: int = 900
@@ -182,6 +189,12 @@ class Settings:
         if self.ingest_mode == "async" and self.redis_url is None:
             raise SettingsError("CHAT_INGEST_MODE=async needs REDIS_URL: accepted messages "
                                 "wait in a Redis stream until they are stored")
+        if self.secret_key is not None and len(self.secret_key.encode()) < 32:
+            raise SettingsError("CHAT_SECRET_KEY must be at least 32 characters")
+        if not 0 <= self.token_leeway_s <= 300:
+            raise SettingsError("CHAT_TOKEN_LEEWAY_S must be between 0 and 300")
+        if self.oidc_jwks_cache_s <= 0:
+            raise SettingsError("CHAT_OIDC_JWKS_CACHE_S must be greater than 0")
         try:
             _check_origins(self.cors_origins)
         except ValueError as exc:

@@ -21,7 +21,16 @@ import orjson
 from chat_storage.runtime import database, maintenance
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
-from chat_storage.storage import apikeys, attachments, db, embedded, migrations, overrides, tenants
+from chat_storage.storage import (
+    apikeys,
+    attachments,
+    db,
+    embedded,
+    migrations,
+    overrides,
+    signing_keys,
+    tenants,
+)
 from chat_storage.storage import retention as archives
 from chat_storage.storage.errors import Conflict
 
@@ -96,7 +105,9 @@ def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
     # a limit null: the server's setting applies
     return {"name": info.name, "id": str(info.id), "retention_days": info.retention_days,
             "sessions": info.sessions, "active_keys": info.active_keys,
-            "created_at": info.created_at, **_limits_json(info.limits)}
+            "created_at": info.created_at, **_limits_json(info.limits),
+            "oidc_issuer": info.oidc_issuer, "oidc_audience": info.oidc_audience,
+            "oidc_user_claim": info.oidc_user_claim, "cors_origins": list(info.cors_origins)}
 
 
 def _limits_json(limits: overrides.Limits) -> dict[str, Any]:
@@ -129,6 +140,10 @@ async def tenants_show(args: argparse.Namespace, conn: db.Connection) -> None:
         ("rate limit", _rate(info.limits.rate_limit_per_s, "setting")),
         ("rate limit burst", _limit(info.limits.rate_limit_burst, "setting")),
         ("max stream connections", _limit(info.limits.max_stream_connections, "setting")),
+        ("OIDC issuer", info.oidc_issuer or "none"),
+        ("OIDC audience", info.oidc_audience or "-"),
+        ("OIDC user claim", info.oidc_user_claim),
+        ("CORS origins", ", ".join(info.cors_origins) or "CHAT_CORS_ORIGINS only"),
     ])
 
 
@@ -136,12 +151,27 @@ async def tenants_update(args: argparse.Namespace, conn: db.Connection) -> None:
     info = await tenants.update_tenant(
         conn, args.name, retention_days=args.retention_days,
         rate_limit_per_s=args.rate_limit_per_s, rate_limit_burst=args.rate_limit_burst,
-        max_stream_connections=args.max_stream_connections)
+        max_stream_connections=args.max_stream_connections, oidc_issuer=args.oidc_issuer,
+        oidc_audience=args.oidc_audience, oidc_user_claim=args.oidc_user_claim,
+        cors_origins=args.cors_origins)
     limits = info.limits
     print_line(f"updated tenant {info.name}: retention {_retention(info.retention_days)}, "
                f"rate limit {_rate(limits.rate_limit_per_s, 'setting')}, "
                f"burst {_limit(limits.rate_limit_burst, 'setting')}, "
-               f"max stream connections {_limit(limits.max_stream_connections, 'setting')}")
+               f"max stream connections {_limit(limits.max_stream_connections, 'setting')}, "
+               f"OIDC issuer {info.oidc_issuer or 'none'}, "
+               f"CORS origins {', '.join(info.cors_origins) or 'CHAT_CORS_ORIGINS only'}")
+
+
+async def tenants_rotate_signing_key(args: argparse.Namespace, conn: db.Connection) -> None:
+    retired = await signing_keys.rotate(conn, args.name)
+    if retired is None:
+        print_line(f"tenant {args.name} had no signing key (no token minted yet); "
+                   "nothing to retire")
+        return
+    print_line(f"retired signing key {retired} of tenant {args.name}: tokens it signed stop "
+               "working (on every server within CHAT_API_KEY_CACHE_S seconds); the next "
+               "token minted makes a new key")
 
 
 async def tenants_delete(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from chat_storage.actors.write.shared import SinkFactory
 from chat_storage.runtime.deadline import Deadline
+from chat_storage.runtime.secrets import sealer_from_settings
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import auth, cors, middlewares, objects, state, streaming
@@ -33,13 +34,15 @@ from chat_storage.server.routes import (
     ops,
     search,
     sessions,
+    tokens,
     ws,
 )
 from chat_storage.server.routes import web as web_page
 from chat_storage.server.state import SETTINGS_KEY
+from chat_storage.server.tokens import TOKENS_KEY, Tokens
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
-                search.routes, exports.routes, ws.routes, events.routes)
+                search.routes, exports.routes, ws.routes, events.routes, tokens.routes)
 
 
 class Shutdown:
@@ -79,8 +82,12 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
 
 async def _services(app: web.Application, *,
                     sink: SinkFactory | None) -> AsyncIterator[None]:
-    services = await Services.open(app[SETTINGS_KEY], sink=sink)
+    settings = app[SETTINGS_KEY]
+    services = await Services.open(settings, sink=sink)
     state.expose(app, services)
+    app[TOKENS_KEY] = Tokens(
+        services.pool, sealer_from_settings(settings), cache_ttl_s=settings.api_key_cache_s,
+        leeway_s=settings.token_leeway_s, acquire_timeout_s=settings.db_acquire_timeout_s)
     yield
     deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
     await services.close(deadline)

@@ -26,9 +26,9 @@ from chat_storage.runtime.settings import (
     Settings,
     SettingsError,
 )
-from chat_storage.server import admin, logs, serving, workers
+from chat_storage.server import admin, cli_access, logs, serving, workers
 from chat_storage.server.admin import PROG
-from chat_storage.storage import apikeys, db, tenants
+from chat_storage.storage import db, principal, tenants
 from chat_storage.storage.errors import StorageError
 
 
@@ -79,10 +79,12 @@ def _check_tenant_update(parser: argparse.ArgumentParser, args: argparse.Namespa
             if getattr(args, dest) is not tenants.UNCHANGED:
                 parser.error(f"--clear-rate-limit: not allowed with {flag} or its --clear-…")
             setattr(args, dest, None)
-    if all(getattr(args, dest) is tenants.UNCHANGED for dest in TENANT_UPDATES):
+    cli_access.resolve_update_flags(parser, args, tenants.UNCHANGED)
+    if all(getattr(args, dest) is tenants.UNCHANGED
+           for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES):
         parser.error("nothing to change: give --retention-days N or --no-retention, "
                      "--rate-limit-per-s R, --rate-limit-burst B, --max-stream-connections N "
-                     "or one of their --clear-… flags")
+                     "or one of their --clear-… flags, --oidc-… or --cors-origins")
 
 
 def _note_legacy_data_dir(settings: Settings) -> None:
@@ -250,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     show_tenant.add_argument("--json", action="store_true", help="print a JSON object")
     show_tenant.set_defaults(handler=admin.tenants_show)
     update_tenant = tenants_sub.add_parser(
-        "update", help="change a tenant's retention and limits (what is not given stays)")
+        "update", help="change a tenant's retention, limits, trusted OIDC issuer and CORS "
+        "origins (what is not given stays)")
     update_tenant.add_argument("name", type=_name)
     retention = update_tenant.add_mutually_exclusive_group()
     retention.add_argument("--retention-days", type=_positive_int, metavar="N",
@@ -264,8 +267,10 @@ def _parser() -> argparse.ArgumentParser:
                           "process (default: CHAT_WS_MAX_CONNECTIONS_PER_TENANT)")
     cap.add_argument("--clear-max-stream-connections", dest="max_stream_connections",
                      action="store_const", const=None, help="back to the setting")
+    cli_access.add_update_flags(update_tenant)
     update_tenant.set_defaults(handler=admin.tenants_update, **dict.fromkeys(
         TENANT_UPDATES, tenants.UNCHANGED))
+    cli_access.add_rotate_command(tenants_sub, admin.tenants_rotate_signing_key)
     delete_tenant = tenants_sub.add_parser(
         "delete", help="delete a tenant and its keys; refused while it has sessions "
         "unless --force")
@@ -280,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default=None, metavar="LABEL", type=_name,
                             help="a label for the key (not blank)")
     create_key.add_argument(
-        "--scope", choices=apikeys.SCOPES, default=apikeys.DEFAULT_SCOPE,
+        "--scope", choices=principal.SCOPES, default=principal.DEFAULT_SCOPE,
         help="what the key reaches: admin everything of its tenant, write every session "
         "and message but not user erasure, read only GET routes (default: %(default)s)")
     _limit_flags(create_key, "this key", clearable=False)

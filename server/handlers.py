@@ -47,7 +47,10 @@ def request_id(request: web.Request) -> str:
 
 
 def actor_name(request: web.Request) -> str:
-    """Who to name in the audit log: the API key's id."""
+    """Who to name in the audit log: the API key's id, or the user of a user token."""
     from chat_storage.server.auth import principal_of
 
-    return f"key:{principal_of(request).key_id}"
+    principal = principal_of(request)
+    if principal.user_id is not None:
+        return f"{principal.credential}:{principal.user_id}"
+    return f"key:{principal.key_id}"

@@ -9,6 +9,7 @@ import orjson
 import pydantic
 from aiohttp import web
 
+from chat_storage.server.auth import bind_user
 from chat_storage.server.errors import ApiError
 from chat_storage.server.field_errors import field_errors
 from chat_storage.storage.jsoncodec import dumps
@@ -63,12 +64,14 @@ def validate(model: type[M], data: Any, *, location: str = "body") -> M:
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Read and validate the JSON body as ``model``."""
-    return validate(model, await read_json(request))
+    """Read and validate the JSON body as ``model``; a ``user_id`` in it is bound to a
+    user token's user (:func:`chat_storage.server.auth.bind_user`)."""
+    return bind_user(request, validate(model, await read_json(request)))
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
-    """Validate the query string as ``model`` (each parameter given once)."""
+    """Validate the query string as ``model`` (each parameter given once); a ``user_id``
+    is bound to a user token's user, as in :func:`parse_body`."""
     data: dict[str, str] = {}
     for key in request.query:
         values = request.query.getall(key)
@@ -76,4 +79,4 @@ def parse_query(request: web.Request, model: type[M]) -> M:
             raise ApiError(400, "query is invalid",
                            errors=[{"field": key, "message": "given more than once"}])
         data[key] = values[0]
-    return validate(model, data, location="query")
+    return bind_user(request, validate(model, data, location="query"))

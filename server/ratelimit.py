@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
-from chat_storage.storage.apikeys import Principal
+from chat_storage.storage.principal import Principal
 from chat_storage.storage.ratelimit import Decision, Limiter
 
 LIMITER_KEY = web.AppKey("limiter", Limiter)

@@ -7,7 +7,9 @@ validate requests, so the two cannot drift apart.
 Each endpoint also declares the API-key scope it needs (``scope=``; by default
 ``read`` for GET and HEAD, ``write`` for the other methods). The API middleware checks
 it once, after authentication (:func:`chat_storage.server.auth.authenticate_request`),
-through :data:`ROUTE_SCOPES_KEY`: no handler checks a scope itself.
+through :data:`ROUTE_SCOPES_KEY`: no handler checks a scope itself. Likewise the scope a
+user token needs (``token_scope=``, by default ``read`` for GET and ``write`` otherwise),
+or ``tenant_wide=True`` for a route no user token reaches (:data:`ROUTE_ACCESS_KEY`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import pydantic
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from chat_storage.storage.apikeys import Scope
+from chat_storage.storage.principal import Scope, TokenScope
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENDPOINTS_KEY = web.AppKey("endpoints", list["Endpoint"])
 # the scope each registered route needs (``None``: no key at all), for the auth check
 ROUTE_SCOPES_KEY = web.AppKey("route_scopes", dict[AbstractRoute, Scope | None])
+# what a user token needs for each route (``None``: none reaches it, the tenant's route)
+ROUTE_ACCESS_KEY = web.AppKey("route_access", dict[AbstractRoute, TokenScope | None])
 # the query parameters each route takes: the names (and aliases) of its query model
 QUERY_NAMES_KEY = web.AppKey("query_names", dict[AbstractRoute, frozenset[str]])
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -50,6 +54,10 @@ class Endpoint:
     idempotent: bool = False
     # the API-key scope needed; None: derived from the method (see required_scope)
     scope: Scope | None = None
+    # the user-token scope needed; None: derived from the method (see user_access)
+    token_scope: TokenScope | None = None
+    # acts for the whole tenant (user erasure, minting tokens): no user token reaches it
+    tenant_wide: bool = False
 
     @property
     def required_scope(self) -> Scope | None:
@@ -59,6 +67,16 @@ class Endpoint:
             return None
         if self.scope is not None:
             return self.scope
+        return "read" if self.method in _READ_METHODS else "write"
+
+    @property
+    def user_access(self) -> TokenScope | None:
+        """The scope a user token needs here: declared, else ``read`` for GET/HEAD and
+        ``write`` for the rest; ``None`` where no user token may go."""
+        if not self.auth or self.tenant_wide:
+            return None
+        if self.token_scope is not None:
+            return self.token_scope
         return "read" if self.method in _READ_METHODS else "write"
 
     def query_names(self) -> frozenset[str]:
@@ -108,10 +126,12 @@ class RouteTable:
         """Add every endpoint to ``app``'s router, to its endpoint list, its scopes and
         its query parameter names."""
         scopes = app.setdefault(ROUTE_SCOPES_KEY, {})
+        access = app.setdefault(ROUTE_ACCESS_KEY, {})
         names = app.setdefault(QUERY_NAMES_KEY, {})
         for ep in self.endpoints:
             route = app.router.add_route(ep.method, ep.path, ep.handler)
             scopes[route] = ep.required_scope
+            access[route] = ep.user_access
             names[route] = ep.query_names()
         app.setdefault(ENDPOINTS_KEY, []).extend(self.endpoints)
 

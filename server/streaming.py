@@ -21,8 +21,8 @@ from chat_storage.server import auth, cors
 from chat_storage.server.errors import ApiError
 from chat_storage.server.state import HUB_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db, tickets
-from chat_storage.storage.apikeys import Principal
 from chat_storage.storage.ids import parse_uuid
+from chat_storage.storage.principal import Principal
 
 STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
 

@@ -7,41 +7,18 @@ import hashlib
 import hmac
 import re
 import secrets
-import uuid
-from typing import Any, Literal, get_args
+from typing import Any
 
 import asyncpg
 
 from chat_storage.storage.audit_log import audit
 from chat_storage.storage.errors import NotFound
 from chat_storage.storage.overrides import NO_OVERRIDES, Limits, check_limits
+from chat_storage.storage.principal import DEFAULT_SCOPE, SCOPES, Principal, Scope
 from chat_storage.storage.tenants import tenant_id_by_name
 
 KEY_PREFIX = "cs"
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-
-Scope = Literal["read", "write", "admin"]
-# weakest first: a scope reaches everything the scopes before it reach
-SCOPES: tuple[Scope, ...] = get_args(Scope)
-DEFAULT_SCOPE: Scope = "admin"  # keys made before scopes existed reached everything
-
-
-def scope_allows(held: Scope, needed: Scope) -> bool:
-    """Whether a key of scope ``held`` may do what needs ``needed``."""
-    return SCOPES.index(held) >= SCOPES.index(needed)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the tenant, the API key used and that key's scope, and the limits
-    that apply to it (key over tenant, field by field; ``None``: the setting)."""
-
-    tenant_id: uuid.UUID
-    tenant_name: str
-    key_id: str
-    scope: Scope = DEFAULT_SCOPE
-    limits: Limits = NO_OVERRIDES
-
 
 # a key's rate and burst win over its tenant's; the connection cap is the tenant's.
 # Used with ``api_keys k`` and ``tenants t`` in the query.

@@ -270,3 +270,20 @@ async def _forget_replies(
         """,
         tenant_id, user_id, [str(i) for i in session_ids],
     )
+
+
+async def owner(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                session_id: uuid.UUID) -> str | None:
+    """The user a session of the tenant belongs to; ``None`` if there is no such session."""
+    user_id: str | None = await conn.fetchval(
+        "SELECT user_id FROM sessions WHERE id = $1 AND tenant_id = $2", session_id, tenant_id)
+    return user_id
+
+
+async def owned_of(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
+                   session_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``session_ids`` are sessions of ``user_id`` in the tenant."""
+    rows = await conn.fetch(
+        "SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2 AND id = ANY($3)",
+        tenant_id, user_id, session_ids)
+    return {r["id"] for r in rows}

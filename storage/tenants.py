@@ -26,6 +26,13 @@ class TenantInfo:
     sessions: int
     active_keys: int
     limits: Limits = NO_OVERRIDES
+    # a trusted OpenID Connect issuer (docs/auth.md): its JWTs with this audience act as
+    # user tokens, the user taken from oidc_user_claim
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_user_claim: str = "sub"
+    # pages this tenant's callers may use, on top of CHAT_CORS_ORIGINS
+    cors_origins: tuple[str, ...] = ()
 
 
 class TenantNotEmpty(Conflict):
@@ -54,6 +61,7 @@ async def create_tenant(
 _TENANT_INFO = """
     SELECT t.id, t.name, t.retention_days, t.created_at,
            t.rate_limit_per_s, t.rate_limit_burst, t.max_stream_connections,
+           t.oidc_issuer, t.oidc_audience, t.oidc_user_claim, t.cors_origins,
            (SELECT count(*) FROM sessions s WHERE s.tenant_id = t.id) AS sessions,
            (SELECT count(*) FROM api_keys k
             WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys
@@ -71,6 +79,7 @@ def _tenant_info(row: asyncpg.Record) -> TenantInfo:
     fields = dict(row)
     limits = Limits(fields.pop("rate_limit_per_s"), fields.pop("rate_limit_burst"),
                     fields.pop("max_stream_connections"))
+    fields["cors_origins"] = tuple(fields["cors_origins"])
     return TenantInfo(**fields, limits=limits)
 
 
@@ -84,21 +93,27 @@ async def get_tenant(conn: asyncpg.Connection, name: str) -> TenantInfo:
 
 UNCHANGED: Any = object()  # update_tenant: leave this setting as it is
 _TENANT_COLUMNS = ("retention_days", "rate_limit_per_s", "rate_limit_burst",
-                   "max_stream_connections")
+                   "max_stream_connections", "oidc_issuer", "oidc_audience",
+                   "oidc_user_claim", "cors_origins")
 
 
 async def update_tenant(
     conn: asyncpg.Connection, name: str, *, retention_days: int | None = UNCHANGED,
     rate_limit_per_s: float | None = UNCHANGED, rate_limit_burst: int | None = UNCHANGED,
-    max_stream_connections: int | None = UNCHANGED,
+    max_stream_connections: int | None = UNCHANGED, oidc_issuer: str | None = UNCHANGED,
+    oidc_audience: str | None = UNCHANGED, oidc_user_claim: str = UNCHANGED,
+    cors_origins: tuple[str, ...] = UNCHANGED,
 ) -> TenantInfo:
     """Change the settings of tenant ``name`` that are given; the others stay. Audited.
 
     ``retention_days=None``: keep messages forever; a limit ``None``: the server's
-    setting again. ``ValueError`` for a limit that is not greater than 0.
+    setting again; ``oidc_issuer=None``: trust no issuer. ``ValueError`` for a limit that
+    is not greater than 0 or an issuer without an audience. The caller checks the URLs.
     """
     given = {column: value for column, value in zip(_TENANT_COLUMNS, (
-        retention_days, rate_limit_per_s, rate_limit_burst, max_stream_connections),
+        retention_days, rate_limit_per_s, rate_limit_burst, max_stream_connections,
+        oidc_issuer, oidc_audience, oidc_user_claim,
+        cors_origins if cors_origins is UNCHANGED else list(cors_origins)),
         strict=True) if value is not UNCHANGED}
     check_limits(Limits(
         None if rate_limit_per_s is UNCHANGED else rate_limit_per_s,
@@ -109,10 +124,15 @@ async def update_tenant(
     # column names come from _TENANT_COLUMNS only, never from the caller
     assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(given, start=2))
     async with conn.transaction():
-        tenant_id = await conn.fetchval(
-            f"UPDATE tenants SET {assignments} WHERE name = $1 RETURNING id",
-            name, *given.values(),
-        )
+        try:
+            tenant_id = await conn.fetchval(
+                f"UPDATE tenants SET {assignments} WHERE name = $1 RETURNING id",
+                name, *given.values(),
+            )
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name == "tenants_oidc_audience":
+                raise ValueError("a trusted OIDC issuer needs an audience") from None
+            raise
         if tenant_id is None:
             raise NotFound(f"tenant {name!r} does not exist")
         await audit(conn, tenant_id, "cli", "tenant.update", name, given)

@@ -78,12 +78,17 @@ async def tasks() -> AsyncIterator[Supervisor]:
     await supervisor.close(5.0)
 
 
+# the server secret of test servers (seals the keys that sign user tokens)
+TEST_SECRET_KEY = "test-secret-" + "0" * 32
+
+
 @pytest.fixture
 def settings(database_url: str, tmp_path: Any) -> Settings:
     """Settings for a test server: generous rate limits, small pool."""
     return Settings(
         database_url=database_url, data_dir=tmp_path, rate_limit_per_s=10_000.0,
         rate_limit_burst=10_000, db_pool_min=1, db_pool_max=10, actor_idle_s=30.0,
+        secret_key=TEST_SECRET_KEY,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from chat_storage.server import idempotency, objects, pagination
-from chat_storage.server.auth import principal_of
+from chat_storage.server.auth import bind_user, principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
 from chat_storage.server.inputs import check_user_id
@@ -42,7 +42,7 @@ USER_SESSIONS_PATH = "/api/v1/users/{user_id}/sessions"
 async def create_session(request: web.Request) -> web.Response:
     """Create a session."""
     raw = await read_json(request)
-    body = validate(SessionCreate, raw)
+    body = bind_user(request, validate(SessionCreate, raw))  # a user makes its own
     check_json("metadata", body.metadata, request.app[SETTINGS_KEY].max_metadata_bytes)
     claim = await idempotency.begin(request, raw, location=_location)
     if isinstance(claim, web.Response):
@@ -156,7 +156,7 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.delete(USER_SESSIONS_PATH, scope="admin",  # erasure is the tenant's call, not an app's
+@routes.delete(USER_SESSIONS_PATH, scope="admin", tenant_wide=True,  # the tenant's call
                responses={204: None, 400: Error, 503: Error})
 async def erase_user(request: web.Request) -> web.Response:
     """Erase every session and message of a user (right to erasure). Audited.

@@ -70,20 +70,20 @@ class StreamQuery(pydantic.BaseModel):
 # `read`, though a POST: a ticket stands in for its key on the stream routes and
 # carries that key's scope, checked when it is used (a read key's ticket opens the
 # event stream, not the WebSocket), so a read-only browser can watch over SSE
-@routes.post(SESSION_PATH + "/ws-tickets", scope="read",
+@routes.post(SESSION_PATH + "/ws-tickets", scope="read", token_scope="stream",
              responses={201: WsTicket, 404: Error})
 async def create_ticket(request: web.Request) -> web.Response:
     """Make a single-use ticket (60 s) for a browser to open this session's stream."""
     session_id = path_uuid(request, "session_id", "session")
     principal = principal_of(request)
     ticket, expires_at = await run(request, lambda conn: tickets.create(
-        conn, principal.tenant_id, session_id, principal.key_id, TICKET_TTL_S))
+        conn, principal, session_id, TICKET_TTL_S))
     return json_response({"ticket": ticket, "expires_at": expires_at}, status=201)
 
 
 # `write`, though a GET: the socket creates messages and streams answers; a read-only
 # client watches over Server-Sent Events (`read`)
-@routes.get(SESSION_PATH + "/ws", query=StreamQuery, scope="write",
+@routes.get(SESSION_PATH + "/ws", query=StreamQuery, scope="write", token_scope="stream",
             responses={101: None, 400: Error, 403: Error, 404: Error, 429: Error})
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Open the session's WebSocket: subscribe to it, write to it, stream answers into it."""
@@ -128,6 +128,9 @@ class Connection:
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
         self._tasks = request.app[SERVICES_KEY].tasks
+        principal = principal_of(request)
+        # a user token (or its ticket) needs `write` to create messages or stream answers
+        self.writes = not principal.is_user or "write" in principal.user_scopes
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
@@ -181,6 +184,9 @@ class Connection:
             self._reply("error", **frames.from_api_error(api, ref).fields())
 
     async def _dispatch(self, frame: frames.Frame) -> None:
+        if not self.writes and not isinstance(frame, frames.Subscribe | frames.Ping):
+            # deltas need a stream this connection started or resumed: refused here too
+            raise ApiError(403, "this token cannot write: it lacks the 'write' scope")
         if isinstance(frame, frames.Subscribe):
             await self._subscribe(frame)
         elif isinstance(frame, frames.MessageCreateFrame):

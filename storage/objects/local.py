@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from chat_storage.storage.keyfile import read_or_create
 from chat_storage.storage.objects.base import CHUNK_BYTES, ObjectInfo, Upload, expires_at
 
 PREFIX = "/objects/"
@@ -51,21 +52,7 @@ def signing_key(root: Path, configured: str | None) -> bytes:
     """The configured key, or the one kept in ``root`` (made on first use)."""
     if configured:
         return configured.encode()
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):  # another worker made it a moment ago: wait for its write
-            key = path.read_bytes()
-            if key:
-                return key
-            time.sleep(0.01)
-        raise OSError(f"{path} is empty") from None
-    key = secrets.token_hex(32).encode()
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
+    return read_or_create(root / KEY_FILE)
 
 
 class LocalStore:

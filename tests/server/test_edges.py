@@ -105,7 +105,8 @@ async def test_unknown_field_is_400_with_field_errors(client: Any, tenant: Tenan
 async def test_missing_key_is_401_with_challenge(client: Any) -> None:
     r = await client.get(SESSIONS)
     await assert_error(r, 401, "Unauthorized", SESSIONS, "unauthorized")
-    assert r.headers["WWW-Authenticate"] == "ApiKey"
+    # both challenges, one header (RFC 9110 §11.6.1): a key or a bearer token
+    assert r.headers["WWW-Authenticate"] == "ApiKey, Bearer"
 
 
 @pytest.mark.parametrize("key", ["nonsense", "cs_0123456789abcdef_wrongsecret"])

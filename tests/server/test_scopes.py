@@ -18,7 +18,7 @@ from aiohttp import web
 
 from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint
 from chat_storage.storage import apikeys
-from chat_storage.storage.apikeys import SCOPES, Scope
+from chat_storage.storage.principal import SCOPES, Scope
 from tests.conftest import Tenant
 
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")

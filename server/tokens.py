@@ -1,0 +1,195 @@
+"""User tokens: minted for one user of a tenant, verified on every request that carries
+``Authorization: Bearer``. docs/auth.md tells their story; docs/api.md their contract.
+
+A user token is a JWT (PyJWT), HS256 under its tenant's signing key
+(:mod:`chat_storage.storage.signing_keys`), whose id is the ``kid`` header:
+
+- ``iss`` and ``aud`` ``chat-storage``; ``tid`` the tenant; ``sub`` the user;
+- ``scope`` some of ``read write stream``, space-separated; ``sessions`` the session
+  ids it is limited to, when it is; ``iat``, ``exp``, ``jti``.
+
+A bearer token whose ``kid`` is not one of ours goes to the tenant's trusted OIDC
+issuer (:data:`OIDC_KEY`, set when that module is installed). Opened signing keys are
+cached for ``api_key_cache_s`` like API keys: a rotated key stops verifying on every
+replica within that time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import asyncpg
+import jwt
+from aiohttp import web
+
+from chat_storage.server.errors import ApiError
+from chat_storage.server.ttlcache import TtlCache
+from chat_storage.storage import db, signing_keys
+from chat_storage.storage.principal import TOKEN_SCOPES, Principal, TokenScope, user_principal
+from chat_storage.storage.sealing import Sealer, SealError
+from chat_storage.storage.signing_keys import SigningKey
+
+ISSUER = AUDIENCE = "chat-storage"
+ALGORITHM = "HS256"
+MAX_SESSION_IDS = 100
+_REQUIRED = ["exp", "iat", "sub", "tid", "scope", "iss", "aud"]
+
+# the OIDC verifier, if installed: (token, unverified header) -> principal or InvalidToken
+OidcVerifier = Callable[[str, dict[str, Any]], Awaitable[Principal]]
+OIDC_KEY: web.AppKey[OidcVerifier] = web.AppKey("oidc_verifier")
+
+
+class InvalidToken(ApiError):
+    """401 for a bearer token that does not verify; the message says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(401, f"token is not valid: {reason}", headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'})
+
+
+class TokensUnavailable(ApiError):
+    """503: this server has no secret to seal signing keys with."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "user tokens are not configured on this server "
+                              "(CHAT_SECRET_KEY is not set)")
+
+
+class Tokens:
+    """Mints and verifies the user tokens of every tenant."""
+
+    def __init__(self, pool: asyncpg.Pool, sealer: Sealer | None, *, cache_ttl_s: float,
+                 leeway_s: float, acquire_timeout_s: float) -> None:
+        self.pool = pool
+        self.sealer = sealer
+        self.leeway_s = leeway_s
+        self.acquire_timeout_s = acquire_timeout_s
+        self._by_kid: TtlCache[str, SigningKey | None] = TtlCache(cache_ttl_s)
+        self._active: TtlCache[uuid.UUID, SigningKey] = TtlCache(cache_ttl_s)
+
+    async def mint(self, tenant_id: uuid.UUID, user_id: str, scopes: Iterable[TokenScope],
+                   session_ids: list[uuid.UUID] | None, ttl_s: int) -> tuple[str, dt.datetime]:
+        """A token for ``user_id`` of the tenant, and when it expires."""
+        key = await self._active_key(tenant_id)
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER, "aud": AUDIENCE, "tid": str(tenant_id), "sub": user_id,
+            "scope": " ".join(s for s in TOKEN_SCOPES if s in set(scopes)),
+            "iat": now, "exp": now + ttl_s, "jti": secrets.token_urlsafe(12),
+        }
+        if session_ids is not None:
+            claims["sessions"] = [str(s) for s in session_ids]
+        token = jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token, dt.datetime.fromtimestamp(now + ttl_s, dt.UTC)
+
+    async def verify(self, token: str, oidc: OidcVerifier | None) -> Principal:
+        """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise InvalidToken("malformed") from None
+        kid = header.get("kid")
+        if not signing_keys.is_own_kid(kid):
+            if oidc is None:
+                raise InvalidToken("not issued by this service or a trusted issuer")
+            return await oidc(token, header)
+        key = await self._key(str(kid))
+        if key is None:
+            raise InvalidToken("its signing key was rotated or is unknown")
+        claims = decode(token, key.secret, [ALGORITHM], AUDIENCE, ISSUER, self.leeway_s,
+                        _REQUIRED)
+        if claims["tid"] != str(key.tenant_id):
+            raise InvalidToken("signature does not match (the token was altered)")
+        return user_principal(
+            key.tenant_id, key.tenant_name, user_of(claims["sub"]), scopes_of(claims["scope"]),
+            session_ids=_sessions_of(claims.get("sessions")), limits=key.limits,
+            credential="token", credential_id=f"token:{key.kid}")
+
+    async def _active_key(self, tenant_id: uuid.UUID) -> SigningKey:
+        key = self._active.get(tenant_id)
+        if key is None:
+            sealer = self._sealer()
+            key = await db.call(
+                self.pool, lambda conn: signing_keys.active_key(conn, tenant_id, sealer),
+                acquire_timeout_s=self.acquire_timeout_s)
+            self._active.put(tenant_id, key)
+        return key
+
+    async def _key(self, kid: str) -> SigningKey | None:
+        found, key = self._by_kid.lookup(kid)
+        if found:
+            return key
+        sealer = self._sealer()
+        try:
+            key = await db.call(self.pool, lambda conn: signing_keys.key_by_id(conn, kid, sealer),
+                                acquire_timeout_s=self.acquire_timeout_s)
+        except SealError:
+            key = None  # sealed under another secret: this server cannot vouch for it
+        self._by_kid.put(kid, key)
+        return key
+
+    def _sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise TokensUnavailable()
+        return self.sealer
+
+
+def decode(token: str, key: Any, algorithms: list[str], audience: str, issuer: str,
+           leeway_s: float, required: list[str]) -> dict[str, Any]:
+    """PyJWT's verification, its failures as :class:`InvalidToken` naming the reason."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=algorithms, audience=audience, issuer=issuer,
+            leeway=leeway_s, options={"require": required})
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("expired") from None
+    except jwt.ImmatureSignatureError:
+        raise InvalidToken("not valid yet (iat or nbf in the future)") from None
+    except jwt.InvalidSignatureError:
+        raise InvalidToken("signature does not match (the token was altered)") from None
+    except jwt.InvalidAlgorithmError:
+        raise InvalidToken("signing algorithm not accepted") from None
+    except jwt.InvalidAudienceError:
+        raise InvalidToken("meant for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise InvalidToken("from another issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise InvalidToken(f"claim {exc.claim!r} is missing") from None
+    except jwt.InvalidTokenError:
+        raise InvalidToken("malformed") from None
+    return claims
+
+
+def user_of(value: object) -> str:
+    """The user id of a token's user claim (1 to 128 characters of text)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
+        raise InvalidToken("its user claim is not a valid user id")
+    return value
+
+
+def scopes_of(value: object) -> frozenset[TokenScope]:
+    """The scopes of a ``scope`` claim; unknown words are ignored, none left is refused."""
+    words = value.split() if isinstance(value, str) else []
+    scopes = frozenset(s for s in TOKEN_SCOPES if s in words)
+    if not scopes:
+        raise InvalidToken("it grants none of the scopes read, write, stream")
+    return scopes
+
+
+def _sessions_of(value: object) -> frozenset[uuid.UUID] | None:
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, list) or len(value) > MAX_SESSION_IDS:
+            raise ValueError
+        return frozenset(uuid.UUID(str(v)) for v in value)
+    except ValueError:
+        raise InvalidToken("its sessions claim is malformed") from None
+
+
+TOKENS_KEY = web.AppKey("tokens", Tokens)
