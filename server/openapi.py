@@ -60,8 +60,11 @@ _HEADERS: dict[str, dict[str, Any]] = {
                        "with the same Idempotency-Key.",
         "schema": {"type": "string", "enum": ["true"]},
     },
-    "WWW-Authenticate": {"description": "`ApiKey`: send the key in X-Api-Key.",
-                         "schema": {"type": "string"}},
+    "WWW-Authenticate": {
+        "description": "`ApiKey, Bearer`: send a key in X-Api-Key or a user token in "
+                       "Authorization; `Bearer error=\"invalid_token\"` for a token that "
+                       "does not verify.",
+        "schema": {"type": "string"}},
 }
 
 _IDEMPOTENCY_KEY_PARAM: dict[str, Any] = {
@@ -109,9 +112,11 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
             "description": "Durable, live-streaming conversation storage for RAG chat "
                            "applications. Every `/api/v1` call needs an `X-Api-Key` "
                            "whose scope reaches the operation's `x-required-scope` "
-                           "(`read` < `write` < `admin`); otherwise 403. Pages on the "
-                           "origins of `CHAT_CORS_ORIGINS` may call it (CORS; preflights "
-                           "need no key).",
+                           "(`read` < `write` < `admin`), or a user token "
+                           "(`Authorization: Bearer`) with the operation's `x-token-scope` "
+                           "(an operation without one is the tenant's); otherwise 403. "
+                           "Pages on allowed origins may call it (CORS; preflights need "
+                           "no credential). See docs/api.md and docs/auth.md.",
         },
         "tags": [{"name": name} for name in tags],
         "paths": paths,
@@ -120,6 +125,10 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
             "headers": _HEADERS,
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "UserToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "A user token (POST /api/v1/tokens) or a "
+                                             "trusted issuer's OIDC token: one user's "
+                                             "sessions, within `x-token-scope`."},
             },
         },
     }
@@ -157,9 +166,12 @@ def _operation(ep: Endpoint, refs: Refs, schemas: dict[str, Any]) -> dict[str, A
             "content": {JSON: {"schema": refs[(ep.body, "validation")]}},
         }
     operation["responses"] = _responses(ep, refs)
-    operation["security"] = [{"ApiKey": []}] if ep.auth else []
+    operation["security"] = ([{"ApiKey": []}] if ep.user_access is None
+                             else [{"ApiKey": []}, {"UserToken": []}]) if ep.auth else []
     if ep.required_scope is not None:
         operation["x-required-scope"] = ep.required_scope
+    if ep.user_access is not None:
+        operation["x-token-scope"] = ep.user_access
     return operation
 
 

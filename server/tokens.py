@@ -11,7 +11,7 @@ A user token is a JWT (PyJWT), HS256 under its tenant's signing key
 A bearer token whose ``kid`` is not one of ours goes to the tenant's trusted OIDC
 issuer (:data:`OIDC_KEY`, set when that module is installed). Opened signing keys are
 cached for ``api_key_cache_s`` like API keys: a rotated key stops verifying on every
-replica within that time.
+replica within that time. Minting reads the active key each time.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class Tokens:
         self.leeway_s = leeway_s
         self.acquire_timeout_s = acquire_timeout_s
         self._by_kid: TtlCache[str, SigningKey | None] = TtlCache(cache_ttl_s)
-        self._active: TtlCache[uuid.UUID, SigningKey] = TtlCache(cache_ttl_s)
 
     async def mint(self, tenant_id: uuid.UUID, user_id: str, scopes: Iterable[TokenScope],
                    session_ids: list[uuid.UUID] | None, ttl_s: int) -> tuple[str, dt.datetime]:
@@ -111,14 +110,12 @@ class Tokens:
             credential="token", credential_id=f"token:{key.kid}")
 
     async def _active_key(self, tenant_id: uuid.UUID) -> SigningKey:
-        key = self._active.get(tenant_id)
-        if key is None:
-            sealer = self._sealer()
-            key = await db.call(
-                self.pool, lambda conn: signing_keys.active_key(conn, tenant_id, sealer),
-                acquire_timeout_s=self.acquire_timeout_s)
-            self._active.put(tenant_id, key)
-        return key
+        # read each time, not cached: a token minted with a key rotated a moment ago
+        # would be refused as soon as it is shown (minting is rare next to verifying)
+        sealer = self._sealer()
+        return await db.call(
+            self.pool, lambda conn: signing_keys.active_key(conn, tenant_id, sealer),
+            acquire_timeout_s=self.acquire_timeout_s)
 
     async def _key(self, kid: str) -> SigningKey | None:
         found, key = self._by_kid.lookup(kid)

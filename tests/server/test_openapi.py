@@ -83,7 +83,12 @@ async def test_document_is_valid_openapi_3_1(client: Any) -> None:
 async def test_every_api_md_call_is_documented(client: Any, method: str, path: str) -> None:
     doc = await get_document(client)
     op = operation(doc, method, path)
-    assert op["security"] == [{"ApiKey": []}]
+    # a key always; a user token where the route is a user's (docs/api.md, "Credentials")
+    if op.get("x-token-scope") is None:
+        assert op["security"] == [{"ApiKey": []}]
+    else:
+        assert op["security"] == [{"ApiKey": []}, {"UserToken": []}]
+        assert op["x-token-scope"] in ("read", "write", "stream")
     for status in ("401", "403", "429"):
         assert status in op["responses"], f"{method} {path} does not document {status}"
     documented = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
@@ -145,6 +150,14 @@ async def test_errors_and_headers_are_documented(client: Any) -> None:
     assert error["properties"]["code"]["enum"] == list(CODES)
     assert doc["components"]["securitySchemes"]["ApiKey"] == {
         "type": "apiKey", "in": "header", "name": "X-Api-Key"}
+    bearer = doc["components"]["securitySchemes"]["UserToken"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+    # tenant-wide operations take no user token
+    assert operation(doc, "POST", "/api/v1/tokens")["security"] == [{"ApiKey": []}]
+    assert operation(doc, "DELETE", "/api/v1/users/{user_id}/sessions")["security"] == [
+        {"ApiKey": []}]
+    assert operation(doc, "GET", "/api/v1/sessions/{session_id}/events")[
+        "x-token-scope"] == "stream"
     # health and docs need no key
     assert operation(doc, "GET", "/healthz")["security"] == []
     assert operation(doc, "GET", "/openapi.json")["security"] == []
