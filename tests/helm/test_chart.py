@@ -58,7 +58,7 @@ pytestmark = pytest.mark.skipif(
 # Series that Prometheus itself makes for every target: allowed in alert rules.
 PROMETHEUS_SERIES = {"up"}
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "CHAT_API_KEYS", "S3_ACCESS_KEY_ID",
-                    "S3_SECRET_ACCESS_KEY", "CHAT_OBJECT_SIGNING_KEY"}
+                    "S3_SECRET_ACCESS_KEY", "CHAT_OBJECT_SIGNING_KEY", "CHAT_SECRET_KEY"}
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -282,6 +282,12 @@ def test_no_secret_is_rendered_or_put_in_plain_values() -> None:
     assert ref == {"name": FULLNAME, "key": "DATABASE_URL"}  # required: not optional
     error = render_error("config.DATABASE_URL=postgresql://u:p@db/chat")
     assert "config.DATABASE_URL is secret" in error
+    # the secret that seals the user tokens' signing keys: the same Secret on every pod
+    sealing = next(e for e in container(one(render(), "Deployment"))["env"]
+                   if e["name"] == "CHAT_SECRET_KEY")
+    assert sealing["valueFrom"]["secretKeyRef"] == {
+        "name": FULLNAME, "key": "CHAT_SECRET_KEY", "optional": True}
+    assert "config.CHAT_SECRET_KEY is secret" in render_error("config.CHAT_SECRET_KEY=x")
 
 
 def test_values_schema_rejects_unknown_values() -> None:

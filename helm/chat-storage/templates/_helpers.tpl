@@ -87,7 +87,7 @@ app.kubernetes.io/component: server
 CHAT_HOST CHAT_PORT CHAT_METRICS_PORT CHAT_WORKERS CHAT_SHUTDOWN_TIMEOUT_S CHAT_INGEST_MODE CHAT_DATA_DIR S3_BUCKET S3_ENDPOINT_URL S3_PUBLIC_URL S3_REGION
 {{- end -}}
 {{- define "chat-storage.secretVariables" -}}
-DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_OBJECT_SIGNING_KEY
+DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_OBJECT_SIGNING_KEY CHAT_SECRET_KEY
 {{- end -}}
 
 {{/* The non-secret environment, as YAML of a map: the ConfigMap's data, the Job's env. */}}
@@ -135,6 +135,14 @@ DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_
     secretKeyRef:
       name: {{ default $default .Values.apiKeys.secretName }}
       key: {{ .Values.apiKeys.secretKey }}
+      optional: true
+{{- end }}
+{{- if .Values.userTokens.secretKey }}
+- name: CHAT_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $default .Values.userTokens.secretName }}
+      key: {{ .Values.userTokens.secretKey }}
       optional: true
 {{- end }}
 {{- if .Values.s3.bucket }}
