@@ -50,7 +50,12 @@ async def begin(
         raise ApiError(400, "Idempotency-Key must be 1 to 255 characters",
                        errors=[{"field": HEADER, "message": "must be 1 to 255 characters"}])
     settings = request.app[SETTINGS_KEY]
-    tenant_id = principal_of(request).tenant_id
+    principal = principal_of(request)
+    tenant_id = principal.tenant_id
+    if principal.user_id is not None:
+        # a user's keys are its own: two users (of one tenant) picking the same key do
+        # not meet, and neither learns of the other's (a header cannot hold \x1f)
+        key = f"{principal.user_id}\x1f{key}"
     digest = request_hash(request, body)
     result = await db.call(
         request.app[POOL_KEY],

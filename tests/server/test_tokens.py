@@ -297,3 +297,19 @@ async def test_streams_need_the_stream_scope(client: Client, tenant: Tenant,
 
 def test_module_constants() -> None:
     assert tokens_mod.ISSUER == "chat-storage"
+
+
+async def test_idempotency_keys_are_each_users_own(client: Client, tenant: Tenant) -> None:
+    answers = []
+    for user in ("alice", "bob"):
+        token = (await mint(client, tenant, user))["token"]
+        headers = {**bearer(token), "Idempotency-Key": "same-key"}
+        for _ in range(2):  # the second is the first one's replay
+            r = await client.post("/api/v1/sessions", json={"user_id": user}, headers=headers)
+            assert r.status == 201, await r.text()
+            answers.append(((await r.json())["user_id"], (await r.json())["id"],
+                            r.headers.get("Idempotent-Replayed")))
+    (a1, a2, b1, b2) = answers
+    assert a1[0] == a2[0] == "alice" and b1[0] == b2[0] == "bob"
+    assert a1[1] == a2[1] and b1[1] == b2[1] and a1[1] != b1[1]
+    assert (a2[2], b1[2], b2[2]) == ("true", None, "true")
