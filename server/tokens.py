@@ -136,6 +136,17 @@ class Tokens:
         return self.sealer
 
 
+# PyJWT's failures, most specific first, and the reason a 401 gives for each
+_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not valid yet (iat or nbf in the future)"),
+    (jwt.InvalidSignatureError, "signature does not match (the token was altered)"),
+    (jwt.InvalidAlgorithmError, "signing algorithm not accepted"),
+    (jwt.InvalidAudienceError, "meant for another audience"),
+    (jwt.InvalidIssuerError, "from another issuer"),
+)
+
+
 def decode(token: str, key: Any, algorithms: list[str], audience: str, issuer: str,
            leeway_s: float, required: list[str]) -> dict[str, Any]:
     """PyJWT's verification, its failures as :class:`InvalidToken` naming the reason."""
@@ -143,22 +154,11 @@ def decode(token: str, key: Any, algorithms: list[str], audience: str, issuer: s
         claims: dict[str, Any] = jwt.decode(
             token, key, algorithms=algorithms, audience=audience, issuer=issuer,
             leeway=leeway_s, options={"require": required})
-    except jwt.ExpiredSignatureError:
-        raise InvalidToken("expired") from None
-    except jwt.ImmatureSignatureError:
-        raise InvalidToken("not valid yet (iat or nbf in the future)") from None
-    except jwt.InvalidSignatureError:
-        raise InvalidToken("signature does not match (the token was altered)") from None
-    except jwt.InvalidAlgorithmError:
-        raise InvalidToken("signing algorithm not accepted") from None
-    except jwt.InvalidAudienceError:
-        raise InvalidToken("meant for another audience") from None
-    except jwt.InvalidIssuerError:
-        raise InvalidToken("from another issuer") from None
     except jwt.MissingRequiredClaimError as exc:
         raise InvalidToken(f"claim {exc.claim!r} is missing") from None
-    except jwt.InvalidTokenError:
-        raise InvalidToken("malformed") from None
+    except jwt.InvalidTokenError as exc:
+        reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "malformed")
+        raise InvalidToken(reason) from None
     return claims
 
 
