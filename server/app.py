@@ -90,7 +90,7 @@ async def _services(app: web.Application, *,
         services.pool, sealer_from_settings(settings), cache_ttl_s=settings.api_key_cache_s,
         leeway_s=settings.token_leeway_s, acquire_timeout_s=settings.db_acquire_timeout_s)
     oidc = OidcVerifier.open(services.pool, settings)  # with its own HTTP client
-    app[OIDC_KEY] = oidc
+    app[OIDC_KEY] = oidc.verify
     yield
     deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
     await oidc.close()  # the requests that could use it are over

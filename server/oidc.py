@@ -52,7 +52,8 @@ _ALL_SCOPES = frozenset(TOKEN_SCOPES)
 
 
 class OidcVerifier:
-    """Verifies the JWTs of the issuers tenants trust; the app's ``OIDC_KEY``."""
+    """Verifies the JWTs of the issuers tenants trust; its :meth:`verify` is the app's
+    ``OIDC_KEY``."""
 
     def __init__(self, pool: asyncpg.Pool, keys: JwksCache, *, cache_ttl_s: float,
                  leeway_s: float, acquire_timeout_s: float) -> None:
@@ -74,7 +75,7 @@ class OidcVerifier:
         """Close the HTTP client (after the last request that may use it)."""
         await self.keys.session.close()
 
-    async def __call__(self, token: str, header: dict[str, Any]) -> Principal:
+    async def verify(self, token: str, header: dict[str, Any]) -> Principal:
         """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not,
         503 when its issuer's keys cannot be had."""
         algorithm = header.get("alg")
