@@ -86,11 +86,12 @@ class JwksCache:
     """The keys of each trusted issuer, fetched on demand through ``session``."""
 
     def __init__(self, session: aiohttp.ClientSession, *, ttl_s: float,
-                 min_refetch_s: float = MIN_REFETCH_S) -> None:
+                 min_refetch_s: float | None = None) -> None:
         self.session = session
         self.ttl_s = ttl_s
         # keys older than ttl_s are fetched anyway: a shorter lifetime bounds refetches
-        self.min_refetch_s = min(min_refetch_s, ttl_s)
+        self.min_refetch_s = min(MIN_REFETCH_S if min_refetch_s is None else min_refetch_s,
+                                 ttl_s)
         self.retry_s = min(RETRY_S, ttl_s)
         self.fetches = 0  # attempted fetches of key sets, for logs and tests
         # only issuers a tenant trusts get here (the caller checks first): bounded
