@@ -36,6 +36,7 @@ class Idp:
         self.requests: collections.Counter[str] = collections.Counter()
         # served instead of the JWKS when set: a JSON value, or raw bytes
         self.jwks_override: Any = None
+        self.jwks_uri: str | None = None  # named by discovery instead of its own, when set
         self.add_key("rsa-1", "RS256")
         self.add_key("ec-1", "ES256")
 
@@ -92,7 +93,8 @@ class Idp:
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self.requests[DISCOVERY] += 1
-        return web.json_response({"issuer": self.issuer, "jwks_uri": self.issuer + JWKS})
+        return web.json_response({"issuer": self.issuer,
+                                  "jwks_uri": self.jwks_uri or self.issuer + JWKS})
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.requests[JWKS] += 1
