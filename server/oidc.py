@@ -79,18 +79,19 @@ class OidcVerifier:
         """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not,
         503 when its issuer's keys cannot be had."""
         algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise InvalidToken("signing algorithm not accepted")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidToken("malformed")
         unverified = _unverified_claims(token)
         issuer = unverified.get("iss")
-        if not isinstance(issuer, str) or not 0 < len(issuer) <= MAX_ISSUER_CHARS:
+        if (not isinstance(issuer, str) or not 0 < len(issuer) <= MAX_ISSUER_CHARS
+                or not issuer.isprintable()):  # no NUL for Postgres, no control characters
             raise InvalidToken(FOREIGN)
         tenant = _pick(await self._tenants(issuer), unverified.get("aud"))
         try:
-            key = await self.keys.key(issuer, kid, str(algorithm))
+            key = await self.keys.key(issuer, kid, algorithm)
         except IssuerUnreachable as exc:
             raise ApiError(503, "the token's issuer cannot be reached for its signing keys; "
                                 "try again later",
@@ -99,7 +100,7 @@ class OidcVerifier:
             raise InvalidToken("signed with a key its issuer does not publish") from None
         except KeyRefused:
             raise InvalidToken("signing algorithm not accepted for its key") from None
-        claims = decode(token, key, [str(algorithm)], tenant.audience, issuer, self.leeway_s,
+        claims = decode(token, key, [algorithm], tenant.audience, issuer, self.leeway_s,
                         _REQUIRED)
         try:
             user_id = user_of(claims.get(tenant.user_claim))

@@ -105,6 +105,12 @@ def hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:
     return f"{signing_input}.{b64(signature)}"
 
 
+def by_hand(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token PyJWT would not make (odd header or claim types), with a junk signature."""
+    return (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+            + "." + b64(b"x" * 256))
+
+
 def tampered(token: str) -> str:
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -181,6 +187,14 @@ async def test_refused_tokens_say_why(app: Client, idp: Idp, tenant: Tenant,
     assert "'sub' claim" in await rejected(app, idp.token(sub=""))
     assert "'sub' claim" in await rejected(app, idp.token(sub="x" * 129))
     assert "'sub' claim" in await rejected(app, idp.token(sub=None))
+    # odd headers and claims are refused, never a 500
+    for header in ({"alg": ["RS256"], "kid": "rsa-1"}, {"alg": "RS256", "kid": 7},
+                   {"alg": "RS256", "kid": "rsa-1", "crit": "exp"}):
+        message = await rejected(app, by_hand(header, idp.claims()))
+        assert "algorithm not accepted" in message or "malformed" in message, message
+    assert FOREIGN in await rejected(app, idp.token(iss=idp.issuer + "\x00"))
+    listed = by_hand({"alg": "RS256", "kid": "rsa-1"}, idp.claims(iss=[idp.issuer]))
+    assert FOREIGN in await rejected(app, listed)
 
 
 async def test_rotated_key_is_fetched_once(aiohttp_client: Any, settings: Settings, idp: Idp,
