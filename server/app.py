@@ -25,6 +25,7 @@ from chat_storage.runtime.secrets import sealer_from_settings
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import auth, cors, middlewares, objects, state, streaming
+from chat_storage.server.oidc import OidcVerifier
 from chat_storage.server.routes import (
     attachments,
     docs,
@@ -39,7 +40,7 @@ from chat_storage.server.routes import (
 )
 from chat_storage.server.routes import web as web_page
 from chat_storage.server.state import SETTINGS_KEY
-from chat_storage.server.tokens import TOKENS_KEY, Tokens
+from chat_storage.server.tokens import OIDC_KEY, TOKENS_KEY, Tokens
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes, tokens.routes)
@@ -88,8 +89,11 @@ async def _services(app: web.Application, *,
     app[TOKENS_KEY] = Tokens(
         services.pool, sealer_from_settings(settings), cache_ttl_s=settings.api_key_cache_s,
         leeway_s=settings.token_leeway_s, acquire_timeout_s=settings.db_acquire_timeout_s)
+    oidc = OidcVerifier.open(services.pool, settings)  # with its own HTTP client
+    app[OIDC_KEY] = oidc.verify
     yield
     deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
+    await oidc.close()  # the requests that could use it are over
     await services.close(deadline)
 
 

@@ -90,7 +90,7 @@ class Tokens:
         """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # not only DecodeError: a non-string kid, a bad crit
             raise InvalidToken("malformed") from None
         kid = header.get("kid")
         if not signing_keys.is_own_kid(kid):

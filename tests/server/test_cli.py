@@ -310,6 +310,40 @@ def test_keys_revoke_takes_the_id_or_the_whole_key(database_url: str) -> None:
     assert authenticate(database_url, made["key"]) is None
 
 
+def test_tenants_update_trusts_an_oidc_issuer(database_url: str) -> None:
+    name = f"oidc-{secrets.token_hex(4)}"
+    assert run("tenants", "create", name, DATABASE_URL=database_url).returncode == 0
+
+    def shown() -> dict[str, Any]:
+        out = run("tenants", "show", name, "--json", DATABASE_URL=database_url)
+        assert out.returncode == 0, out.stderr
+        return {k: v for k, v in json.loads(out.stdout).items() if k.startswith("oidc_")}
+
+    issuer = "https://login.example.com/realms/chat/"  # the trailing / is part of `iss`
+    trusted = run("tenants", "update", name, "--oidc-issuer", issuer, "--oidc-audience",
+                  "chat-app", "--oidc-user-claim", "email", DATABASE_URL=database_url)
+    assert trusted.returncode == 0, trusted.stderr
+    assert f"OIDC issuer {issuer}" in trusted.stdout
+    assert shown() == {"oidc_issuer": issuer, "oidc_audience": "chat-app",
+                       "oidc_user_claim": "email"}
+    local = run("tenants", "update", name, "--oidc-issuer", "http://127.0.0.1:8081/idp",
+                "--oidc-audience", "dev", DATABASE_URL=database_url)
+    assert local.returncode == 0, local.stderr  # http for a loopback issuer only
+    assert shown()["oidc_issuer"] == "http://127.0.0.1:8081/idp"
+    for refused, says in [
+        (("--oidc-issuer", "http://login.example.com", "--oidc-audience", "a"), "https"),
+        (("--oidc-issuer", "https://login.example.com"), "--oidc-audience"),
+        (("--oidc-issuer", "https://login.example.com?x=1", "--oidc-audience", "a"), "URL"),
+        (("--no-oidc", "--oidc-audience", "a"), "--no-oidc"),
+    ]:
+        result = run("tenants", "update", name, *refused, DATABASE_URL=database_url)
+        assert result.returncode == 2 and says in result.stderr, (refused, result.stderr)
+    assert shown()["oidc_issuer"] == "http://127.0.0.1:8081/idp"  # unchanged by them
+    cleared = run("tenants", "update", name, "--no-oidc", DATABASE_URL=database_url)
+    assert cleared.returncode == 0, cleared.stderr
+    assert shown() == {"oidc_issuer": None, "oidc_audience": None, "oidc_user_claim": "sub"}
+
+
 def test_unknown_tenant_is_one_line_exit_1(database_url: str) -> None:
     for args in (("keys", "create", "--tenant", "nobody"), ("keys", "list", "--tenant", "nobody")):
         result = run(*args, DATABASE_URL=database_url)
