@@ -12,7 +12,8 @@ here from the contract, independently of the route tables:
 - a user token of user B: 404 for A's session (as if absent), 403 for A's user id in a
   path or body, and a list or search that shows none of A's data;
 - another tenant's key or token: 404 for A's session, and none of A's data anywhere;
-- an OIDC token of user A (a trusted issuer's, if the server has OIDC): as A's token.
+- an OIDC token of user A (from a local identity provider the tenant trusts): as A's
+  token.
 
 Each cell gets fresh data (a session of A with a message and an attachment), made with
 the admin key, so a delete in one cell does not change the next. Cells alternate between
@@ -35,14 +36,16 @@ import asyncpg
 import jwt
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.routing import ENDPOINTS_KEY, Endpoint
-from chat_storage.storage import apikeys, db, signing_keys
+from chat_storage.storage import apikeys, db, signing_keys, tenants
 from chat_storage.storage.principal import Scope
 from chat_storage.storage.sealing import Sealer
 from tests.conftest import TEST_SECRET_KEY, Tenant, make_tenant
+from tests.support.idp import Idp
 from tests.support.procs import Cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -143,7 +146,6 @@ class World:
     other: Tenant
     headers: dict[str, dict[str, str]]
     http: aiohttp.ClientSession
-    oidc: bool = False
 
 
 def _tamper(token: str) -> str:
@@ -179,10 +181,22 @@ async def world(database_url: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> AsyncIterator[World]:
     cluster = Cluster(database_url, Path(tmp_path_factory.mktemp("matrix")))
     pool = await db.create_pool(database_url, min_size=1, max_size=2)
+    # a local identity provider the tenant trusts: its tokens for A act as A's
+    idp = Idp()
+    idp_runner = web.AppRunner(idp.app())
+    await idp_runner.setup()
+    site = web.TCPSite(idp_runner, "127.0.0.1", 0)
+    await site.start()
+    idp.listening_on(idp_runner.addresses[0][1])
     try:
         servers = await cluster.start(2, env={"CHAT_SECRET_KEY": TEST_SECRET_KEY,
                                                    "CHAT_API_KEY_CACHE_S": "1"})
         tenant, other = await make_tenant(pool, "matrix"), await make_tenant(pool, "other")
+        async with pool.acquire() as conn:
+            await tenants.update_tenant(conn, tenant.name, oidc_issuer=idp.issuer,
+                                        oidc_audience="chat-app")
+        oidc_token = idp.token(sub=A, exp=int(time.time()) + 3600)
+        headers_oidc = {"Authorization": f"Bearer {oidc_token}"}
         headers: dict[str, dict[str, str]] = {"key-admin": tenant.headers, "none": {}}
         async with pool.acquire() as conn:
             for scope in ("write", "read"):
@@ -202,10 +216,12 @@ async def world(database_url: str, tmp_path_factory: pytest.TempPathFactory
             }
             headers.update({name: {"Authorization": f"Bearer {token}"}
                             for name, token in tokens.items()})
+            headers["oidc-a"] = headers_oidc
             yield World([s.base for s in servers], tenant, other, headers, http)
     finally:
         await pool.close()
         await cluster.close()
+        await idp_runner.cleanup()
 
 
 # ------------------------------------------------------------------ what the contract says
@@ -297,8 +313,6 @@ async def test_route_answers_every_credential_as_the_contract_says(
     row = ROWS[(ep.method, ep.path)]
     wrong: list[str] = []
     for i, credential in enumerate(CREDENTIALS):
-        if credential == "oidc-a" and not world.oidc:
-            continue
         base = world.servers[i % 2]
         f = await _fresh(world, base)
         status, text, headers = await _call(world, base, ep, row, f, world.headers[credential])
