@@ -67,7 +67,8 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     # first: every other context may use the services
     app.cleanup_ctx.append(functools.partial(_services, sink=sink))
     auth.setup(app, settings.api_key_cache_s)
-    cors.setup(app, settings.cors_origins)  # read by the middleware and the WebSocket check
+    # read by the middleware and the WebSocket check; tenants' lists cached like keys
+    cors.setup(app, settings.cors_origins, settings.api_key_cache_s)
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
     objects.setup(app)  # the local store's upload and download URLs
