@@ -27,6 +27,7 @@ from chat_storage.runtime.settings import Settings
 from chat_storage.server import auth, cors, middlewares, objects, state, streaming
 from chat_storage.server.routes import (
     attachments,
+    dev_tokens,
     docs,
     events,
     exports,
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     ops.setup(app, settings)  # /metrics (here or its own port), pool gauge
     docs.setup(app)  # Swagger UI files, OpenAPI document cache
     web_page.setup(app)  # demo page at / and the JS client under /web/
+    dev_tokens.setup(app, settings)  # the demo page's tokens, on a developer's machine
     app.on_shutdown.append(_begin_shutdown)
     return app
 
