@@ -11,7 +11,7 @@ from aiohttp import web
 
 from tests.conftest import Tenant
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "auth.md"
+DOC = Path(__file__).resolve().parent.parent / "docs/auth.md"
 MARKER = "<!-- executed: tests/test_auth_doc.py runs the next python block -->"
 
 
