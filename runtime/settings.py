@@ -30,6 +30,9 @@ DEFAULT_WEB_DIR = Path(str(resources.files("chat_storage") / "web"))
 DEFAULT_DATA_DIR = platformdirs.user_data_path("chat-storage", appauthor=False)
 # where earlier versions kept them, relative to the working directory
 LEGACY_DATA_DIR = Path(".chat-storage")
+# the tenant of the embedded database's first-run key, and of the demo page's dev
+# tokens (CHAT_DEV_TOKENS)
+DEV_TENANT = "dev"
 
 
 class SettingsError(ValueError):
@@ -65,6 +68,9 @@ class Settings:
     token_leeway_s: float = 30.0
     # how long an OIDC issuer's keys (JWKS) are kept before they are fetched again
     oidc_jwks_cache_s: float = 600.0
+    # POST /dev/tokens mints user tokens of tenant "dev" for callers on this machine
+    # (the demo page); always on with the embedded database
+    dev_tokens: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
     max_content_bytes: int = 256 * 1024
     max_context_bytes: int = 256 * 1024
@@ -116,6 +122,11 @@ class Settings:
     def embedded(self) -> bool:
         """True when no DATABASE_URL is set and an embedded Postgres is used."""
         return self.database_url is None
+
+    @property
+    def serves_dev_tokens(self) -> bool:
+        """Whether ``POST /dev/tokens`` is served: the zero-setup database, or asked for."""
+        return self.embedded or self.dev_tokens
 
     @classmethod
     def from_env(

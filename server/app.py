@@ -28,6 +28,7 @@ from chat_storage.server import auth, cors, middlewares, objects, state, streami
 from chat_storage.server.oidc import OidcVerifier
 from chat_storage.server.routes import (
     attachments,
+    dev_tokens,
     docs,
     events,
     exports,
@@ -68,7 +69,8 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     # first: every other context may use the services
     app.cleanup_ctx.append(functools.partial(_services, sink=sink))
     auth.setup(app, settings.api_key_cache_s)
-    cors.setup(app, settings.cors_origins)  # read by the middleware and the WebSocket check
+    # read by the middleware and the WebSocket check; tenants' lists cached like keys
+    cors.setup(app, settings.cors_origins, settings.api_key_cache_s)
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
     objects.setup(app)  # the local store's upload and download URLs
@@ -77,6 +79,7 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     ops.setup(app, settings)  # /metrics (here or its own port), pool gauge
     docs.setup(app)  # Swagger UI files, OpenAPI document cache
     web_page.setup(app)  # demo page at / and the JS client under /web/
+    dev_tokens.setup(app, settings)  # the demo page's tokens, on a developer's machine
     app.on_shutdown.append(_begin_shutdown)
     return app
 

@@ -162,7 +162,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         try:
             if cors.is_preflight(request):  # before auth: a browser sends it without a key
-                response = cors.preflight(request)
+                response = await cors.preflight(request)
             else:
                 if request.path.startswith(auth.API_PREFIX):
                     await auth.authenticate_request(request)
@@ -206,7 +206,7 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     if rid is not None:
         response.headers["X-Request-ID"] = rid
     ratelimit.apply_headers(request, response)
-    cors.apply_headers(request, response)
+    await cors.apply_headers(request, response)
 
 
 def setup(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
-from chat_storage.runtime.settings import Settings
+from chat_storage.runtime.settings import DEV_TENANT, Settings
 from chat_storage.server import admin, logs, protocol
 from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import apikeys, embedded, tenants
@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # the write path is only imported to serve
 
 log = logging.getLogger(__name__)
 
-DEV_TENANT = "dev"
 
 
 def serve_one(settings: Settings, *, reuse_port: bool = False,
@@ -148,7 +147,8 @@ async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
     admin.print_line(
         f"Created tenant {DEV_TENANT!r} and an API key (shown only this once):\n"
         f"  {created.key}\n"
-        f"Open {base}/ for the demo chat page (paste the key there), and {base}/docs\n"
+        f"Open {base}/ for the demo chat page (on this machine it signs in by itself\n"
+        f"with a dev token; the key stays with you), and {base}/docs\n"
         "for the API documentation (Authorize with the key). Or try it with curl:\n"
         f"  curl -H 'X-Api-Key: {created.key}' -H 'Content-Type: application/json' "
         f"""-d '{{"user_id":"me"}}' {base}/api/v1/sessions"""

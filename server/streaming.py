@@ -84,23 +84,27 @@ class Connections:
 CONNECTIONS_KEY = web.AppKey("stream_connections", Connections)
 
 
-def origin_allowed(request: web.Request, origins: cors.Origins) -> bool:
+async def origin_allowed(request: web.Request) -> bool:
     """Whether a browser page at the request's ``Origin`` may open a stream.
 
-    No ``Origin`` (not a browser): allowed, the API key or ticket is the check.
-    The server's own origin (same host and port as the request: the demo page) and the
-    origins of ``CHAT_CORS_ORIGINS`` (``*``: any), the list CORS allows: allowed.
+    No ``Origin`` (not a browser): allowed, the credential or ticket is the check.
+    The server's own origin (same host and port as the request: the demo page):
+    allowed. Else the rule of CORS (:func:`cors.allowed_origin`): ``CHAT_CORS_ORIGINS``
+    (``*``: any) or the list of the tenant the key, token or ticket belongs to.
     """
     origin = request.headers.get("Origin")
-    if origin is None or origins.allows(origin):
+    if origin is None:
         return True
     parts = urlsplit(origin.strip().rstrip("/").lower())
-    return parts.scheme in ("http", "https") and parts.netloc == request.host.lower()
+    if parts.scheme in ("http", "https") and parts.netloc == request.host.lower():
+        return True
+    return await cors.allowed_origin(request, origin) is not None
 
 
-def check_origin(request: web.Request) -> None:
-    """403 before any upgrade when the page's origin is not allowed."""
-    if not origin_allowed(request, request.app[cors.ORIGINS_KEY]):
+async def check_origin(request: web.Request) -> None:
+    """403 before any upgrade when the page's origin is not allowed (call it once the
+    caller is authenticated: its tenant's origins count)."""
+    if not await origin_allowed(request):
         raise ApiError(403, "origin not allowed")
 
 

@@ -37,6 +37,8 @@ from chat_storage.storage.signing_keys import SigningKey
 ISSUER = AUDIENCE = "chat-storage"
 ALGORITHM = "HS256"
 MAX_SESSION_IDS = 100
+DEFAULT_TTL_S = 900  # a token's lifetime unless asked otherwise
+MAX_TTL_S = 86_400
 _REQUIRED = ["exp", "iat", "sub", "tid", "scope", "iss", "aud"]
 
 # the OIDC verifier, if installed: (token, unverified header) -> principal or InvalidToken

@@ -1,15 +1,20 @@
 // The demo chat page: sessions of a user, a session's history, live answers.
 // Answers are an "echo" streamed by this page itself through the WebSocket, word by
-// word, so a second tab on the same chat shows them arriving live. The API key stays
-// in this browser (localStorage) and is sent only to this server; the WebSocket is
-// opened with a single-use ticket (browsers cannot set headers on it).
+// word, so a second tab on the same chat shows them arriving live. The page holds a
+// user token only (web/token.js: sessionStorage, renewed before it expires), never a
+// tenant API key; the WebSocket is opened with a single-use ticket (browsers cannot
+// set headers on it). Query parameters: echo_delay_ms, token_ttl_s, refresh_margin_s.
 import { ChatStorage } from "/web/chat-storage.js";
+import { TokenKeeper } from "/web/token.js";
 
 const $ = (id) => document.getElementById(id);
-const store = window.localStorage;
 const params = new URLSearchParams(window.location.search);
 const echoDelayMs = Number(params.get("echo_delay_ms") || 60);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const keeper = new TokenKeeper({
+  ttlS: Number(params.get("token_ttl_s")) || undefined,
+  marginS: Number(params.get("refresh_margin_s")) || undefined,
+});
 
 let api = null;
 let live = null;
@@ -17,10 +22,9 @@ let userId = "";
 let listing = 0; // the latest loadSessions call; an older answer must not overwrite it
 let pending = []; // attachments uploaded for the next message: [{ id, name }]
 
-function init() {
-  $("api-key").value = store.getItem("chat-storage.apiKey") || "";
-  $("user-id").value = store.getItem("chat-storage.userId") || "demo-user";
-  $("settings").addEventListener("submit", (e) => { e.preventDefault(); useKey(); });
+async function init() {
+  window.localStorage.removeItem("chat-storage.apiKey"); // where older versions kept it
+  $("settings").addEventListener("submit", (e) => { e.preventDefault(); signIn().catch(showError); });
   $("new-chat").addEventListener("click", () => newChat().catch(showError));
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send().catch(showError); });
   $("files").addEventListener("change", () => attachChosen().catch(showError));
@@ -28,24 +32,52 @@ function init() {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send().catch(showError); }
   });
   window.addEventListener("hashchange", () => { const id = window.location.hash.slice(1); if (api && id) open(id); });
-  if ($("api-key").value) useKey();
+  keeper.addEventListener("token", (e) => signedIn(e.detail.kept, e.detail.renewed).catch(showError));
+  keeper.addEventListener("expiring", () => askForKey("Your token expires soon: paste the API key again."));
+  keeper.addEventListener("error", (e) => showError(e.detail.error));
+  const kept = keeper.resume();
+  $("user-id").value = kept ? kept.user_id : (window.localStorage.getItem("chat-storage.userId") || "demo-user");
+  if (kept) await signedIn(kept, false); else await signIn();
 }
 
 function showError(err) {
+  if (err && err.status === 401) { keeper.renew(); return; } // expired or rotated: renew
   $("status").textContent = `error: ${err.message || err}`;
   $("status").className = "status";
 }
 
-async function useKey() {
+function askForKey(note) {
+  $("key-label").hidden = false;
+  $("auth-note").textContent = note;
+  $("api-key").focus();
+}
+
+// The key field is read and emptied in one step: the key is sent once and kept nowhere.
+function takeKey() {
   const key = $("api-key").value.trim();
-  userId = $("user-id").value.trim();
-  if (!key || !userId) return;
-  store.setItem("chat-storage.apiKey", key);
-  store.setItem("chat-storage.userId", userId);
-  api = new ChatStorage({ apiKey: key });
-  try {
-    await loadSessions();
-  } catch (err) { showError(err); return; }
+  $("api-key").value = "";
+  return key;
+}
+
+async function signIn() {
+  const user = $("user-id").value.trim();
+  if (!user) return;
+  if ($("key-label").hidden) {
+    if (!(await keeper.fromDev(user))) askForKey("Paste an API key: it is traded for a short-lived token and not kept.");
+    return;
+  }
+  if (!$("api-key").value.trim()) { askForKey("Paste an API key."); return; }
+  await keeper.fromKey(takeKey(), user);
+}
+
+async function signedIn(kept, renewed) {
+  $("key-label").hidden = true;
+  $("auth-note").textContent = `${kept.user_id} · token until ${new Date(kept.expires_at).toLocaleTimeString()}`;
+  if (api) api.setToken(kept.token); else api = new ChatStorage({ token: kept.token });
+  if (renewed && kept.user_id === userId) return; // same user: open sockets keep going
+  userId = kept.user_id;
+  window.localStorage.setItem("chat-storage.userId", userId); // a name, not a secret
+  await loadSessions();
   $("new-chat").disabled = false;
   const wanted = window.location.hash.slice(1);
   if (wanted) open(wanted);
@@ -183,4 +215,4 @@ async function send() {
   await answer.end({ metadata: { finish_reason: "stop" }, usage: { completion_tokens: words.filter((w) => w.trim()).length } });
 }
 
-init();
+init().catch(showError);

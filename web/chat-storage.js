@@ -1,7 +1,8 @@
 // chat-storage.js — the reference client of chat-storage, a dependency-free ES module.
 //
 //   import { ChatStorage } from "/web/chat-storage.js";
-//   const api = new ChatStorage({ apiKey });
+//   const api = new ChatStorage({ token });        // a user token from your backend
+//   api.setToken(fresh);                          // before the old one expires
 //   const live = api.session(sessionId);          // a SessionSocket: connects and subscribes
 //   live.addEventListener("change", () => render(live.messages()));
 //   await live.createMessage({ role: "user", content: "Hi" });
@@ -14,6 +15,12 @@
 // subscribes from the last seq it has plus the offset of every stream in progress,
 // and its own streams continue where the server has them (stream.resume). Offsets
 // count Unicode code points, as the server does. See docs/streaming.md.
+//
+// In a browser, use a user token (`Authorization: Bearer`), never a tenant API key: the
+// token reaches one user's sessions and expires. `apiKey` is for code on a server.
+// ChatStorage.exchangeKey trades a key for a token without keeping the key. Tickets
+// for the WebSocket are asked for with whichever credential the client holds.
+// See docs/auth.md.
 
 const enc = encodeURIComponent;
 const cpLength = (s) => { let n = 0; for (const _ of s) n++; return n; };
@@ -28,19 +35,36 @@ export class ApiError extends Error {
   }
 }
 
+async function call(url, method, headers, body) {
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
 export class ChatStorage {
-  constructor({ baseUrl = "", apiKey } = {}) {
+  constructor({ baseUrl = "", token, apiKey } = {}) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
+    this.token = token;
     this.apiKey = apiKey;
   }
 
-  async request(method, path, body) {
-    const headers = { "X-Api-Key": this.apiKey };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const r = await fetch(this.baseUrl + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-    const data = r.status === 204 ? null : await r.json().catch(() => null);
-    if (!r.ok) throw new ApiError(r.status, data);
-    return data;
+  /** Use `token` from now on (a refreshed one); sockets ask their next ticket with it. */
+  setToken(token) { this.token = token; }
+
+  /** Trade a tenant API key for a user token (POST /api/v1/tokens); the key is sent
+   *  once and kept nowhere. Resolves to `{token, user_id, scopes, session_ids, expires_at}`. */
+  static exchangeKey({ baseUrl = "", apiKey, userId, scopes, ttlS }) {
+    const body = { user_id: userId };
+    if (scopes) body.scopes = scopes;
+    if (ttlS) body.ttl_s = ttlS;
+    return call(baseUrl.replace(/\/$/, "") + "/api/v1/tokens", "POST", { "X-Api-Key": apiKey }, body);
+  }
+
+  request(method, path, body) {
+    const headers = this.token ? { Authorization: `Bearer ${this.token}` } : { "X-Api-Key": this.apiKey };
+    return call(this.baseUrl + path, method, headers, body);
   }
 
   listSessions({ userId, limit = 50 } = {}) {

@@ -15,13 +15,11 @@ from chat_storage.server.handlers import run
 from chat_storage.server.jsonio import json_response, parse_body
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, Strict, Text
-from chat_storage.server.tokens import MAX_SESSION_IDS, TOKENS_KEY
+from chat_storage.server.tokens import DEFAULT_TTL_S, MAX_SESSION_IDS, MAX_TTL_S, TOKENS_KEY
 from chat_storage.storage import sessions
 from chat_storage.storage.principal import TOKEN_SCOPES, TokenScope
 
 routes = RouteTable("tokens")
-DEFAULT_TTL_S = 900
-MAX_TTL_S = 86_400
 
 
 class TokenCreate(Strict):

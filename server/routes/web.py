@@ -1,7 +1,8 @@
 """The demo chat page at ``/`` and the reference client under ``/web/``.
 
-Plain files from the repository's ``web/`` directory (``CHAT_WEB_DIR``), no API key needed (the page
-asks its user for one and keeps it in the browser). Not part of the API, so not in
+Plain files from the repository's ``web/`` directory (``CHAT_WEB_DIR``), no credential
+needed: the page gets a user token (``/dev/tokens`` on a developer's machine, else a
+pasted key traded for one) and keeps only the token (docs/auth.md). Not part of the API, so not in
 the OpenAPI document. A strict Content-Security-Policy: the page loads nothing from
 another origin and talks only to this server, and to the S3 endpoint its uploads go
 to when one is configured.

@@ -88,7 +88,7 @@ async def create_ticket(request: web.Request) -> web.Response:
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Open the session's WebSocket: subscribe to it, write to it, stream answers into it."""
     session_id = path_uuid(request, "session_id", "session")
-    check_origin(request)
+    await check_origin(request)
     tenant_id = principal_of(request).tenant_id
     await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
     settings = request.app[SETTINGS_KEY]

@@ -1,18 +1,23 @@
-"""CORS over a real socket: preflights, actual responses (errors and 429 too), the list
-the WebSocket's Origin check shares. The browser's side is in tests/web/test_cors.py."""
+"""CORS over a real socket: preflights, actual responses (errors and 429 too), the
+rule the WebSocket's Origin check shares, for CHAT_CORS_ORIGINS and a tenant's own list.
+The browser's side is in tests/web/test_cors.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from chat_storage.server.cors import ALLOW_HEADERS, EXPOSE_HEADERS
 from tests.conftest import Tenant
+from tests.support.origins import listed, unique_origin
 from tests.support.streamkit import new_session
 
 ALLOWED = "https://app.example"
@@ -154,3 +159,98 @@ async def test_the_websocket_origin_check_uses_the_same_list(client: Any,
                            (OTHER, 403), ("http://app.example", 403)):
         assert await _handshake_status(client, path, {**tenant.headers, "Origin": origin}) \
             == status, origin
+
+
+# --- a tenant's own origins (tenants update --cors-origins)
+
+async def _bearer(client: Any, tenant: Tenant, user_id: str = "u") -> dict[str, str]:
+    r = await client.post("/api/v1/tokens", json={"user_id": user_id}, headers=tenant.headers)
+    assert r.status == 201, await r.text()
+    return {"Authorization": f"Bearer {(await r.json())['token']}"}
+
+
+async def test_a_tenant_origin_reads_only_its_tenants_answers(
+    client: Any, pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant,
+) -> None:
+    own = unique_origin()
+    async with listed(pool, tenant, own):
+        # a preflight has no credential: any tenant's origin gets its allowance
+        r = await client.options(SESSIONS, headers=_preflight(own))
+        assert (r.status, r.headers["Access-Control-Allow-Origin"]) == (204, own)
+        # the tenant's own callers, by key and by user token: readable
+        for headers in (tenant.headers, await _bearer(client, tenant)):
+            r = await client.get(SESSIONS, headers={**headers, "Origin": own})
+            assert r.status == 200
+            assert r.headers["Access-Control-Allow-Origin"] == own
+            assert r.headers["Access-Control-Expose-Headers"] == EXPOSE_HEADERS
+        # another tenant's caller from that page: answered, but not readable there
+        for headers in (other_tenant.headers, await _bearer(client, other_tenant)):
+            r = await client.get(SESSIONS, headers={**headers, "Origin": own})
+            assert r.status == 200
+            assert _cors_headers(r) == set()
+            assert "Origin" in r.headers["Vary"]
+        # before authentication nothing of a tenant is in the answer: a listed page may
+        # read its 401 (and so learn to get a new token)
+        for headers, status in (({}, 401), ({"Authorization": "Bearer x.y.z"}, 401),
+                                ({"X-Api-Key": "cs_bad"}, 403)):
+            r = await client.get(SESSIONS, headers={**headers, "Origin": own})
+            assert r.status == status
+            assert r.headers["Access-Control-Allow-Origin"] == own, status
+
+
+async def test_a_tenant_origin_is_unknown_to_the_global_list(
+    aiohttp_client: Any, settings: Settings, pool: asyncpg.Pool, tenant: Tenant,
+) -> None:
+    own, stranger = unique_origin(), unique_origin()
+    async with listed(pool, tenant, own):
+        client = await aiohttp_client(create_app(dataclasses.replace(settings,
+                                                                     cors_origins=())))
+        r = await client.options(SESSIONS, headers=_preflight(stranger))
+        assert r.status == 403 and _cors_headers(r) == set()
+        r = await client.get(SESSIONS, headers={**tenant.headers, "Origin": stranger})
+        assert r.status == 200 and _cors_headers(r) == set()
+        r = await client.get(SESSIONS, headers={**tenant.headers, "Origin": own})
+        assert r.headers["Access-Control-Allow-Origin"] == own
+
+
+async def test_a_changed_tenant_list_applies_within_the_cache_time(
+    aiohttp_client: Any, settings: Settings, pool: asyncpg.Pool, tenant: Tenant,
+) -> None:
+    client = await aiohttp_client(create_app(dataclasses.replace(
+        settings, cors_origins=(), api_key_cache_s=0.2)))
+    own = unique_origin()
+    r = await client.options(SESSIONS, headers=_preflight(own))
+    assert r.status == 403  # read and cached: not listed
+    async with listed(pool, tenant, own):
+        statuses = []
+        deadline = time.monotonic() + 5.0
+        for _ in range(100):  # bounded: 5 s or 100 tries, about 0.2 s is expected
+            r = await client.options(SESSIONS, headers=_preflight(own))
+            statuses.append(r.status)
+            if r.status == 204 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 204, statuses
+
+
+async def test_the_websocket_origin_check_uses_the_tenants_list(
+    client: Any, pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant,
+) -> None:
+    own = unique_origin()
+    async with listed(pool, tenant, own):
+        sid = await new_session(client, tenant)
+        path = f"/api/v1/sessions/{sid}/ws"
+        assert await _handshake_status(client, path, {**tenant.headers, "Origin": own}) == 101
+        assert await _handshake_status(
+            client, path, {**await _bearer(client, tenant, "u1"), "Origin": own}) == 101
+        # a ticket stands for its tenant too
+        r = await client.post(f"{path.removesuffix('/ws')}/ws-tickets", headers=tenant.headers)
+        ticket = (await r.json())["ticket"]
+        assert await _handshake_status(client, f"{path}?ticket={ticket}", {"Origin": own}) == 101
+        # another tenant's page may not open this tenant's streams, nor the reverse
+        other_sid = await new_session(client, other_tenant)
+        other_path = f"/api/v1/sessions/{other_sid}/ws"
+        assert await _handshake_status(
+            client, other_path, {**other_tenant.headers, "Origin": own}) == 403
+        assert await _handshake_status(
+            client, path, {**tenant.headers, "Origin": unique_origin()}) == 403

@@ -31,9 +31,11 @@ TIMEOUT_MS = 15_000
 
 
 async def _sign_in(page: Any, base: str, tenant: Tenant, user: str) -> None:
+    """Sign in with the tenant key, which the page trades for a user token (this test
+    server mints no dev tokens, so the page asks for a key)."""
     await page.goto(base + "/?echo_delay_ms=120")
-    await page.fill("#api-key", tenant.key)
     await page.fill("#user-id", user)
+    await page.fill("#api-key", tenant.key, timeout=TIMEOUT_MS)  # shown once asked for
     await page.click("#settings button")
     await page.wait_for_selector("#new-chat:not([disabled])", timeout=TIMEOUT_MS)
 
@@ -86,8 +88,7 @@ async def test_two_tabs_watch_one_streamed_answer(client: Any, tenant: Tenant,
     # a fresh tab shows the history, and the chat got its title from the first message
     late = await context.new_page()
     await _sign_in(late, base, tenant, "ada")
-    # a locator, not an element handle: signing in re-renders the list (the page signs in
-    # from the stored key on load, then again on the click), detaching earlier items
+    # a locator, not an element handle: a re-rendered list detaches earlier items
     item = late.locator(f'#sessions li[data-id="{session_id}"]')
     await playwright_api.expect(item).to_have_text(words, timeout=TIMEOUT_MS)
     await item.click(timeout=TIMEOUT_MS)
