@@ -67,6 +67,8 @@ async def authenticate_request(request: web.Request) -> None:
     """Authenticate an ``/api/v1`` request, check what it may reach, store its
     :class:`Principal`. Called by the API middleware (``server.middlewares``)."""
     principal = await _principal(request)
+    # known before the checks: a 403 below is answered as to this tenant (CORS)
+    request[PRINCIPAL_KEY] = principal
     if principal.is_user:
         await _check_user(request, principal)
     else:
@@ -74,7 +76,6 @@ async def authenticate_request(request: web.Request) -> None:
         if needed is not None and not scope_allows(principal.scope, needed):
             raise ApiError(403, f"this API key has scope {principal.scope!r}; "
                                 f"this route needs {needed!r}")
-    request[PRINCIPAL_KEY] = principal
 
 
 async def _principal(request: web.Request) -> Principal:
