@@ -72,6 +72,10 @@ class Tokens:
         self.leeway_s = leeway_s
         self.acquire_timeout_s = acquire_timeout_s
         self._by_kid: TtlCache[str, SigningKey | None] = TtlCache(cache_ttl_s)
+        # tokens verified lately, with their expiry: a page sends one token with every
+        # request, and verifying costs more than the rest of a cheap request
+        # (loadtest/bench_tokens.py); kept no longer than a signing key's cache entry
+        self._verified: TtlCache[str, tuple[float, Principal]] = TtlCache(cache_ttl_s)
 
     async def mint(self, tenant_id: uuid.UUID, user_id: str, scopes: Iterable[TokenScope],
                    session_ids: list[uuid.UUID] | None, ttl_s: int) -> tuple[str, dt.datetime]:
@@ -90,6 +94,15 @@ class Tokens:
 
     async def verify(self, token: str, oidc: OidcVerifier | None) -> Principal:
         """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not."""
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] + self.leeway_s > time.time():
+            return hit[1]
+        principal, expires = await self._verify(token, oidc)
+        self._verified.put(token, (expires, principal))
+        return principal
+
+    async def _verify(self, token: str, oidc: OidcVerifier | None
+                      ) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:  # not only DecodeError: a non-string kid, a bad crit
@@ -98,7 +111,8 @@ class Tokens:
         if not signing_keys.is_own_kid(kid):
             if oidc is None:
                 raise InvalidToken("not issued by this service or a trusted issuer")
-            return await oidc(token, header)
+            principal = await oidc(token, header)  # verified: its exp is a number
+            return principal, float(jwt.decode(token, options={"verify_signature": False})["exp"])
         key = await self._key(str(kid))
         if key is None:
             raise InvalidToken("its signing key was rotated or is unknown")
@@ -109,7 +123,7 @@ class Tokens:
         return user_principal(
             key.tenant_id, key.tenant_name, user_of(claims["sub"]), scopes_of(claims["scope"]),
             session_ids=_sessions_of(claims.get("sessions")), limits=key.limits,
-            credential="token", credential_id=f"token:{key.kid}")
+            credential="token", credential_id=f"token:{key.kid}"), float(claims["exp"])
 
     async def _active_key(self, tenant_id: uuid.UUID) -> SigningKey:
         # read each time, not cached: a token minted with a key rotated a moment ago

@@ -313,3 +313,24 @@ async def test_idempotency_keys_are_each_users_own(client: Client, tenant: Tenan
     assert a1[0] == a2[0] == "alice" and b1[0] == b2[0] == "bob"
     assert a1[1] == a2[1] and b1[1] == b2[1] and a1[1] != b1[1]
     assert (a2[2], b1[2], b2[2]) == ("true", None, "true")
+
+
+async def test_a_cached_token_still_expires() -> None:
+    """A verified token is kept (loadtest/bench_tokens.py), but not past its exp."""
+    from chat_storage.server.tokens import InvalidToken, Tokens
+    from chat_storage.storage.overrides import NO_OVERRIDES
+    from chat_storage.storage.signing_keys import SigningKey
+
+    key = SigningKey("csk_" + "a" * 16, uuid.uuid4(), "t", b"k" * 32, NO_OVERRIDES)
+    tokens = Tokens(None, None, cache_ttl_s=3600, leeway_s=0,  # type: ignore[arg-type]
+                    acquire_timeout_s=1)
+    tokens._by_kid.put(key.kid, key)
+    now = int(time.time())
+    token = jwt.encode({"iss": "chat-storage", "aud": "chat-storage", "tid": str(key.tenant_id),
+                        "sub": "alice", "scope": "read", "iat": now, "exp": now + 1},
+                       key.secret, algorithm="HS256", headers={"kid": key.kid})
+    assert (await tokens.verify(token, None)).user_id == "alice"
+    assert (await tokens.verify(token, None)).user_id == "alice"  # from the cache
+    await asyncio.sleep(max(0.0, now + 1.05 - time.time()))  # past its exp, not a race
+    with pytest.raises(InvalidToken, match="expired"):
+        await tokens.verify(token, None)
