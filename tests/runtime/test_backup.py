@@ -6,6 +6,7 @@ Real Postgres, moto's S3 server, the real ``chat-storage`` command and server pr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -21,7 +22,7 @@ from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR
 from chat_storage.storage import db
 from tests.conftest import ADMIN_URL, Tenant, make_tenant
 from tests.support import backupkit, motoserver, scratch
-from tests.support.procs import Server
+from tests.support.procs import Server, clean_env, cli_command
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -191,3 +192,34 @@ async def test_a_backup_restored_into_a_fresh_database_and_bucket_serves_the_sam
             assert uuid.UUID(new["id"])
     finally:
         assert await restored.stop() == 0
+
+
+async def test_a_backup_taken_while_writes_go_on_is_one_snapshot(
+    databases: tuple[str, str], tmp_path: Path
+) -> None:
+    """Dump and manifest come from one snapshot: restore's own count and checksum check
+    passes, and the snapshot lies strictly between the writes before and after."""
+    source_url, target_url = databases
+    env = {"DATABASE_URL": source_url, "CHAT_DATA_DIR": str(tmp_path / "data")}
+    pool = await db.create_pool(source_url, min_size=1, max_size=1)
+    try:
+        await make_tenant(pool, "w")
+        backup = await asyncio.create_subprocess_exec(
+            *cli_command(), "backup", "--to", str(tmp_path / "b"), env=clean_env(**env),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(100_000):  # write until the backup is done
+            if backup.returncode is not None:
+                break
+            await make_tenant(pool, "w")  # the loop notes the backup's exit meanwhile
+        _, err = await backup.communicate()
+        assert backup.returncode == 0, err.decode()
+        async with pool.acquire() as conn:
+            after = await conn.fetchval("SELECT count(*) FROM tenants")
+    finally:
+        await pool.close()
+    in_backup = json.loads((tmp_path / "b" / "manifest.json").read_text())["tables"]["tenants"]
+    assert 1 <= in_backup < after
+    done = backupkit.cli("restore", "--from", str(tmp_path / "b"), DATABASE_URL=target_url,
+                         CHAT_DATA_DIR=str(tmp_path / "data2"))
+    assert done.returncode == 0, done.stderr
+    assert len((await backupkit.rows(target_url))["tenants"]) == in_backup
