@@ -79,6 +79,7 @@ def tool(program: str, settings: Settings) -> str:
 
 
 def service_version() -> str:
+    """The installed chat-storage version, written into the manifest."""
     try:
         return metadata.version("chat-storage")
     except metadata.PackageNotFoundError:

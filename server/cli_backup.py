@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import dataclasses
 
-from chat_storage.runtime.backup import BackupError, backup
+from chat_storage.runtime.backup import BackupError, BackupReport, backup
 from chat_storage.runtime.manifest import ManifestError
-from chat_storage.runtime.restore import RestoreError, restore
+from chat_storage.runtime.restore import RestoreError, RestoreReport, restore
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.admin import print_error, print_json
 from chat_storage.storage import embedded
@@ -38,15 +38,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``backup`` or ``restore``; the exit status."""
     try:
-        report: object = asyncio.run(_run(settings, args))
+        report = asyncio.run(_run(settings, args))
     except (BackupError, RestoreError, ManifestError) as exc:
         print_error(str(exc))
         return 1
-    print_json(dataclasses.asdict(report))  # type: ignore[call-overload]
+    print_json(dataclasses.asdict(report))
     return 0
 
 
-async def _run(settings: Settings, args: argparse.Namespace) -> object:
+async def _run(settings: Settings, args: argparse.Namespace) -> BackupReport | RestoreReport:
     try:
         if args.command == "backup":
             return await backup(settings, args.location)
