@@ -18,6 +18,11 @@ COPY web ./web
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
+# pg_dump and pg_restore for `chat-storage backup` / `restore` (Debian 12: version 15;
+# pg_dump must be at least as new as the database server)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin chat \
     && mkdir /data && chown chat:chat /data

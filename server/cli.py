@@ -26,7 +26,7 @@ from chat_storage.runtime.settings import (
     Settings,
     SettingsError,
 )
-from chat_storage.server import admin, cli_access, logs, serving, workers
+from chat_storage.server import admin, cli_access, cli_backup, logs, serving, workers
 from chat_storage.server.admin import PROG
 from chat_storage.storage import db, principal, tenants
 from chat_storage.storage.errors import StorageError
@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(settings)
         logs.configure("WARNING")
+        if args.command in cli_backup.COMMANDS:
+            return cli_backup.run(settings, args)
         if args.command == "migrate":
             return asyncio.run(admin.migrate(settings))
         if args.command == "retention":
@@ -236,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
         "retention", help="archive and delete what is past retention, erase expired "
         "temporary chats and stale uploads, now (serve does it every "
         "CHAT_MAINTENANCE_INTERVAL_S)")
+
+    cli_backup.add_commands(commands)
 
     tenants_cmd = commands.add_parser("tenants", help="manage tenants")
     tenants_sub = tenants_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -252,6 +252,11 @@ def stop(data_dir: Path) -> None:
         server.stop()
 
 
+def bin_dir(data_dir: Path) -> Path:
+    """The directory of the Postgres programs for the embedded server of ``data_dir``."""
+    return _bin_dir(data_dir.expanduser().resolve() / "pg")
+
+
 def stop_all() -> None:
     """Leave every embedded server this process started or joined."""
     with _registry_lock:

@@ -9,9 +9,11 @@ an upload that differs in any of them, and keeps the checksum, which
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiobotocore.session import get_session
@@ -28,6 +30,7 @@ from chat_storage.storage.objects.base import (
 )
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+PART_BYTES = 64 * 1024 * 1024  # a file larger than this goes up in parts of this size
 
 
 class S3Store:
@@ -121,6 +124,43 @@ class S3Store:
                                           ContentType=mime)
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc) from exc
+
+    async def put_file(self, key: str, path: Path, mime: str) -> None:
+        """Store the file at ``path`` under ``key``, in parts if it is large (backups)."""
+        size = (await asyncio.to_thread(path.stat)).st_size
+        try:
+            if size <= PART_BYTES:
+                data = await asyncio.to_thread(path.read_bytes)
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                              ContentType=mime)
+                return
+            await self._put_parts(key, path, mime, size)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _put_parts(self, key: str, path: Path, mime: str, size: int) -> None:
+        upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                             ContentType=mime)
+        upload_id = upload["UploadId"]
+        parts = []
+        try:
+            with path.open("rb") as source:
+                for number in range(1, size // PART_BYTES + 2):
+                    data = await asyncio.to_thread(source.read, PART_BYTES)
+                    if not data:
+                        break
+                    sent = await self._client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        Body=data)
+                    parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            # no half-made object stays behind, nor its parts (which S3 would bill)
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                      UploadId=upload_id)
+            raise
 
     async def delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):
