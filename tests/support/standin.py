@@ -54,7 +54,7 @@ class StandinError(RuntimeError):
 
 
 def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian archive this machine's apt uses (not its security archive)."""
+    """The Debian archive this machine's apt uses, or Debian's own where it uses none."""
     files = [sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*"))]
     for path in files:
         if not path.is_file():
@@ -63,7 +63,9 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
         uris = re.findall(r"^URIs:\s*(\S+)", text, re.MULTILINE)
         uris += re.findall(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.MULTILINE)
         for uri in uris:
-            if "security" not in uri:
+            # Debian's main archive; not its security archive, nor another distribution's
+            # (a CI runner on Ubuntu lists Ubuntu's)
+            if uri.rstrip("/").endswith("/debian"):
                 return uri.rstrip("/")
     return DEFAULT_MIRROR
 
