@@ -14,7 +14,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+# constraints.txt pins every dependency: the image installs what CI tested and audited
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 # chat_storage/ links to the folders below: the wheel ships them as one package, with
 # the migrations (sql/) and the demo page (web/) as package data
 COPY chat_storage ./chat_storage
@@ -24,7 +25,7 @@ COPY actors ./actors
 COPY storage ./storage
 COPY sql ./sql
 COPY web ./web
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --constraint constraints.txt .
 
 FROM ${PYTHON_IMAGE}
 # pg_dump and pg_restore for `chat-storage backup` / `restore` (Debian 12: version 15;
