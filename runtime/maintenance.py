@@ -115,7 +115,7 @@ async def every(pool: asyncpg.Pool, store: ObjectStore, settings: Settings) -> N
     """Run the jobs every ``CHAT_MAINTENANCE_INTERVAL_S``, forever (a supervised task)."""
     while True:
         # jitter: replicas started together do not all wake at once
-        await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))
+        await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))  # noqa: S311
         try:
             report = await run_once(pool, store, settings)
         except Exception:

@@ -6,7 +6,7 @@ from chat_storage.runtime.settings import Settings
 from chat_storage.storage.keyfile import read_or_create
 from chat_storage.storage.sealing import Sealer
 
-SECRET_FILE = "secret.key"
+SECRET_FILE = "secret.key"  # noqa: S105 - the name of the file that holds the key, not a key
 
 
 def sealer_from_settings(settings: Settings) -> Sealer | None:

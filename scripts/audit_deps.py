@@ -39,7 +39,8 @@ def ensure_pip_audit(where: Path) -> Path:
         # pip-audit's own dependencies are not the service's: the service's pins
         # (PIP_CONSTRAINT, set by CI) must not hold them back
         env = {k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"}
-        subprocess.run([str(where / "bin" / "pip"), "install", "-q", PIP_AUDIT], check=True,
+        # S603: a fixed argv: this venv's pip and a pinned name
+        subprocess.run([str(where / "bin" / "pip"), "install", "-q", PIP_AUDIT], check=True,  # noqa: S603
                        timeout=TIMEOUT_S, env=env)
     return command
 
@@ -48,7 +49,7 @@ def audit(command: Path, constraints: Path) -> dict[str, object]:
     """pip-audit's JSON report of ``constraints`` (every line pinned, so --no-deps)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        done = subprocess.run(
+        done = subprocess.run(  # noqa: S603 - a fixed argv: this venv's pip-audit and our file
             [str(command), "--no-deps", "--disable-pip", "--progress-spinner", "off",
              "--requirement", str(constraints), "--format", "json", "--output", str(report)],
             capture_output=True, text=True, timeout=TIMEOUT_S, check=False)

@@ -81,7 +81,7 @@ async def create_pool(
         )
     except CONNECTION_ERRORS as exc:
         raise Unavailable(f"cannot connect to Postgres: {exc}") from exc
-    assert pool is not None  # create_pool only returns None when awaited lazily
+    assert pool is not None  # noqa: S101 - narrows the type: create_pool is awaited
     return pool
 
 

@@ -36,7 +36,7 @@ def system_user() -> pwd.struct_passwd:
             f"running as root: Postgres needs an unprivileged user {SYSTEM_USER!r} "
             "and useradd is not available to create it; set DATABASE_URL instead"
         )
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 - a fixed argv of system tools, no shell
         [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
          "--shell", "/usr/sbin/nologin", "--comment", "chat-storage embedded postgres",
          SYSTEM_USER],

@@ -21,7 +21,7 @@ from chat_storage.storage.errors import NotFound
 from chat_storage.storage.principal import Principal, user_principal
 
 PREFIX = "wst_"
-TOKEN_CREDENTIAL = "token:"  # a ticket of a user token: key_id is "token:<kid>"
+TOKEN_CREDENTIAL = "token:"  # noqa: S105 - a key-id prefix, not a credential
 
 
 def _hash(ticket: str) -> bytes:

@@ -206,7 +206,8 @@ class IngestConsumer:
 
     async def _store(self, delivery: Delivery) -> Stored:
         entry = delivery.entry
-        assert entry is not None  # persist() passes decoded entries only
+        # S101: narrows the type: persist() passes decoded entries only
+        assert entry is not None  # noqa: S101
         return await self._registry.write(entry.tenant_id, entry.session_id,
                                  WriteGroup(entry.messages, wrap=entry.wrap))
 

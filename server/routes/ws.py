@@ -70,7 +70,8 @@ class StreamQuery(pydantic.BaseModel):
 # `read`, though a POST: a ticket stands in for its key on the stream routes and
 # carries that key's scope, checked when it is used (a read key's ticket opens the
 # event stream, not the WebSocket), so a read-only browser can watch over SSE
-@routes.post(SESSION_PATH + "/ws-tickets", scope="read", token_scope="stream",
+# S106: names a token scope, not a password
+@routes.post(SESSION_PATH + "/ws-tickets", scope="read", token_scope="stream",  # noqa: S106
              responses={201: WsTicket, 404: Error})
 async def create_ticket(request: web.Request) -> web.Response:
     """Make a single-use ticket (60 s) for a browser to open this session's stream."""
@@ -83,7 +84,8 @@ async def create_ticket(request: web.Request) -> web.Response:
 
 # `write`, though a GET: the socket creates messages and streams answers; a read-only
 # client watches over Server-Sent Events (`read`)
-@routes.get(SESSION_PATH + "/ws", query=StreamQuery, scope="write", token_scope="stream",
+# S106: names a token scope, not a password
+@routes.get(SESSION_PATH + "/ws", query=StreamQuery, scope="write", token_scope="stream",  # noqa: S106
             responses={101: None, 400: Error, 403: Error, 404: Error, 429: Error})
 async def websocket(request: web.Request) -> web.StreamResponse:
     """Open the session's WebSocket: subscribe to it, write to it, stream answers into it."""

@@ -186,7 +186,8 @@ class StreamReader:
                 if not self.ok:
                     delay = min(self.backoff_max_s, max(BACKOFF_MIN_S, delay * 2))
                     # jitter: replicas must not reconnect in lockstep after an outage
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    # S311: back-off jitter, not a secret
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
         finally:
             await reader.aclose(close_connection_pool=True)
 

@@ -62,7 +62,7 @@ local full_in_ms = math.max(1, math.ceil((burst - tokens) * 1000 / rate))
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], full_in_ms)
 return {granted, tostring(tokens)}
-"""
+"""  # noqa: S105 - a Lua script for token buckets (rate limits), not a password
 
 
 _Waiters = list["asyncio.Future[Decision]"]
