@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import secrets
@@ -73,6 +74,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     p.add_argument("--serve-cmd", default=None,
                    help="command that serves the app ({port} is replaced)")
+    p.add_argument("--baseline-cmd", default=None,
+                   help="a second service to compare with in the same runs ({port} is "
+                        "replaced), e.g. another checkout's chat-storage serve")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database")
     args = p.parse_args()
     if args.full:
@@ -204,6 +208,13 @@ def report(runs: list[dict[str, Result]], args: argparse.Namespace) -> None:
          "<= 1.25x", ("sessions-deep", "sessions"),
          lambda b: cpu(b["sessions-deep"], "server") / cpu(b["sessions"], "server"),
          lambda v: v <= 1.25)
+    for mode in ("latest", "first", "deep", "asc", "sessions", "sessions-deep", "search"):
+        if all(mode in by and "base:" + mode in by for by in runs):
+            value, each = median(lambda b, m=mode: cpu(b[m], "server") / cpu(b["base:" + m],
+                                                                           "server"))
+            print(f"A/B {mode} server CPU vs --baseline-cmd: {value:.2f}x (runs {each})")
+            value, each = median(lambda b, m=mode: cpu(b[m], "db") / cpu(b["base:" + m], "db"))
+            print(f"A/B {mode} Postgres CPU vs --baseline-cmd: {value:.2f}x (runs {each})")
     for mode in ("first", "deep", "asc", "sessions", "sessions-deep", "search"):
         if all(mode in by and "noop" in by for by in runs):
             value, each = median(lambda b, m=mode: cpu(b[m], "server") / cpu(b["noop"], "server"))
@@ -231,16 +242,23 @@ async def main() -> None:
     choices = paths(loaded, args)
     runs: list[dict[str, Result]] = []
     try:
-        ceiling_port, port = harness.free_port(), harness.free_port()
-        ceiling_cmd = [sys.executable, str(harness.ROOT / "loadtest" / "ceiling_server.py"),
-                       "--port", str(ceiling_port)]
-        with harness.process(ceiling_cmd, env, logdir / "ceiling.log") as ceiling, \
-                harness.process(harness.service_cmd(args.serve_cmd, port), env,
-                                logdir / "service.log") as service:
-            ceiling_base = f"http://127.0.0.1:{ceiling_port}"
-            base = f"http://127.0.0.1:{port}"
-            await harness.wait_ready(f"{ceiling_base}/healthz", ceiling, logdir / "ceiling.log")
-            await harness.wait_ready(f"{base}/readyz", service, logdir / "service.log")
+        with contextlib.ExitStack() as stack:
+            ceiling_port, port = harness.free_port(), harness.free_port()
+            ceiling = stack.enter_context(harness.process(
+                [sys.executable, str(harness.ROOT / "loadtest" / "ceiling_server.py"),
+                 "--port", str(ceiling_port)], env, logdir / "ceiling.log"))
+            servers = {"noop": (ceiling, f"http://127.0.0.1:{ceiling_port}")}
+            await harness.wait_ready(f"{servers['noop'][1]}/healthz", ceiling,
+                                     logdir / "ceiling.log")
+            commands = {"": harness.service_cmd(args.serve_cmd, port)}
+            if args.baseline_cmd:
+                commands["base:"] = harness.service_cmd(args.baseline_cmd, harness.free_port())
+            for label, cmd in commands.items():
+                log = logdir / f"{label.strip(':') or 'service'}.log"
+                proc = stack.enter_context(harness.process(cmd, env, log))
+                server_port = cmd[cmd.index("--port") + 1] if "--port" in cmd else port
+                servers[label] = (proc, f"http://127.0.0.1:{server_port}")
+                await harness.wait_ready(f"{servers[label][1]}/readyz", proc, log)
             for n in range(args.runs):
                 print(f"run {n + 1} of {args.runs}", flush=True)
                 by: dict[str, Result] = {}
@@ -250,10 +268,12 @@ async def main() -> None:
                         if result is not None:
                             by[mode] = result
                         continue
-                    server = ceiling if mode == "noop" else service
-                    args.server_pid = server.pid
-                    by[mode] = await run_http(mode, ceiling_base if mode == "noop" else base,
-                                              key, choices[mode], args)
+                    labels = ["noop"] if mode == "noop" else list(commands)
+                    for label in labels[::-1] if n % 2 else labels:  # alternate who goes first
+                        proc, server_base = servers[label]
+                        args.server_pid = proc.pid
+                        name_ = mode if label == "noop" else label + mode
+                        by[name_] = await run_http(name_, server_base, key, choices[mode], args)
                 runs.append(by)
     finally:
         if not args.keep_db:
