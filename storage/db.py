@@ -11,7 +11,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
-from chat_storage.storage import jsoncodec
+from chat_storage.storage import dbmetrics, jsoncodec
 from chat_storage.storage.errors import Unavailable, UnsafeDatabase
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def dumps_json(value: Any) -> str:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    dbmetrics.instrument(conn)
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name, encoder=dumps_json, decoder=orjson.loads, schema="pg_catalog"
@@ -69,10 +70,15 @@ async def create_pool(
     """
     named = "application_name" in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
     try:
-        pool = await asyncpg.create_pool(
+        # asyncpg.create_pool with the pool class that times acquires (same defaults)
+        pool = await dbmetrics.MeteredPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
+            max_queries=50_000,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
             timeout=connect_timeout_s,
             init=_init_connection,
             server_settings=None if named else {"application_name": application_name},
