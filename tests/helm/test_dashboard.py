@@ -84,9 +84,11 @@ def test_the_check_finds_a_metric_that_is_not_served() -> None:
 
 async def test_every_panel_queries_metrics_a_running_server_exposes(
         database_url: str, prefix: str, tmp_path: Path) -> None:
-    # async ingestion and Redis on: every optional part of the service registers its metrics
+    # async ingestion, Redis and query timing on: every optional part of the service
+    # registers its metrics
     server = Server(database_url, tmp_path / "server.log", redis_url=REDIS_URL,
-                    env={"CHAT_INGEST_MODE": "async", "CHAT_REDIS_PREFIX": prefix})
+                    env={"CHAT_INGEST_MODE": "async", "CHAT_REDIS_PREFIX": prefix,
+                         "CHAT_DB_QUERY_METRICS": "1"})
     await server.start()
     try:
         async with aiohttp.ClientSession() as http, http.get(f"{server.base}/metrics") as r:

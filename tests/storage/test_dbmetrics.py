@@ -25,7 +25,7 @@ def test_query_kind_is_the_first_keyword_of_a_fixed_set(sql: str, kind: str) -> 
 
 
 async def test_statements_are_timed_by_kind_and_failures_counted(database_url: str) -> None:
-    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    pool = await db.create_pool(database_url, min_size=1, max_size=1, query_metrics=True)
     try:
         before = sample("chat_db_query_duration_seconds_count", kind="select")
         errors = sample("chat_db_query_errors_total", kind="select")
@@ -40,6 +40,16 @@ async def test_statements_are_timed_by_kind_and_failures_counted(database_url: s
         # >=: the pool's reset on release (SELECT pg_advisory_unlock_all() ...) counts too
         assert sample("chat_db_query_duration_seconds_count", kind="select") >= before + 2
         assert sample("chat_db_query_errors_total", kind="select") == errors + 1
+    finally:
+        await pool.close()
+
+
+async def test_statements_are_not_timed_unless_asked(database_url: str) -> None:
+    pool = await db.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert not conn._query_loggers  # asyncpg's list: nothing added per statement
+            await conn.fetchval("SELECT 1")
     finally:
         await pool.close()
 
