@@ -3,7 +3,8 @@
 Layers, top to bottom: ``server`` (the edge) → ``runtime`` (the composition root) →
 ``actors`` → ``storage``. A module imports only from its own layer or below;
 ``chat_storage.supervisor`` and ``chat_storage.tracing`` are below them all. Every
-import counts, also one inside a function or under ``TYPE_CHECKING``: a cycle hidden in a function is still a cycle.
+import counts, also one inside a function or under ``TYPE_CHECKING``: a cycle hidden in
+a function is still a cycle.
 """
 
 from __future__ import annotations
