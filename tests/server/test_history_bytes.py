@@ -36,7 +36,7 @@ async def _load(pool: asyncpg.Pool, tenant: Tenant) -> dict[str, uuid.UUID]:
              "complete", t, None),
             (ids["m2"], 2, ids["m1"], "assistant", "Answer.",
              None,
-             [{"source": "kb/a.md", "score": 0.875, "chunk": 3, "text": "x",
+             [{"source": "kb/a.txt", "score": 0.875, "chunk": 3, "text": "x",
                "meta": {"page": 1, "tags": ["a", "b"], "none": None}}],
              {"model": "gpt", "temperature": 0.1, "big": 12345678901234, "neg": -1.5e-7,
               "flag": True, "ünï": "✓", "empty": {}, "list": [],
@@ -80,7 +80,7 @@ M1 = ('{"id":"%(m1)s","session_id":"%(s)s","seq":1,"parent_id":null,"role":"user
       '"completed_at":null,"attachments":[]}')
 M2 = ('{"id":"%(m2)s","session_id":"%(s)s","seq":2,"parent_id":"%(m1)s","role":"assistant",'
       '"content":"Answer.","sender_id":null,"context":[{"meta":{"none":null,"page":1,'
-      '"tags":["a","b"]},"text":"x","chunk":3,"score":0.875,"source":"kb/a.md"}],'
+      '"tags":["a","b"]},"text":"x","chunk":3,"score":0.875,"source":"kb/a.txt"}],'
       '"metadata":{"big":12345678901234,"neg":-1.5e-7,"flag":true,"list":[],"empty":{},'
       '"model":"gpt","ünï":"✓","tool_calls":[{"id":"call_1","type":"function","function":'
       '{"name":"search","arguments":"{\\"q\\": \\"x\\"}"}}],"temperature":0.1},'
