@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from chat_storage import tracing
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,9 @@ class Settings:
     # background jobs (retention, temporary chats, stale uploads); 0: not in this process
     maintenance_interval_s: float = 300.0
     pending_attachment_s: int = 24 * 3600
+    # OpenTelemetry tracing: set from the standard OTEL_* variables (chat_storage.tracing
+    # .wanted), never from a CHAT_ one; the SDK reads the rest of them itself
+    tracing: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -140,7 +145,10 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        values["tracing"] = tracing.wanted(env)
         for field in dataclasses.fields(cls):
+            if field.name == "tracing":
+                continue
             var, raw = _lookup(env, _env_name(field.name))
             if raw is None:
                 continue
