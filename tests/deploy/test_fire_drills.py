@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -151,5 +152,89 @@ async def test_alerts_fire_and_resolve(tmp_path: Path) -> None:
         if prom is not None:
             await prom.stop()
         await server.kill()
+        await redis.stop()
+        await asyncio.to_thread(pg.remove)
+
+
+async def test_ingest_lag_and_a_dead_replicas_streams_fire_and_resolve(tmp_path: Path) -> None:
+    """Two replicas in async ingest mode on one throwaway Postgres and Redis:
+    ``ChatStorageIngestLagGrowing`` while the consumers cannot commit (``sessions`` is
+    locked), then ``ChatStorageStreamsSwept`` when a replica is SIGKILLed mid-answer and
+    the other stores its stream ``interrupted``."""
+    start = time.monotonic()
+    pg = Postgres()
+    await asyncio.to_thread(pg.init)
+    await asyncio.to_thread(pg.start)
+    redis = RedisServer(tmp_path / "redis.log")
+    await redis.start()
+    # an orphaned stream is swept after about 1 + 3 + 5 s without its replica
+    env = {"CHAT_INGEST_MODE": "async", "CHAT_STREAM_GRACE_S": "1",
+           "CHAT_DB_ACQUIRE_TIMEOUT_S": "1", "CHAT_DB_CONNECT_TIMEOUT_S": "1"}
+    a = Server(pg.url, tmp_path / "a.log", redis_url=redis.url, env=env)
+    b = Server(pg.url, tmp_path / "b.log", redis_url=redis.url, env=env)
+    prom: Prometheus | None = None
+    stop = asyncio.Event()
+    traffic_task: asyncio.Future[None] | None = None
+    try:
+        await a.start()
+        await b.start()
+        pool = await db.create_pool(pg.url, min_size=1, max_size=1)
+        tenant = await make_tenant(pool)
+        await pool.close()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{b.base}/api/v1/sessions", json={"user_id": "drill"},
+                                 headers=tenant.headers) as r:
+                assert r.status == 201
+                session_id = (await r.json())["id"]
+            traffic = Traffic(b.base, tenant.key, session_id)
+            traffic_task = asyncio.ensure_future(traffic.run(stop))
+            prom = Prometheus(tmp_path, [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
+                              drill_rules(2, 10))
+            await prom.start()
+            results: dict[str, tuple[float, float]] = {}
+            held = contextlib.AsyncExitStack()
+
+            async def lock() -> None:
+                await held.enter_async_context(locked(pg.url, None))
+
+            await drill(prom, "ChatStorageIngestLagGrowing", lock, held.aclose, results)
+            assert 202 in traffic.statuses  # accepted while the consumers were stuck
+
+            async def kill_a_mid_answer() -> None:
+                ws = await http.ws_connect(f"{a.base}/api/v1/sessions/{session_id}/ws",
+                                           headers=tenant.headers)
+                await ws.send_json({"type": "stream.start", "ref": "s"})
+                async with asyncio.timeout(10):
+                    frame: dict[str, object] = {}
+                    while frame.get("ref") != "s":
+                        frame = await ws.receive_json()
+                assert frame["type"] == "stream.started", frame
+                await ws.send_json({"type": "stream.delta", "stream_id": frame["stream_id"],
+                                    "delta": "half an answer"})
+                a.signal(signal.SIGKILL)
+                await a.exited(10)
+                await ws.close()
+
+            async def nothing_to_fix() -> None:
+                """The stream is stored `interrupted`: the alert resolves on its own."""
+
+            await drill(prom, "ChatStorageStreamsSwept", kill_a_mid_answer, nothing_to_fix,
+                        results)
+        print(f"fire drills: {len(results)} alerts in {time.monotonic() - start:.0f}s")
+        assert set(results) == {"ChatStorageIngestLagGrowing", "ChatStorageStreamsSwept"}
+    except BaseException:
+        for server in (a, b):
+            print(server.log()[-3000:])
+        if prom is not None:
+            print(prom.log()[-2000:])
+        raise
+    finally:
+        stop.set()
+        if traffic_task is not None:
+            await asyncio.wait_for(traffic_task, 10)
+        if prom is not None:
+            await prom.stop()
+        await a.kill()
+        await b.kill()
         await redis.stop()
         await asyncio.to_thread(pg.remove)
