@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import signal
 import time
@@ -22,7 +23,7 @@ import asyncpg
 import pytest
 
 from chat_storage.storage import db
-from tests.conftest import make_tenant
+from tests.conftest import Tenant, make_tenant
 from tests.support.procs import RedisServer, Server
 from tests.support.promserver import PROMETHEUS, Postgres, Prometheus, drill_rules
 
@@ -98,132 +99,52 @@ async def drill(prom: Prometheus, alert: str, fault: Callable[[], Awaitable[None
     print(f"drill {alert}: fired after {fired:.1f}s, resolved {resolved:.1f}s after the fix")
 
 
-async def test_alerts_fire_and_resolve(tmp_path: Path) -> None:
-    start = time.monotonic()
+@dataclasses.dataclass
+class Rig:
+    """A throwaway Postgres and Redis, ``chat-storage serve`` replicas on them, a tenant
+    with a session, steady traffic to the last replica, and a Prometheus scraping all."""
+
+    pg: Postgres
+    redis: RedisServer
+    servers: list[Server]
+    prom: Prometheus
+    tenant: Tenant
+    session_id: str
+    traffic: Traffic
+    results: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, env: dict[str, str], replicas: int = 1) -> AsyncIterator[Rig]:
     pg = Postgres()
     await asyncio.to_thread(pg.init)
     await asyncio.to_thread(pg.start)
     redis = RedisServer(tmp_path / "redis.log")
     await redis.start()
-    server = Server(pg.url, tmp_path / "server.log", redis_url=redis.url,
-                    env={"CHAT_WRITE_TIMEOUT_S": "1", "CHAT_DB_ACQUIRE_TIMEOUT_S": "1",
-                         "CHAT_DB_CONNECT_TIMEOUT_S": "1"})
+    servers = [Server(pg.url, tmp_path / f"server{i}.log", redis_url=redis.url, env=env)
+               for i in range(replicas)]
     prom: Prometheus | None = None
     stop = asyncio.Event()
     traffic_task: asyncio.Future[None] | None = None
     try:
-        await server.start()
+        for server in servers:
+            await server.start()
         pool = await db.create_pool(pg.url, min_size=1, max_size=1)
         tenant = await make_tenant(pool)
         await pool.close()
         async with aiohttp.ClientSession() as http, http.post(
-                f"{server.base}/api/v1/sessions", json={"user_id": "drill"},
+                f"{servers[-1].base}/api/v1/sessions", json={"user_id": "drill"},
                 headers=tenant.headers) as r:
             assert r.status == 201
             session_id = (await r.json())["id"]
-        traffic = Traffic(server.base, tenant.key, session_id)
+        traffic = Traffic(servers[-1].base, tenant.key, session_id)
         traffic_task = asyncio.ensure_future(traffic.run(stop))
-        prom = Prometheus(tmp_path, [f"127.0.0.1:{server.port}"], drill_rules(2, 10))
+        prom = Prometheus(tmp_path, [f"127.0.0.1:{s.port}" for s in servers],
+                          drill_rules(2, 10))
         await prom.start()
-        results: dict[str, tuple[float, float]] = {}
-        pulses: contextlib.AsyncExitStack = contextlib.AsyncExitStack()
-
-        async def lock(hold_s: float | None) -> None:
-            await pulses.enter_async_context(locked(pg.url, hold_s))
-
-        await drill(prom, "ChatStorageSlowCommits", lambda: lock(0.4), pulses.aclose, results)
-        await drill(prom, "ChatStorageHighErrorRatio", lambda: lock(None), pulses.aclose,
-                    results)
-        await drill(prom, "ChatStorageRedisFailing", redis.stop, redis.start, results)
-        await drill(prom, "ChatStorageDatabaseUnavailable", lambda: asyncio.to_thread(pg.stop),
-                    lambda: asyncio.to_thread(pg.start), results)
-        print(f"fire drills: {len(results)} alerts in {time.monotonic() - start:.0f}s")
-        assert set(results) == {"ChatStorageHighErrorRatio", "ChatStorageSlowCommits",
-                                "ChatStorageRedisFailing", "ChatStorageDatabaseUnavailable"}
+        yield Rig(pg, redis, servers, prom, tenant, session_id, traffic)
     except BaseException:
-        print(server.log()[-4000:])
-        if prom is not None:
-            print(prom.log()[-2000:])
-        raise
-    finally:
-        stop.set()
-        if traffic_task is not None:
-            await asyncio.wait_for(traffic_task, 10)
-        if prom is not None:
-            await prom.stop()
-        await server.kill()
-        await redis.stop()
-        await asyncio.to_thread(pg.remove)
-
-
-async def test_ingest_lag_and_a_dead_replicas_streams_fire_and_resolve(tmp_path: Path) -> None:
-    """Two replicas in async ingest mode on one throwaway Postgres and Redis:
-    ``ChatStorageIngestLagGrowing`` while the consumers cannot commit (``sessions`` is
-    locked), then ``ChatStorageStreamsSwept`` when a replica is SIGKILLed mid-answer and
-    the other stores its stream ``interrupted``."""
-    start = time.monotonic()
-    pg = Postgres()
-    await asyncio.to_thread(pg.init)
-    await asyncio.to_thread(pg.start)
-    redis = RedisServer(tmp_path / "redis.log")
-    await redis.start()
-    # an orphaned stream is swept after about 1 + 3 + 5 s without its replica
-    env = {"CHAT_INGEST_MODE": "async", "CHAT_STREAM_GRACE_S": "1",
-           "CHAT_DB_ACQUIRE_TIMEOUT_S": "1", "CHAT_DB_CONNECT_TIMEOUT_S": "1"}
-    a = Server(pg.url, tmp_path / "a.log", redis_url=redis.url, env=env)
-    b = Server(pg.url, tmp_path / "b.log", redis_url=redis.url, env=env)
-    prom: Prometheus | None = None
-    stop = asyncio.Event()
-    traffic_task: asyncio.Future[None] | None = None
-    try:
-        await a.start()
-        await b.start()
-        pool = await db.create_pool(pg.url, min_size=1, max_size=1)
-        tenant = await make_tenant(pool)
-        await pool.close()
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{b.base}/api/v1/sessions", json={"user_id": "drill"},
-                                 headers=tenant.headers) as r:
-                assert r.status == 201
-                session_id = (await r.json())["id"]
-            traffic = Traffic(b.base, tenant.key, session_id)
-            traffic_task = asyncio.ensure_future(traffic.run(stop))
-            prom = Prometheus(tmp_path, [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
-                              drill_rules(2, 10))
-            await prom.start()
-            results: dict[str, tuple[float, float]] = {}
-            held = contextlib.AsyncExitStack()
-
-            async def lock() -> None:
-                await held.enter_async_context(locked(pg.url, None))
-
-            await drill(prom, "ChatStorageIngestLagGrowing", lock, held.aclose, results)
-            assert 202 in traffic.statuses  # accepted while the consumers were stuck
-
-            async def kill_a_mid_answer() -> None:
-                ws = await http.ws_connect(f"{a.base}/api/v1/sessions/{session_id}/ws",
-                                           headers=tenant.headers)
-                await ws.send_json({"type": "stream.start", "ref": "s"})
-                async with asyncio.timeout(10):
-                    frame: dict[str, object] = {}
-                    while frame.get("ref") != "s":
-                        frame = await ws.receive_json()
-                assert frame["type"] == "stream.started", frame
-                await ws.send_json({"type": "stream.delta", "stream_id": frame["stream_id"],
-                                    "delta": "half an answer"})
-                a.signal(signal.SIGKILL)
-                await a.exited(10)
-                await ws.close()
-
-            async def nothing_to_fix() -> None:
-                """The stream is stored `interrupted`: the alert resolves on its own."""
-
-            await drill(prom, "ChatStorageStreamsSwept", kill_a_mid_answer, nothing_to_fix,
-                        results)
-        print(f"fire drills: {len(results)} alerts in {time.monotonic() - start:.0f}s")
-        assert set(results) == {"ChatStorageIngestLagGrowing", "ChatStorageStreamsSwept"}
-    except BaseException:
-        for server in (a, b):
+        for server in servers:
             print(server.log()[-3000:])
         if prom is not None:
             print(prom.log()[-2000:])
@@ -234,7 +155,73 @@ async def test_ingest_lag_and_a_dead_replicas_streams_fire_and_resolve(tmp_path:
             await asyncio.wait_for(traffic_task, 10)
         if prom is not None:
             await prom.stop()
-        await a.kill()
-        await b.kill()
+        for server in servers:
+            await server.kill()
         await redis.stop()
         await asyncio.to_thread(pg.remove)
+
+
+async def test_alerts_fire_and_resolve(tmp_path: Path) -> None:
+    start = time.monotonic()
+    env = {"CHAT_WRITE_TIMEOUT_S": "1", "CHAT_DB_ACQUIRE_TIMEOUT_S": "1",
+           "CHAT_DB_CONNECT_TIMEOUT_S": "1"}
+    async with rig(tmp_path, env) as r:
+        pulses = contextlib.AsyncExitStack()
+
+        async def lock(hold_s: float | None) -> None:
+            await pulses.enter_async_context(locked(r.pg.url, hold_s))
+
+        await drill(r.prom, "ChatStorageSlowCommits", lambda: lock(0.4), pulses.aclose,
+                    r.results)
+        await drill(r.prom, "ChatStorageHighErrorRatio", lambda: lock(None), pulses.aclose,
+                    r.results)
+        await drill(r.prom, "ChatStorageRedisFailing", r.redis.stop, r.redis.start, r.results)
+        await drill(r.prom, "ChatStorageDatabaseUnavailable",
+                    lambda: asyncio.to_thread(r.pg.stop), lambda: asyncio.to_thread(r.pg.start),
+                    r.results)
+        print(f"fire drills: {len(r.results)} alerts in {time.monotonic() - start:.0f}s")
+        assert set(r.results) == {"ChatStorageHighErrorRatio", "ChatStorageSlowCommits",
+                                  "ChatStorageRedisFailing", "ChatStorageDatabaseUnavailable"}
+
+
+async def test_ingest_lag_and_a_dead_replicas_streams_fire_and_resolve(tmp_path: Path) -> None:
+    """Two replicas in async ingest mode on one throwaway Postgres and Redis:
+    ``ChatStorageIngestLagGrowing`` while the consumers cannot commit (``sessions`` is
+    locked), then ``ChatStorageStreamsSwept`` when a replica is SIGKILLed mid-answer and
+    the other stores its stream ``interrupted``."""
+    start = time.monotonic()
+    # an orphaned stream is swept after about 1 + 3 + 5 s without its replica
+    env = {"CHAT_INGEST_MODE": "async", "CHAT_STREAM_GRACE_S": "1",
+           "CHAT_DB_ACQUIRE_TIMEOUT_S": "1", "CHAT_DB_CONNECT_TIMEOUT_S": "1"}
+    async with rig(tmp_path, env, replicas=2) as r, aiohttp.ClientSession() as http:
+        doomed = r.servers[0]
+        held = contextlib.AsyncExitStack()
+
+        async def lock() -> None:
+            await held.enter_async_context(locked(r.pg.url, None))
+
+        await drill(r.prom, "ChatStorageIngestLagGrowing", lock, held.aclose, r.results)
+        assert 202 in r.traffic.statuses  # accepted while the consumers were stuck
+
+        async def kill_a_replica_mid_answer() -> None:
+            ws = await http.ws_connect(f"{doomed.base}/api/v1/sessions/{r.session_id}/ws",
+                                       headers=r.tenant.headers)
+            await ws.send_json({"type": "stream.start", "ref": "s"})
+            async with asyncio.timeout(10):
+                frame: dict[str, object] = {}
+                while frame.get("ref") != "s":
+                    frame = await ws.receive_json()
+            assert frame["type"] == "stream.started", frame
+            await ws.send_json({"type": "stream.delta", "stream_id": frame["stream_id"],
+                                "delta": "half an answer"})
+            doomed.signal(signal.SIGKILL)
+            await doomed.exited(10)
+            await ws.close()
+
+        async def nothing_to_fix() -> None:
+            """The stream is stored `interrupted`: the alert resolves on its own."""
+
+        await drill(r.prom, "ChatStorageStreamsSwept", kill_a_replica_mid_answer,
+                    nothing_to_fix, r.results)
+        print(f"fire drills: {len(r.results)} alerts in {time.monotonic() - start:.0f}s")
+        assert set(r.results) == {"ChatStorageIngestLagGrowing", "ChatStorageStreamsSwept"}
