@@ -1,8 +1,9 @@
-"""The HTTP ceiling of one process: an aiohttp JSON POST handler that stores nothing.
+"""The HTTP ceiling of one process: aiohttp JSON handlers that store and read nothing.
 
-It reads and parses the body like the service does (orjson), answers 201 with a
-small JSON document, and runs on uvloop when available, so the benchmark can compare
-the real write path against what one process can answer at all on this machine.
+The POST reads and parses the body like the service does (orjson) and answers 201
+with a small JSON document; the GET answers an empty page, encoded per request. It
+runs on uvloop when available, so the benchmarks can compare the real write and read
+paths against what one process can answer at all on this machine.
 
     python loadtest/ceiling_server.py --port 8090
 """
@@ -32,6 +33,14 @@ async def create(request: web.Request) -> web.Response:
                         content_type="application/json", charset="utf-8")
 
 
+async def empty_page(request: web.Request) -> web.Response:
+    """Answer an empty history page (what a GET costs aiohttp itself); nothing is read."""
+    page = {"data": [], "next_cursor": None, "has_more": False,
+            "session": request.match_info["session_id"]}
+    return web.Response(body=orjson.dumps(page), content_type="application/json",
+                        charset="utf-8")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
@@ -44,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     app = web.Application()
     app.router.add_post("/api/v1/sessions/{session_id}/messages", create)
+    app.router.add_get("/api/v1/sessions/{session_id}/messages", empty_page)
     app.router.add_get("/healthz", healthz)
     harness.run(_serve(app, args.host, args.port))
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import uuid
 from collections import deque
@@ -57,6 +58,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+import gevent
 from locust import FastHttpUser, events, task
 from locust.env import Environment
 from locust.exception import StopTest
@@ -66,6 +68,7 @@ PAGE_SIZE = 20  # messages a chat UI shows at once, and chats in its sidebar
 MAX_SCROLL_PAGES = 3  # older pages read after the newest one, at most
 KEPT_ANSWERS = 50  # answers a user may still rate, per user
 DEFAULT_THINK_S = 1.0
+MAX_RETRY_AFTER_S = 30.0  # a Retry-After longer than this is waited only this long
 
 # request names: ids and free text in URLs are templated, so the stats stay one row per call
 SESSIONS = f"{API}/sessions"
@@ -97,6 +100,17 @@ def _add_options(parser: Any, **_: Any) -> None:
     parser.add_argument("--think-s", env_var="CHAT_LOADTEST_THINK_S", type=float,
                         default=DEFAULT_THINK_S,
                         help="mean seconds between a user's actions (0: back to back)")
+
+
+@events.test_start.add_listener
+def _require_key(environment: Environment, **_: Any) -> None:
+    """Without a key every request would be a 401: stop before any, exit status 2."""
+    if not _option(environment, "api_key", ""):
+        logging.getLogger(__name__).error(
+            "no API key: set CHAT_LOADTEST_API_KEY or pass --api-key")
+        environment.process_exit_code = 2
+        if environment.runner is not None:
+            environment.runner.quit()
 
 
 def _option(environment: Environment, name: str, default: Any) -> Any:
@@ -139,6 +153,16 @@ def _error_of(response: Any) -> str:
         return str(response.json()["message"])
     except (ValueError, TypeError, KeyError):
         return (response.text or "")[:200]
+
+
+def _retry_after_s(response: Any) -> float:
+    """The response's ``Retry-After`` in seconds (1 if absent or not a number), at most
+    :data:`MAX_RETRY_AFTER_S`."""
+    try:
+        seconds = float(response.headers.get("Retry-After") or 1)
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 class ChatUser(FastHttpUser):
@@ -367,6 +391,9 @@ class ChatUser(FastHttpUser):
                                  f"{_error_of(response)}")
                 if response.status_code in (401, 403):
                     raise StopTest(f"the API key was refused ({response.status_code})")
+                if response.status_code in (429, 503):
+                    # as a careful client does: nothing was stored; wait as told, not hot
+                    gevent.sleep(_retry_after_s(response))
                 return None
             try:
                 parsed = response.text if text else response.json()

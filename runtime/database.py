@@ -25,6 +25,7 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.
     pool = await db.create_pool(
         dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
         connect_timeout_s=settings.db_connect_timeout_s,
+        query_metrics=settings.db_query_metrics,
     )
     try:
         await db.check_durability(pool, allow_unsafe=settings.allow_unsafe_db)

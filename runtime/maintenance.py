@@ -21,6 +21,7 @@ import random
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from chat_storage import tracing
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
 from chat_storage.storage.locks import MAINTENANCE_LOCK, try_advisory_lock
@@ -57,6 +58,18 @@ class Report:
 async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
                    now: dt.datetime | None = None) -> Report | None:
     """Run every job once; ``None`` if another process is running them right now."""
+    if not tracing.ON:
+        return await _run_once(pool, store, settings, now)
+    with tracing.span("maintenance run") as span:
+        report = await _run_once(pool, store, settings, now)
+        span.set_attribute("chat.maintenance.outcome", "skipped" if report is None else "done")
+        for kind, n in dataclasses.asdict(report or Report()).items():
+            span.set_attribute(f"chat.maintenance.{kind}", n)
+        return report
+
+
+async def _run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
+                    now: dt.datetime | None) -> Report | None:
     now = now or dt.datetime.now(dt.UTC)
     report = Report()
     async with pool.acquire() as conn, try_advisory_lock(conn, MAINTENANCE_LOCK) as taken:

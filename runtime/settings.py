@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from chat_storage import tracing
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class Settings:
     db_pool_max: int = 20
     db_connect_timeout_s: float = 5.0
     db_acquire_timeout_s: float = 2.0
+    # time every statement by kind (chat_db_query_duration_seconds); costs ~8% CPU/write
+    db_query_metrics: bool = False
     allow_unsafe_db: bool = False
     # write path (session actors)
     max_batch: int = 256
@@ -117,6 +121,9 @@ class Settings:
     # background jobs (retention, temporary chats, stale uploads); 0: not in this process
     maintenance_interval_s: float = 300.0
     pending_attachment_s: int = 24 * 3600
+    # OpenTelemetry tracing: set from the standard OTEL_* variables (chat_storage.tracing
+    # .wanted), never from a CHAT_ one; the SDK reads the rest of them itself
+    tracing: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -138,7 +145,10 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        values["tracing"] = tracing.wanted(env)
         for field in dataclasses.fields(cls):
+            if field.name == "tracing":
+                continue
             var, raw = _lookup(env, _env_name(field.name))
             if raw is None:
                 continue

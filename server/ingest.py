@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import BaseModel
 
+from chat_storage import tracing
 from chat_storage.server import idempotency
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
@@ -77,7 +78,8 @@ async def accept(request: web.Request, session_id: uuid.UUID, messages: Sequence
                  *, claim: Claim | None, wrap: bool = False) -> web.Response:
     """Append the request's messages to the ingest stream and answer 202."""
     stream = request.app[INGEST_KEY]
-    entry = Entry(principal_of(request).tenant_id, session_id, messages, wrap)
+    entry = Entry(principal_of(request).tenant_id, session_id, messages, wrap,
+                  tracing.inject() if tracing.ON else {})
     try:
         await stream.append(entry)
     except (IngestFull, IngestUnavailable) as exc:

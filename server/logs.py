@@ -1,4 +1,5 @@
-"""JSON logs: one object per line, with the request's id wherever one is known."""
+"""JSON logs: one object per line, with the request's id wherever one is known, and the
+trace and span ids (``trace_id``, ``span_id``) whenever a span is current (tracing on)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from typing import Any
 
 import orjson
+
+from chat_storage import tracing
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -31,6 +34,8 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id is not None:
             data["request_id"] = request_id
+        if tracing.ON and (ids := tracing.log_ids()) is not None:
+            data["trace_id"], data["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 data[key] = value

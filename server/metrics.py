@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,6 +20,12 @@ REQUEST_SECONDS = Histogram(
     "chat_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+DB_REACHABLE = Gauge(
+    "chat_db_reachable", "1 if the last readiness check (/readyz) reached the database, "
+    "else 0; the process starts serving only once it has",
+)
+DB_REACHABLE.set(1)
 
 # The labelled children by label values: ``labels()`` validates and locks on each
 # call, and this runs for every request. Routes are canonical paths, so few keys.

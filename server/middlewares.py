@@ -20,6 +20,7 @@ import urllib.parse
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from chat_storage import tracing
 from chat_storage.actors.write.errors import Overloaded, ShuttingDown, WriteError
 from chat_storage.server import auth, cors, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
@@ -159,6 +160,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse
+    # the server span, current for the whole request (a WebSocket's or an SSE stream's
+    # whole life): its logs carry its ids, its writes link to it
+    traced = _start_span(request, rid) if tracing.ON else None
     try:
         try:
             if cors.is_preflight(request):  # before auth: a browser sends it without a key
@@ -197,7 +201,37 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                     "tenant": principal.tenant_name if principal else None,
                 },
             )
+        if traced is not None:
+            _end_span(request, traced, status)
         REQUEST_ID.reset(token)
+
+
+def _start_span(request: web.Request, rid: str) -> tuple[tracing.Span, object]:
+    """The request's SERVER span, child of the client's W3C ``traceparent`` if it sent one.
+
+    Ours rather than opentelemetry-instrumentation-aiohttp-server's middleware: that one
+    records the path as sent (``url.path``, ``http.target``), and a signed download
+    URL's path is its token; here the path is the one the access log shows.
+    """
+    span = tracing.start(
+        f"{request.method} {_route_name(request)}",
+        parent=tracing.extract(request.headers), span_kind="SERVER",
+        attributes={"http.request.method": request.method,
+                    "http.route": _route_name(request),
+                    "url.path": _loggable_path(request), "request_id": rid})
+    return span, tracing.activate(span)
+
+
+def _end_span(request: web.Request, traced: tuple[tracing.Span, object], status: int) -> None:
+    span, activation = traced
+    span.set_attribute("http.response.status_code", status)
+    principal = request.get(auth.PRINCIPAL_KEY)
+    if principal is not None:
+        span.set_attribute("chat.tenant", principal.tenant_name)
+    if status >= 500:
+        tracing.fail(span, str(status))
+    tracing.deactivate(activation)
+    span.end()
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

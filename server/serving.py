@@ -12,11 +12,13 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
 
+from chat_storage import tracing
 from chat_storage.runtime.settings import DEV_TENANT, Settings
 from chat_storage.server import admin, logs, protocol
 from chat_storage.server.state import POOL_KEY
@@ -39,6 +41,8 @@ def serve_one(settings: Settings, *, reuse_port: bool = False,
     ``loadtest/serve_direct.py`` swaps it).
     """
     logs.configure(settings.log_level)
+    if settings.tracing:
+        tracing.configure(version("chat-storage"))
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -46,8 +50,11 @@ def serve_one(settings: Settings, *, reuse_port: bool = False,
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(settings, reuse_port, sink))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(settings, reuse_port, sink))
+    finally:
+        tracing.shutdown()  # the spans of the shutdown itself, then the exporter thread
 
 
 # Python's default (700, 10, 10) collects the young generation every few requests

@@ -11,7 +11,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
-from chat_storage.storage import jsoncodec
+from chat_storage.storage import dbmetrics, jsoncodec
 from chat_storage.storage.errors import Unavailable, UnsafeDatabase
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ def dumps_json(value: Any) -> str:
     return jsoncodec.dumps(value).decode()
 
 
+async def _init_metered_connection(conn: asyncpg.Connection) -> None:
+    dbmetrics.instrument(conn)
+    await _init_connection(conn)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -62,19 +67,28 @@ async def create_pool(
     max_size: int = 20,
     connect_timeout_s: float = 5.0,
     application_name: str = APPLICATION_NAME,
+    query_metrics: bool = False,
 ) -> asyncpg.Pool:
     """Open a pool whose connections decode ``json``/``jsonb`` with orjson.
 
-    Connections are named ``application_name`` unless the DSN names them itself.
+    Connections are named ``application_name`` unless the DSN names them itself. With
+    ``query_metrics`` every statement is timed by kind (:mod:`.dbmetrics`): asyncpg's
+    query logger costs about 8% more server CPU per durable write
+    (loadtest/RESULTS.md), so it is off unless ``CHAT_DB_QUERY_METRICS`` asks for it.
     """
     named = "application_name" in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
     try:
-        pool = await asyncpg.create_pool(
+        # asyncpg.create_pool with the pool class that times acquires (same defaults)
+        pool = await dbmetrics.MeteredPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
+            max_queries=50_000,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
             timeout=connect_timeout_s,
-            init=_init_connection,
+            init=_init_metered_connection if query_metrics else _init_connection,
             server_settings=None if named else {"application_name": application_name},
             # prepared statements survive; a dead connection is replaced by the pool
             max_inactive_connection_lifetime=300.0,

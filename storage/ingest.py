@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -65,6 +65,9 @@ class Entry:
     session_id: uuid.UUID
     messages: Sequence[NewMessage]
     wrap: bool = False  # a batch request (the answer would be ``{"data": [...]}``)
+    # the accepting request's trace context as W3C headers (``traceparent``): the
+    # consumer's span continues that trace. Empty when tracing is off.
+    trace: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,7 +97,7 @@ def encode(entry: Entry) -> bytes:
     """The stream payload of ``entry``."""
     return orjson.dumps({
         "v": FORMAT_VERSION, "t": str(entry.tenant_id), "s": str(entry.session_id),
-        "w": entry.wrap,
+        "w": entry.wrap, **({"c": dict(entry.trace)} if entry.trace else {}),
         "m": [{"id": str(m.id), "role": m.role, "content": m.content,
                "sender_id": m.sender_id,
                "parent_id": None if m.parent_id is None else str(m.parent_id),
@@ -123,7 +126,11 @@ def decode(payload: bytes) -> Entry:
             )
             for m in raw
         ]
-        return Entry(uuid.UUID(data["t"]), uuid.UUID(data["s"]), messages, bool(data["w"]))
+        carrier = data.get("c")
+        trace = ({str(k): str(v) for k, v in carrier.items()}
+                 if isinstance(carrier, dict) else {})
+        return Entry(uuid.UUID(data["t"]), uuid.UUID(data["s"]), messages, bool(data["w"]),
+                     trace)
     except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"malformed entry: {exc!r}") from None
 

@@ -38,6 +38,9 @@ class SessionBatch:
     tenant_id: uuid.UUID
     session_id: uuid.UUID
     groups: Sequence[WriteGroup]
+    # the trace spans of the writes (OpenTelemetry span contexts, opaque here): the
+    # group commit's span links to them (chat_storage.tracing); empty when tracing is off
+    links: Sequence[object] = ()
 
 
 async def prefer_generic_plans(conn: asyncpg.Connection) -> None:

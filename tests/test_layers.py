@@ -2,8 +2,9 @@
 
 Layers, top to bottom: ``server`` (the edge) → ``runtime`` (the composition root) →
 ``actors`` → ``storage``. A module imports only from its own layer or below;
-``chat_storage.supervisor`` is below them all. Every import counts, also one inside a
-function or under ``TYPE_CHECKING``: a cycle hidden in a function is still a cycle.
+``chat_storage.supervisor`` and ``chat_storage.tracing`` are below them all. Every
+import counts, also one inside a function or under ``TYPE_CHECKING``: a cycle hidden in
+a function is still a cycle.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import chat_storage
 
 ROOT = Path(chat_storage.__file__).parent
 PACKAGE = "chat_storage"
-LAYERS = {"supervisor": 0, "storage": 1, "actors": 2, "runtime": 3, "server": 4}
+LAYERS = {"supervisor": 0, "tracing": 0, "tracing_setup": 0, "storage": 1, "actors": 2,
+          "runtime": 3, "server": 4}
 APART = ("chat_storage.actors.write", "chat_storage.actors.live")
 
 

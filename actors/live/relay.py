@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from chat_storage import tracing
 from chat_storage.actors.live import metrics
 from chat_storage.storage.broker import Broker
 from chat_storage.storage.records import SessionKey
@@ -83,7 +84,12 @@ class Relay:
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
                 touched.update(key for key, _ in batch)
                 try:
-                    await self._broker.publish_many([(channel(k), d) for k, d in batch])
+                    if tracing.ON:
+                        with tracing.span("relay publish", span_kind="PRODUCER", attributes={
+                                "messaging.batch.message_count": len(batch)}):
+                            await self._broker.publish_many([(channel(k), d) for k, d in batch])
+                    else:
+                        await self._broker.publish_many([(channel(k), d) for k, d in batch])
                     failing_since = 0.0
                 except Exception as exc:
                     metrics.BROKER_ERRORS.labels("error").inc(len(batch))

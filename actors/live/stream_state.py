@@ -13,7 +13,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from chat_storage.actors.live import metrics
 from chat_storage.storage.records import SessionKey, StoredMessage
@@ -53,7 +53,7 @@ class OwnedStream:
     """An answer in progress whose producer is (or was) connected here."""
 
     __slots__ = ("chunks", "ending", "grace", "id", "key", "length", "message_id", "owner",
-                 "role", "saved_len", "saving", "seq", "size_bytes", "touched_at")
+                 "role", "saved_len", "saving", "seq", "size_bytes", "span", "touched_at")
 
     def __init__(self, message: StoredMessage, key: SessionKey, owner: Owner) -> None:
         self.message_id: uuid.UUID = message["id"]
@@ -70,6 +70,7 @@ class OwnedStream:
         self.grace: asyncio.TimerHandle | None = None
         self.saving: asyncio.Task[None] | None = None
         self.ending = False
+        self.span: Any = None  # the stream's life as a trace span (tracing on), ended with it
 
     def text(self) -> str:
         if len(self.chunks) > 1:

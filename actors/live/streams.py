@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from chat_storage import tracing
 from chat_storage.actors.live import events, metrics
 from chat_storage.actors.live.events import Emit
 from chat_storage.actors.live.stream_state import (
@@ -88,6 +89,10 @@ class Streams:
         stored = await self._writer.write(key[0], key[1], WriteGroup([message]))
         row = stored[0]
         st = OwnedStream(row, key, owner)
+        if tracing.ON:  # a child of the producer's request (the WebSocket's span)
+            st.span = tracing.start("stream", attributes={
+                "chat.session_id": str(key[1]), "chat.stream_id": st.id,
+                "chat.message.seq": st.seq, "chat.message.role": st.role})
         self._held.add(st)
         if owner.closed:  # the producer left while the row was being written
             self._orphan(st)
@@ -134,6 +139,8 @@ class Streams:
             st.grace.cancel()
             st.grace = None
         st.owner = owner
+        if st.span is not None:
+            st.span.add_event("resumed", {"chat.stream.offset": st.length})
         return st.length
 
     def release(self, owner: Owner) -> None:
@@ -188,6 +195,8 @@ class Streams:
 
     def _orphan(self, st: OwnedStream) -> None:
         st.owner = None
+        if st.span is not None:
+            st.span.add_event("producer gone", {"chat.stream.grace_s": self.config.grace_s})
         if st.grace is None:
             st.grace = asyncio.get_running_loop().call_later(
                 self.config.grace_s, self._expire, st.id)
@@ -208,7 +217,7 @@ class Streams:
             # give up: once no heartbeat touches it, the sweeper ends it
             if attempt >= 30 or self._closing:
                 log.error("cannot store interrupted stream", extra={"stream_id": st.id})
-                self._drop(st)
+                self._drop(st, "not_stored")
                 return
             log.warning("cannot store interrupted stream yet; retrying",
                         extra={"stream_id": st.id, "error": repr(exc)})
@@ -238,7 +247,7 @@ class Streams:
             if st.owner is None or st.owner.closed:
                 self._orphan(st)
             raise
-        self._drop(st)
+        self._drop(st, status)
         metrics.STREAMS_ENDED.labels(status).inc()
         self._emit(st.key, events.final(message))
         return message
@@ -264,8 +273,17 @@ class Streams:
             st.touched_at = time.monotonic()
             st.saving = None
 
-    def _drop(self, st: OwnedStream) -> None:
+    def _drop(self, st: OwnedStream, status: str = "ended_elsewhere") -> None:
+        """Forget ``st``; its span ends with ``status`` (complete, aborted, interrupted,
+        or: stored elsewhere, e.g. by the sweeper, or given up)."""
         self._held.drop(st.id)
+        if st.span is not None:
+            st.span.set_attributes({"chat.stream.status": status,
+                                    "chat.stream.chars": st.length})
+            if status == "not_stored":
+                tracing.fail(st.span, status)
+            st.span.end()
+            st.span = None
 
     async def _db(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         return await db.call(self._pool, fn, acquire_timeout_s=self.config.acquire_timeout_s)

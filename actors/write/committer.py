@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import asyncpg
 import asyncpg.pool
 
+from chat_storage import tracing
 from chat_storage.actors.write import metrics
 from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.errors import OutcomeUnknown
@@ -171,6 +172,20 @@ class Committer:
         raise Unavailable("database connection lost; nothing was stored")
 
     async def _transaction(self, batches: Sequence[SessionBatch], lease: Lease) -> Results:
+        if not tracing.ON:
+            return await self._transaction_untraced(batches, lease)
+        # one span per transaction (a retry is another), linked to every write's span:
+        # a commit serves many requests, so it is none's child
+        linked = [c for b in batches for c in b.links]
+        with tracing.span("group commit", linked=linked, attributes={
+                "chat.commit.sessions": len(batches),
+                "chat.commit.writes": sum(len(b.groups) for b in batches),
+                "chat.commit.messages": sum(len(g.messages) for b in batches
+                                            for g in b.groups)}):
+            return await self._transaction_untraced(batches, lease)
+
+    async def _transaction_untraced(self, batches: Sequence[SessionBatch],
+                                    lease: Lease) -> Results:
         conn = await lease.get()
         pid: int | None = conn.get_server_pid()
         started = time.perf_counter()

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from chat_storage import tracing
 from chat_storage.actors.write.errors import WriteError
 from chat_storage.actors.write.registry import Registry
 from chat_storage.storage import db
@@ -208,8 +209,17 @@ class IngestConsumer:
         entry = delivery.entry
         # S101: narrows the type: persist() passes decoded entries only
         assert entry is not None  # noqa: S101
-        return await self._registry.write(entry.tenant_id, entry.session_id,
-                                 WriteGroup(entry.messages, wrap=entry.wrap))
+        group = WriteGroup(entry.messages, wrap=entry.wrap)
+        if not (tracing.ON and entry.trace):
+            return await self._registry.write(entry.tenant_id, entry.session_id, group)
+        # the accepting request's trace goes on here: this span is its child, and the
+        # commit's span links to this one (the mailbox takes the current span)
+        with tracing.span("ingest consume", parent=tracing.extract(entry.trace),
+                          span_kind="CONSUMER", attributes={
+                              "messaging.system": "redis", "messaging.message.id": delivery.id,
+                              "chat.session_id": str(entry.session_id),
+                              "chat.messages": len(entry.messages)}):
+            return await self._registry.write(entry.tenant_id, entry.session_id, group)
 
     async def _split_stored(
         self, deliveries: Sequence[Delivery]

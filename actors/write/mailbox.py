@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 
+from chat_storage import tracing
 from chat_storage.actors.write import metrics
 from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.errors import Overloaded, ShuttingDown
@@ -40,6 +41,7 @@ class QueuedWrite:
     future: asyncio.Future[Stored]
     deadline: float  # loop time; a write not started by then is rejected, never stored
     started: bool = False
+    link: object = None  # the sender's span (tracing on): the commit's span links to it
 
     def withdraw(self, error: BaseException) -> bool:
         """Answer ``error`` if the write has not started; ``False`` if it is committing."""
@@ -85,6 +87,8 @@ class SessionMailbox:
             metrics.REJECTED.labels("mailbox_full").inc()
             raise Overloaded("session write queue is full")
         write = QueuedWrite(group, self._loop.create_future(), deadline)
+        if tracing.ON:
+            write.link = tracing.here()
         self._queue.append(write)
         self.last_active = self._loop.time()
         if self._landing is None:
@@ -138,8 +142,9 @@ class SessionMailbox:
                     continue
                 # one batch in flight per session: the next one gets the next seq numbers
                 self._landing = batch
+                links = [w.link for w in batch if w.link is not None] if tracing.ON else ()
                 self._sink.submit(
-                    SessionBatch(self.key[0], self.key[1], [w.group for w in batch]),
+                    SessionBatch(self.key[0], self.key[1], [w.group for w in batch], links),
                     functools.partial(self._landed, batch),
                 )
         finally:

@@ -46,6 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = "ok" if not missing else f"pending migrations {missing}"
     except CONNECTION_ERRORS:  # TimeoutError (pool acquire) is one of them
         checks["database"] = "unreachable"
+    metrics.DB_REACHABLE.set(0 if checks["database"] == "unreachable" else 1)
     ready = all(v == "ok" for v in checks.values())
     redis_check = await request.app[SERVICES_KEY].redis_status()  # degraded Redis: still ready
     if redis_check is not None:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 DELETE_FAILURES = Counter("chat_object_delete_failures_total",
                           "Objects of deleted rows that the store failed to delete (logged)")
+STORE_ERRORS = Counter("chat_object_store_errors_total",
+                       "Calls to the object store that failed, by operation", ["op"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

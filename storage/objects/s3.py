@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chat_storage.storage.errors import ObjectStoreUnavailable
 from chat_storage.storage.objects.base import (
     CHUNK_BYTES,
+    STORE_ERRORS,
     ObjectInfo,
     Upload,
     content_disposition,
@@ -71,7 +72,7 @@ class S3Store:
             await self._client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             # an OSError: serve and the CLI turn it into one line, never a traceback
-            code = _unavailable(exc).code
+            code = _unavailable(exc, "check").code
             raise OSError(f"S3 bucket {self.bucket!r} is not usable: {code}") from None
 
     async def upload_url(self, key: str, *, size: int, mime: str, sha256: str,
@@ -100,9 +101,9 @@ class S3Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "stat") from exc
         except BotoCoreError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "stat") from exc
         checksum = head.get("ChecksumSHA256")
         # a multipart upload's checksum is of its parts ("…-N"), not of the object
         sha256 = (base64.b64decode(checksum).hex()
@@ -116,14 +117,14 @@ class S3Store:
                 while chunk := await body.read(CHUNK_BYTES):
                     yield chunk
         except (BotoCoreError, ClientError) as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "read") from exc
 
     async def put(self, key: str, data: bytes, mime: str) -> None:
         try:
             await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                           ContentType=mime)
         except (BotoCoreError, ClientError) as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "put") from exc
 
     async def put_file(self, key: str, path: Path, mime: str) -> None:
         """Store the file at ``path`` under ``key``, in parts if it is large (backups)."""
@@ -136,7 +137,7 @@ class S3Store:
                 return
             await self._put_parts(key, path, mime, size)
         except (BotoCoreError, ClientError) as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "put_file") from exc
 
     async def _put_parts(self, key: str, path: Path, mime: str, size: int) -> None:
         upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
@@ -169,8 +170,9 @@ class S3Store:
                 answer = await self._client.delete_objects(Bucket=self.bucket, Delete={
                     "Objects": [{"Key": k} for k in chunk], "Quiet": True})
             except (BotoCoreError, ClientError) as exc:
-                raise _unavailable(exc) from exc
+                raise _unavailable(exc, "delete") from exc
             if answer.get("Errors"):
+                STORE_ERRORS.labels("delete").inc()
                 first = answer["Errors"][0]
                 raise ObjectStoreUnavailable(
                     f"S3 kept {len(answer['Errors'])} of {len(chunk)} objects: "
@@ -184,15 +186,17 @@ class S3Store:
             async for page in pages:
                 keys += [o["Key"] for o in page.get("Contents", [])]
         except (BotoCoreError, ClientError) as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "list_keys") from exc
         return keys
 
     async def close(self) -> None:
         await self._stack.aclose()
 
 
-def _unavailable(exc: BotoCoreError | ClientError) -> ObjectStoreUnavailable:
-    """The store's failure, named by its error code (no URL, no credentials)."""
+def _unavailable(exc: BotoCoreError | ClientError, op: str) -> ObjectStoreUnavailable:
+    """The store's failure in ``op``, named by its error code (no URL, no credentials);
+    counted in ``chat_object_store_errors_total``."""
+    STORE_ERRORS.labels(op).inc()
     code = (exc.response.get("Error", {}).get("Code", "?") if isinstance(exc, ClientError)
             else type(exc).__name__)
     failure = ObjectStoreUnavailable(f"object store call failed: {code}")

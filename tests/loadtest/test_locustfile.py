@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from chat_storage.storage import tenants
 from loadtest.harness import ROOT
 from tests.conftest import Tenant
 
@@ -72,15 +73,18 @@ def read_final_stats(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return {(e["method"], e["name"]): e for e in json.loads(path.read_text())}
 
 
-async def run_locust(host: str, tenant: Tenant, prefix: Path) -> None:
-    """Run the scenario headless; it must exit with 0 (no failure, no error).
+async def run_locust(host: str, tenant: Tenant | None, prefix: Path, *,
+                     expect_status: int = 0) -> str:
+    """Run the scenario headless (as ``tenant``, or with no key); it must exit with
+    ``expect_status`` (0: no failure, no error). Returns what it printed.
 
     Its stats go to ``{prefix}_*.csv`` (rewritten every second while it runs) and, as
     they are at exit, to ``{prefix}.json``.
     """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LOCUST_", "CHAT_LOADTEST_"))}
-    env["CHAT_LOADTEST_API_KEY"] = tenant.key
+    if tenant is not None:
+        env["CHAT_LOADTEST_API_KEY"] = tenant.key
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "-u", str(USERS), "-r", str(USERS), "-t", f"{RUN_S}s", "--host", host,
@@ -95,9 +99,10 @@ async def run_locust(host: str, tenant: Tenant, prefix: Path) -> None:
         proc.kill()
         out, _ = await proc.communicate()
         pytest.fail(f"locust ran over {LOCUST_TIMEOUT_S} s:\n{out.decode(errors='replace')}")
-    assert proc.returncode == 0, (
+    assert proc.returncode == expect_status, (
         f"locust exited with {proc.returncode}:\n{out.decode(errors='replace')[-8000:]}\n"
         f"failures:\n{read_csv(Path(f'{prefix}_failures.csv'), missing_ok=True)[:20]}")
+    return out.decode(errors="replace")
 
 
 async def all_sessions(client: Any, tenant: Tenant) -> list[dict[str, Any]]:
@@ -161,3 +166,27 @@ async def test_scenario_runs_every_task_without_failure_and_stores_it(
             "SELECT count(*) FROM attachments WHERE tenant_id = $1 AND status = 'ready' "
             "AND message_id IS NOT NULL", tenant.id)
     assert linked == completed["num_requests"] > 0
+
+
+async def test_without_a_key_locust_stops_before_any_request(
+        client: Any, tmp_path: Path) -> None:
+    prefix = tmp_path / "locust"
+    out = await run_locust(f"http://{client.host}:{client.port}", None, prefix,
+                           expect_status=2)
+    assert "no API key" in out
+    assert all(e["num_requests"] == 0 for e in read_final_stats(Path(f"{prefix}.json")).values())
+
+
+async def test_rate_limited_users_wait_as_told_not_hot(
+        client: Any, tenant: Tenant, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A tenant allowed 0.5 requests/s (burst 2): a 429's Retry-After (2 s) is waited."""
+    async with pool.acquire() as conn:
+        await tenants.update_tenant(conn, tenant.name, rate_limit_per_s=0.5,
+                                    rate_limit_burst=2)
+    prefix = tmp_path / "locust"
+    await run_locust(f"http://{client.host}:{client.port}", tenant, prefix, expect_status=1)
+    final = read_final_stats(Path(f"{prefix}.json"))
+    limited = sum(e["num_failures"] for e in final.values())
+    # each user waits 2 s after each 429: about RUN_S / 2 of them each, plus the task it
+    # finishes while stopping; a user retrying hot would send hundreds in RUN_S
+    assert 0 < limited <= USERS * (RUN_S // 2 + 3), limited

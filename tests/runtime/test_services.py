@@ -13,6 +13,7 @@ from chat_storage.actors.write.errors import ShuttingDown
 from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
+from chat_storage.storage import dbmetrics
 from chat_storage.storage.broker import MemoryBroker
 from chat_storage.storage.objects import LocalStore
 from tests.conftest import REDIS_URL
@@ -74,7 +75,7 @@ async def test_a_failed_start_closes_what_was_opened(settings: Settings) -> None
     bad = dataclasses.replace(settings, s3_bucket="no-such-bucket",
                               s3_endpoint_url="http://127.0.0.1:9")  # nothing listens
     pools: list[asyncpg.Pool] = []
-    real = asyncpg.create_pool
+    real = dbmetrics.MeteredPool  # what storage/db.py's create_pool builds
 
     def spy(*args: object, **kwargs: object) -> asyncpg.Pool:
         pool = real(*args, **kwargs)
@@ -82,7 +83,7 @@ async def test_a_failed_start_closes_what_was_opened(settings: Settings) -> None
         return pool
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(asyncpg, "create_pool", spy)
+        mp.setattr(dbmetrics, "MeteredPool", spy)
         with pytest.raises(OSError):
             await Services.open(bad)
     assert len(pools) == 1 and pools[0].is_closing()

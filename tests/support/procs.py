@@ -78,9 +78,9 @@ def cli_command() -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any chat-storage setting, plus ``extra``."""
+    """This environment without any chat-storage setting (nor OTEL_* tracing), plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CHAT_") and k not in ("DATABASE_URL", "REDIS_URL")}
+           if not k.startswith(("CHAT_", "OTEL_")) and k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(extra)
     return env
 
