@@ -25,7 +25,9 @@ COPY actors ./actors
 COPY storage ./storage
 COPY sql ./sql
 COPY web ./web
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --constraint constraints.txt .
+# with the tracing extra: OTEL_* turns tracing on (docs/observability.md); off, it costs
+# nothing (loadtest/RESULTS.md)
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --constraint constraints.txt '.[tracing]'
 
 FROM ${PYTHON_IMAGE}
 # pg_dump and pg_restore for `chat-storage backup` / `restore` (Debian 12: version 15;
