@@ -577,3 +577,18 @@ async def test_rendered_settings_run_the_service(database_url: str, prefix: str,
         code = await asyncio.wait_for(proc.wait(),
                                       pod["terminationGracePeriodSeconds"] - sleep)
         assert code == 0, log.read_text()[-3000:]
+
+
+def test_ingress_rate_limits_are_an_option_rendered_as_nginx_annotations() -> None:
+    base = ("ingress.enabled=true", "ingress.hosts[0]=chat.example.com")
+    plain = one(render(*base), "Ingress")["metadata"]["annotations"]
+    assert not any("limit-" in name for name in plain)  # off by default
+    limited = one(render(*base, "ingress.rateLimit.rps=20", "ingress.rateLimit.connections=50",
+                         "ingress.rateLimit.burstMultiplier=3"), "Ingress")
+    annotations = limited["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/limit-rps"] == "20"
+    assert annotations["nginx.ingress.kubernetes.io/limit-connections"] == "50"
+    assert annotations["nginx.ingress.kubernetes.io/limit-burst-multiplier"] == "3"
+    # the other annotations stay
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert "rateLimit.rps" in render_error(*base, "ingress.rateLimit.rps=-1")
