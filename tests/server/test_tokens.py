@@ -334,3 +334,21 @@ async def test_a_cached_token_still_expires() -> None:
     await asyncio.sleep(max(0.0, now + 1.05 - time.time()))  # past its exp, not a race
     with pytest.raises(InvalidToken, match="expired"):
         await tokens.verify(token, None)
+
+
+async def test_a_token_claiming_another_tenant_under_this_ones_key_is_refused() -> None:
+    """The key names the tenant; a `tid` that disagrees means the claims were made up."""
+    from chat_storage.server.tokens import InvalidToken, Tokens
+    from chat_storage.storage.overrides import NO_OVERRIDES
+    from chat_storage.storage.signing_keys import SigningKey
+
+    key = SigningKey("csk_" + "b" * 16, uuid.uuid4(), "t", b"k" * 32, NO_OVERRIDES)
+    tokens = Tokens(None, None, cache_ttl_s=3600, leeway_s=0,  # type: ignore[arg-type]
+                    acquire_timeout_s=1)
+    tokens._by_kid.put(key.kid, key)
+    now = int(time.time())
+    token = jwt.encode({"iss": "chat-storage", "aud": "chat-storage", "tid": str(uuid.uuid4()),
+                        "sub": "alice", "scope": "read", "iat": now, "exp": now + 60},
+                       key.secret, algorithm="HS256", headers={"kid": key.kid})
+    with pytest.raises(InvalidToken, match="altered"):
+        await tokens.verify(token, None)
