@@ -459,11 +459,19 @@ def run_langchain(url: str, args: argparse.Namespace) -> Result | None:
                 stopped.wait(timeout=60)
                 measured.wait(timeout=60)
 
+    return run_threads(worker, args, start, stopped, measured, result)
+
+
+def run_threads(worker: Callable[[], None], args: argparse.Namespace, start: float,
+                stopped: threading.Barrier, measured: threading.Barrier,
+                result: Result) -> Result:
+    """``args.lc_threads`` threads of ``worker``, measured from ``start`` (perf_counter)
+    while ``stopped`` is not set; LangChain runs in this process, so its CPU is ours."""
     threads = [threading.Thread(target=worker) for _ in range(args.lc_threads)]
     for t in threads:
         t.start()
     time.sleep(max(0.0, start - time.perf_counter()))
-    with server_cpu(argparse.Namespace(server_pid=None), result):  # LangChain runs here
+    with server_cpu(argparse.Namespace(server_pid=None), result):
         stopped.wait(timeout=args.duration + 60)
     measured.wait(timeout=60)
     for t in threads:

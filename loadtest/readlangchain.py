@@ -13,7 +13,7 @@ import random
 import threading
 import time
 
-from loadtest.bench_clients import Result, server_cpu
+from loadtest.bench_clients import Result, run_threads
 from loadtest.readdata import LANGCHAIN_TABLE, Loaded
 
 
@@ -49,14 +49,4 @@ def run(url: str, loaded: Loaded, args: argparse.Namespace) -> Result | None:
                 stopped.wait(timeout=60)
                 measured.wait(timeout=60)
 
-    threads = [threading.Thread(target=worker) for _ in range(args.lc_threads)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, start - time.perf_counter()))
-    with server_cpu(argparse.Namespace(server_pid=None), result):  # LangChain runs here
-        stopped.wait(timeout=args.duration + 60)
-    measured.wait(timeout=60)
-    for t in threads:
-        t.join()
-    result.report(f"({args.lc_threads} threads)")
-    return result
+    return run_threads(worker, args, start, stopped, measured, result)

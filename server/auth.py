@@ -18,6 +18,7 @@ outside the token's session list, is 404 exactly like one that does not exist; a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -42,7 +43,8 @@ OWNER_CACHE_KEY = web.AppKey("owner_cache", TtlCache[tuple[uuid.UUID, uuid.UUID]
 
 # Extra ways to authenticate (e.g. single-use WebSocket tickets); each returns a
 # principal or None. Registered by the modules that provide them.
-AUTHENTICATORS_KEY = web.AppKey("authenticators", list)
+Authenticator = Callable[[web.Request], Awaitable[Principal | None]]
+AUTHENTICATORS_KEY = web.AppKey("authenticators", list[Authenticator])
 
 M = TypeVar("M")
 
@@ -95,7 +97,7 @@ async def _principal(request: web.Request) -> Principal:
     for authenticator in request.app.get(AUTHENTICATORS_KEY, []):
         principal = await authenticator(request)
         if principal is not None:
-            return principal  # type: ignore[no-any-return]
+            return principal
     raise ApiError(401, "missing credentials: an X-Api-Key header or an "
                         "Authorization: Bearer token", headers={"WWW-Authenticate": CHALLENGE})
 

@@ -75,9 +75,9 @@ class OidcVerifier:
         """Close the HTTP client (after the last request that may use it)."""
         await self.keys.session.close()
 
-    async def verify(self, token: str, header: dict[str, Any]) -> Principal:
-        """The user ``token`` stands for; :class:`InvalidToken` (401) saying why not,
-        503 when its issuer's keys cannot be had."""
+    async def verify(self, token: str, header: dict[str, Any]) -> tuple[Principal, float]:
+        """The user ``token`` stands for and its ``exp``; :class:`InvalidToken` (401)
+        saying why not, 503 when its issuer's keys cannot be had."""
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise InvalidToken("signing algorithm not accepted")
@@ -107,8 +107,9 @@ class OidcVerifier:
         except InvalidToken:
             raise InvalidToken(f"its {tenant.user_claim!r} claim is not a user id (text of "
                                "1 to 128 printable characters)") from None
-        return user_principal(tenant.tenant_id, tenant.tenant_name, user_id, _ALL_SCOPES,
-                              limits=tenant.limits, credential="oidc")
+        principal = user_principal(tenant.tenant_id, tenant.tenant_name, user_id, _ALL_SCOPES,
+                                   limits=tenant.limits, credential="oidc")
+        return principal, float(claims["exp"])  # required, and a number: PyJWT checked it
 
     async def _tenants(self, issuer: str) -> list[TrustingTenant]:
         tenants = self._trusting.get(issuer)

@@ -41,8 +41,9 @@ DEFAULT_TTL_S = 900  # a token's lifetime unless asked otherwise
 MAX_TTL_S = 86_400
 _REQUIRED = ["exp", "iat", "sub", "tid", "scope", "iss", "aud"]
 
-# the OIDC verifier, if installed: (token, unverified header) -> principal or InvalidToken
-OidcVerifier = Callable[[str, dict[str, Any]], Awaitable[Principal]]
+# the OIDC verifier, if installed: (token, unverified header) -> the principal and the
+# token's exp, or InvalidToken
+OidcVerifier = Callable[[str, dict[str, Any]], Awaitable[tuple[Principal, float]]]
 OIDC_KEY: web.AppKey[OidcVerifier] = web.AppKey("oidc_verifier")
 
 
@@ -111,8 +112,7 @@ class Tokens:
         if not signing_keys.is_own_kid(kid):
             if oidc is None:
                 raise InvalidToken("not issued by this service or a trusted issuer")
-            principal = await oidc(token, header)  # verified: its exp is a number
-            return principal, float(jwt.decode(token, options={"verify_signature": False})["exp"])
+            return await oidc(token, header)
         key = await self._key(str(kid))
         if key is None:
             raise InvalidToken("its signing key was rotated or is unknown")

@@ -29,6 +29,7 @@ from chat_storage.server import oidc_keys
 from chat_storage.server.app import create_app
 from chat_storage.storage import tenants
 from tests.conftest import Tenant, make_tenant
+from tests.support.bearer import bearer, rejected, session_of
 from tests.support.idp import JWKS, Idp
 from tests.support.procs import ROOT, clean_env, cli_command, free_port
 from tests.support.streamkit import recv_until, subscribe
@@ -37,16 +38,6 @@ Client = TestClient  # type: ignore[type-arg]
 ServerFactory = Callable[..., Awaitable[TestServer]]
 CACHE_S = 0.05  # the test app's credential caches: --no-oidc shows within this
 FOREIGN = "not issued by this service or a trusted issuer"
-
-
-@pytest.fixture
-async def idp(aiohttp_server: ServerFactory) -> Idp:
-    """An issuer listening on 127.0.0.1."""
-    provider = Idp()
-    server = await aiohttp_server(provider.app())
-    assert server.port is not None
-    provider.listening_on(server.port)
-    return provider
 
 
 def app_settings(settings: Settings, **changes: Any) -> Settings:
@@ -64,25 +55,6 @@ async def trust(pool: asyncpg.Pool, tenant: Tenant, issuer: str, audience: str =
     async with pool.acquire() as conn:
         await tenants.update_tenant(conn, tenant.name, oidc_issuer=issuer,
                                     oidc_audience=audience, **more)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def session_of(client: Client, tenant: Tenant, user_id: str) -> str:
-    r = await client.post("/api/v1/sessions", json={"user_id": user_id}, headers=tenant.headers)
-    assert r.status == 201
-    return str((await r.json())["id"])
-
-
-async def rejected(client: Client, token: str) -> str:
-    r = await client.get("/api/v1/sessions", headers=bearer(token))
-    assert r.status == 401, await r.text()
-    assert r.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
-    body = await r.json()
-    assert body["code"] == "unauthorized"
-    return str(body["message"])
 
 
 async def accepted(client: Client, token: str) -> list[dict[str, Any]]:

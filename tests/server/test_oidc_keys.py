@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from chat_storage.server.oidc_keys import (
     MAX_DOCUMENT_BYTES,
@@ -22,17 +21,6 @@ from chat_storage.server.oidc_keys import (
     allowed_url,
 )
 from tests.support.idp import DISCOVERY, JWKS, Idp
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def idp(aiohttp_server: ServerFactory) -> Idp:
-    provider = Idp()
-    server = await aiohttp_server(provider.app())
-    assert server.port is not None
-    provider.listening_on(server.port)
-    return provider
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from chat_storage.server import tokens as tokens_mod
 from chat_storage.storage import signing_keys
 from tests.conftest import Tenant
+from tests.support.bearer import bearer, rejected, session_of
 from tests.support.streamkit import recv, recv_until, subscribe
 
 Client = TestClient  # type: ignore[type-arg]
@@ -36,16 +37,6 @@ async def mint(client: Client, tenant: Tenant, user_id: str = "alice",
     assert r.headers["Cache-Control"] == "no-store"
     minted: dict[str, Any] = await r.json()
     return minted
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def session_of(client: Client, tenant: Tenant, user_id: str) -> str:
-    r = await client.post("/api/v1/sessions", json={"user_id": user_id}, headers=tenant.headers)
-    assert r.status == 201
-    return str((await r.json())["id"])
 
 
 async def test_minted_token_says_what_it_grants(client: Client, tenant: Tenant) -> None:
@@ -171,21 +162,11 @@ def _tamper(token: str) -> str:
     return f"{header}.{forged}.{signature}"
 
 
-async def _rejected(client: Client, token: str) -> str:
-    r = await client.get("/api/v1/sessions", headers=bearer(token))
-    assert r.status == 401, await r.text()
-    challenge = r.headers["WWW-Authenticate"]
-    assert challenge.startswith('Bearer error="invalid_token"'), challenge
-    body = await r.json()
-    assert body["code"] == "unauthorized"
-    return str(body["message"])
-
-
 async def test_bad_tokens_answer_401_saying_why(client: Client, tenant: Tenant,
                                                 pool: asyncpg.Pool) -> None:
     token = (await mint(client, tenant))["token"]
-    assert "altered" in await _rejected(client, _tamper(token))
-    assert "malformed" in await _rejected(client, "not-a-jwt")
+    assert "altered" in await rejected(client, _tamper(token))
+    assert "malformed" in await rejected(client, "not-a-jwt")
     kid = jwt.get_unverified_header(token)["kid"]
     async with pool.acquire() as conn:
         key = await signing_keys.key_by_id(conn, kid, _sealer())
@@ -194,12 +175,12 @@ async def test_bad_tokens_answer_401_saying_why(client: Client, tenant: Tenant,
                           "sub": "alice", "scope": "read", "iat": int(time.time()) - 3600,
                           "exp": int(time.time()) - 60}, key.secret, algorithm="HS256",
                          headers={"kid": kid})
-    assert "expired" in await _rejected(client, expired)
+    assert "expired" in await rejected(client, expired)
     unsigned = jwt.encode({"sub": "alice"}, None, algorithm="none", headers={"kid": kid})
-    assert "algorithm" in await _rejected(client, unsigned)
+    assert "algorithm" in await rejected(client, unsigned)
     foreign = jwt.encode({"sub": "alice"}, "x" * 32, algorithm="HS256",
                          headers={"kid": "csk_0123456789abcdef"})
-    assert "rotated or is unknown" in await _rejected(client, foreign)
+    assert "rotated or is unknown" in await rejected(client, foreign)
     r = await client.get("/api/v1/sessions", headers={"Authorization": "Basic abc"})
     assert r.status == 401
 
@@ -224,7 +205,7 @@ async def test_rotation_ends_old_tokens(aiohttp_client: Any, settings: Any, tena
         retired = await signing_keys.rotate(conn, tenant.name)
     assert retired == jwt.get_unverified_header(old)["kid"]
     await asyncio.sleep(0.02)  # past the key cache's lifetime (10 ms, set above)
-    assert "rotated" in await _rejected(client, old)
+    assert "rotated" in await rejected(client, old)
     new = (await mint(client, tenant))["token"]
     assert jwt.get_unverified_header(new)["kid"] != retired
     assert (await client.get("/api/v1/sessions", headers=bearer(new))).status == 200
