@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp import web
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from tests.conftest import Tenant
 from tests.support.origins import listed
+from tests.web.chromium import NEEDS_CHROMIUM
 
-IN_CI = bool(os.environ.get("CI"))
-if IN_CI:
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not IN_CI,
-                                reason="Debian's chromium is not installed")
+pytestmark = NEEDS_CHROMIUM
 
 PAGE = "<!doctype html><title>another origin</title><p>calls the API from here</p>"
 # runs in the page: a preflighted POST, then a GET that fails; what the page can read

@@ -8,26 +8,15 @@ own browser download is never used.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.routes.web import _csp
 from tests.conftest import Tenant
+from tests.web.chromium import NEEDS_CHROMIUM, TIMEOUT_MS, playwright_api
 
-# In CI (.ci/run installs both) a missing browser is a failure, not a skip.
-IN_CI = bool(os.environ.get("CI"))
-if IN_CI:
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not IN_CI,
-                                reason="Debian's chromium is not installed")
-TIMEOUT_MS = 15_000
+pytestmark = NEEDS_CHROMIUM
 
 
 async def _sign_in(page: Any, base: str, tenant: Tenant, user: str) -> None:

@@ -11,25 +11,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import shutil
 from typing import Any
 
 import jwt
-import pytest
 
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
 from tests.conftest import Tenant
+from tests.web.chromium import NEEDS_CHROMIUM, TIMEOUT_MS, playwright_api
 
-IN_CI = bool(os.environ.get("CI"))
-if IN_CI:
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not IN_CI,
-                                reason="Debian's chromium is not installed")
-TIMEOUT_MS = 15_000
+pytestmark = NEEDS_CHROMIUM
 SLOT = "chat-storage.token"
 # everything the page keeps in either storage, as {"local": {...}, "session": {...}}
 STORED = """() => {
@@ -59,6 +50,17 @@ async def _kept_token(page: Any) -> str:
     return token
 
 
+async def _watched_page(browser: Any) -> tuple[Any, list[str], list[Any]]:
+    """A new page whose clock the test drives, with its script errors and requests."""
+    page = await (await browser.new_context()).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))
+    await page.clock.install()
+    return page, errors, requests
+
+
 async def _credentials_sent(requests: list[Any]) -> list[tuple[str, str]]:
     """(path, credential header) of every API request the page made."""
     out = []
@@ -74,13 +76,7 @@ async def _credentials_sent(requests: list[Any]) -> list[tuple[str, str]]:
 async def test_the_key_is_traded_for_a_token_and_kept_nowhere(client: Any, tenant: Tenant,
                                                               browser: Any) -> None:
     base = f"http://{client.host}:{client.port}"
-    context = await browser.new_context()
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    requests: list[Any] = []
-    page.on("request", lambda r: requests.append(r))
-    await page.clock.install()
+    page, errors, requests = await _watched_page(browser)
     await page.goto(base + "/?token_ttl_s=60")
     await page.fill("#user-id", "grace")
     await page.fill("#api-key", tenant.key, timeout=TIMEOUT_MS)
@@ -116,7 +112,7 @@ async def test_the_key_is_traded_for_a_token_and_kept_nowhere(client: Any, tenan
     assert secret not in json.dumps(stored)
     assert await page.locator("#key-label").is_hidden()
     assert errors == []
-    await context.close()
+    await page.context.close()
 
 
 async def test_a_dev_token_is_renewed_before_it_expires(
@@ -124,13 +120,7 @@ async def test_a_dev_token_is_renewed_before_it_expires(
 ) -> None:
     client = await aiohttp_client(create_app(dataclasses.replace(settings, dev_tokens=True)))
     base = f"http://{client.host}:{client.port}"
-    context = await browser.new_context()
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    requests: list[Any] = []
-    page.on("request", lambda r: requests.append(r))
-    await page.clock.install()
+    page, errors, requests = await _watched_page(browser)
     # no key asked for: the page mints its own token on this machine
     await page.goto(base + "/?token_ttl_s=60&echo_delay_ms=10")
     await page.wait_for_selector("#new-chat:not([disabled])", timeout=TIMEOUT_MS)
@@ -159,4 +149,4 @@ async def test_a_dev_token_is_renewed_before_it_expires(
     stored = await page.evaluate(STORED)
     assert set(stored["local"]) <= {"chat-storage.userId"}
     assert errors == []
-    await context.close()
+    await page.context.close()
