@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from chat_storage.runtime.settings import parse_origin
+from chat_storage.server.oidc_keys import allowed_url
 
 # what `tenants update` may change here (with the retention and limit flags)
 ACCESS_UPDATES = ("oidc_issuer", "oidc_audience", "oidc_user_claim", "cors_origins")
@@ -25,19 +25,10 @@ def issuer_url(raw: str) -> str:
     host = parts.hostname or ""
     if parts.query or parts.fragment or not host or parts.scheme not in ("http", "https"):
         raise argparse.ArgumentTypeError(f"{raw!r} is not an issuer URL (https://host/…)")
-    if parts.scheme == "http" and not _loopback(host):
+    if not allowed_url(raw.strip()):  # the rule the key fetches follow, too
         raise argparse.ArgumentTypeError(
             f"{raw!r}: an issuer is trusted over https only (http for a loopback host)")
     return raw.strip()
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _text(what: str) -> Callable[[str], str]:
