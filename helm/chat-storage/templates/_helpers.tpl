@@ -73,6 +73,41 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: server
 {{- end -}}
 
+{{/* A track's pod selector (see _deployment.tpl): the stable one is selectorLabels. */}}
+{{- define "chat-storage.trackSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "chat-storage.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ ternary "canary" "server" (eq .Track "canary") }}
+{{- end -}}
+
+{{/* The canary's Deployment, Service and Ingress name. */}}
+{{- define "chat-storage.canaryName" -}}
+{{- printf "%s-canary" (include "chat-storage.fullname" . | trunc 56 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The canary's image: its own tag or digest, in image.repository unless it names one. */}}
+{{- define "chat-storage.canaryImage" -}}
+{{- $repository := default .Values.image.repository .Values.canary.image.repository -}}
+{{- if .Values.canary.image.digest -}}
+{{- printf "%s@%s" $repository .Values.canary.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (toString .Values.canary.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The image migrations run with: the canary's when a canary is on, since its release may
+bring migrations; by the expand-then-contract rule (docs/operations.md) the stable
+release runs on the schema they leave.
+*/}}
+{{- define "chat-storage.migrationImage" -}}
+{{- if .Values.canary.enabled -}}
+{{- include "chat-storage.canaryImage" . -}}
+{{- else -}}
+{{- include "chat-storage.image" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A value as an environment string: whole floats (YAML numbers) without an exponent. */}}
 {{- define "chat-storage.envString" -}}
 {{- $v := . -}}
@@ -213,5 +248,11 @@ Checks that fail rendering with a message saying what to change.
 {{- end -}}
 {{- if and .Values.ingress.enabled (not .Values.ingress.hosts) -}}
 {{- fail "chat-storage: ingress.enabled needs at least one host in ingress.hosts" -}}
+{{- end -}}
+{{- if and .Values.canary.enabled (not .Values.ingress.enabled) -}}
+{{- fail "chat-storage: canary.enabled needs ingress.enabled: ingress-nginx's canary Ingress is what sends canary.weight percent of requests to the canary" -}}
+{{- end -}}
+{{- if and .Values.canary.enabled (not .Values.canary.image.tag) (not .Values.canary.image.digest) -}}
+{{- fail "chat-storage: canary.enabled needs canary.image.tag or canary.image.digest: the release being tried" -}}
 {{- end -}}
 {{- end -}}
