@@ -124,12 +124,13 @@ class Server:
     The environment is this one without chat-storage settings, then :data:`BASE_ENV`,
     then ``env``; ``database_url=None`` runs the embedded Postgres. With ``workers > 1``
     it is the parent of the workers, and ``metrics`` gives each worker a metrics port
-    (``metrics_port + i``). Each :meth:`start` picks a new port.
+    (``metrics_port + i``). Each :meth:`start` picks a new port. ``root`` runs the code
+    of another checkout (an older release: tests/test_rollback.py), unmeasured by coverage.
     """
 
     def __init__(self, database_url: str | None, log_path: Path, *, app_name: str | None = None,
                  redis_url: str | None = None, env: Mapping[str, str] | None = None,
-                 workers: int = 1, metrics: bool = False) -> None:
+                 workers: int = 1, metrics: bool = False, root: Path = ROOT) -> None:
         if database_url is not None and app_name is not None:
             sep = "&" if "?" in database_url else "?"
             database_url = f"{database_url}{sep}application_name={app_name}"
@@ -139,6 +140,7 @@ class Server:
         self.env = dict(env or {})
         self.workers = workers
         self.metrics = metrics
+        self.root = root
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.metrics_port = 0
@@ -161,7 +163,16 @@ class Server:
             env["DATABASE_URL"] = self.database_url
         if self.redis_url is not None:
             env["REDIS_URL"] = self.redis_url
-        return clean_env(**{**env, **self.env})
+        env = clean_env(**{**env, **self.env})
+        if self.root != ROOT:  # its package first on the path; its files are not ours
+            env["PYTHONPATH"] = str(self.root)
+            env = {k: v for k, v in env.items() if not k.startswith("COVERAGE_")}
+        return env
+
+    def _command(self) -> list[str]:
+        if self.root == ROOT:
+            return cli_command()
+        return [sys.executable, "-m", "chat_storage.server.cli"]
 
     async def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
         """Start the process and wait until ``/readyz`` answers 200 (a taken port is retried)."""
@@ -174,8 +185,8 @@ class Server:
                 env["CHAT_METRICS_PORT"] = str(self.metrics_port)
             with self.log_path.open("ab") as log:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--workers", str(self.workers), cwd=ROOT, env=env, stdout=log,
+                    *self._command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", str(self.workers), cwd=self.root, env=env, stdout=log,
                     stderr=asyncio.subprocess.STDOUT)
             self.base = f"http://127.0.0.1:{self.port}"
             if await self._ready(ready_timeout_s):
