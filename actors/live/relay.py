@@ -113,8 +113,8 @@ class Relay:
                     if not failing_since or now - failing_since > 10.0:
                         failing_since = now
                         log.warning("broker publish failed", extra={"error": repr(exc)})
-            if self._dirty and not failing_since:
-                await self._mark()
+            if self._dirty and await self._mark():  # also when nothing else was published
+                failing_since = 0.0
             if forget is not None:
                 for key in touched:
                     if not self._active(key):
@@ -127,12 +127,13 @@ class Relay:
             if len(self._dirty) < self._max_queue:
                 self._dirty.add(key)
 
-    async def _mark(self) -> None:
+    async def _mark(self) -> bool:
         """Tell every replica to reconcile the sessions whose events were dropped."""
         keys = list(self._dirty)
         try:
             await self._broker.publish_many([(channel(k), self._marker) for k in keys])
         except Exception:
-            return  # still failing: the next turn tries again
+            return False  # still failing: the next turn tries again
         self._dirty.difference_update(keys)
         metrics.BROKER_RECONCILES.labels("marked").inc(len(keys))
+        return True
