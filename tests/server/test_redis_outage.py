@@ -278,3 +278,37 @@ async def test_redis_paused_while_subscribers_hop_between_replicas(
     cluster: Cluster, tenant: Tenant, tmp_path: Path
 ) -> None:
     await run_fault(cluster, tenant, tmp_path, _pause, _continue)
+
+
+async def test_answers_of_a_replica_that_died_during_the_outage_reach_the_others(
+    cluster: Cluster, tenant: Tenant, tmp_path: Path
+) -> None:
+    """A cannot tell the others what they missed (it is gone when Redis is back): B's
+    subscribers learn it because B reconciles when its reader has Redis again."""
+    redis = RedisServer(tmp_path / "redis.log")
+    await redis.start()
+    try:
+        a, b = await cluster.start(2, redis_url=redis.url, env=ENV)
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+            sid = await new_session(http, a, tenant)
+            stay = [await subscriber(http, b, tenant, sid) for _ in range(2)]
+            producer = Producer(await open_ws(http, a, tenant, sid))
+            long = str((await start(producer.ws, ref="long"))["stream_id"])
+            await producer.deltas(long, 10)
+            await stay[0].wait(lambda fs: any(f["type"] == events.DELTA for f in fs))
+            await redis.kill()
+            await wait_redis(http, b, "degraded")
+            await producer.deltas(long, 30)
+            await producer.end(long)
+            for _ in range(3):
+                await producer.answer(5)
+            await a.kill()  # with what it could not publish
+            await redis.start()
+            want = await stored(http, b, tenant, sid)
+            assert len(want) == 4 and all(s == "complete" for s, _ in want.values()), want
+            for reader in stay:
+                await eventually_equal(reader, want)
+                assert view_of(reader.frames).errors == []
+                await reader.close()
+    finally:
+        await redis.stop()
