@@ -23,6 +23,7 @@ from typing import Protocol
 
 from chat_storage.actors.live import events, metrics
 from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.mirror import Mirror
 from chat_storage.actors.live.subscription import Subscription
 from chat_storage.storage.records import SessionKey, StoredMessage
 from chat_storage.supervisor import Supervisor
@@ -59,31 +60,6 @@ class FeedSource(Protocol):
     def local_streams(self, key: SessionKey) -> dict[str, str]:
         """Content so far of the answers this process produces, by stream id."""
         ...
-
-
-class Mirror:
-    """The content so far of an answer in progress."""
-
-    __slots__ = ("_chunks", "length", "role", "seq")
-
-    def __init__(self, seq: int, role: str, content: str = "") -> None:
-        self.seq = seq
-        self.role = role
-        self._chunks = [content] if content else []
-        self.length = len(content)
-
-    def append(self, text: str) -> None:
-        self._chunks.append(text)
-        self.length += len(text)
-
-    def reset(self, content: str) -> None:
-        self._chunks = [content] if content else []
-        self.length = len(content)
-
-    def text(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
 
 
 class Feed:

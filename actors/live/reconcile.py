@@ -25,6 +25,9 @@ from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 4
+# at most this many feeds read Postgres at once: after an outage every feed of the
+# process asks at the same moment, and the pool must still serve the requests
+CONCURRENCY = 4
 
 
 async def reconcile(feed: Feed, source: FeedSource) -> None:
@@ -51,6 +54,7 @@ class Reconciler:
         self._tasks = tasks
         self._running: dict[Feed, asyncio.Task[None]] = {}
         self._again: set[Feed] = set()
+        self._slots = asyncio.Semaphore(CONCURRENCY)
 
     def request(self, feed: Feed) -> None:
         """Reconcile ``feed`` soon (never waits)."""
@@ -81,7 +85,8 @@ class Reconciler:
             if feed.broken:
                 return
             try:
-                await reconcile(feed, self._source)
+                async with self._slots:
+                    await reconcile(feed, self._source)
             except Exception as exc:
                 log.warning("cannot reconcile a session feed", extra={
                     "session_id": str(feed.key[1]), "error": repr(exc)})

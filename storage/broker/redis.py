@@ -190,12 +190,13 @@ class RedisBroker:
         return True
 
     async def drop(self, channels: Sequence[str]) -> None:
-        """``DEL`` the streams of ``channels``; :class:`BrokerUnavailable` on outage."""
-        if not channels:
-            return
+        """``DEL`` the streams of ``channels`` (1000 per command); :class:`BrokerUnavailable`
+        on outage."""
+        keys = [self.keys.session_stream(c) for c in channels]
         try:
-            async with asyncio.timeout(self.op_timeout_s):
-                await self._client.delete(*(self.keys.session_stream(c) for c in channels))
+            for i in range(0, len(keys), 1000):
+                async with asyncio.timeout(self.op_timeout_s):
+                    await self._client.delete(*keys[i:i + 1000])
         except REDIS_ERRORS as exc:
             self._ops_failed("drop", exc)
             raise BrokerUnavailable(f"drop of {len(channels)} channels failed") from exc
