@@ -2,7 +2,8 @@
 
 Looked for where it was written, not through the API: the stored idempotent replies
 (``idempotency_keys``), the attachments, and the Redis session streams of the broker
-(a real Redis, a key prefix of this test's own).
+(a real Redis, a key prefix of this test's own), also after maintenance erased an
+expired temporary chat.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import pytest
 from redis.asyncio import Redis
 
 from chat_storage.actors.live.relay import channel
+from chat_storage.runtime import maintenance
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.app import create_app
+from chat_storage.server.state import BROKER_KEY, OBJECTS_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage.redis_keys import RedisKeys
 from tests.conftest import REDIS_URL, Tenant
 from tests.support.streamkit import connect, recv_until, start, subscribe
@@ -173,3 +176,20 @@ async def test_deleted_content_leaves_the_redis_streams(
     r = await client.delete("/api/v1/users/rae/sessions", headers=tenant.headers)
     assert r.status == 204
     assert await stream_text(redis, prefix, tenant, other) == b""
+
+
+async def test_an_expired_temporary_chat_leaves_the_redis_streams(
+    app_client: Any, tenant: Tenant, redis: Redis, prefix: str, pool: asyncpg.Pool
+) -> None:
+    client = app_client
+    sid = await new_session(client, tenant, "tess")
+    await client.post(f"{SESSIONS}/{sid}/messages", json={"role": "user", "content": "gone"},
+                      headers=tenant.headers)
+    await in_stream(redis, prefix, tenant, sid, '"content":"gone"')
+    await pool.execute("UPDATE sessions SET expires_at = now() - interval '1 second' "
+                       "WHERE id = $1", uuid.UUID(sid))
+    app = client.app
+    report = await maintenance.run_once(app[POOL_KEY], app[OBJECTS_KEY], app[SETTINGS_KEY],
+                                        broker=app[BROKER_KEY])
+    assert report is not None and report.expired_sessions == 1
+    assert not await redis.exists(stream_key(prefix, tenant, sid))
