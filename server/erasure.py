@@ -35,7 +35,7 @@ async def scrub_message(app: web.Application, tenant_id: uuid.UUID, session_id: 
                         message_id: uuid.UUID) -> None:
     """Remove the events of a deleted message from its session's log; 503 if it fails."""
     try:
-        await app[BROKER_KEY].scrub(channel((tenant_id, session_id)), str(message_id))
+        await app[BROKER_KEY].erase(channel((tenant_id, session_id)), str(message_id))
     except BrokerUnavailable:
         log.warning("deleted message not scrubbed from the broker",
                     extra={"message_id": str(message_id)})

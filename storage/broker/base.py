@@ -67,7 +67,7 @@ class Broker(Protocol):
         """Delete the logs of ``channels`` (their sessions were deleted or erased)."""
         ...
 
-    async def scrub(self, channel: str, needle: str) -> int:
+    async def erase(self, channel: str, needle: str) -> int:
         """Delete from ``channel``'s log every message whose data holds ``needle`` (the id
         of a message deleted: its events hold its content); return how many."""
         ...

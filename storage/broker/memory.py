@@ -60,7 +60,7 @@ class MemoryBroker:
         for channel in channels:
             self._logs.pop(channel, None)
 
-    async def scrub(self, channel: str, needle: str) -> int:
+    async def erase(self, channel: str, needle: str) -> int:
         log = self._logs.get(channel)
         if not log:
             return 0

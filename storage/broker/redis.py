@@ -38,26 +38,6 @@ from chat_storage.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 OPS_HEALTH_WINDOW_S = 10.0
-# KEYS[1] a session stream, ARGV[1] what a removed entry holds; returns how many went
-SCRUB_SCRIPT = """
-local entries = redis.call('XRANGE', KEYS[1], '-', '+')
-local kept, removed = {}, 0
-for _, entry in ipairs(entries) do
-  local hit = false
-  for i = 2, #entry[2], 2 do
-    if string.find(entry[2][i], ARGV[1], 1, true) then hit = true end
-  end
-  if hit then removed = removed + 1 else kept[#kept + 1] = entry end
-end
-if removed == 0 then return 0 end
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-for _, entry in ipairs(kept) do
-  redis.call('XADD', KEYS[1], entry[1], unpack(entry[2]))
-end
-if #kept > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-return removed
-"""
 
 
 def parse_id(value: str) -> tuple[int, int]:
@@ -96,7 +76,7 @@ class RedisBroker:
             block_ms=block_ms,
             read_count=read_count, op_timeout_s=op_timeout_s, backoff_max_s=backoff_max_s)
         self._ops_failed_at: float | None = None  # monotonic time of the last failure
-        self._scrub = client.register_script(SCRUB_SCRIPT)
+        self._erase = client.register_script(ERASE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, tasks: Supervisor, **options: Any) -> RedisBroker:
@@ -202,7 +182,7 @@ class RedisBroker:
             raise BrokerUnavailable(f"drop of {len(channels)} channels failed") from exc
         self._ops_worked()
 
-    async def scrub(self, channel: str, needle: str) -> int:
+    async def erase(self, channel: str, needle: str) -> int:
         """Rewrite ``channel``'s stream without the entries whose data holds ``needle``.
 
         One script, so atomic: no publish lands in between. Rewritten (``DEL``, then each
@@ -212,11 +192,11 @@ class RedisBroker:
         """
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                removed = await self._scrub(keys=[self.keys.session_stream(channel)],
+                removed = await self._erase(keys=[self.keys.session_stream(channel)],
                                             args=[needle])
         except REDIS_ERRORS as exc:
-            self._ops_failed("scrub", exc)
-            raise BrokerUnavailable(f"scrub of channel {channel} failed") from exc
+            self._ops_failed("erase", exc)
+            raise BrokerUnavailable(f"erase in channel {channel} failed") from exc
         self._ops_worked()
         return int(removed)
 
@@ -244,3 +224,25 @@ class RedisBroker:
         if self._ops_failed_at is not None:
             log.info("redis broker operations work again")
         self._ops_failed_at = None
+
+
+# KEYS[1] a session stream, ARGV[1] what a removed entry holds; returns how many went
+ERASE_SCRIPT = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+local kept, removed = {}, 0
+for _, entry in ipairs(entries) do
+  local hit = false
+  for i = 2, #entry[2], 2 do
+    if string.find(entry[2][i], ARGV[1], 1, true) then hit = true end
+  end
+  if hit then removed = removed + 1 else kept[#kept + 1] = entry end
+end
+if removed == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, entry in ipairs(kept) do
+  redis.call('XADD', KEYS[1], entry[1], unpack(entry[2]))
+end
+if #kept > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return removed
+"""
