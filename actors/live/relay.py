@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from chat_storage import tracing
 from chat_storage.actors.live import metrics
@@ -108,7 +108,7 @@ class Relay:
                     failing_since = 0.0
                 except Exception as exc:
                     metrics.BROKER_ERRORS.labels("error").inc(len(batch))
-                    self._dropped(key for key, _ in batch)
+                    self._dropped([key for key, _ in batch])
                     now = time.monotonic()
                     if not failing_since or now - failing_since > 10.0:
                         failing_since = now
@@ -122,7 +122,7 @@ class Relay:
             if self._flushed is not None and not self._flushed.done():
                 self._flushed.set_result(None)
 
-    def _dropped(self, keys: Iterable[SessionKey]) -> None:
+    def _dropped(self, keys: list[SessionKey]) -> None:
         for key in keys:
             if len(self._dirty) < self._max_queue:
                 self._dirty.add(key)
