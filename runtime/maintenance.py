@@ -22,8 +22,10 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from chat_storage import tracing
+from chat_storage.actors.live.relay import channel
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
+from chat_storage.storage.broker import Broker, BrokerUnavailable
 from chat_storage.storage.locks import MAINTENANCE_LOCK, try_advisory_lock
 from chat_storage.storage.objects import ObjectStore, discard_keys
 
@@ -56,12 +58,16 @@ class Report:
 
 
 async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
-                   now: dt.datetime | None = None) -> Report | None:
-    """Run every job once; ``None`` if another process is running them right now."""
+                   now: dt.datetime | None = None, *,
+                   broker: Broker | None = None) -> Report | None:
+    """Run every job once; ``None`` if another process is running them right now.
+
+    ``broker``: the live-event logs of the temporary chats erased are dropped from it.
+    """
     if not tracing.ON:
-        return await _run_once(pool, store, settings, now)
+        return await _run_once(pool, store, settings, now, broker)
     with tracing.span("maintenance run") as span:
-        report = await _run_once(pool, store, settings, now)
+        report = await _run_once(pool, store, settings, now, broker)
         span.set_attribute("chat.maintenance.outcome", "skipped" if report is None else "done")
         for kind, n in dataclasses.asdict(report or Report()).items():
             span.set_attribute(f"chat.maintenance.{kind}", n)
@@ -69,13 +75,13 @@ async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
 
 
 async def _run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
-                    now: dt.datetime | None) -> Report | None:
+                    now: dt.datetime | None, broker: Broker | None) -> Report | None:
     now = now or dt.datetime.now(dt.UTC)
     report = Report()
     async with pool.acquire() as conn, try_advisory_lock(conn, MAINTENANCE_LOCK) as taken:
         if not taken:
             return None
-        await _expire_sessions(conn, store, report)
+        await _expire_sessions(conn, store, broker, report)
         await _retention(conn, store, now, report)
         await _stale_uploads(conn, store, now, settings.pending_attachment_s, report)
         for _ in range(MAX_BATCHES):
@@ -90,10 +96,16 @@ async def _run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
 
 
 async def _expire_sessions(conn: asyncpg.Connection, store: ObjectStore,
-                           report: Report) -> None:
+                           broker: Broker | None, report: Report) -> None:
     for _ in range(MAX_BATCHES):
         out = await retention.erase_expired(conn)
         await discard_keys(store, out.object_keys, "expired sessions")
+        if broker is not None and out.erased:
+            try:
+                await broker.drop([channel(key) for key in out.erased])
+            except BrokerUnavailable:  # they expire by themselves (CHAT_REDIS TTL)
+                log.warning("expired sessions' events not dropped from the broker",
+                            extra={"sessions": len(out.erased)})
         report.expired_sessions += out.sessions
         if out.sessions == 0:
             return
@@ -124,13 +136,14 @@ async def _stale_uploads(conn: asyncpg.Connection, store: ObjectStore, now: dt.d
             return
 
 
-async def every(pool: asyncpg.Pool, store: ObjectStore, settings: Settings) -> None:
+async def every(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
+                broker: Broker | None = None) -> None:
     """Run the jobs every ``CHAT_MAINTENANCE_INTERVAL_S``, forever (a supervised task)."""
     while True:
         # jitter: replicas started together do not all wake at once
         await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))  # noqa: S311
         try:
-            report = await run_once(pool, store, settings)
+            report = await run_once(pool, store, settings, broker=broker)
         except Exception:
             RUNS.labels("failed").inc()
             log.exception("maintenance run failed; the next one retries")

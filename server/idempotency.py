@@ -25,6 +25,7 @@ from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
 from chat_storage.storage.idempotency import Claim, ClaimStatus
+from chat_storage.storage.ids import parse_uuid
 
 log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
@@ -57,10 +58,13 @@ async def begin(
         # not meet, and neither learns of the other's (a header cannot hold \x1f)
         key = f"{principal.user_id}\x1f{key}"
     digest = request_hash(request, body)
+    # the session the reply is about: its deletion then reaches the reply too
+    session_id = parse_uuid(request.match_info.get("session_id", ""))
     result = await db.call(
         request.app[POOL_KEY],
         lambda conn: idempotency_rows.claim(conn, tenant_id, key, digest,
-                                            ttl_s=settings.idempotency_ttl_s),
+                                            ttl_s=settings.idempotency_ttl_s,
+                                            session_id=session_id),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
     if result.outcome is ClaimStatus.CLAIMED:

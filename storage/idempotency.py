@@ -7,7 +7,10 @@ without its work. A claim whose holder died expires and can be taken over.
 
 The response is kept as the JSON text the first request was answered with (a ``json``
 column, which keeps text as written, not ``jsonb``, which reorders keys), and a replay
-gets that text back unchanged: it is byte-identical to the first answer.
+gets that text back unchanged: it is byte-identical to the first answer — until what
+it holds is erased: each reply names its session (``session_id``), and deleting a
+message rewrites the replies that hold it (:func:`forget_message`), deleting a session
+drops its replies (:func:`forget_sessions`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 LOCK_S = 30.0
 
@@ -29,6 +34,7 @@ class Claim:
     tenant_id: uuid.UUID
     key: str
     request_hash: bytes
+    session_id: uuid.UUID | None = None  # the session the work is in, when the path names it
 
 
 class ClaimStatus(enum.Enum):
@@ -50,9 +56,9 @@ class ClaimResult:
 
 async def claim(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, request_hash: bytes,
-    *, ttl_s: int,
+    *, ttl_s: int, session_id: uuid.UUID | None = None,
 ) -> ClaimResult:
-    """Claim ``key`` for a request whose hash is ``request_hash``."""
+    """Claim ``key`` for a request whose hash is ``request_hash`` (on ``session_id``)."""
     row = await conn.fetchrow(
         """
         INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until)
@@ -69,14 +75,15 @@ async def claim(
         tenant_id, key, request_hash, LOCK_S, float(ttl_s),
     )
     if row is not None:
-        return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash))
+        return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash, session_id))
     existing = await conn.fetchrow(
         "SELECT request_hash, status_code, response::text AS response FROM idempotency_keys "
         "WHERE tenant_id = $1 AND key = $2",
         tenant_id, key,
     )
     if existing is None:  # deleted between the two statements: try once more
-        return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s)
+        return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s,
+                           session_id=session_id)
     if bytes(existing["request_hash"]) != request_hash:
         return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
@@ -86,18 +93,58 @@ async def claim(
 
 
 async def record_response(
-    conn: asyncpg.Connection, idem: Claim, status_code: int, response: Any
+    conn: asyncpg.Connection, idem: Claim, status_code: int, response: Any,
+    *, session_id: uuid.UUID | None = None,
 ) -> None:
     """Store the answer to a claimed key; call inside the work's transaction.
 
     ``response`` is encoded as the API encodes bodies (``jsoncodec.dumps``), so the
-    text stored is the body the client gets.
+    text stored is the body the client gets. ``session_id``: the session the answer is
+    about, when the claim does not know it (a session just created).
     """
     await conn.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL "
-        "WHERE tenant_id = $1 AND key = $2",
-        idem.tenant_id, idem.key, status_code, response,
+        "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL, "
+        "session_id = $5 WHERE tenant_id = $1 AND key = $2",
+        idem.tenant_id, idem.key, status_code, response, session_id or idem.session_id,
     )
+
+
+async def forget_sessions(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                          session_ids: Sequence[uuid.UUID]) -> None:
+    """Drop the stored replies of ``session_ids`` (being deleted: a retry finds none)."""
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND session_id = ANY($2::uuid[])",
+        tenant_id, list(session_ids))
+
+
+async def forget_message(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                         session_id: uuid.UUID, tombstone: Mapping[str, Any]) -> None:
+    """Put ``tombstone`` in place of its message in every reply of the session that holds it.
+
+    The reply keeps its key (a retry still replays, and stores nothing twice) but no
+    longer the content: it shows the message as deleted, as a read would.
+    """
+    needle = str(tombstone["id"])
+    rows = await conn.fetch(
+        "SELECT key, response::text AS response FROM idempotency_keys "
+        "WHERE tenant_id = $1 AND session_id = $2 AND strpos(response::text, $3) > 0",
+        tenant_id, session_id, needle)
+    for row in rows:
+        reply = _replace(orjson.loads(row["response"]), needle, tombstone)
+        await conn.execute(
+            "UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2",
+            tenant_id, row["key"], reply)
+
+
+def _replace(value: Any, message_id: str, tombstone: Mapping[str, Any]) -> Any:
+    """``value`` with each message object of ``message_id`` (one with content) replaced."""
+    if isinstance(value, list):
+        return [_replace(v, message_id, tombstone) for v in value]
+    if isinstance(value, dict):
+        if value.get("id") == message_id and "content" in value:
+            return tombstone
+        return {k: _replace(v, message_id, tombstone) for k, v in value.items()}
+    return value
 
 
 async def release(conn: asyncpg.Connection, idem: Claim) -> None:

@@ -14,7 +14,7 @@ import asyncpg
 
 from chat_storage.storage.audit_log import audit
 from chat_storage.storage.errors import Conflict, NotFound
-from chat_storage.storage.idempotency import Claim
+from chat_storage.storage.idempotency import Claim, forget_message
 from chat_storage.storage.records import MESSAGE_FIELDS, StoredMessage
 from chat_storage.storage.sqlparams import Params
 
@@ -139,9 +139,11 @@ async def tombstone(
 ) -> list[str]:
     """Erase content, context, metadata, feedback and attachments; keep the seq. Audited.
 
-    Deleting a tombstone again changes nothing. A message still being streamed is a
-    :class:`Conflict`: its producer would write the content back when it ends.
-    Returns the object keys of the message's attachments, for the caller to delete.
+    Stored idempotent replies that hold the message show the tombstone instead.
+    Deleting a tombstone again changes nothing (but scrubs those replies once more).
+    A message still being streamed is a :class:`Conflict`: its producer would write
+    the content back when it ends. Returns the object keys of the message's
+    attachments, for the caller to delete.
     """
     async with conn.transaction():
         # lock the session first, as writers and session deletes do (no deadlock);
@@ -159,6 +161,8 @@ async def tombstone(
             raise NotFound("message not found")
         status = row["status"]
         if status == "deleted":
+            await forget_message(conn, tenant_id, session_id,
+                                 await get(conn, tenant_id, session_id, message_id))
             return []
         if status == "streaming":
             raise Conflict("message is being streamed; end or abort the stream first")
@@ -180,6 +184,8 @@ async def tombstone(
             "RETURNING object_key",
             message_id, tenant_id,
         )
+        await forget_message(conn, tenant_id, session_id,
+                             await get(conn, tenant_id, session_id, message_id))
         await audit(conn, tenant_id, actor, "message.delete", str(message_id),
                     {"session_id": str(session_id), "seq": row["seq"]}, request_id)
     return [r["object_key"] for r in keys]

@@ -55,6 +55,8 @@ class BatchReport:
     sessions: int = 0
     archives: list[str] = dataclasses.field(default_factory=list)
     object_keys: list[str] = dataclasses.field(default_factory=list)  # to delete after commit
+    # sessions erased whole (tenant, session): their live-event logs go too
+    erased: list[tuple[uuid.UUID, uuid.UUID]] = dataclasses.field(default_factory=list)
 
 
 async def tenants_with_retention(conn: asyncpg.Connection) -> list[tuple[uuid.UUID, int]]:
@@ -157,6 +159,7 @@ async def erase_expired(conn: asyncpg.Connection, *, limit: int = 500) -> BatchR
             out.sessions += erased.sessions
             out.messages += erased.messages
             out.object_keys += erased.object_keys
+            out.erased += [(tenant_id, s) for s in erased.session_ids]
     return out
 
 

@@ -14,7 +14,7 @@ import asyncpg
 
 from chat_storage.storage.audit_log import audit
 from chat_storage.storage.errors import NotFound
-from chat_storage.storage.idempotency import Claim, record_response
+from chat_storage.storage.idempotency import Claim, forget_sessions, record_response
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.sqlparams import Params
 
@@ -77,7 +77,7 @@ async def create(
         assert row is not None  # noqa: S101
         session = to_json(row)
         if idem is not None:
-            await record_response(conn, idem, 201, session)
+            await record_response(conn, idem, 201, session, session_id=row["id"])
     return session
 
 
@@ -217,6 +217,14 @@ async def erase_user(
     return erased
 
 
+async def ids_of_user(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                      user_id: str) -> list[uuid.UUID]:
+    """The ids of every session of ``user_id`` in the tenant."""
+    rows = await conn.fetch("SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2",
+                            tenant_id, user_id)
+    return [r["id"] for r in rows]
+
+
 async def erase_ids(conn: asyncpg.Connection, tenant_id: uuid.UUID,
                     ids: Sequence[uuid.UUID]) -> Erased:
     """Delete the tenant's sessions ``ids`` (in the caller's transaction; not audited)."""
@@ -247,6 +255,8 @@ async def _erase(conn: asyncpg.Connection, tenant_id: uuid.UUID, match: str,
     )
     await conn.execute("DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
                        tenant_id, ids)
+    # stored replies are copies of what goes (titles, content, attachment names)
+    await forget_sessions(conn, tenant_id, ids)
     return Erased(len(ids), messages, [r["object_key"] for r in keys], ids)
 
 
@@ -254,20 +264,21 @@ async def _forget_replies(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
     session_ids: Sequence[uuid.UUID],
 ) -> None:
-    """Drop stored idempotent replies that hold the user's sessions or messages.
+    """Drop stored idempotent replies of the user that name no session.
 
-    A reply is a copy of what was erased (titles, message content); keeping it for
-    the key's lifetime would defeat the erasure. A retry with such a key runs again.
-    This reads all the tenant's live keys, so only an erasure does it, not every
-    session delete.
+    Replies that name their session went with it (:func:`_erase`); these are the ones a
+    replica without migration 0014 recorded during a rolling upgrade. This reads all
+    the tenant's such keys, so only an erasure does it, not every session delete.
     """
-    # the shapes of the replies recorded by create (session), message and batch
+    # the shapes of the replies recorded by create (session), message, batch, attachment
     await conn.execute(
         """
-        DELETE FROM idempotency_keys WHERE tenant_id = $1 AND response IS NOT NULL AND (
+        DELETE FROM idempotency_keys WHERE tenant_id = $1 AND response IS NOT NULL
+          AND session_id IS NULL AND (
             response->>'user_id' = $2
             OR response->>'session_id' = ANY($3::text[])
-            OR response->'data'->0->>'session_id' = ANY($3::text[]))
+            OR response->'data'->0->>'session_id' = ANY($3::text[])
+            OR response->'attachment'->>'session_id' = ANY($3::text[]))
         """,
         tenant_id, user_id, [str(i) for i in session_ids],
     )

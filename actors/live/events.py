@@ -29,6 +29,9 @@ DELTA = "stream.delta"
 COMPLETED = "stream.completed"
 ABORTED = "stream.aborted"
 INTERRUPTED = "stream.interrupted"
+# between replicas only, never to a client: "events of this session were lost on their
+# way to the broker; read it again from Postgres" (see actors.live.reconcile)
+RECONCILE = "feed.reconcile"
 FINAL_BY_STATUS = {"complete": COMPLETED, "aborted": ABORTED, "interrupted": INTERRUPTED}
 FINALS = frozenset(FINAL_BY_STATUS.values())
 
@@ -96,6 +99,11 @@ def from_row(message: StoredMessage) -> SessionEvent:
     return started(message) if message["status"] == "streaming" else created(message)
 
 
+def reconcile() -> SessionEvent:
+    """The broker-only :data:`RECONCILE` marker."""
+    return SessionEvent(RECONCILE, dumps({"type": RECONCILE}))
+
+
 def trimmed(event: SessionEvent, have: int) -> SessionEvent:
     """``event`` (a delta overlapping what is already there) without its first part."""
     return delta(event.stream_id, have, event.text[have - event.offset:])
@@ -134,6 +142,8 @@ def open_envelope(data: bytes,
         if kind == STARTED:
             return origin, SessionEvent(STARTED, body, int(fields["seq"]), fields["stream_id"],
                                         role=fields["role"])
+        if kind == RECONCILE:
+            return origin, reconcile()
         if kind == CREATED or kind in FINALS:
             message = fields["message"]
             return origin, SessionEvent(kind, body, int(message["seq"]), message["id"],

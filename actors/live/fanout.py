@@ -5,7 +5,8 @@ session's local feed at once, and queued for the broker (one channel per session
 ``actors.live.relay``), from which the feeds of other replicas take it. Events that
 come back from the broker with this process's own origin are ignored: they were
 delivered locally already. If the broker is down, local delivery goes on and other
-replicas' readers catch up from Postgres (the feed fills any hole in ``seq`` from there).
+replicas' readers catch up from Postgres (the feed fills any hole in ``seq`` from there;
+events lost without a hole to show it are reconciled: ``actors.live.reconcile``).
 
 It is the write path's commit listener (``on_commit``, ``in_use``), so it is built
 before the registry and needs nothing that writes: the producers' streams it reads
@@ -24,6 +25,7 @@ from chat_storage.actors.live.config import HubConfig
 from chat_storage.actors.live.events import SessionEvent
 from chat_storage.actors.live.feed import Feed
 from chat_storage.actors.live.outbox import Outbox
+from chat_storage.actors.live.reconcile import Reconciler
 from chat_storage.actors.live.source import SessionSource
 from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.actors.live.subscription import Render, Subscription
@@ -45,13 +47,21 @@ class Fanout:
         self._feeds: dict[SessionKey, Feed] = {}
         self._unlisten: dict[SessionKey, Callable[[], None]] = {}
         self._relay = relay.Relay(broker, self.in_use, tasks=tasks,
-                                  max_queue=config.publish_queue)
+                                  max_queue=config.publish_queue,
+                                  marker=events.envelope(self.origin, events.reconcile()))
+        self._reconciler = Reconciler(source, tasks=tasks)
         self._tasks = tasks
         self._closers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        """Start the relay to the broker."""
+        """Start the relay to the broker; reconcile every feed whenever the broker is back."""
         self._relay.start()
+        self._broker.on_resume(self.reconcile)
+
+    def reconcile(self) -> None:
+        """Check every feed here against Postgres (events may have been lost)."""
+        for feed in list(self._feeds.values()):
+            self._reconciler.request(feed)
 
     # ------------------------------------------------------------ events in
     def emit(self, key: SessionKey, event: SessionEvent) -> None:
@@ -134,6 +144,7 @@ class Fanout:
 
     def _close_feed(self, key: SessionKey) -> None:
         feed = self._feeds.pop(key)
+        self._reconciler.cancel(feed)
         unlisten = self._unlisten.pop(key, None)
         if unlisten is not None:
             unlisten()
@@ -145,6 +156,10 @@ class Fanout:
         def on_event(message: broker_mod.BrokerMessage) -> None:
             _, event = events.open_envelope(message.data, skip_origin=self.origin)
             if event is None:
+                return
+            if event.kind == events.RECONCILE:  # another replica lost events of this session
+                if (feed := self._feeds.get(key)) is not None:
+                    self._reconciler.request(feed)
                 return
             if event.kind in events.FINALS:
                 self._held.drop(event.stream_id)  # swept elsewhere: stop holding it

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from chat_storage.actors.live import events, metrics
 from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.mirror import Mirror
 from chat_storage.actors.live.subscription import Subscription
 from chat_storage.storage.records import SessionKey, StoredMessage
 from chat_storage.supervisor import Supervisor
@@ -48,6 +49,10 @@ class FeedSource(Protocol):
         """Rows with ``after_seq < seq <= upto``, in order."""
         ...
 
+    async def at_seqs(self, key: SessionKey, seqs: list[int]) -> list[StoredMessage]:
+        """The rows at ``seqs``, in order."""
+        ...
+
     async def history(self, key: SessionKey) -> list[SessionEvent]:
         """The session's recent events kept by the broker, oldest first."""
         ...
@@ -55,31 +60,6 @@ class FeedSource(Protocol):
     def local_streams(self, key: SessionKey) -> dict[str, str]:
         """Content so far of the answers this process produces, by stream id."""
         ...
-
-
-class Mirror:
-    """The content so far of an answer in progress."""
-
-    __slots__ = ("_chunks", "length", "role", "seq")
-
-    def __init__(self, seq: int, role: str, content: str = "") -> None:
-        self.seq = seq
-        self.role = role
-        self._chunks = [content] if content else []
-        self.length = len(content)
-
-    def append(self, text: str) -> None:
-        self._chunks.append(text)
-        self.length += len(text)
-
-    def reset(self, content: str) -> None:
-        self._chunks = [content] if content else []
-        self.length = len(content)
-
-    def text(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        return self._chunks[0] if self._chunks else ""
 
 
 class Feed:
@@ -160,8 +140,9 @@ class Feed:
                     remote.add(sid)
                 self.mirrors[sid] = Mirror(int(row["seq"]), str(row["role"]), content)
             if remote:
-                # checkpoints lag; the broker's log holds the deltas since
-                for ev in await self._source.history(self.key):
+                # checkpoints lag; the broker's log holds the deltas since (if it is down,
+                # the checkpoints for now: reconciled when it is back)
+                for ev in await self._history():
                     if ev.kind == events.DELTA and ev.stream_id in remote:
                         mirror = self.mirrors[ev.stream_id]
                         if ev.offset <= mirror.length < ev.end:
@@ -266,9 +247,26 @@ class Feed:
             return
         metrics.FEED_GAPS.labels("delta").inc()
         self._resyncing[ev.stream_id] = [ev]
-        task = self._tasks.spawn(self._resync(ev.stream_id), name=f"feed-resync:{ev.stream_id}")
+        self._spawn_resync(ev.stream_id)
+
+    def resync(self, stream_id: str) -> None:
+        """Read an answer in progress again; if longer, it goes out as a snapshot."""
+        if stream_id in self.mirrors and stream_id not in self._resyncing:
+            self._resyncing[stream_id] = []
+            self._spawn_resync(stream_id)
+
+    def _spawn_resync(self, stream_id: str) -> None:
+        task = self._tasks.spawn(self._resync(stream_id), name=f"feed-resync:{stream_id}")
         self._resyncs.add(task)
         task.add_done_callback(self._resyncs.discard)
+
+    async def _history(self) -> list[SessionEvent]:
+        try:
+            return await self._source.history(self.key)
+        except Exception as exc:
+            log.warning("cannot read the broker's log", extra={
+                "session_id": str(self.key[1]), "error": repr(exc)})
+            return []
 
     async def _resync(self, stream_id: str) -> None:
         # the last checkpoint in Postgres, continued by what the broker still holds; at

@@ -18,3 +18,7 @@ FEED_GAPS = Counter("chat_feed_gaps_total",
 BROKER_ERRORS = Counter("chat_broker_errors_total",
                         "Events not published to the broker, by reason", ["reason"])
 SWEPT = Counter("chat_streams_swept_total", "Streams interrupted because their owner died")
+BROKER_RECONCILES = Counter(
+    "chat_feed_reconciles_total",
+    "Reconciles with Postgres after broker events were lost: markers published, feeds "
+    "reconciled, reconciles that failed (their subscribers were cut to resume)", ["what"])

@@ -5,7 +5,11 @@ order, up to ``BATCH`` events per broker round trip (a busy event loop gives the
 one turn per iteration: one event per turn would fall behind under load), so each
 session's channel gets its events in the order they happened here. When the
 broker fails, events are dropped (counted, logged at most every 10 s): Postgres is
-the source of truth and other replicas fill their gaps from it. With the memory
+the source of truth and other replicas fill their gaps from it: the sessions whose
+events were dropped are remembered, and once the broker takes a publish again each of
+them gets a ``marker`` (``events.reconcile``) that makes every replica's feed of that
+session read it again from Postgres (retried every :data:`MARK_RETRY_S` until it is
+in, even when nothing else is published). With the memory
 broker, the log of a session that is no longer active here is dropped after its
 events are published (``forget``), so memory follows the active sessions.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import time
@@ -27,6 +32,7 @@ from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 BATCH = 512
+MARK_RETRY_S = 1.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,8 +45,10 @@ class Relay:
     """A bounded queue of (session, event bytes) and the task that publishes it."""
 
     def __init__(self, broker: Broker, active: Callable[[SessionKey], bool], *,
-                 tasks: Supervisor, max_queue: int = 100_000) -> None:
+                 tasks: Supervisor, max_queue: int = 100_000, marker: bytes = b"") -> None:
         self._broker = broker
+        self._marker = marker
+        self._dirty: set[SessionKey] = set()  # sessions whose events were dropped
         self._tasks = tasks
         self._active = active
         self._max_queue = max_queue
@@ -56,6 +64,8 @@ class Relay:
         """Queue ``data`` for the session's channel (never waits)."""
         if len(self._queue) >= self._max_queue:
             metrics.BROKER_ERRORS.labels("queue_full").inc()
+            self._dropped([key])
+            self._wake.set()
             return
         self._queue.append((key, data))
         self._wake.set()
@@ -77,7 +87,12 @@ class Relay:
         failing_since = 0.0
         forget = getattr(self._broker, "forget", None)  # the memory broker's
         while True:
-            await self._wake.wait()
+            if self._dirty:  # markers still to publish: try again even if nothing comes
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(MARK_RETRY_S):
+                        await self._wake.wait()
+            else:
+                await self._wake.wait()
             self._wake.clear()
             touched: set[SessionKey] = set()
             while self._queue:
@@ -93,13 +108,32 @@ class Relay:
                     failing_since = 0.0
                 except Exception as exc:
                     metrics.BROKER_ERRORS.labels("error").inc(len(batch))
+                    self._dropped([key for key, _ in batch])
                     now = time.monotonic()
                     if not failing_since or now - failing_since > 10.0:
                         failing_since = now
                         log.warning("broker publish failed", extra={"error": repr(exc)})
+            if self._dirty and await self._mark():  # also when nothing else was published
+                failing_since = 0.0
             if forget is not None:
                 for key in touched:
                     if not self._active(key):
                         forget(channel(key))
             if self._flushed is not None and not self._flushed.done():
                 self._flushed.set_result(None)
+
+    def _dropped(self, keys: list[SessionKey]) -> None:
+        for key in keys:
+            if len(self._dirty) < self._max_queue:
+                self._dirty.add(key)
+
+    async def _mark(self) -> bool:
+        """Tell every replica to reconcile the sessions whose events were dropped."""
+        keys = list(self._dirty)
+        try:
+            await self._broker.publish_many([(channel(k), self._marker) for k in keys])
+        except Exception:
+            return False  # still failing: the next turn tries again
+        self._dirty.difference_update(keys)
+        metrics.BROKER_RECONCILES.labels("marked").inc(len(keys))
+        return True

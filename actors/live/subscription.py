@@ -80,7 +80,12 @@ class Subscription:
             self.offer(events.final(message), force=True)
 
     def catch_up(self, stream_id: str, seq: int, content: str) -> None:
-        """Bring the client to ``content`` of a stream in progress: a tail or a snapshot."""
+        """Bring the client to ``content`` of a stream in progress: a tail or a snapshot.
+
+        Never backwards: when the client has more than this replica's ``content`` (its
+        feed lags the producer's replica), nothing is sent now; the feed's deltas
+        beyond the client's offset follow as they come (the filter trims the rest).
+        """
         state = self.streams.get(stream_id)
         if state is None:
             if seq > self.seq_hi or stream_id in self._final:
@@ -89,8 +94,6 @@ class Subscription:
         elif state[1] == 0:
             if content:
                 self._snapshot(stream_id, seq, content)
-        elif state[1] > len(content):
-            self._snapshot(stream_id, seq, content)  # the client claims more: resync it
         elif state[1] < len(content):
             self.offer(events.delta(stream_id, state[1], content[state[1]:]), force=True)
 

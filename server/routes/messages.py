@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chat_storage.server import idempotency, ingest, objects, pagination, streaming
+from chat_storage.server import erasure, idempotency, ingest, objects, pagination, streaming
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import (
@@ -153,7 +153,7 @@ async def update_message(request: web.Request) -> web.Response:
         conn, tenant_id, session_id, message_id, **changes)))
 
 
-@routes.delete(MESSAGE_PATH, responses={204: None, 404: Error, 409: Error})
+@routes.delete(MESSAGE_PATH, responses={204: None, 404: Error, 409: Error, 503: Error})
 async def delete_message(request: web.Request) -> web.Response:
     """Erase a message, leaving a ``deleted`` tombstone that keeps its seq. Audited."""
     session_id = path_uuid(request, "session_id", "session")
@@ -163,4 +163,5 @@ async def delete_message(request: web.Request) -> web.Response:
     keys = await run(request, lambda conn: messages.tombstone(
         conn, tenant_id, session_id, message_id, actor=actor, request_id=rid))
     await objects.discard(request.app, keys, f"message:{message_id}")
+    await erasure.scrub_message(request.app, tenant_id, session_id, message_id)
     return web.Response(status=204)

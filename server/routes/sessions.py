@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chat_storage.server import idempotency, objects, pagination
+from chat_storage.server import erasure, idempotency, objects, pagination
 from chat_storage.server.auth import bind_user, principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
@@ -144,15 +144,17 @@ async def unfavorite_session(request: web.Request) -> web.Response:
     return await _set_favorite(request, False)
 
 
-@routes.delete(SESSION_PATH, responses={204: None, 404: Error})
+@routes.delete(SESSION_PATH, responses={204: None, 404: Error, 503: Error})
 async def delete_session(request: web.Request) -> web.Response:
     """Delete a session with its messages and attachments. Audited."""
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
+    await erasure.drop_sessions(request.app, tenant_id, [session_id])
     keys = await run(request, lambda conn: sessions.delete(
         conn, tenant_id, session_id, actor=actor_name(request), request_id=request_id(request),
     ))
     await objects.discard(request.app, keys, f"session:{session_id}")
+    await erasure.drop_sessions(request.app, tenant_id, [session_id])  # published meanwhile
     return web.Response(status=204)
 
 
@@ -166,11 +168,14 @@ async def erase_user(request: web.Request) -> web.Response:
     """
     user_id = check_user_id(request.match_info["user_id"])
     tenant_id = principal_of(request).tenant_id
+    before = await run(request, lambda conn: sessions.ids_of_user(conn, tenant_id, user_id))
+    await erasure.drop_sessions(request.app, tenant_id, before)
     erased = await run(request, lambda conn: sessions.erase_user(
         conn, tenant_id, user_id, actor=actor_name(request), request_id=request_id(request),
     ))
     log.info("user erased", extra={"sessions": erased.sessions, "messages": erased.messages})
     await objects.discard(request.app, erased.object_keys, f"user:{user_id}")
+    await erasure.drop_sessions(request.app, tenant_id, erased.session_ids)
     store = request.app[OBJECTS_KEY]
     try:
         archived = await store.list_keys(retention.user_prefix(tenant_id, user_id))

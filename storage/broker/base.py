@@ -63,6 +63,23 @@ class Broker(Protocol):
         """
         ...
 
+    async def drop(self, channels: Sequence[str]) -> None:
+        """Delete the logs of ``channels`` (their sessions were deleted or erased)."""
+        ...
+
+    async def erase(self, channel: str, needle: str) -> int:
+        """Delete from ``channel``'s log every message whose data holds ``needle`` (the id
+        of a message deleted: its events hold its content); return how many."""
+        ...
+
+    def on_resume(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time this process reaches the broker again after losing it.
+
+        Messages published meanwhile may be lost to this process's listeners (a restarted
+        Redis starts empty): the callback is where they reconcile with Postgres.
+        """
+        ...
+
     def wanted(self, channel: str) -> bool:
         """Whether a message published to ``channel`` now could reach any listener.
 

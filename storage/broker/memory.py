@@ -56,6 +56,24 @@ class MemoryBroker:
 
         return stop
 
+    async def drop(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            self._logs.pop(channel, None)
+
+    async def erase(self, channel: str, needle: str) -> int:
+        log = self._logs.get(channel)
+        if not log:
+            return 0
+        raw = needle.encode()
+        kept = [m for m in log if raw not in m.data]
+        removed = len(log) - len(kept)
+        log.clear()
+        log.extend(kept)
+        return removed
+
+    def on_resume(self, callback: Callable[[], None]) -> None:
+        """Never called: a broker in this process is never lost."""
+
     def wanted(self, channel: str) -> bool:
         """Only listeners of this process can read it: is one listening?"""
         return channel in self._listeners

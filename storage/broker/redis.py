@@ -76,6 +76,7 @@ class RedisBroker:
             block_ms=block_ms,
             read_count=read_count, op_timeout_s=op_timeout_s, backoff_max_s=backoff_max_s)
         self._ops_failed_at: float | None = None  # monotonic time of the last failure
+        self._erase = client.register_script(ERASE_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, tasks: Supervisor, **options: Any) -> RedisBroker:
@@ -168,6 +169,41 @@ class RedisBroker:
         """Always: other processes may read the stream, now or to catch up later."""
         return True
 
+    async def drop(self, channels: Sequence[str]) -> None:
+        """``DEL`` the streams of ``channels`` (1000 per command); :class:`BrokerUnavailable`
+        on outage."""
+        keys = [self.keys.session_stream(c) for c in channels]
+        try:
+            for i in range(0, len(keys), 1000):
+                async with asyncio.timeout(self.op_timeout_s):
+                    await self._client.delete(*keys[i:i + 1000])
+        except REDIS_ERRORS as exc:
+            self._ops_failed("drop", exc)
+            raise BrokerUnavailable(f"drop of {len(channels)} channels failed") from exc
+        self._ops_worked()
+
+    async def erase(self, channel: str, needle: str) -> int:
+        """Rewrite ``channel``'s stream without the entries whose data holds ``needle``.
+
+        One script, so atomic: no publish lands in between. Rewritten (``DEL``, then each
+        kept entry again under its own id, and the TTL), not ``XDEL``: Redis keeps an
+        ``XDEL``-ed entry's bytes in its node (and in snapshots) until the whole node goes.
+        At most ``max_len`` (approximately) entries: bounded work.
+        """
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                removed = await self._erase(keys=[self.keys.session_stream(channel)],
+                                            args=[needle])
+        except REDIS_ERRORS as exc:
+            self._ops_failed("erase", exc)
+            raise BrokerUnavailable(f"erase in channel {channel} failed") from exc
+        self._ops_worked()
+        return int(removed)
+
+    def on_resume(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the reader reconnects after an outage."""
+        self._reader.resumed.append(callback)
+
     def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` for each message of ``channel`` appended after this call."""
         return self._reader.listen(channel, listener)
@@ -188,3 +224,25 @@ class RedisBroker:
         if self._ops_failed_at is not None:
             log.info("redis broker operations work again")
         self._ops_failed_at = None
+
+
+# KEYS[1] a session stream, ARGV[1] what a removed entry holds; returns how many went
+ERASE_SCRIPT = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+local kept, removed = {}, 0
+for _, entry in ipairs(entries) do
+  local hit = false
+  for i = 2, #entry[2], 2 do
+    if string.find(entry[2][i], ARGV[1], 1, true) then hit = true end
+  end
+  if hit then removed = removed + 1 else kept[#kept + 1] = entry end
+end
+if removed == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, entry in ipairs(kept) do
+  redis.call('XADD', KEYS[1], entry[1], unpack(entry[2]))
+end
+if #kept > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return removed
+"""

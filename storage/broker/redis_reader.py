@@ -18,9 +18,10 @@ just before it may come too (consumers drop duplicates by ``seq``/``offset``). E
 channel then continues from the last id it delivered, also across reconnects.
 
 Outages: the reader reconnects with jittered exponential back-off and resumes from its
-last ids (messages trimmed or lost meanwhile are not signalled to listeners: consumers
-notice the jump in ``seq``/``offset`` and reload from Postgres); :attr:`StreamReader.ok`
-is false meanwhile.
+last ids; :attr:`StreamReader.ok` is false meanwhile. Messages trimmed or lost meanwhile
+(a restarted Redis starts empty) are not signalled one by one: the ``resumed``
+callbacks run once the reader has Redis again, and consumers reconcile there with
+Postgres.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class StreamReader:
         self.op_timeout_s = op_timeout_s
         self.backoff_max_s = backoff_max_s
         self.ok = True  # False while the reader has lost Redis
+        self.resumed: list[Callable[[], None]] = []  # called when it has Redis again
         self._client = client
         self._wake_key = keys.reader_wake(node)
         self._wake_id = "0-0"
@@ -207,6 +209,12 @@ class StreamReader:
         if not self.ok:
             self.ok = True
             log.info("broker reader reconnected", extra={"channels": len(self._channels)})
+            for callback in list(self.resumed):  # what was published meanwhile may be lost
+                try:
+                    callback()
+                except Exception:
+                    LISTENER_ERRORS.inc()
+                    log.exception("broker resume callback failed")
         items = reply.items() if isinstance(reply, dict) else (reply or [])
         for raw_key, entries in items:
             key = text(raw_key)

@@ -42,18 +42,27 @@ def test_outbox_cuts_instead_of_growing() -> None:
 
 def test_a_resuming_client_gets_exactly_what_it_lacks_of_a_stream() -> None:
     """``known`` offsets at resume: the rest as one delta, nothing when it has it all
-    (never an empty delta), a snapshot when it claims more than there is."""
+    (never an empty delta), and never less than the client has: when this replica has
+    less (its feed lags), nothing until its deltas pass the client's offset."""
     row = {"id": "m1", "seq": 1, "role": "assistant", "status": "streaming"}
 
-    def resume(known: int) -> list[tuple[str, int | None, str | None]]:
+    def resume(known: int, *later: events.SessionEvent) -> list[
+            tuple[str, int | None, str | None]]:
         outbox = Outbox(100)
         sub = Subscription(outbox, after_seq=1)
         sub.knows(row, known)  # type: ignore[arg-type]  # the fields it reads
         sub.catch_up("m1", 1, "Hello")
+        sub.go_live()
+        for ev in later:  # what the lagging feed passes on next
+            sub.offer(ev)
         sent = [orjson.loads(f) for f in outbox._items]
         return [(f["type"], f.get("offset"), f.get("delta", f.get("content")))
                 for f in sent]
 
     assert resume(3) == [("stream.delta", 3, "lo")]
     assert resume(5) == []
-    assert resume(9) == [("stream.snapshot", 5, "Hello")]  # offset: where the text ends
+    assert resume(9) == []  # never a snapshot shorter than what the client has
+    lagging = (events.delta("m1", 5, " wor"), events.snapshot("m1", 1, "Hello wo"),
+               events.delta("m1", 9, "ld"), events.snapshot("m1", 1, "Hello world!"))
+    assert resume(9, *lagging) == [("stream.delta", 9, "ld"),
+                                   ("stream.snapshot", 12, "Hello world!")]

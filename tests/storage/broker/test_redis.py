@@ -238,10 +238,12 @@ async def test_reader_recovers_after_redis_restart(private_redis: RedisServer) -
                                   op_timeout_s=2.0, backoff_max_s=0.5)
     try:
         got = Collector()
+        resumed = asyncio.Event()  # what the fan-out reconciles its feeds on
+        broker.on_resume(resumed.set)
         broker.listen("s1", got.listener("s1"))
         await broker.publish("s1", b"before")
         await got.wait_for(1)
-        assert broker.healthy
+        assert broker.healthy and not resumed.is_set()
 
         await private_redis.kill()
         with pytest.raises(BrokerUnavailable):  # fails, and fails within a bound
@@ -250,6 +252,7 @@ async def test_reader_recovers_after_redis_restart(private_redis: RedisServer) -
         broker.listen("s2", got.listener("s2"))  # a listener that joins during the outage
 
         await private_redis.start()
+        await asyncio.wait_for(resumed.wait(), DEADLINE_S)
         await broker.publish("s1", b"after")
         await broker.publish("s2", b"joined")
         await got.wait_for(3)
