@@ -52,6 +52,7 @@ from loadtest import harness
 from loadtest.bench_writes import create_database
 
 POLL_S = 0.02
+APPENDS_IN_FLIGHT = 64
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,7 +95,7 @@ class Rig:
 
     def __init__(self, args: argparse.Namespace, url: str, key: str, prefix: str) -> None:
         self.args, self.url, self.key = args, url, key
-        self.redis = Redis.from_url(args.redis_url)
+        self.redis = Redis.from_url(args.redis_url, max_connections=APPENDS_IN_FLIGHT + 4)
         self.stream = IngestStream(self.redis, prefix=prefix, max_backlog=10**9)
         self.conn: asyncpg.Connection | None = None
         self.tenant_id = uuid.UUID(int=0)
@@ -131,8 +132,9 @@ async def consume(rig: Rig, sessions: list[str], server_pid: int) -> tuple[float
                for i in range(n)]
     before = await rig.persisted()
     cpu0, began = clients.cpu_seconds(server_pid), time.perf_counter()
-    for start in range(0, n, 500):  # 500 appends in flight: Redis is not the bottleneck
-        await asyncio.gather(*(rig.stream.append(e) for e in entries[start:start + 500]))
+    for start in range(0, n, APPENDS_IN_FLIGHT):  # Redis is not the bottleneck
+        await asyncio.gather(*(rig.stream.append(e)
+                               for e in entries[start:start + APPENDS_IN_FLIGHT]))
     await rig.drained()
     seconds, cpu1 = time.perf_counter() - began, clients.cpu_seconds(server_pid)
     stored = await rig.persisted() - before
