@@ -64,15 +64,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=200, help="sessions written to")
     p.add_argument("--consume", type=int, default=20_000,
                    help="entries appended for the consume phase")
-    p.add_argument("--copy-batch", type=int, default=100,
-                   help="rows per COPY transaction (the service's CHAT_INGEST_BATCH)")
+    p.add_argument("--ingest-batch", type=int, default=None,
+                   help="the service's CHAT_INGEST_BATCH (default: the service's default)")
+    p.add_argument("--copy-batch", type=int, default=None,
+                   help="rows per COPY transaction (default: --ingest-batch, else 100, the "
+                        "service's default batch)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="seconds to wait for the stream to empty")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--pool", type=int, default=20, help="the service's CHAT_DB_POOL_MAX")
     p.add_argument("--serve-cmd", default=None,
                    help="command that serves the app ({port} is replaced)")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.copy_batch is None:
+        args.copy_batch = args.ingest_batch or 100
+    return args
 
 
 @dataclasses.dataclass
@@ -193,7 +199,8 @@ async def one_run(rig: Rig, ceiling: tuple[int, str], service: tuple[int, str],
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"\n{args.concurrency} HTTP clients, {args.duration:g} s per mode, consume and "
-          f"copy {args.consume:,} messages; {os.cpu_count()} CPUs")
+          f"copy {args.consume:,} messages (ingest batch {args.ingest_batch or 'default'}, "
+          f"COPY {args.copy_batch} rows per transaction); {os.cpu_count()} CPUs")
     print(f"{'run':<4} {'noop µs':>8} {'accept µs':>10} {'net µs':>7} {'202/s':>7} "
           f"{'p99 ms':>7} {'consume µs':>10} {'persisted/s':>11} {'COPY rows/s':>11} "
           f"{'errors':>6}")
@@ -231,6 +238,8 @@ async def main() -> None:
            "CHAT_INGEST_MAX_BACKLOG": str(10**9), "CHAT_LOG_LEVEL": "WARNING",
            "CHAT_RATE_LIMIT_PER_S": "1000000000", "CHAT_RATE_LIMIT_BURST": "1000000000",
            "CHAT_DB_POOL_MAX": str(args.pool), "PYTHONPATH": str(harness.ROOT)}
+    if args.ingest_batch is not None:
+        env["CHAT_INGEST_BATCH"] = str(args.ingest_batch)
     runs: list[Run] = []
     try:
         rig.conn = await asyncpg.connect(url)
