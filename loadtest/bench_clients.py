@@ -127,7 +127,7 @@ def postgres_cpu() -> dict[int, float]:
     return found
 
 
-def _postgres_delta(before: dict[int, float], after: dict[int, float]) -> float | None:
+def postgres_delta(before: dict[int, float], after: dict[int, float]) -> float | None:
     """CPU used in between by the processes alive at the end (new ones from zero)."""
     if not after:
         return None
@@ -151,7 +151,7 @@ def server_cpu(args: argparse.Namespace, result: Result) -> Iterator[None]:
     yield
     result.server_cpu_s = _delta(server, cpu_seconds(args.server_pid))
     result.client_cpu_s = _own_cpu() - client
-    result.db_cpu_s = _postgres_delta(db, postgres_cpu())
+    result.db_cpu_s = postgres_delta(db, postgres_cpu())
 
 
 async def drive(name: str, args: argparse.Namespace, concurrency: int,

@@ -91,8 +91,10 @@ class Run:
     accepted_per_s: float = 0.0
     accept_p99_ms: float = float("nan")
     consume_us: float = float("nan")  # service CPU per persisted message
+    consume_db_us: float = float("nan")  # Postgres CPU per persisted message
     consumed_per_s: float = 0.0
     copy_per_s: float = 0.0
+    copy_db_us: float = float("nan")  # Postgres CPU per COPY row
     errors: int = 0
 
 
@@ -130,36 +132,43 @@ class Rig:
         into.append(await self.persisted() - before)
 
 
-async def consume(rig: Rig, sessions: list[str], server_pid: int) -> tuple[float, float]:
-    """Append ``--consume`` one-message entries; (persisted/s, server CPU µs per message)."""
+async def consume(rig: Rig, sessions: list[str], server_pid: int
+                  ) -> tuple[float, float, float]:
+    """Append ``--consume`` one-message entries; (persisted/s, server and Postgres CPU µs
+    per message)."""
     n = rig.args.consume
     entries = [Entry(rig.tenant_id, uuid.UUID(sessions[i % len(sessions)]),
                      [NewMessage(id=new_id(), role="user", content=clients.CONTENT + str(i))])
                for i in range(n)]
     before = await rig.persisted()
+    db0 = clients.postgres_cpu()
     cpu0, began = clients.cpu_seconds(server_pid), time.perf_counter()
     for start in range(0, n, APPENDS_IN_FLIGHT):  # Redis is not the bottleneck
         await asyncio.gather(*(rig.stream.append(e)
                                for e in entries[start:start + APPENDS_IN_FLIGHT]))
     await rig.drained()
     seconds, cpu1 = time.perf_counter() - began, clients.cpu_seconds(server_pid)
+    db_s = clients.postgres_delta(db0, clients.postgres_cpu())
     stored = await rig.persisted() - before
     if stored != n:
         print(f"  consume: {stored} of {n} entries stored (dead-lettered?)", flush=True)
     cpu = (cpu1 or 0.0) - (cpu0 or 0.0)
+    db_us = float("nan") if db_s is None else db_s * 1e6 / max(stored, 1)
     print(f"  consume      {stored / seconds:9.0f} msgs/s persisted in {seconds:.2f} s, "
-          f"server CPU {cpu * 1e6 / max(stored, 1):.0f} µs/msg", flush=True)
-    return stored / seconds, cpu * 1e6 / max(stored, 1)
+          f"server CPU {cpu * 1e6 / max(stored, 1):.0f} µs/msg, Postgres {db_us:.0f}",
+          flush=True)
+    return stored / seconds, cpu * 1e6 / max(stored, 1), db_us
 
 
-async def copy_rate(rig: Rig, session: str) -> float:
-    """Rows/s of binary COPY into ``messages`` in ``--copy-batch`` row transactions."""
+async def copy_rate(rig: Rig, session: str) -> tuple[float, float]:
+    """Rows/s of binary COPY into ``messages`` in ``--copy-batch`` row transactions, and
+    Postgres CPU µs per row."""
     assert rig.conn is not None
     n, batch, sid = rig.args.consume, rig.args.copy_batch, uuid.UUID(session)
     at = dt.datetime.now(dt.UTC)
     rows = [(new_id(), rig.tenant_id, sid, i + 1, "user", clients.CONTENT + str(i), at)
             for i in range(n)]
-    began = time.perf_counter()
+    db0, began = clients.postgres_cpu(), time.perf_counter()
     for start in range(0, n, batch):
         async with rig.conn.transaction():
             await rig.conn.copy_records_to_table(
@@ -167,8 +176,11 @@ async def copy_rate(rig: Rig, session: str) -> float:
                 columns=("id", "tenant_id", "session_id", "seq", "role", "content",
                          "created_at"))
     seconds = time.perf_counter() - began
-    print(f"  copy         {n / seconds:9.0f} rows/s ({batch} per transaction)", flush=True)
-    return n / seconds
+    db_s = clients.postgres_delta(db0, clients.postgres_cpu())
+    db_us = float("nan") if db_s is None else db_s * 1e6 / n
+    print(f"  copy         {n / seconds:9.0f} rows/s ({batch} per transaction), Postgres "
+          f"CPU {db_us:.0f} µs/row", flush=True)
+    return n / seconds, db_us
 
 
 async def one_run(rig: Rig, ceiling: tuple[int, str], service: tuple[int, str],
@@ -179,7 +191,8 @@ async def one_run(rig: Rig, ceiling: tuple[int, str], service: tuple[int, str],
                                   batch=0)
     run.noop_us = noop.cpu_ms_per_request * 1000
     await rig.drained()
-    run.consumed_per_s, run.consume_us = await consume(rig, sessions, service[0])
+    run.consumed_per_s, run.consume_us, run.consume_db_us = await consume(rig, sessions,
+                                                                          service[0])
     stored_in_window: list[int] = []
     args.server_pid = service[0]
     accept = await clients.run_http("accept", service[1], rig.key, sessions, args, batch=0,
@@ -193,7 +206,7 @@ async def one_run(rig: Rig, ceiling: tuple[int, str], service: tuple[int, str],
         print(f"  accept: {stored_in_window[0]} messages persisted in the window; without "
               f"that share {run.accept_net_us:.0f} µs per 202", flush=True)
     await rig.drained()
-    run.copy_per_s = await copy_rate(rig, copy_session)
+    run.copy_per_s, run.copy_db_us = await copy_rate(rig, copy_session)
     return run
 
 
@@ -202,12 +215,13 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
           f"copy {args.consume:,} messages (ingest batch {args.ingest_batch or 'default'}, "
           f"COPY {args.copy_batch} rows per transaction); {os.cpu_count()} CPUs")
     print(f"{'run':<4} {'noop µs':>8} {'accept µs':>10} {'net µs':>7} {'202/s':>7} "
-          f"{'p99 ms':>7} {'consume µs':>10} {'persisted/s':>11} {'COPY rows/s':>11} "
-          f"{'errors':>6}")
+          f"{'p99 ms':>7} {'consume µs':>10} {'pg µs':>6} {'persisted/s':>11} "
+          f"{'COPY rows/s':>11} {'pg µs':>6} {'errors':>6}")
     for n, r in enumerate(runs, 1):
         print(f"{n:<4} {r.noop_us:>8.0f} {r.accept_us:>10.0f} {r.accept_net_us:>7.0f} "
               f"{r.accepted_per_s:>7.0f} {r.accept_p99_ms:>7.2f} {r.consume_us:>10.0f} "
-              f"{r.consumed_per_s:>11.0f} {r.copy_per_s:>11.0f} {r.errors:>6}")
+              f"{r.consume_db_us:>6.0f} {r.consumed_per_s:>11.0f} {r.copy_per_s:>11.0f} "
+              f"{r.copy_db_us:>6.0f} {r.errors:>6}")
 
     def goal(text: str, f: Callable[[Run], float], ok: Callable[[float], bool]) -> None:
         values = [f(r) for r in runs]
