@@ -127,7 +127,7 @@ def postgres_cpu() -> dict[int, float]:
     return found
 
 
-def _postgres_delta(before: dict[int, float], after: dict[int, float]) -> float | None:
+def postgres_delta(before: dict[int, float], after: dict[int, float]) -> float | None:
     """CPU used in between by the processes alive at the end (new ones from zero)."""
     if not after:
         return None
@@ -151,14 +151,17 @@ def server_cpu(args: argparse.Namespace, result: Result) -> Iterator[None]:
     yield
     result.server_cpu_s = _delta(server, cpu_seconds(args.server_pid))
     result.client_cpu_s = _own_cpu() - client
-    result.db_cpu_s = _postgres_delta(db, postgres_cpu())
+    result.db_cpu_s = postgres_delta(db, postgres_cpu())
 
 
 async def drive(name: str, args: argparse.Namespace, concurrency: int,
-                one: Callable[[int], Awaitable[tuple[int, str | None]]]) -> Result:
+                one: Callable[[int], Awaitable[tuple[int, str | None]]],
+                window: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+                ) -> Result:
     """Run ``one(worker)`` in ``concurrency`` loops: warm-up, then ``duration`` measured.
 
-    ``one`` returns (messages stored, error label or None).
+    ``one`` returns (messages stored, error label or None). ``window()``, if given, is
+    entered and left around the measured time (to observe something else over it).
     """
     result = Result(name, args.duration)
     measuring = False
@@ -178,8 +181,9 @@ async def drive(name: str, args: argparse.Namespace, concurrency: int,
     await asyncio.sleep(args.warmup)
     measuring = True
     began = time.perf_counter()
-    with server_cpu(args, result):
-        await asyncio.gather(*tasks)
+    async with window() if window else contextlib.AsyncExitStack():
+        with server_cpu(args, result):
+            await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - began
     result.report()
     return result
@@ -210,8 +214,11 @@ async def create_sessions(base: str, key: str, n: int) -> list[str]:
 
 
 async def run_http(name: str, base: str, key: str, sessions: list[str],
-                   args: argparse.Namespace, batch: int) -> Result:
-    """POST messages (or batches of ``batch``) round-robin over ``sessions``."""
+                   args: argparse.Namespace, batch: int, *, ok: int = 201,
+                   window: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None
+                   = None) -> Result:
+    """POST messages (or batches of ``batch``) round-robin over ``sessions``; a message
+    counts when answered ``ok`` (202 for async ingestion). ``window`` as in :func:`drive`."""
     headers = {"X-Api-Key": key, "Content-Type": "application/json"}
     turn = itertools.count()
     suffix = "/batch" if batch else ""
@@ -226,13 +233,13 @@ async def run_http(name: str, base: str, key: str, sessions: list[str],
                 async with http.post(f"{base}/api/v1/sessions/{session}/messages{suffix}",
                                      data=orjson.dumps(body), headers=headers) as r:
                     await r.read()
-                    if r.status == 201:
+                    if r.status == ok:
                         return max(batch, 1), None
                     return 0, str(r.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return 0, type(exc).__name__
 
-        return await drive(name, args, args.concurrency, one)
+        return await drive(name, args, args.concurrency, one, window)
 
 
 async def run_paced(base: str, key: str, sessions: list[str], args: argparse.Namespace

@@ -6,6 +6,8 @@ Loads a scratch database by ``COPY`` (``loadtest/readdata.py``: ``--sessions`` x
 ceiling) as separate processes, and measures with ``--concurrency`` clients:
 
 - ``noop``          the ceiling: an aiohttp GET that reads nothing (same URL shape)
+- ``noop-page``     the same GET answering as many bytes as a real latest page (a floor:
+                    what aiohttp and the loopback socket cost to send the page at all)
 - ``latest``        newest 50 messages (``order=desc``) of a random ordinary session
 - ``first``         newest 50 messages of the deep session
 - ``deep``          page ~1,000 of the deep session, by cursor (``order=desc``)
@@ -51,8 +53,8 @@ from loadtest import bench_clients as clients
 from loadtest import harness, readdata, readlangchain
 from loadtest.bench_clients import Result
 
-MODES = ("noop", "latest", "first", "deep", "asc", "sessions", "sessions-deep", "search",
-         "langchain")
+MODES = ("noop", "noop-page", "latest", "first", "deep", "asc", "sessions", "sessions-deep",
+         "search", "langchain")
 PAGE = 50
 
 
@@ -134,6 +136,8 @@ def paths(loaded: readdata.Loaded, args: argparse.Namespace) -> dict[str, list[s
     return {
         "noop": [f"/api/v1/sessions/{s}/messages?order=desc&limit={PAGE}"
                  for s in loaded.sessions],
+        "noop-page": [f"/api/v1/sessions/{s}/messages?order=desc&limit={PAGE}"
+                      f"&pad={args.page_bytes}" for s in loaded.sessions],
         "latest": [history(s, "desc") for s in loaded.sessions],
         "first": [history(deep, "desc")],
         "deep": [history(deep, "desc", args.deep - PAGE * (page - 1) + 1)
@@ -144,6 +148,15 @@ def paths(loaded: readdata.Loaded, args: argparse.Namespace) -> dict[str, list[s
                           for k in far],
         "search": [f"/api/v1/search?q={readdata.SEARCH_WORD}&limit={PAGE}"],
     }
+
+
+async def page_bytes(base: str, key: str, loaded: readdata.Loaded) -> int:
+    """The size of a latest page of an ordinary session (``noop-page`` answers as much)."""
+    async with aiohttp.ClientSession(headers={"X-Api-Key": key}) as http, http.get(
+            f"{base}/api/v1/sessions/{loaded.sessions[0]}/messages?order=desc&limit={PAGE}"
+    ) as r:
+        r.raise_for_status()
+        return len(await r.read())
 
 
 async def run_http(mode: str, base: str, key: str, choices: list[str],
@@ -215,6 +228,13 @@ def report(runs: list[dict[str, Result]], args: argparse.Namespace) -> None:
             print(f"A/B {mode} server CPU vs --baseline-cmd: {value:.2f}x (runs {each})")
             value, each = median(lambda b, m=mode: cpu(b[m], "db") / cpu(b["base:" + m], "db"))
             print(f"A/B {mode} Postgres CPU vs --baseline-cmd: {value:.2f}x (runs {each})")
+    goal("2 floor: a no-op GET answering a page's bytes, server CPU / no-op GET "
+         "(the goal's 2x is reachable only if this is well below 2)", ("noop-page", "noop"),
+         lambda b: cpu(b["noop-page"], "server") / cpu(b["noop"], "server"), lambda v: v < 2)
+    goal("2 history page server CPU <= 2x a no-op GET answering as many bytes "
+         "(latest/noop-page)", ("latest", "noop-page"),
+         lambda b: cpu(b["latest"], "server") / cpu(b["noop-page"], "server"),
+         lambda v: v <= 2)
     for mode in ("first", "deep", "asc", "sessions", "sessions-deep", "search"):
         if all(mode in by and "noop" in by for by in runs):
             value, each = median(lambda b, m=mode: cpu(b[m], "server") / cpu(b["noop"], "server"))
@@ -239,7 +259,6 @@ async def main() -> None:
     env = {**os.environ, "DATABASE_URL": url, "CHAT_LOG_LEVEL": "WARNING",
            "CHAT_RATE_LIMIT_PER_S": "1000000000", "CHAT_RATE_LIMIT_BURST": "1000000000",
            "CHAT_DB_POOL_MAX": str(args.pool), "PYTHONPATH": str(harness.ROOT)}
-    choices = paths(loaded, args)
     runs: list[dict[str, Result]] = []
     try:
         with contextlib.ExitStack() as stack:
@@ -259,6 +278,8 @@ async def main() -> None:
                 server_port = cmd[cmd.index("--port") + 1] if "--port" in cmd else port
                 servers[label] = (proc, f"http://127.0.0.1:{server_port}")
                 await harness.wait_ready(f"{servers[label][1]}/readyz", proc, log)
+            args.page_bytes = await page_bytes(servers[""][1], key, loaded)
+            choices = paths(loaded, args)
             for n in range(args.runs):
                 print(f"run {n + 1} of {args.runs}", flush=True)
                 by: dict[str, Result] = {}
@@ -268,7 +289,7 @@ async def main() -> None:
                         if result is not None:
                             by[mode] = result
                         continue
-                    labels = ["noop"] if mode == "noop" else list(commands)
+                    labels = ["noop"] if mode.startswith("noop") else list(commands)
                     for label in labels[::-1] if n % 2 else labels:  # alternate who goes first
                         proc, server_base = servers[label]
                         args.server_pid = proc.pid

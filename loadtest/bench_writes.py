@@ -114,7 +114,23 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             p99 = by[name].p99_ms
             print(f"p99 {name:<10} {args.concurrency} writers: {p99:6.1f} ms (goal < 25 ms)  "
                   f"{'met' if p99 < 25 else 'MISSED'}")
+    print_goals(by, args)
     print_reach(by)
+
+
+def print_goals(by: dict[str, Result], args: argparse.Namespace) -> None:
+    """Issue 12's goal 1 as ``goal … met|MISSED`` lines (one run: run it three times
+    for the issue's median), with the load average the run ended at."""
+    print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if "ceiling" in by and "http-quiet" in by:
+        ratio = (by["http-quiet"].cpu_us_per_message("server")
+                 / by["ceiling"].cpu_us_per_message("server"))
+        print(f"goal 1 durable HTTP write server CPU per message <= 2x no-op POST "
+              f"(http-quiet/ceiling): {ratio:.2f}  {'met' if ratio <= 2 else 'MISSED'}")
+    if "http-quiet" in by:
+        p99 = by["http-quiet"].p99_ms
+        print(f"goal 1 p99 < 25 ms at {args.concurrency} writers flat out (http-quiet): "
+              f"{p99:.1f} ms  {'met' if p99 < 25 else 'MISSED'}")
 
 
 def print_reach(by: dict[str, Result]) -> None:

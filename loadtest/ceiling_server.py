@@ -34,9 +34,16 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def empty_page(request: web.Request) -> web.Response:
-    """Answer an empty history page (what a GET costs aiohttp itself); nothing is read."""
-    page = {"data": [], "next_cursor": None, "has_more": False,
-            "session": request.match_info["session_id"]}
+    """Answer an empty history page (what a GET costs aiohttp itself); nothing is read.
+
+    With ``?pad=N`` the page carries N more bytes (one string): what sending a real
+    page's bytes costs a handler that builds nothing.
+    """
+    page: dict[str, object] = {"data": [], "next_cursor": None, "has_more": False,
+                               "session": request.match_info["session_id"]}
+    pad = request.query.get("pad")
+    if pad is not None:
+        page["pad"] = "x" * min(int(pad), 10_000_000)
     return web.Response(body=orjson.dumps(page), content_type="application/json",
                         charset="utf-8")
 

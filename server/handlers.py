@@ -33,6 +33,15 @@ async def run(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable
     )
 
 
+async def read(request: web.Request, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """:func:`run` for ``fn`` that only runs ``SELECT`` statements (no transaction, no
+    ``SET``): its connection skips the pool's reset query (:func:`db.read`)."""
+    return await db.read(
+        request.app[POOL_KEY], fn,
+        acquire_timeout_s=request.app[SETTINGS_KEY].db_acquire_timeout_s,
+    )
+
+
 def message_location(message: Mapping[str, Any]) -> str:
     """The ``Location`` of a created (or accepted) message, from its body: the first
     answer and an idempotent replay of it get it from the same place."""

@@ -48,6 +48,43 @@ def dumps_json(value: Any) -> str:
     return jsoncodec.dumps(value).decode()
 
 
+class ServiceConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection that may skip the reset query on its next release.
+
+    asyncpg's pool resets every connection it takes back with one more round trip
+    (advisory unlock, ``CLOSE ALL``, ``UNLISTEN *``, ``RESET ALL``). A plain read leaves
+    none of that state, so :func:`read` marks its connection to skip that query once.
+    """
+
+    __slots__ = ("_skip_reset",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip_reset = False
+
+    def skip_next_reset(self) -> None:
+        """Let the next release keep the session state: only after a plain read."""
+        self._skip_reset = True
+
+    def take_skip_reset(self) -> bool:
+        """Whether the release may skip the reset query; clears the mark either way."""
+        skip, self._skip_reset = self._skip_reset, False
+        return skip
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """The pool's reset: asyncpg's reset query unless a plain read just used ``conn``.
+
+    asyncpg has already rolled back an open transaction and dropped listeners before
+    calling this (``Connection._reset``), whatever the mark says.
+    """
+    if isinstance(conn, ServiceConnection) and conn.take_skip_reset():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
 async def _init_metered_connection(conn: asyncpg.Connection) -> None:
     dbmetrics.instrument(conn)
     await _init_connection(conn)
@@ -85,10 +122,11 @@ async def create_pool(
             max_size=max_size,
             max_queries=50_000,
             loop=None,
-            connection_class=asyncpg.Connection,
+            connection_class=ServiceConnection,
             record_class=asyncpg.Record,
             timeout=connect_timeout_s,
             init=_init_metered_connection if query_metrics else _init_connection,
+            reset=_reset_connection,
             server_settings=None if named else {"application_name": application_name},
             # prepared statements survive; a dead connection is replaced by the pool
             max_inactive_connection_lifetime=300.0,
@@ -157,5 +195,25 @@ async def call(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
             return await fn(as_connection(conn))
+    except CONNECTION_ERRORS as exc:
+        raise Unavailable(str(exc) or type(exc).__name__) from exc
+
+
+async def read(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]],
+               *, acquire_timeout_s: float = 2.0) -> T:
+    """:func:`call` for ``fn`` that only runs ``SELECT`` statements outside a transaction.
+
+    Such a read leaves no session state behind (no ``SET``, advisory lock, cursor or
+    ``LISTEN``), so its connection goes back to the pool without asyncpg's reset query:
+    one round trip less per read. Only when ``fn`` returned and no transaction is open;
+    a failed or cancelled read is reset as usual.
+    """
+    try:
+        async with pool.acquire(timeout=acquire_timeout_s) as conn:
+            result = await fn(as_connection(conn))
+            mark = getattr(conn, "skip_next_reset", None)  # a ServiceConnection's
+            if mark is not None and not conn.is_in_transaction():
+                mark()
+            return result
     except CONNECTION_ERRORS as exc:
         raise Unavailable(str(exc) or type(exc).__name__) from exc

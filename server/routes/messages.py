@@ -14,6 +14,7 @@ from chat_storage.server.handlers import (
     actor_name,
     message_location,
     path_uuid,
+    read,
     request_id,
     run,
 )
@@ -107,7 +108,7 @@ async def list_messages(request: web.Request) -> web.Response:
         else:
             before_seq = key[0]
     try:
-        rows = await run(request, lambda conn: history.history(
+        rows = await read(request, lambda conn: history.history(
             conn, tenant_id, session_id, limit=query.limit + 1,
             descending=query.order == "desc", after_seq=after_seq, before_seq=before_seq,
             leaf=query.leaf,
@@ -125,7 +126,8 @@ async def get_message(request: web.Request) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     message_id = path_uuid(request, "message_id", "message")
     tenant_id = principal_of(request).tenant_id
-    message = await run(request, lambda conn: messages.get(conn, tenant_id, session_id, message_id))
+    message = await read(request, lambda conn: messages.get(conn, tenant_id, session_id,
+                                                            message_id))
     streaming.overlay_live(request, tenant_id, session_id, [message])  # content streamed so far
     return json_response(message)
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from chat_storage.server import pagination
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.handlers import run
+from chat_storage.server.handlers import read
 from chat_storage.server.jsonio import json_response, parse_query
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, FeedbackQuery, MessagePage, SearchPage, SearchQuery
@@ -43,7 +43,7 @@ async def search(request: web.Request) -> web.Response:
     tenant_id = principal_of(request).tenant_id
     scope = pagination.scope_of("search", tenant_id, query.q, query.user_id, query.session_id)
     before = _before(pagination.decode(query.cursor, scope, CURSOR_SHAPE))
-    hits = await run(request, lambda conn: history.search(
+    hits = await read(request, lambda conn: history.search(
         conn, tenant_id, query.q, limit=query.limit + 1, user_id=query.user_id,
         session_id=query.session_id, before=before,
     ))
@@ -69,7 +69,7 @@ async def list_feedback(request: web.Request) -> web.Response:
     scope = pagination.scope_of("feedback", tenant_id, rating,
                                 since.isoformat() if since else None, query.user_id)
     before = _before(pagination.decode(query.cursor, scope, CURSOR_SHAPE))
-    rows = await run(request, lambda conn: history.feedback(
+    rows = await read(request, lambda conn: history.feedback(
         conn, tenant_id, limit=query.limit + 1, rating=rating, since=since,
         user_id=query.user_id, before=before,
     ))

@@ -13,7 +13,7 @@ from aiohttp import web
 from chat_storage.server import erasure, idempotency, objects, pagination
 from chat_storage.server.auth import bind_user, principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
+from chat_storage.server.handlers import actor_name, path_uuid, read, request_id, run
 from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import json_response, parse_query, read_json, validate
 from chat_storage.server.limits import check_json
@@ -76,7 +76,7 @@ async def list_sessions(request: web.Request) -> web.Response:
                                 query.favorite, query.q)
     key = pagination.decode(query.cursor, scope, (dt.datetime, uuid.UUID))
     after = None if key is None else (key[0], key[1])
-    listed = await run(request, lambda conn: sessions.list_sessions(
+    listed = await read(request, lambda conn: sessions.list_sessions(
         conn, tenant_id, user_id=query.user_id, favorite=query.favorite, q=query.q,
         after=after, limit=query.limit + 1,
     ))
@@ -95,7 +95,8 @@ async def get_session(request: web.Request) -> web.Response:
     """Get a session."""
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
-    return json_response(await run(request, lambda conn: sessions.get(conn, tenant_id, session_id)))
+    return json_response(await read(request, lambda conn: sessions.get(conn, tenant_id,
+                                                                       session_id)))
 
 
 @routes.patch(SESSION_PATH, body=SessionUpdate, responses={200: Session, 400: Error, 404: Error})
