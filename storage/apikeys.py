@@ -87,16 +87,20 @@ async def create_key(
         # a seeded key that is not in our format gets a derived, stable id
         key_id = parsed or hashlib.sha256(key.encode()).hexdigest()[:16]
     async with conn.transaction():
-        await conn.execute(
+        inserted = await conn.fetchval(
             """
             INSERT INTO api_keys (id, tenant_id, name, key_hash, scope, rate_limit_per_s,
                                   rate_limit_burst)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (id) DO NOTHING
+            RETURNING true
             """,
             key_id, tenant_id, name, hash_key(key), scope, limits.rate_limit_per_s,
             limits.rate_limit_burst,
         )
+        if not inserted:  # a seeded key that exists: every start seeds it again, silently
+            return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope,
+                              limits=limits)
         await audit(conn, tenant_id, "cli", "key.create", key_id,
                     {"name": name, "scope": scope, "rate_limit_per_s": limits.rate_limit_per_s,
                      "rate_limit_burst": limits.rate_limit_burst})

@@ -52,6 +52,7 @@ async def create_session(request: web.Request) -> web.Response:
         session = await run(request, lambda conn: sessions.create(
             conn, tenant_id, user_id=body.user_id, title=body.title,
             metadata=body.metadata, ttl_s=body.ttl_s, idem=claim,
+            actor=actor_name(request), request_id=request_id(request),
         ))
     except BaseException:
         await idempotency.release(request, claim)
@@ -122,7 +123,8 @@ async def update_session(request: web.Request) -> web.Response:
             conn, tenant_id, session_id)))
     changes = {field: getattr(body, field) for field in given}
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, **changes)))
+        conn, tenant_id, session_id, **changes, actor=actor_name(request),
+        request_id=request_id(request))))
 
 
 async def _set_favorite(request: web.Request, favorite: bool) -> web.Response:
