@@ -121,7 +121,7 @@ class Settings:
     # background jobs (retention, temporary chats, stale uploads); 0: not in this process
     maintenance_interval_s: float = 300.0
     pending_attachment_s: int = 24 * 3600
-    # data protection (docs/security.md): the retention a new tenant gets (0: forever),
+    # data protection (docs/privacy.md): the retention a new tenant gets (0: forever),
     # and the region whose national phone formats PII redaction recognises
     default_retention_days: int = 90
     pii_phone_region: str = "US"

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import asyncpg
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
-from chat_storage.server.handlers import request_id
+from chat_storage.server.logs import REQUEST_ID
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
-from chat_storage.storage.apikeys import key_id_of
+from chat_storage.storage.apikeys import key_id_of, tenant_of_key
 from chat_storage.storage.audit_log import audit
 
 log = logging.getLogger(__name__)
@@ -65,17 +64,14 @@ class FailedAuthAudit:
             return
         key_id = key_id_of(request.headers.get("X-Api-Key", "")) if reason == "invalid_key" \
             else None
+        rid = REQUEST_ID.get()  # set by the request-id middleware for this request
         details = {"reason": reason, "address": address, "path": request.path,
                    "window_s": self.window_s}
 
         async def write(conn: asyncpg.Connection) -> None:
-            tenant_id: uuid.UUID | None = None
-            if key_id is not None:
-                tenant_id = await conn.fetchval(
-                    "SELECT tenant_id FROM api_keys WHERE id = $1", key_id)
+            tenant_id = None if key_id is None else await tenant_of_key(conn, key_id)
             await audit(conn, tenant_id, "anonymous", "auth.failed",
-                        f"key:{key_id}" if tenant_id is not None else None, details,
-                        request_id(request))
+                        f"key:{key_id}" if tenant_id is not None else None, details, rid)
 
         try:
             await db.call(request.app[POOL_KEY], write,

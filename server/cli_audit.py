@@ -1,6 +1,6 @@
 """``chat-storage audit --tenant T [--since WHEN] [--json]``: read a tenant's audit log.
 
-What is recorded (docs/security.md, "Audit log"): tenant and key changes (``cli``),
+What is recorded (docs/privacy.md, "Audit log"): tenant and key changes (``cli``),
 session create, rename, delete and export, message deletion, user erasure and export,
 tokens minted (actor ``key:<id>`` or ``user:<id>``), retention's archives and expiries,
 and failed authentications (at most one per client address and reason a minute, per

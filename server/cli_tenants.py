@@ -1,5 +1,5 @@
 """The data-protection flags of ``tenants update`` (PII redaction; retention is in
-:mod:`server.cli`), and how ``tenants show`` and ``list`` print them. docs/security.md.
+:mod:`server.cli`), and how ``tenants show`` and ``list`` print them. docs/privacy.md.
 
 Each flag is a dest in ``DATA_UPDATES`` whose default is ``tenants.UNCHANGED``; a flag
 added here (``--encryption on|off``) needs only its parser line, its dest and its row.

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from typing import Any
 
 import asyncpg
@@ -131,6 +132,13 @@ async def revoke_key(conn: asyncpg.Connection, id_or_key: str) -> str:
             raise NotFound(missing)
         await audit(conn, tenant_id, "cli", "key.revoke", key_id)
     return key_id
+
+
+async def tenant_of_key(conn: asyncpg.Connection, key_id: str) -> uuid.UUID | None:
+    """The tenant of key ``key_id`` (active or revoked), or ``None`` if there is none."""
+    tenant_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT tenant_id FROM api_keys WHERE id = $1", key_id)
+    return tenant_id
 
 
 async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """PII redaction: personal data in a text replaced by typed placeholders (``<EMAIL>``).
 
-What is found, and by what (docs/security.md, "PII redaction"):
+What is found, and by what (docs/privacy.md, "PII redaction"):
 
 - ``<PHONE>``: ``phonenumbers`` (Google's libphonenumber metadata), numbers it judges
   *valid* for their region: ``+country`` numbers anywhere, national ones of
