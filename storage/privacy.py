@@ -79,6 +79,12 @@ class Policies:
             return [redact_message(m, redactor) for m in messages]
         return await asyncio.to_thread(lambda: [redact_message(m, redactor) for m in messages])
 
+    async def title(self, tenant_id: uuid.UUID, title: str) -> str:
+        """A session title as tenant ``tenant_id`` stores it (titles are often made from
+        the first question, personal data included)."""
+        redactor = await self.redactor(tenant_id) if title else None
+        return title if redactor is None else redactor.redact(title)
+
     def forget(self) -> None:
         """Drop every cached policy (the next write of each tenant reads it again)."""
         self._cache.clear()

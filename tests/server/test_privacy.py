@@ -86,6 +86,17 @@ async def test_rest_and_ws_messages_are_stored_redacted(
     assert (await _stored(pool, ack["message"]["id"]))[0] == REDACTED
     await ws.close()
 
+    r = await client.post("/api/v1/sessions", headers=tenant.headers,
+                          json={"user_id": "u1", "title": "call +1 415-555-0132"})
+    assert (await r.json())["title"] == "call <PHONE>"
+    r = await client.patch(f"/api/v1/sessions/{sid}", headers=tenant.headers,
+                           json={"title": "about jane.roe@example.org"})
+    assert (await r.json())["title"] == "about <EMAIL>"
+    async with pool.acquire() as conn:
+        titles = [t for (t,) in await conn.fetch(
+            "SELECT title FROM sessions WHERE tenant_id = $1", tenant.id)]
+    assert not any("jane" in t or "555" in t for t in titles)
+
     # a tenant without the flag stores what it is given
     other = await new_session(client, other_tenant)
     r = await client.post(f"/api/v1/sessions/{other}/messages", headers=other_tenant.headers,
