@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import secrets
 import uuid
 from typing import Any
@@ -152,7 +153,9 @@ async def _until_scrubbed(prefix: str, sid: str, tenant: Tenant, raw: str) -> li
 
 
 async def test_a_stream_is_redacted_at_its_end_and_its_deltas_leave_redis(
-        aiohttp_client: Any, settings: Settings, pool: asyncpg.Pool, tenant: Tenant) -> None:
+        aiohttp_client: Any, settings: Settings, pool: asyncpg.Pool, tenant: Tenant,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     await _redacting(pool, tenant)
     sid, frames, stream_id, prefix = await _stream_split_value(aiohttp_client, settings, tenant)
     # the watcher saw the answer live, as it was produced ...
@@ -166,6 +169,7 @@ async def test_a_stream_is_redacted_at_its_end_and_its_deltas_leave_redis(
     assert len(final) == 1 and REDACTED.encode() in final[0]
     for value in PII:
         assert not any(value.encode() in e for e in entries)
+        assert value not in caplog.text  # logs never hold content
 
 
 async def test_without_the_flag_a_stream_and_its_deltas_stay_as_sent(
