@@ -3,13 +3,17 @@ who minted tokens, failed authentications (rate-limited), seeded keys audited on
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import secrets
 from typing import Any
 
 import asyncpg
+import pytest
 
 from chat_storage.runtime.database import seed_keys
 from chat_storage.server.auth_audit import FailedAuthAudit
+from chat_storage.server.cli_audit import since
 from chat_storage.storage import apikeys
 from chat_storage.storage.audit_log import audit_records
 from tests.conftest import Tenant
@@ -91,12 +95,21 @@ async def test_failed_authentications_are_audited_once_a_minute_per_source(
     assert failed[0]["target"] == f"key:{tenant.key_id}"
     assert failed[0]["details"]["reason"] == "invalid_key"
     assert failed[0]["details"]["address"] == "127.0.0.1"
-    async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT tenant_id, details FROM audit_log "
-                                "WHERE action = 'auth.failed' AND request_id = $1", rid)
-    assert len(rows) == 1 and rows[0]["tenant_id"] is None  # no tenant to name
+    async with pool.acquire() as conn:  # what `chat-storage audit --unattributed` reads
+        rows = [r for r in await audit_records(conn, None) if r["request_id"] == rid]
+    assert len(rows) == 1 and rows[0]["action"] == "auth.failed"  # no tenant to name
     assert rows[0]["details"]["reason"] == "invalid_token"
     assert forged not in repr(rows) and tenant.key not in repr(failed)
+
+
+def test_audit_since_takes_a_date_a_time_or_an_age() -> None:
+    now = dt.datetime.now(dt.UTC)
+    assert since("2026-12-01") == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert since("2026-12-01T10:00:00+02:00") == dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
+    assert abs((now - since("7d")) - dt.timedelta(days=7)) < dt.timedelta(seconds=5)
+    assert abs((now - since("30m")) - dt.timedelta(minutes=30)) < dt.timedelta(seconds=5)
+    with pytest.raises(argparse.ArgumentTypeError, match="an age"):
+        since("last week")
 
 
 def test_the_failed_auth_limit_counts_sources_and_caps_the_window() -> None:
