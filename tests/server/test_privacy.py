@@ -127,7 +127,8 @@ async def _stream_split_value(aiohttp_client: Any, settings: Settings,
     await watcher.send_json({"type": "ping", "ref": "sync"})
     await recv_until(watcher, lambda f: f.get("ref") == "sync")
     producer = await connect(a, tenant, sid)
-    stream_id = (await start(producer))["stream_id"]
+    stream_id = (await start(producer, context=[
+        {"source_id": "crm", "title": "owner jane.roe@example.org"}]))["stream_id"]
     pieces = [TEXT[i:i + 7] for i in range(0, len(TEXT), 7)]  # every value cut at least once
     for piece in pieces:
         await producer.send_json({"type": "stream.delta", "stream_id": stream_id,
@@ -162,7 +163,8 @@ async def test_a_stream_is_redacted_at_its_end_and_its_deltas_leave_redis(
     assert rebuild(frames, stream_id) == TEXT
     # ... and got it, and Postgres holds it, redacted: every value, split or not
     assert frames[-1]["message"]["content"] == REDACTED
-    assert (await _stored(pool, stream_id))[0] == REDACTED
+    content, context = await _stored(pool, stream_id)
+    assert content == REDACTED and "owner <EMAIL>" in context and "jane" not in context
     entries = await _until_scrubbed(prefix, sid, tenant, "jane.roe")
     assert not any(b'"stream.delta"' in e for e in entries)
     final = [e for e in entries if b'"stream.completed"' in e]
@@ -176,7 +178,8 @@ async def test_without_the_flag_a_stream_and_its_deltas_stay_as_sent(
         aiohttp_client: Any, settings: Settings, pool: asyncpg.Pool, tenant: Tenant) -> None:
     sid, frames, stream_id, prefix = await _stream_split_value(aiohttp_client, settings, tenant)
     assert frames[-1]["message"]["content"] == TEXT
-    assert (await _stored(pool, stream_id))[0] == TEXT
+    content, context = await _stored(pool, stream_id)
+    assert content == TEXT and "owner jane.roe@example.org" in context
     entries = await _stream_entries(prefix, sid, tenant)
     assert sum(b'"stream.delta"' in e for e in entries) == len(range(0, len(TEXT), 7))
 
