@@ -61,10 +61,14 @@ def parse_args() -> argparse.Namespace:
                    help="command that serves the app ({port} is replaced); default: "
                         "chat-storage serve")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    p.add_argument("--redact-pii", action="store_true",
+                   help="the tenant redacts PII (tenants update --redact-pii on): what it costs")
+    p.add_argument("--pii-content", action="store_true",
+                   help="each message also holds an email address and a phone number")
     return p.parse_args()
 
 
-async def create_database() -> tuple[str, str, str]:
+async def create_database(redact_pii: bool = False) -> tuple[str, str, str]:
     """A fresh migrated database with one tenant; returns (name, url, api key)."""
     name = f"chat_bench_{os.getpid()}_{secrets.token_hex(3)}"
     url = await harness.create_database(name)
@@ -72,6 +76,8 @@ async def create_database() -> tuple[str, str, str]:
     try:
         async with pool.acquire() as conn:
             await tenants.create_tenant(conn, "bench")
+            if redact_pii:
+                await tenants.update_tenant(conn, "bench", redact_pii=True)
             key = (await apikeys.create_key(conn, "bench", name="bench")).key
     finally:
         await pool.close()
@@ -177,7 +183,13 @@ async def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
-    name, url, key = await create_database()
+    if args.pii_content:
+        clients.CONTENT = "Mail me at ann.lee@example.org or call +1 415-555-0132. " + (
+            clients.CONTENT)
+    name, url, key = await create_database(args.redact_pii)
+    print(f"PII redaction {'on' if args.redact_pii else 'off'}, content "
+          f"{len(clients.message()['content'])} characters "
+          f"{'with' if args.pii_content else 'without'} PII", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="bench_writes_"))
     results: list[Result] = []
     try:

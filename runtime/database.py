@@ -32,18 +32,20 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.
         if migrate:
             async with pool.acquire() as conn:
                 await migrations.migrate(conn, settings.migrations_dir)
-        await seed_keys(pool, settings.api_keys)
+        await seed_keys(pool, settings.api_keys, settings.new_tenant_retention)
     except BaseException:
         await pool.close()
         raise
     return pool
 
 
-async def seed_keys(pool: asyncpg.Pool, pairs: tuple[tuple[str, str], ...]) -> None:
-    """Create the tenants and keys of ``CHAT_API_KEYS`` if they do not exist."""
+async def seed_keys(pool: asyncpg.Pool, pairs: tuple[tuple[str, str], ...],
+                    retention_days: int | None = None) -> None:
+    """Create the tenants (new ones with ``retention_days``) and keys of
+    ``CHAT_API_KEYS`` if they do not exist; what exists is neither touched nor audited."""
     async with pool.acquire() as conn:
         for tenant, key in pairs:
-            await tenants.ensure_tenant(conn, tenant)
+            await tenants.ensure_tenant(conn, tenant, retention_days)
             await apikeys.create_key(conn, tenant, name="seeded", key=key)
 
 

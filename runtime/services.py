@@ -49,6 +49,7 @@ from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import ObjectStore
+from chat_storage.storage.privacy import Policies
 from chat_storage.storage.ratelimit import Limiter, open_limiter
 from chat_storage.storage.redis_client import connect
 from chat_storage.supervisor import Supervisor
@@ -73,6 +74,7 @@ class Services:
     hub: Hub
     ingest: IngestStream | None
     consumer: IngestConsumer | None
+    privacy: Policies  # each tenant's PII redactor, for the write paths
     _intake_stopped: bool = False
 
     @classmethod
@@ -103,8 +105,12 @@ class Services:
             registry = Registry(committer, write, tasks=tasks, listener=fanout,
                                 idle_s=settings.actor_idle_s,
                                 write_timeout_s=settings.write_timeout_s)
-            streams = Streams(pool, live.stream, held, fanout.emit, writer=registry, tasks=tasks)
-            sweeper = Sweeper(streams, source, held, fanout.emit, live, tasks=tasks)
+            privacy = Policies(pool, phone_region=settings.pii_phone_region,
+                               ttl_s=settings.api_key_cache_s)
+            streams = Streams(pool, live.stream, held, fanout.emit, writer=registry, tasks=tasks,
+                              scrub=fanout.scrub)
+            sweeper = Sweeper(streams, source, held, fanout.emit, live, tasks=tasks,
+                              redactors=privacy.redactor, scrub=fanout.scrub)
             hub = Hub(fanout, streams, sweeper)
             registry.start()
             undo.push_async_callback(registry.close, 0.0)
@@ -126,7 +132,7 @@ class Services:
                             name="maintenance")
             undo.pop_all()  # started: from now on close() stops everything
         return cls(settings, tasks, pool, objects, redis, broker, limiter, registry, hub,
-                   ingest, consumer)
+                   ingest, consumer, privacy)
 
     def stop_intake(self) -> None:
         """Step 1 of :meth:`close`, which the edge may take early (when its listeners

@@ -121,6 +121,10 @@ class Settings:
     # background jobs (retention, temporary chats, stale uploads); 0: not in this process
     maintenance_interval_s: float = 300.0
     pending_attachment_s: int = 24 * 3600
+    # data protection (docs/privacy.md): the retention a new tenant gets (0: forever),
+    # and the region whose national phone formats PII redaction recognises
+    default_retention_days: int = 90
+    pii_phone_region: str = "US"
     # OpenTelemetry tracing: set from the standard OTEL_* variables (chat_storage.tracing
     # .wanted), never from a CHAT_ one; the SDK reads the rest of them itself
     tracing: bool = False
@@ -129,6 +133,11 @@ class Settings:
     def embedded(self) -> bool:
         """True when no DATABASE_URL is set and an embedded Postgres is used."""
         return self.database_url is None
+
+    @property
+    def new_tenant_retention(self) -> int | None:
+        """The retention a new tenant gets: ``None`` keeps its messages forever."""
+        return self.default_retention_days or None
 
     @property
     def serves_dev_tokens(self) -> bool:
@@ -189,6 +198,11 @@ class Settings:
             raise SettingsError("CHAT_METRICS_PORT must be between 1 and 65535")
         if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
             raise SettingsError("CHAT_DB_POOL_MIN must be between 0 and CHAT_DB_POOL_MAX")
+        if not 0 <= self.default_retention_days <= 36500:
+            raise SettingsError("CHAT_DEFAULT_RETENTION_DAYS must be 0 (forever) to 36500")
+        if not (len(self.pii_phone_region) == 2 and self.pii_phone_region.isascii()
+                and self.pii_phone_region.isupper()):
+            raise SettingsError("CHAT_PII_PHONE_REGION must be a two-letter region (US, DE)")
         if self.maintenance_interval_s < 0:
             raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):

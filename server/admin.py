@@ -21,6 +21,7 @@ import orjson
 from chat_storage.runtime import database, maintenance
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
+from chat_storage.server import cli_tenants
 from chat_storage.storage import (
     apikeys,
     attachments,
@@ -98,7 +99,8 @@ async def with_connection(
 
 async def tenants_create(args: argparse.Namespace, conn: db.Connection) -> None:
     tenant_id = await tenants.create_tenant(conn, args.name, args.retention_days)
-    print_line(f"created tenant {args.name} ({tenant_id})")
+    print_line(f"created tenant {args.name} ({tenant_id}), retention "
+               f"{_retention(args.retention_days)}")
 
 
 def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
@@ -107,7 +109,8 @@ def _tenant_json(info: tenants.TenantInfo) -> dict[str, Any]:
             "sessions": info.sessions, "active_keys": info.active_keys,
             "created_at": info.created_at, **_limits_json(info.limits),
             "oidc_issuer": info.oidc_issuer, "oidc_audience": info.oidc_audience,
-            "oidc_user_claim": info.oidc_user_claim, "cors_origins": list(info.cors_origins)}
+            "oidc_user_claim": info.oidc_user_claim, "cors_origins": list(info.cors_origins),
+            **cli_tenants.to_json(info)}
 
 
 def _limits_json(limits: overrides.Limits) -> dict[str, Any]:
@@ -121,9 +124,10 @@ async def tenants_list(args: argparse.Namespace, conn: db.Connection) -> None:
     if args.json:
         print_json([_tenant_json(t) for t in found])
         return
-    print_table(("NAME", "ID", "RETENTION", "SESSIONS", "KEYS", "CREATED"), [
-        (t.name, str(t.id), _retention(t.retention_days), str(t.sessions),
-         str(t.active_keys), _when(t.created_at))
+    print_table(("NAME", "ID", "RETENTION", "PII", "SESSIONS", "KEYS", "CREATED"), [
+        (t.name, str(t.id), _retention(t.retention_days),
+         "redacted" if t.redact_pii else "-", str(t.sessions),
+         str(t.active_keys), when(t.created_at))
         for t in found
     ])
 
@@ -136,7 +140,7 @@ async def tenants_show(args: argparse.Namespace, conn: db.Connection) -> None:
     print_table(("FIELD", "VALUE"), [
         ("name", info.name), ("id", str(info.id)),
         ("retention", _retention(info.retention_days)), ("sessions", str(info.sessions)),
-        ("active keys", str(info.active_keys)), ("created", _when(info.created_at)),
+        ("active keys", str(info.active_keys)), ("created", when(info.created_at)),
         ("rate limit", _rate(info.limits.rate_limit_per_s, "setting")),
         ("rate limit burst", _limit(info.limits.rate_limit_burst, "setting")),
         ("max stream connections", _limit(info.limits.max_stream_connections, "setting")),
@@ -144,6 +148,7 @@ async def tenants_show(args: argparse.Namespace, conn: db.Connection) -> None:
         ("OIDC audience", info.oidc_audience or "-"),
         ("OIDC user claim", info.oidc_user_claim),
         ("CORS origins", ", ".join(info.cors_origins) or "CHAT_CORS_ORIGINS only"),
+        *cli_tenants.rows(info),
     ])
 
 
@@ -153,14 +158,15 @@ async def tenants_update(args: argparse.Namespace, conn: db.Connection) -> None:
         rate_limit_per_s=args.rate_limit_per_s, rate_limit_burst=args.rate_limit_burst,
         max_stream_connections=args.max_stream_connections, oidc_issuer=args.oidc_issuer,
         oidc_audience=args.oidc_audience, oidc_user_claim=args.oidc_user_claim,
-        cors_origins=args.cors_origins)
+        cors_origins=args.cors_origins, **cli_tenants.updates(args))
     limits = info.limits
     print_line(f"updated tenant {info.name}: retention {_retention(info.retention_days)}, "
                f"rate limit {_rate(limits.rate_limit_per_s, 'setting')}, "
                f"burst {_limit(limits.rate_limit_burst, 'setting')}, "
                f"max stream connections {_limit(limits.max_stream_connections, 'setting')}, "
                f"OIDC issuer {info.oidc_issuer or 'none'}, "
-               f"CORS origins {', '.join(info.cors_origins) or 'CHAT_CORS_ORIGINS only'}")
+               f"CORS origins {', '.join(info.cors_origins) or 'CHAT_CORS_ORIGINS only'}, "
+               f"{cli_tenants.summary(info)}")
 
 
 async def tenants_rotate_signing_key(args: argparse.Namespace, conn: db.Connection) -> None:
@@ -230,8 +236,8 @@ async def keys_list(args: argparse.Namespace, conn: db.Connection) -> None:
     # a key without its own limit has its tenant's, else the setting
     print_table(("ID", "NAME", "SCOPE", "RATE", "BURST", "CREATED", "REVOKED"), [
         (k["id"], k["name"] or "-", k["scope"], _rate(k["rate_limit_per_s"], "tenant"),
-         _limit(k["rate_limit_burst"], "tenant"), _when(k["created_at"]),
-         _when(k["revoked_at"]))
+         _limit(k["rate_limit_burst"], "tenant"), when(k["created_at"]),
+         when(k["revoked_at"]))
         for k in keys
     ])
 
@@ -257,8 +263,14 @@ def _limit(value: int | None, otherwise: str) -> str:
     return otherwise if value is None else str(value)
 
 
-def _when(value: dt.datetime | None) -> str:
+def when(value: dt.datetime | None) -> str:
+    """A time as the tables print it (UTC, seconds), ``-`` for none."""
     return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as one line of JSON (``-`` when empty)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value else "-"
 
 
 def print_error(message: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from chat_storage.server.auth_audit import FAILED_AUTH_KEY, FailedAuthAudit
 from chat_storage.server.errors import ApiError
 from chat_storage.server.routing import ROUTE_ACCESS_KEY, ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
@@ -68,7 +69,12 @@ async def resolve_key(app: web.Application, key: str) -> Principal | None:
 async def authenticate_request(request: web.Request) -> None:
     """Authenticate an ``/api/v1`` request, check what it may reach, store its
     :class:`Principal`. Called by the API middleware (``server.middlewares``)."""
-    principal = await _principal(request)
+    try:
+        principal = await _principal(request)
+    except ApiError as exc:  # audited, a few per client address a minute
+        if exc.status in (401, 403):
+            await request.app[FAILED_AUTH_KEY].failed(request, exc)
+        raise
     # known before the checks: a 403 below is answered as to this tenant (CORS)
     request[PRINCIPAL_KEY] = principal
     if principal.is_user:
@@ -182,3 +188,4 @@ def setup(app: web.Application, cache_ttl_s: float) -> None:
     app[KEY_CACHE_KEY] = TtlCache(cache_ttl_s)
     app[OWNER_CACHE_KEY] = TtlCache(OWNER_CACHE_S)
     app[AUTHENTICATORS_KEY] = []
+    app[FAILED_AUTH_KEY] = FailedAuthAudit()

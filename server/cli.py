@@ -26,7 +26,16 @@ from chat_storage.runtime.settings import (
     Settings,
     SettingsError,
 )
-from chat_storage.server import admin, cli_access, cli_backup, logs, serving, workers
+from chat_storage.server import (
+    admin,
+    cli_access,
+    cli_audit,
+    cli_backup,
+    cli_tenants,
+    logs,
+    serving,
+    workers,
+)
 from chat_storage.server.admin import PROG
 from chat_storage.storage import db, principal, tenants
 from chat_storage.storage.errors import StorageError
@@ -53,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(settings)
         logs.configure("WARNING")
+        if args.command == "tenants" and args.action == "create" and (
+                args.retention_days is tenants.UNCHANGED):
+            args.retention_days = settings.new_tenant_retention  # CHAT_DEFAULT_RETENTION_DAYS
         if args.command in cli_backup.COMMANDS:
             return cli_backup.run(settings, args)
         if args.command == "migrate":
@@ -82,11 +94,13 @@ def _check_tenant_update(parser: argparse.ArgumentParser, args: argparse.Namespa
                 parser.error(f"--clear-rate-limit: not allowed with {flag} or its --clear-…")
             setattr(args, dest, None)
     cli_access.resolve_update_flags(parser, args, tenants.UNCHANGED)
+    cli_tenants.resolve_update_flags(parser, args)
     if all(getattr(args, dest) is tenants.UNCHANGED
-           for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES):
+           for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES + cli_tenants.DATA_UPDATES):
         parser.error("nothing to change: give --retention-days N or --no-retention, "
                      "--rate-limit-per-s R, --rate-limit-burst B, --max-stream-connections N "
-                     "or one of their --clear-… flags, --oidc-… or --cors-origins")
+                     "or one of their --clear-… flags, --oidc-…, --cors-origins, "
+                     "--redact-pii on|off or --pii-pattern")
 
 
 def _note_legacy_data_dir(settings: Settings) -> None:
@@ -245,9 +259,15 @@ def _parser() -> argparse.ArgumentParser:
     tenants_sub = tenants_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     create_tenant = tenants_sub.add_parser("create", help="create a tenant")
     create_tenant.add_argument("name", type=_name)
-    create_tenant.add_argument("--retention-days", type=_positive_int, metavar="N",
-                               help="erase its messages N days after they are written")
-    create_tenant.set_defaults(handler=admin.tenants_create)
+    create_retention = create_tenant.add_mutually_exclusive_group()
+    create_retention.add_argument(
+        "--retention-days", type=_positive_int, metavar="N",
+        help="erase its messages N days after they are written (default: "
+             "CHAT_DEFAULT_RETENTION_DAYS, 90)")
+    create_retention.add_argument("--no-retention", dest="retention_days",
+                                  action="store_const", const=None,
+                                  help="keep its messages until they are deleted")
+    create_tenant.set_defaults(handler=admin.tenants_create, retention_days=tenants.UNCHANGED)
     list_tenants = tenants_sub.add_parser("list", help="list the tenants")
     list_tenants.add_argument("--json", action="store_true", help="print a JSON array")
     list_tenants.set_defaults(handler=admin.tenants_list)
@@ -256,8 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     show_tenant.add_argument("--json", action="store_true", help="print a JSON object")
     show_tenant.set_defaults(handler=admin.tenants_show)
     update_tenant = tenants_sub.add_parser(
-        "update", help="change a tenant's retention, limits, trusted OIDC issuer and CORS "
-        "origins (what is not given stays)")
+        "update", help="change a tenant's retention, limits, trusted OIDC issuer, CORS "
+        "origins and PII redaction (what is not given stays; every change is audited)")
     update_tenant.add_argument("name", type=_name)
     retention = update_tenant.add_mutually_exclusive_group()
     retention.add_argument("--retention-days", type=_positive_int, metavar="N",
@@ -272,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--clear-max-stream-connections", dest="max_stream_connections",
                      action="store_const", const=None, help="back to the setting")
     cli_access.add_update_flags(update_tenant)
+    cli_tenants.add_update_flags(update_tenant)
     update_tenant.set_defaults(handler=admin.tenants_update, **dict.fromkeys(
         TENANT_UPDATES, tenants.UNCHANGED))
     cli_access.add_rotate_command(tenants_sub, admin.tenants_rotate_signing_key)
@@ -281,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
     delete_tenant.add_argument("name", type=_name)
     delete_tenant.add_argument("--force", action="store_true",
                                help="also delete its sessions, messages and files")
+
+    cli_audit.add_command(commands)
 
     keys_cmd = commands.add_parser("keys", help="manage API keys")
     keys_sub = keys_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")

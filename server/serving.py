@@ -143,7 +143,7 @@ async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
             return
         try:
             async with conn.transaction():  # a tenant without its key would help no one
-                await tenants.create_tenant(conn, DEV_TENANT)
+                await tenants.create_tenant(conn, DEV_TENANT, settings.new_tenant_retention)
                 created = await apikeys.create_key(conn, DEV_TENANT, name="first run")
         except Conflict:
             return  # another process sharing the data directory got there first
@@ -160,4 +160,11 @@ async def first_run_key(pool: asyncpg.Pool, settings: Settings) -> None:
         "for the API documentation (Authorize with the key). Or try it with curl:\n"
         f"  curl -H 'X-Api-Key: {created.key}' -H 'Content-Type: application/json' "
         f"""-d '{{"user_id":"me"}}' {base}/api/v1/sessions"""
+        f"\nTenant {DEV_TENANT!r} keeps messages {_kept(settings.new_tenant_retention)} "
+        "(CHAT_DEFAULT_RETENTION_DAYS; change it with "
+        f"`chat-storage tenants update {DEV_TENANT} --retention-days N` or --no-retention)."
     )
+
+
+def _kept(days: int | None) -> str:
+    return "forever" if days is None else f"{days} days, then archives and deletes them"

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from typing import Any
 
 import asyncpg
@@ -87,16 +88,20 @@ async def create_key(
         # a seeded key that is not in our format gets a derived, stable id
         key_id = parsed or hashlib.sha256(key.encode()).hexdigest()[:16]
     async with conn.transaction():
-        await conn.execute(
+        inserted = await conn.fetchval(
             """
             INSERT INTO api_keys (id, tenant_id, name, key_hash, scope, rate_limit_per_s,
                                   rate_limit_burst)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (id) DO NOTHING
+            RETURNING true
             """,
             key_id, tenant_id, name, hash_key(key), scope, limits.rate_limit_per_s,
             limits.rate_limit_burst,
         )
+        if not inserted:  # a seeded key that exists: every start seeds it again, silently
+            return CreatedKey(id=key_id, tenant=tenant, name=name, key=key, scope=scope,
+                              limits=limits)
         await audit(conn, tenant_id, "cli", "key.create", key_id,
                     {"name": name, "scope": scope, "rate_limit_per_s": limits.rate_limit_per_s,
                      "rate_limit_burst": limits.rate_limit_burst})
@@ -127,6 +132,13 @@ async def revoke_key(conn: asyncpg.Connection, id_or_key: str) -> str:
             raise NotFound(missing)
         await audit(conn, tenant_id, "cli", "key.revoke", key_id)
     return key_id
+
+
+async def tenant_of_key(conn: asyncpg.Connection, key_id: str) -> uuid.UUID | None:
+    """The tenant of key ``key_id`` (active or revoked), or ``None`` if there is none."""
+    tenant_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT tenant_id FROM api_keys WHERE id = $1", key_id)
+    return tenant_id
 
 
 async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:

@@ -27,12 +27,16 @@ async def audit(
 
 
 async def audit_records(
-    conn: asyncpg.Connection, tenant_id: uuid.UUID, since: datetime | None = None
+    conn: asyncpg.Connection, tenant_id: uuid.UUID | None, since: datetime | None = None,
+    *, limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The audit records of a tenant, oldest first (used by tests and operators)."""
+    """The audit records of a tenant (``None``: those of no tenant, e.g. failed
+    authentications of unknown keys), oldest first; with ``limit``, the newest ``limit``."""
     rows = await conn.fetch(
-        "SELECT actor, action, target, details, request_id, created_at FROM audit_log "
-        "WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2) ORDER BY id",
-        tenant_id, since,
+        "SELECT * FROM (SELECT id, actor, action, target, details, request_id, created_at "
+        "FROM audit_log WHERE tenant_id IS NOT DISTINCT FROM $1 "
+        "AND ($2::timestamptz IS NULL OR created_at >= $2) "
+        "ORDER BY id DESC LIMIT $3) AS newest ORDER BY id",
+        tenant_id, since, limit,
     )
     return [dict(r) for r in rows]

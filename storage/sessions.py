@@ -62,8 +62,11 @@ async def create(
     metadata: Mapping[str, Any] | None = None,
     ttl_s: int | None = None,
     idem: Claim | None = None,
+    actor: str = "system",
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Create a session; with ``idem``, its response is recorded in the same transaction."""
+    """Create a session; with ``idem``, its response is recorded in the same transaction,
+    as is its audit record (``session.create``: who, for which user; never the title)."""
     async with conn.transaction():
         row = await conn.fetchrow(
             f"""
@@ -76,6 +79,8 @@ async def create(
         # S101: narrows the type: INSERT ... RETURNING returns the row
         assert row is not None  # noqa: S101
         session = to_json(row)
+        await audit(conn, tenant_id, actor, "session.create", str(row["id"]),
+                    {"user_id": user_id}, request_id)
         if idem is not None:
             await record_response(conn, idem, 201, session, session_id=row["id"])
     return session
@@ -106,8 +111,14 @@ async def update(
     favorite: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
     ttl_s: int | Any | None = _UNSET,
+    actor: str = "system",
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Change the given fields; ``ttl_s=None`` clears ``expires_at``."""
+    """Change the given fields; ``ttl_s=None`` clears ``expires_at``.
+
+    A new ``title`` is audited (``session.rename``, without the title itself), in the
+    same transaction as the change.
+    """
     p = Params(session_id, tenant_id)
     sets = ["updated_at = now()"]
     for column, value in (("title", title), ("favorite", favorite),
@@ -116,13 +127,17 @@ async def update(
             sets.append(p.fill(f"{column} = {{}}", value))
     if ttl_s is not _UNSET:
         sets.append(p.fill("expires_at = {}", _expires(ttl_s)))
-    row = await conn.fetchrow(
-        f"UPDATE sessions SET {', '.join(sets)} WHERE id = $1 AND tenant_id = $2 "
-        f"RETURNING {COLUMNS}",
-        *p.values,
-    )
-    if row is None:
-        raise NotFound("session not found")
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE sessions SET {', '.join(sets)} WHERE id = $1 AND tenant_id = $2 "
+            f"RETURNING {COLUMNS}",
+            *p.values,
+        )
+        if row is None:
+            raise NotFound("session not found")
+        if title is not None:
+            await audit(conn, tenant_id, actor, "session.rename", str(session_id), None,
+                        request_id)
     return to_json(row)
 
 

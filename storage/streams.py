@@ -162,6 +162,25 @@ async def append_recovered(
     return None if row is None else to_stored(row)
 
 
+async def redact_swept(
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, message_id: uuid.UUID, content: str,
+) -> StoredMessage | None:
+    """Store ``content`` (its redacted form) as a just-swept message's content.
+
+    The sweeper's last step for a tenant that redacts PII; ``None`` if the row is no
+    longer ``interrupted``.
+    """
+    row = await conn.fetchrow(
+        f"""
+        UPDATE messages SET content = $3
+        WHERE tenant_id = $1 AND id = $2 AND status = 'interrupted'
+        RETURNING {COLUMNS}
+        """,
+        tenant_id, message_id, content,
+    )
+    return None if row is None else to_stored(row)
+
+
 # pg_try_advisory_lock key of the stream sweeper ("chatswep" in ASCII)
 SWEEP_LOCK = 0x6368617473776570
 

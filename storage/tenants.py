@@ -33,6 +33,9 @@ class TenantInfo:
     oidc_user_claim: str = "sub"
     # pages this tenant's callers may use, on top of CHAT_CORS_ORIGINS
     cors_origins: tuple[str, ...] = ()
+    # PII redaction (storage.redaction) of what its messages store, and its own patterns
+    redact_pii: bool = False
+    pii_patterns: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class TenantNotEmpty(Conflict):
@@ -54,7 +57,8 @@ async def create_tenant(
         )
     except asyncpg.UniqueViolationError:
         raise Conflict(f"tenant {name!r} already exists") from None
-    await audit(conn, None, "cli", "tenant.create", name, {"retention_days": retention_days})
+    await audit(conn, tenant_id, "cli", "tenant.create", name,
+                {"retention_days": retention_days})
     return tenant_id
 
 
@@ -62,6 +66,7 @@ _TENANT_INFO = """
     SELECT t.id, t.name, t.retention_days, t.created_at,
            t.rate_limit_per_s, t.rate_limit_burst, t.max_stream_connections,
            t.oidc_issuer, t.oidc_audience, t.oidc_user_claim, t.cors_origins,
+           t.redact_pii, t.pii_patterns,
            (SELECT count(*) FROM sessions s WHERE s.tenant_id = t.id) AS sessions,
            (SELECT count(*) FROM api_keys k
             WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys
@@ -94,7 +99,7 @@ async def get_tenant(conn: asyncpg.Connection, name: str) -> TenantInfo:
 UNCHANGED: Any = object()  # update_tenant: leave this setting as it is
 _TENANT_COLUMNS = ("retention_days", "rate_limit_per_s", "rate_limit_burst",
                    "max_stream_connections", "oidc_issuer", "oidc_audience",
-                   "oidc_user_claim", "cors_origins")
+                   "oidc_user_claim", "cors_origins", "redact_pii", "pii_patterns")
 
 
 async def update_tenant(
@@ -102,19 +107,23 @@ async def update_tenant(
     rate_limit_per_s: float | None = UNCHANGED, rate_limit_burst: int | None = UNCHANGED,
     max_stream_connections: int | None = UNCHANGED, oidc_issuer: str | None = UNCHANGED,
     oidc_audience: str | None = UNCHANGED, oidc_user_claim: str = UNCHANGED,
-    cors_origins: tuple[str, ...] = UNCHANGED,
+    cors_origins: tuple[str, ...] = UNCHANGED, redact_pii: bool = UNCHANGED,
+    pii_patterns: dict[str, str] = UNCHANGED,
 ) -> TenantInfo:
     """Change the settings of tenant ``name`` that are given; the others stay. Audited.
 
     ``retention_days=None``: keep messages forever; a limit ``None``: the server's
     setting again; ``oidc_issuer=None``: trust no issuer. ``ValueError`` for a limit that
-    is not greater than 0 or an issuer without an audience. The caller checks the URLs.
+    is not greater than 0 or an issuer without an audience. The caller checks the URLs
+    and the ``pii_patterns`` (``storage.redaction.check_patterns``).
+
+    The audit record has what was given and, under ``"was"``, what it replaced.
     """
     given = {column: value for column, value in zip(_TENANT_COLUMNS, (
         retention_days, rate_limit_per_s, rate_limit_burst, max_stream_connections,
         oidc_issuer, oidc_audience, oidc_user_claim,
-        cors_origins if cors_origins is UNCHANGED else list(cors_origins)),
-        strict=True) if value is not UNCHANGED}
+        cors_origins if cors_origins is UNCHANGED else list(cors_origins),
+        redact_pii, pii_patterns), strict=True) if value is not UNCHANGED}
     check_limits(Limits(
         None if rate_limit_per_s is UNCHANGED else rate_limit_per_s,
         None if rate_limit_burst is UNCHANGED else rate_limit_burst,
@@ -124,6 +133,8 @@ async def update_tenant(
     # column names come from _TENANT_COLUMNS only, never from the caller
     assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(given, start=2))
     async with conn.transaction():
+        was = await conn.fetchrow(
+            f"SELECT {', '.join(given)} FROM tenants WHERE name = $1 FOR UPDATE", name)
         try:
             tenant_id = await conn.fetchval(
                 f"UPDATE tenants SET {assignments} WHERE name = $1 RETURNING id",
@@ -135,7 +146,8 @@ async def update_tenant(
             raise
         if tenant_id is None:
             raise NotFound(f"tenant {name!r} does not exist")
-        await audit(conn, tenant_id, "cli", "tenant.update", name, given)
+        await audit(conn, tenant_id, "cli", "tenant.update", name,
+                    {**given, "was": dict(was) if was is not None else {}})
     return await get_tenant(conn, name)
 
 
@@ -166,16 +178,24 @@ async def any_tenant(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants)"))
 
 
-async def ensure_tenant(conn: asyncpg.Connection, name: str) -> uuid.UUID:
-    """Return the id of tenant ``name``, creating it if needed."""
-    tenant_id: uuid.UUID = await conn.fetchval(
+async def ensure_tenant(conn: asyncpg.Connection, name: str,
+                        retention_days: int | None = None) -> uuid.UUID:
+    """Return the id of tenant ``name``, creating it (with ``retention_days``) if needed.
+
+    A tenant made here is audited (``tenant.create``); one that exists is not touched.
+    """
+    row = await conn.fetchrow(
         """
-        INSERT INTO tenants (id, name) VALUES ($1, $2)
+        INSERT INTO tenants (id, name, retention_days) VALUES ($1, $2, $3)
         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-        RETURNING id
+        RETURNING id, (xmax = 0) AS created
         """,
-        new_id(), name,
+        new_id(), name, retention_days,
     )
+    tenant_id: uuid.UUID = row["id"]
+    if row["created"]:
+        await audit(conn, tenant_id, "system", "tenant.create", name,
+                    {"retention_days": retention_days})
     return tenant_id
 
 

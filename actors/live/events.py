@@ -119,6 +119,23 @@ def tail(history: list[SessionEvent], stream_id: str, have: int) -> str:
     return "".join(parts)
 
 
+def deltas_of(stream_id: str) -> Callable[[bytes], bool]:
+    """Whether a broker message (an :func:`envelope`) is a delta or snapshot of
+    ``stream_id``: what goes from the broker once a redacted stream is stored."""
+    needle = stream_id.encode()
+
+    def picks(data: bytes) -> bool:
+        if needle not in data:
+            return False
+        try:
+            body = orjson.loads(data.partition(b" ")[2])
+        except orjson.JSONDecodeError:
+            return False
+        return (isinstance(body, dict) and body.get("stream_id") == stream_id
+                and body.get("type") in (DELTA, SNAPSHOT))
+    return picks
+
+
 def envelope(origin: bytes, event: SessionEvent) -> bytes:
     """The broker form of ``event``: who published it, a space, its body."""
     return origin + b" " + event.body

@@ -71,6 +71,11 @@ class Fanout:
             feed.ingest(event)
         self._relay.send(key, events.envelope(self.origin, event))
 
+    def scrub(self, key: SessionKey, drop: Callable[[bytes], bool]) -> None:
+        """Delete the session's broker messages that ``drop`` picks, once every event
+        emitted before this call is published."""
+        self._relay.scrub(key, drop)
+
     def on_commit(self, key: SessionKey, stored: list[StoredMessage]) -> None:
         """The write path's commit listener: announce the stored messages (in seq order).
 

@@ -24,6 +24,7 @@ from chat_storage.actors.live.subscription import Render, Subscription
 from chat_storage.actors.live.sweeper import Sweeper
 from chat_storage.storage.messages import NewMessage
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.storage.redaction import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,11 @@ class Hub:
         return self._fanout.live_content(key, message_id)
 
     # ------------------------------------------------------------ producers
-    async def start_stream(self, key: SessionKey, owner: Owner,
-                           message: NewMessage) -> StoredMessage:
-        """Insert ``message`` (status streaming) and hold it for ``owner``."""
-        return await self._streams.start(key, owner, message)
+    async def start_stream(self, key: SessionKey, owner: Owner, message: NewMessage, *,
+                           redactor: Redactor | None = None) -> StoredMessage:
+        """Insert ``message`` (status streaming) and hold it for ``owner``; with
+        ``redactor``, redact its content when it ends (``Streams.start``)."""
+        return await self._streams.start(key, owner, message, redactor=redactor)
 
     def delta(self, key: SessionKey, stream_id: str, owner: Owner, text: str) -> None:
         """Append ``text`` to a stream ``owner`` produces and announce it (never waits)."""

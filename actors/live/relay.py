@@ -12,6 +12,8 @@ session read it again from Postgres (retried every :data:`MARK_RETRY_S` until it
 in, even when nothing else is published). With the memory
 broker, the log of a session that is no longer active here is dropped after its
 events are published (``forget``), so memory follows the active sessions.
+``scrub`` queues, in the same order, the deletion of a channel's past messages that a
+predicate picks (a redacting tenant's deltas, after its redacted final message).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from chat_storage import tracing
 from chat_storage.actors.live import metrics
@@ -33,6 +36,12 @@ from chat_storage.supervisor import Supervisor
 log = logging.getLogger(__name__)
 BATCH = 512
 MARK_RETRY_S = 1.0
+
+
+class Scrub(NamedTuple):
+    """A queued deletion: the channel's messages that ``drop`` picks."""
+
+    drop: Callable[[bytes], bool]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -52,7 +61,7 @@ class Relay:
         self._tasks = tasks
         self._active = active
         self._max_queue = max_queue
-        self._queue: collections.deque[tuple[SessionKey, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[SessionKey, bytes | Scrub]] = collections.deque()
         self._wake = asyncio.Event()
         self._flushed: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -68,6 +77,13 @@ class Relay:
             self._wake.set()
             return
         self._queue.append((key, data))
+        self._wake.set()
+
+    def scrub(self, key: SessionKey, drop: Callable[[bytes], bool]) -> None:
+        """Once what is queued before it is published, delete the session's broker
+        messages that ``drop`` picks. Queued even past ``max_queue``: skipping it would
+        leave text that must go (one per ended stream of a redacting tenant)."""
+        self._queue.append((key, Scrub(drop)))
         self._wake.set()
 
     async def close(self, timeout_s: float) -> None:
@@ -96,15 +112,24 @@ class Relay:
             self._wake.clear()
             touched: set[SessionKey] = set()
             while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                batch: list[tuple[SessionKey, bytes]] = []
+                scrub: tuple[SessionKey, Scrub] | None = None
+                while self._queue and len(batch) < BATCH:
+                    key, item = self._queue.popleft()
+                    if isinstance(item, Scrub):
+                        scrub = key, item  # after the events queued before it
+                        break
+                    batch.append((key, item))
                 touched.update(key for key, _ in batch)
                 try:
-                    if tracing.ON:
+                    if tracing.ON and batch:
                         with tracing.span("relay publish", span_kind="PRODUCER", attributes={
                                 "messaging.batch.message_count": len(batch)}):
                             await self._broker.publish_many([(channel(k), d) for k, d in batch])
-                    else:
+                    elif batch:
                         await self._broker.publish_many([(channel(k), d) for k, d in batch])
+                    if scrub is not None:
+                        await self._broker.scrub(channel(scrub[0]), scrub[1].drop)
                     failing_since = 0.0
                 except Exception as exc:
                     metrics.BROKER_ERRORS.labels("error").inc(len(batch))

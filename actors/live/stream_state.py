@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 from chat_storage.actors.live import metrics
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.storage.redaction import Redactor
 
 
 class Owner(Protocol):
@@ -53,9 +54,11 @@ class OwnedStream:
     """An answer in progress whose producer is (or was) connected here."""
 
     __slots__ = ("chunks", "ending", "grace", "id", "key", "length", "message_id", "owner",
-                 "role", "saved_len", "saving", "seq", "size_bytes", "span", "touched_at")
+                 "redactor", "role", "saved_len", "saving", "seq", "size_bytes", "span",
+                 "touched_at")
 
-    def __init__(self, message: StoredMessage, key: SessionKey, owner: Owner) -> None:
+    def __init__(self, message: StoredMessage, key: SessionKey, owner: Owner,
+                 redactor: Redactor | None = None) -> None:
         self.message_id: uuid.UUID = message["id"]
         self.id = str(self.message_id)
         self.key = key
@@ -71,6 +74,9 @@ class OwnedStream:
         self.saving: asyncio.Task[None] | None = None
         self.ending = False
         self.span: Any = None  # the stream's life as a trace span (tracing on), ended with it
+        # its tenant redacts PII: the final content is redacted, then its deltas leave the
+        # broker (checkpoints stay raw until then: catch-up offsets count raw text)
+        self.redactor = redactor
 
     def text(self) -> str:
         if len(self.chunks) > 1:

@@ -47,6 +47,7 @@ from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey, StoredMessage
+from chat_storage.storage.redaction import Redactor
 from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class Writer(Protocol):
         ...
 
 
+Scrub = Callable[[SessionKey, Callable[[bytes], bool]], None]  # Fanout.scrub
+
+
 class Streams:
     """The streams this process's producers send: start, deltas, end, grace, checkpoints.
 
@@ -70,25 +74,31 @@ class Streams:
     """
 
     def __init__(self, pool: asyncpg.Pool, config: StreamConfig, held: HeldStreams,
-                 emit: Emit, writer: Writer, *, tasks: Supervisor) -> None:
+                 emit: Emit, writer: Writer, *, tasks: Supervisor,
+                 scrub: Scrub | None = None) -> None:
         self.config = config
         self._supervisor = tasks
         self._pool = pool
         self._held = held
         self._emit = emit
         self._writer = writer
+        self._scrub = scrub
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     def __len__(self) -> int:
         return len(self._held)
 
-    async def start(self, key: SessionKey, owner: Owner,
-                    message: NewMessage) -> StoredMessage:
-        """Insert ``message`` (status streaming) and hold it; returns the stored row."""
+    async def start(self, key: SessionKey, owner: Owner, message: NewMessage, *,
+                    redactor: Redactor | None = None) -> StoredMessage:
+        """Insert ``message`` (status streaming) and hold it; returns the stored row.
+
+        With ``redactor`` (its tenant redacts PII) the content is redacted when the
+        stream ends, and its deltas are then deleted from the broker.
+        """
         stored = await self._writer.write(key[0], key[1], WriteGroup([message]))
         row = stored[0]
-        st = OwnedStream(row, key, owner)
+        st = OwnedStream(row, key, owner, redactor)
         if tracing.ON:  # a child of the producer's request (the WebSocket's span)
             st.span = tracing.start("stream", attributes={
                 "chat.session_id": str(key[1]), "chat.stream_id": st.id,
@@ -235,6 +245,8 @@ class Streams:
         if st.saving is not None:
             await asyncio.gather(st.saving, return_exceptions=True)
         content = st.text()
+        if st.redactor is not None:  # off the event loop: a long answer takes a while
+            content = await asyncio.to_thread(st.redactor.redact, content)
         try:
             message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,
@@ -250,6 +262,8 @@ class Streams:
         self._drop(st, status)
         metrics.STREAMS_ENDED.labels(status).inc()
         self._emit(st.key, events.final(message))
+        if st.redactor is not None and self._scrub is not None:
+            self._scrub(st.key, events.deltas_of(st.id))
         return message
 
     def _checkpoint_soon(self, st: OwnedStream) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -20,12 +21,14 @@ from chat_storage.actors.live.config import HubConfig
 from chat_storage.actors.live.events import Emit
 from chat_storage.actors.live.source import SessionSource
 from chat_storage.actors.live.stream_state import HeldStreams
-from chat_storage.actors.live.streams import Streams
+from chat_storage.actors.live.streams import Scrub, Streams
 from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.records import StoredMessage
+from chat_storage.storage.redaction import Redactor
 from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+RedactorOf = Callable[[uuid.UUID], Awaitable[Redactor | None]]  # Policies.redactor
 Swept = list[tuple[uuid.UUID, StoredMessage]]  # (tenant_id, message) per stream interrupted
 
 
@@ -33,13 +36,16 @@ class Sweeper:
     """The ticker of this process's streams, and the sweeper of other replicas' orphans."""
 
     def __init__(self, streams: Streams, source: SessionSource, held: HeldStreams,
-                 emit: Emit, config: HubConfig, *, tasks: Supervisor) -> None:
+                 emit: Emit, config: HubConfig, *, tasks: Supervisor,
+                 redactors: RedactorOf | None = None, scrub: Scrub | None = None) -> None:
         self.config = config
         self._tasks = tasks
         self._streams = streams
         self._source = source
         self._held = held
         self._emit = emit
+        self._redactors = redactors
+        self._scrub = scrub
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -86,7 +92,10 @@ class Sweeper:
                         extra={"session_id": str(message["session_id"]),
                                "message_id": str(message["id"])})
             self._held.drop(str(message["id"]))
-            self._emit((tenant_id, message["session_id"]), events.final(message))
+            key = (tenant_id, message["session_id"])
+            self._emit(key, events.final(message))
+            if self._scrub is not None and await self._redacts(tenant_id):
+                self._scrub(key, events.deltas_of(str(message["id"])))
         metrics.SWEPT.inc(len(swept))
         return len(swept)
 
@@ -104,5 +113,13 @@ class Sweeper:
             if lost:
                 message = await stream_rows.append_recovered(
                     conn, tenant_id, message["id"], have, lost) or message
+            redactor = await self._redacts(tenant_id)
+            if redactor is not None:  # its tenant redacts PII: so does its last write
+                content = await asyncio.to_thread(redactor.redact, message["content"])
+                message = await stream_rows.redact_swept(
+                    conn, tenant_id, message["id"], content) or message
             out.append((tenant_id, message))
         return out
+
+    async def _redacts(self, tenant_id: uuid.UUID) -> Redactor | None:
+        return None if self._redactors is None else await self._redactors(tenant_id)

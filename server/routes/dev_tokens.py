@@ -83,9 +83,11 @@ async def create_dev_token(request: web.Request) -> web.Response:
     body = await parse_body(request, DevTokenCreate)
     holder = request.app[DEV_TENANT_KEY]
     if holder.id is None:
+        settings = request.app[SETTINGS_KEY]
         holder.id = await db.call(
-            request.app[POOL_KEY], lambda conn: tenants.ensure_tenant(conn, DEV_TENANT),
-            acquire_timeout_s=request.app[SETTINGS_KEY].db_acquire_timeout_s)
+            request.app[POOL_KEY], lambda conn: tenants.ensure_tenant(
+                conn, DEV_TENANT, settings.new_tenant_retention),
+            acquire_timeout_s=settings.db_acquire_timeout_s)
     scopes = list(TOKEN_SCOPES)
     token, expires_at = await request.app[TOKENS_KEY].mint(
         holder.id, body.user_id, scopes, None, body.ttl_s)

@@ -36,12 +36,13 @@ import asyncpg
 from aiohttp import web
 
 from chat_storage.server.auth import principal_of
-from chat_storage.server.handlers import path_uuid, run
+from chat_storage.server.handlers import actor_name, path_uuid, request_id, run
 from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import dumps, parse_query
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, ExportQuery
 from chat_storage.storage import exports, sessions
+from chat_storage.storage.audit_log import audit
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +96,39 @@ class Out:
 
 
 Body = Callable[[asyncpg.Connection, Out], Awaitable[None]]
+Audited = tuple[str, str, dict[str, Any]]  # action, target, details
 
 
-async def stream(request: web.Request, out: Out, body: Body, **context: str) -> web.StreamResponse:
-    """Run ``body`` in one read-only snapshot, writing to ``out``; then end the download."""
+async def stream(request: web.Request, out: Out, body: Body, audited: Audited,
+                 **context: str) -> web.StreamResponse:
+    """Run ``body`` in one read-only snapshot, writing to ``out``; then end the download.
+
+    A download that started is audited (``audited``: action, target, details) once it
+    ends, with whether it was complete; one refused before its first byte is not.
+    """
 
     async def in_snapshot(conn: asyncpg.Connection) -> None:
         async with exports.snapshot(conn):
             await body(conn, out)
 
+    complete = False
     try:
         await run(request, in_snapshot)
         await out.finish()
+        complete = True
     except Exception:
         if not out.started:
             raise  # nothing sent yet: the client gets the error body
         log.warning("export cut short", exc_info=True, extra=context)
         if request.transport is not None:
             request.transport.close()
+    action, target, details = audited
+    try:
+        await run(request, lambda conn: audit(
+            conn, principal_of(request).tenant_id, actor_name(request), action, target,
+            {**details, "complete": complete}, request_id(request)))
+    except Exception:  # the download went out: say so in the log, not to the client
+        log.error("export not audited", exc_info=True, extra=context)
     return out.response
 
 
@@ -139,7 +155,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
             await exports.session_attachments(conn, tenant_id, session_id)))
 
     out = Out(request, media_type, f"session-{session_id}.{ext}")
-    return await stream(request, out, body, session_id=str(session_id))
+    return await stream(request, out, body, ("session.export", str(session_id), {"format": fmt}),
+                        session_id=str(session_id))
 
 
 @routes.get("/api/v1/users/{user_id}/export",
@@ -163,7 +180,7 @@ async def export_user(request: web.Request) -> web.StreamResponse:
 
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", user_id)[:64]
     out = Out(request, FORMATS["jsonl"][0], f"user-{safe}-export.jsonl")
-    return await stream(request, out, body)
+    return await stream(request, out, body, ("user.export", f"user:{user_id}", {}))
 
 
 # ---------------------------------------------------------------- formats

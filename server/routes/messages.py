@@ -32,7 +32,7 @@ from chat_storage.server.schemas import (
     MessagePage,
     MessageUpdate,
 )
-from chat_storage.server.state import REGISTRY_KEY, SETTINGS_KEY
+from chat_storage.server.state import REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
 from chat_storage.storage.messages import WriteGroup
@@ -61,6 +61,8 @@ async def create_message(request: web.Request) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     raw = await read_json(request)
     message = to_new_message(validate(MessageCreate, raw), request.app[SETTINGS_KEY])
+    [message] = await request.app[SERVICES_KEY].privacy.apply(
+        principal_of(request).tenant_id, [message])  # PII redacted, if its tenant asks
     claim = await idempotency.begin(request, raw, location=message_location)
     if isinstance(claim, web.Response):
         return claim
@@ -80,7 +82,9 @@ async def create_batch(request: web.Request) -> web.Response:
     raw = await read_json(request)
     body = validate(MessageBatch, raw)
     settings = request.app[SETTINGS_KEY]
-    new = [to_new_message(m, settings, f"messages.{i}.") for i, m in enumerate(body.messages)]
+    new = list(await request.app[SERVICES_KEY].privacy.apply(
+        principal_of(request).tenant_id,
+        [to_new_message(m, settings, f"messages.{i}.") for i, m in enumerate(body.messages)]))
     claim = await idempotency.begin(request, raw)
     if isinstance(claim, web.Response):
         return claim

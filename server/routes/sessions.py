@@ -26,7 +26,7 @@ from chat_storage.server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ async def create_session(request: web.Request) -> web.Response:
         return claim
     tenant_id = principal_of(request).tenant_id
     try:
+        title = await request.app[SERVICES_KEY].privacy.title(tenant_id, body.title)
         session = await run(request, lambda conn: sessions.create(
-            conn, tenant_id, user_id=body.user_id, title=body.title,
+            conn, tenant_id, user_id=body.user_id, title=title,
             metadata=body.metadata, ttl_s=body.ttl_s, idem=claim,
+            actor=actor_name(request), request_id=request_id(request),
         ))
     except BaseException:
         await idempotency.release(request, claim)
@@ -122,8 +124,12 @@ async def update_session(request: web.Request) -> web.Response:
         return json_response(await run(request, lambda conn: sessions.get(
             conn, tenant_id, session_id)))
     changes = {field: getattr(body, field) for field in given}
+    if "title" in changes:
+        changes["title"] = await request.app[SERVICES_KEY].privacy.title(
+            tenant_id, changes["title"])
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, **changes)))
+        conn, tenant_id, session_id, **changes, actor=actor_name(request),
+        request_id=request_id(request))))
 
 
 async def _set_favorite(request: web.Request, favorite: bool) -> web.Response:

@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field
 
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
-from chat_storage.server.handlers import run
+from chat_storage.server.handlers import actor_name, request_id, run
 from chat_storage.server.jsonio import json_response, parse_body
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, Strict, Text
 from chat_storage.server.tokens import DEFAULT_TTL_S, MAX_SESSION_IDS, MAX_TTL_S, TOKENS_KEY
 from chat_storage.storage import sessions
+from chat_storage.storage.audit_log import audit
 from chat_storage.storage.principal import TOKEN_SCOPES, TokenScope
 
 routes = RouteTable("tokens")
@@ -61,6 +62,10 @@ async def create_token(request: web.Request) -> web.Response:
                 for i in missing])
     token, expires_at = await request.app[TOKENS_KEY].mint(
         tenant_id, body.user_id, scopes, session_ids, body.ttl_s)
+    await run(request, lambda conn: audit(  # a key used for an admin action: who, for whom
+        conn, tenant_id, actor_name(request), "token.mint", f"user:{body.user_id}",
+        {"scopes": scopes, "ttl_s": body.ttl_s,
+         "sessions": None if session_ids is None else len(session_ids)}, request_id(request)))
     return json_response({"token": token, "user_id": body.user_id, "scopes": scopes,
                           "session_ids": session_ids, "expires_at": expires_at}, status=201,
                          headers={"Cache-Control": "no-store"})

@@ -43,6 +43,7 @@ from chat_storage.server.transport.framing import reply
 from chat_storage.storage import sessions, tickets
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.privacy import redact_message
 from chat_storage.storage.records import SessionKey
 from chat_storage.storage.writes import Stored
 
@@ -130,6 +131,7 @@ class Connection:
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
         self._tasks = request.app[SERVICES_KEY].tasks
+        self.privacy = request.app[SERVICES_KEY].privacy
         principal = principal_of(request)
         # a user token (or its ticket) needs `write` to create messages or stream answers
         self.writes = not principal.is_user or "write" in principal.user_scopes
@@ -223,6 +225,7 @@ class Connection:
         keeps a fast client's memory bounded without a round trip per message.
         """
         message = to_new_message(frame.message(), self.settings)
+        [message] = await self.privacy.apply(self.key[0], [message])  # if its tenant asks
         await self._in_flight.acquire()
         try:
             future = self.registry.submit(self.key[0], self.key[1], WriteGroup([message]))
@@ -272,10 +275,14 @@ class Connection:
         # the broadcast stream.started it also gets as this reply
         self.own.add(stream_id)
         try:
-            row = await self.hub.start_stream(self.key, self, NewMessage(
+            redactor = await self.privacy.redactor(self.key[0])
+            new = NewMessage(
                 id=message_id, role=frame.role, content="", sender_id=frame.sender_id,
                 parent_id=frame.parent_id, context=context, metadata=frame.metadata,
-                status="streaming"))
+                status="streaming")
+            if redactor is not None:  # its context now, its content when it ends
+                new = redact_message(new, redactor)
+            row = await self.hub.start_stream(self.key, self, new, redactor=redactor)
         except BaseException:
             self.own.discard(stream_id)
             raise

@@ -87,4 +87,11 @@ class Broker(Protocol):
         """
         ...
 
+    async def scrub(self, channel: str, drop: Callable[[bytes], bool]) -> int:
+        """Delete the kept messages of ``channel`` whose data ``drop`` picks; return how
+        many. For text that must not outlive its use (a redacting tenant's deltas, once
+        the redacted message is stored): a reader that had not read them yet skips them.
+        """
+        ...
+
     async def close(self) -> None: ...

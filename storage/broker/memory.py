@@ -78,6 +78,17 @@ class MemoryBroker:
         """Only listeners of this process can read it: is one listening?"""
         return channel in self._listeners
 
+    async def scrub(self, channel: str, drop: Callable[[bytes], bool]) -> int:
+        log = self._logs.get(channel)
+        if not log:
+            return 0
+        kept = [m for m in log if not drop(m.data)]
+        dropped = len(log) - len(kept)
+        if dropped:
+            log.clear()
+            log.extend(kept)
+        return dropped
+
     def forget(self, channel: str) -> None:
         """Drop a channel's log (the session went idle)."""
         self._logs.pop(channel, None)

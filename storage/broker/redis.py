@@ -38,6 +38,7 @@ from chat_storage.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 OPS_HEALTH_WINDOW_S = 10.0
+SCRUB_PAGE = 500
 
 
 def parse_id(value: str) -> tuple[int, int]:
@@ -164,6 +165,29 @@ class RedisBroker:
             raise Gap(f"events after {after_id} in {channel} were trimmed")
         return [BrokerMessage(channel, text(i), fields.get(DATA_FIELD, b""))
                 for i, fields in entries]
+
+    async def scrub(self, channel: str, drop: Callable[[bytes], bool]) -> int:
+        """``XDEL`` the entries of ``channel``'s stream that ``drop`` picks (at most the
+        stream's ``max_len``, read in pages of ``SCRUB_PAGE``); raise
+        :class:`BrokerUnavailable` on outage (the entries then expire with the stream)."""
+        key = self.keys.session_stream(channel)
+        dropped, start = 0, "-"
+        try:
+            async with asyncio.timeout(self.op_timeout_s * 4):
+                for _ in range(self.max_len // SCRUB_PAGE + 2):
+                    entries: list[Any] = await self._client.xrange(
+                        key, start, "+", count=SCRUB_PAGE) or []
+                    doomed = [i for i, fields in entries if drop(fields.get(DATA_FIELD, b""))]
+                    if doomed:
+                        dropped += int(await self._client.xdel(key, *doomed))
+                    if len(entries) < SCRUB_PAGE:
+                        break
+                    start = f"({text(entries[-1][0])}"
+        except REDIS_ERRORS as exc:
+            self._ops_failed("scrub", exc)
+            raise BrokerUnavailable(f"scrub of channel {channel} failed") from exc
+        self._ops_worked()
+        return dropped
 
     def wanted(self, channel: str) -> bool:
         """Always: other processes may read the stream, now or to catch up later."""

@@ -245,10 +245,14 @@ def test_tenants_list_show_update_and_delete(database_url: str, tmp_path: Path) 
     listed = run("tenants", "list", "--json", **env)
     assert listed.returncode == 0, listed.stderr
     mine = next(t for t in json.loads(listed.stdout) if t["name"] == name)
-    assert (mine["retention_days"], mine["sessions"], mine["active_keys"]) == (None, 0, 1)
+    # CHAT_DEFAULT_RETENTION_DAYS is not set: 90 days
+    assert (mine["retention_days"], mine["sessions"], mine["active_keys"]) == (90, 0, 1)
+    assert (mine["redact_pii"], mine["pii_patterns"]) == (False, {})
     table = run("tenants", "list", **env)
     assert table.stdout.splitlines()[0].split() == [
-        "NAME", "ID", "RETENTION", "SESSIONS", "KEYS", "CREATED"]
+        "NAME", "ID", "RETENTION", "PII", "SESSIONS", "KEYS", "CREATED"]
+    assert any(line.split()[:4] == [name, mine["id"], "90", "days"]
+               for line in table.stdout.splitlines())
     assert any(line.split()[:2] == [name, mine["id"]] for line in table.stdout.splitlines())
 
     updated = run("tenants", "update", name, "--retention-days", "7", **env)
@@ -290,6 +294,48 @@ def test_tenants_list_show_update_and_delete(database_url: str, tmp_path: Path) 
     empty = f"empty-{secrets.token_hex(4)}"
     assert run("tenants", "create", empty, **env).returncode == 0
     assert run("tenants", "delete", empty, **env).returncode == 0  # no sessions: no --force
+
+
+def test_new_tenants_get_the_default_retention(database_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": database_url, "CHAT_DATA_DIR": str(tmp_path)}
+    names = [f"keep-{secrets.token_hex(4)}" for _ in range(4)]
+    assert run("tenants", "create", names[0], **env).returncode == 0
+    assert run("tenants", "create", names[1], CHAT_DEFAULT_RETENTION_DAYS="30",
+               **env).returncode == 0
+    assert run("tenants", "create", names[2], CHAT_DEFAULT_RETENTION_DAYS="0",
+               **env).returncode == 0
+    made = run("tenants", "create", names[3], "--no-retention", **env)
+    assert made.returncode == 0 and "retention forever" in made.stdout
+    listed = {t["name"]: t["retention_days"]
+              for t in json.loads(run("tenants", "list", "--json", **env).stdout)}
+    assert [listed[n] for n in names] == [90, 30, None, None]
+    bad = run("tenants", "create", "x", CHAT_DEFAULT_RETENTION_DAYS="-1", **env)
+    assert bad.returncode == 2 and "CHAT_DEFAULT_RETENTION_DAYS" in bad.stderr
+
+
+def test_tenants_update_redaction_is_shown_and_audited(database_url: str) -> None:
+    name = f"pii-{secrets.token_hex(4)}"
+    env = {"DATABASE_URL": database_url}
+    assert run("tenants", "create", name, **env).returncode == 0
+    on = run("tenants", "update", name, "--redact-pii", "on", "--pii-pattern",
+             r"EMPLOYEE_ID=EMP-\d{6}", **env)
+    assert on.returncode == 0 and "PII redaction on" in on.stdout, on.stderr
+    shown = json.loads(run("tenants", "show", name, "--json", **env).stdout)
+    assert (shown["redact_pii"], shown["pii_patterns"]) == (True, {"EMPLOYEE_ID": r"EMP-\d{6}"})
+    table = run("tenants", "show", name, **env).stdout
+    assert "PII redaction           on" in table and r"<EMPLOYEE_ID>=EMP-\d{6}" in table
+    assert run("tenants", "update", name, "--no-pii-patterns", "--redact-pii", "off",
+               **env).returncode == 0
+    audit = json.loads(run("audit", "--tenant", name, "--json", **env).stdout.splitlines()[-1])
+    assert audit["action"] == "tenant.update" and audit["actor"] == "cli"
+    assert audit["details"] == {"redact_pii": False, "pii_patterns": {}, "was": {
+        "redact_pii": True, "pii_patterns": {"EMPLOYEE_ID": r"EMP-\d{6}"}}}
+    for args, words in ((("--redact-pii", "yes"), "give on or off"),
+                        (("--pii-pattern", "EMAIL=x"), "not one of"),
+                        (("--pii-pattern", "BAD=("), "not a regular expression"),
+                        (("--pii-pattern", "A=x", "--pii-pattern", "A=y"), "each NAME once")):
+        refused = run("tenants", "update", name, *args, **env)
+        assert refused.returncode == 2 and words in refused.stderr, (args, refused.stderr)
 
 
 def test_keys_revoke_takes_the_id_or_the_whole_key(database_url: str) -> None:
@@ -633,8 +679,10 @@ def test_limits_of_tenants_and_keys(database_url: str) -> None:
     assert [line.split()[3:5] for line in lines] == [["0.5/s", "4"], ["tenant", "tenant"]]
     audit = query(database_url, "SELECT details FROM audit_log WHERE action = 'tenant.update' "
                   "AND target = $1 ORDER BY id", name)
-    assert json.loads(audit[0]["details"]) == {"rate_limit_per_s": 2.5, "rate_limit_burst": 20,
-                                   "max_stream_connections": 7}
+    assert json.loads(audit[0]["details"]) == {
+        "rate_limit_per_s": 2.5, "rate_limit_burst": 20, "max_stream_connections": 7,
+        "was": {"rate_limit_per_s": None, "rate_limit_burst": None,
+                "max_stream_connections": None}}
 
 
 @pytest.mark.parametrize("args, words", [
