@@ -6,8 +6,6 @@ do not drift). Fields the contract defines but a server may not send yet are
 (api.md, "Tool calls") are sent and returned as given once the server stores them.
 """
 
-from __future__ import annotations
-
 from typing import Any, Literal, NotRequired, TypedDict
 
 Role = Literal["user", "assistant", "system", "tool"]
