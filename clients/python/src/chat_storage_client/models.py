@@ -3,7 +3,7 @@
 They mirror the schemas of the server's ``/openapi.json`` (tests/clients check that they
 do not drift). Fields the contract defines but a server may not send yet are
 ``NotRequired`` and listed in :data:`PASS_THROUGH`: ``tool_calls`` and ``tool_call_id``
-(api.md, "Tool calls") are sent and returned as given once the server stores them.
+(docs/api.md, "Tool calls") are sent and returned as given once the server stores them.
 """
 
 from typing import Any, Literal, NotRequired, TypedDict

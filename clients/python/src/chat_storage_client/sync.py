@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -195,6 +195,12 @@ class Client:
 
     def check_version(self) -> str:
         return self._loop.run(self._async.check_version())
+
+    async def call_async(self, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """Await ``call(async_client)`` from another event loop: it runs on this client's
+        loop, and the caller's loop is not blocked meanwhile."""
+        future = asyncio.run_coroutine_threadsafe(_wrap(call(self._async)), self._loop.loop)
+        return await asyncio.wrap_future(future)
 
     def stream_answer(self, session_id: str, *, role: Role = "assistant",
                       parent_id: str | None = None,
