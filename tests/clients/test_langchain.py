@@ -110,7 +110,7 @@ async def test_an_async_client_refuses_the_sync_methods_clearly(
         server: Server, tenant: Tenant) -> None:
     async with AsyncClient(server.base, api_key=tenant.key) as aclient:
         history = ChatStorageMessageHistory("any", client=aclient)
-        with pytest.raises(TypeError, match="need a chat_storage_client.Client"):
+        with pytest.raises(TypeError, match=r"need a chat_storage_client\.Client"):
             history.add_messages([HumanMessage("x")])
 
 
