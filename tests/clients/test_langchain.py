@@ -8,7 +8,11 @@ adapter keeps (types, tool calls, usage, response metadata, RAG sources).
 
 from __future__ import annotations
 
+import asyncio
+import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +29,9 @@ from langchain_core.messages import (
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
+from tests.clients.conftest import CLIENT_ROOT
 from tests.conftest import Tenant
-from tests.support.procs import Server
+from tests.support.procs import Server, clean_env
 
 
 @pytest.fixture
@@ -142,3 +147,20 @@ async def test_runnable_with_message_history_works_unchanged(client: Client) -> 
     assert [(m["role"], m["content"]) for m in client.messages.list(sid)] == [
         ("user", "I am Ann."), ("assistant", "Hi Ann."),
         ("user", "Who am I?"), ("assistant", "Ann.")]
+
+
+async def test_the_readme_switch_from_postgres_runs(server: Server, tenant: Tenant,
+                                                    tmp_path: Path) -> None:
+    readme = (CLIENT_ROOT / "README.md").read_text().split("## LangChain", 1)[1]
+    match = re.search(r"```python\n(.*?)```", readme, re.S)
+    assert match is not None
+    program = tmp_path / "switch.py"
+    program.write_text(match.group(1))
+    env = clean_env(CHAT_STORAGE_URL=server.base, CHAT_STORAGE_API_KEY=tenant.key,
+                    PYTHONPATH=str(CLIENT_ROOT / "src"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(program), cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "['Hi', 'Hello!']"
