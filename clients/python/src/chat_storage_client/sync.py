@@ -61,7 +61,8 @@ class _Loop:
                     return
         finally:
             aclose = getattr(items, "aclose", None)
-            if aclose is not None and self.loop.is_running():
+            # closed by the consumer, or collected: end the async side (its socket)
+            if aclose is not None and self.loop.is_running() and not _on_this_loop(self.loop):
                 self.run(aclose())
 
     def stop(self) -> None:
