@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from chat_storage_client import AsyncClient, RetryPolicy
+from chat_storage_client import AsyncClient, RetryPolicy, StreamError
 
 from tests.conftest import Tenant
 from tests.support.cutproxy import CutProxy
@@ -73,6 +73,8 @@ async def test_an_exception_in_the_block_aborts_the_answer(
         stored = await client.messages.get(sid, answer.message_id)
         assert (stored["status"], stored["content"]) == ("aborted", "half an answer")
         assert stored["metadata"]["abort_reason"] == "producer raised RuntimeError"
+        with pytest.raises(StreamError, match="has ended"):
+            await answer.write("more")
 
 
 async def test_a_lost_end_reply_is_settled_from_the_stored_answer(

@@ -84,6 +84,8 @@ class AnswerStream:
 
     async def write(self, delta: str) -> None:
         """Append ``delta`` to the answer (sent at once; no round trip)."""
+        if self.message is not None:
+            raise StreamError(f"stream {self.stream_id} has ended ({self.message['status']})")
         self._raise_refused()
         if not delta:
             return
