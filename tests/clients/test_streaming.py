@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from chat_storage_client import AsyncClient, RetryPolicy, StreamError
+from chat_storage_client import AsyncClient, NotFound, RetryPolicy, StreamError
 
 from tests.conftest import Tenant
 from tests.support.cutproxy import CutProxy
@@ -91,3 +91,13 @@ async def test_a_lost_end_reply_is_settled_from_the_stored_answer(
         assert answer.message is not None
         assert (answer.message["status"], answer.message["content"]) == (
             "complete", "done before the cut")
+
+
+async def test_a_session_that_does_not_exist_is_not_found(server: Server, tenant: Tenant) -> None:
+    missing = "00000000-0000-7000-8000-000000000000"
+    async with AsyncClient(server.base, api_key=tenant.key) as client:
+        with pytest.raises(NotFound):
+            async with client.stream_answer(missing):
+                pass
+        with pytest.raises(NotFound):
+            await anext(client.watch(missing))  # type: ignore[arg-type]

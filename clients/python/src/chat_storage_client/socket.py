@@ -16,12 +16,19 @@ from typing import Any
 import aiohttp
 
 from chat_storage_client import _json
-from chat_storage_client.errors import from_body
+from chat_storage_client.errors import ChatStorageError, from_body
 from chat_storage_client.models import Event
 from chat_storage_client.transport import Transport
 
 # close codes after which reconnecting cannot help: the client sent what it must not
 FATAL_CLOSE_CODES = frozenset({1008, 1009})
+
+
+def refused(exc: aiohttp.WSServerHandshakeError) -> ChatStorageError | None:
+    """The error of an upgrade the server refused for good (401, 403, 404), else None."""
+    if exc.status in (401, 403, 404):
+        return from_body(exc.status, {"message": f"WebSocket upgrade refused: {exc.message}"})
+    return None
 
 
 class Lost(Exception):

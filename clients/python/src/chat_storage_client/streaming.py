@@ -18,6 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
+import aiohttp
+
 from chat_storage_client.errors import (
     ChatStorageError,
     ConnectionFailed,
@@ -35,7 +37,7 @@ from chat_storage_client.models import (
     ToolCall,
 )
 from chat_storage_client.resources import Messages
-from chat_storage_client.socket import FATAL_CLOSE_CODES, Lost, Socket
+from chat_storage_client.socket import FATAL_CLOSE_CODES, Lost, Socket, refused
 from chat_storage_client.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,9 @@ class AnswerStream:
             return await Socket.open(self._t, self.session_id, on_event, self._reply_timeout_s)
         except ChatStorageError:
             raise
+        except aiohttp.WSServerHandshakeError as exc:
+            raise refused(exc) or ConnectionFailed(
+                f"WebSocket to session {self.session_id}: {exc}") from exc
         except Exception as exc:
             raise ConnectionFailed(f"WebSocket to session {self.session_id}: {exc}") from exc
 

@@ -20,7 +20,7 @@ import aiohttp
 from chat_storage_client import _json
 from chat_storage_client.errors import ChatStorageError, ConnectionFailed, from_body
 from chat_storage_client.models import Event
-from chat_storage_client.socket import FATAL_CLOSE_CODES
+from chat_storage_client.socket import FATAL_CLOSE_CODES, refused
 from chat_storage_client.transport import Transport
 
 FINAL = frozenset({"stream.completed", "stream.aborted", "stream.interrupted"})
@@ -95,8 +95,9 @@ async def watch(transport: Transport, session_id: str, *, from_seq: int = 0,
         except ChatStorageError:
             raise
         except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (401, 403, 404):
-                raise from_body(exc.status, {"message": exc.message}) from exc
+            error = refused(exc)
+            if error is not None:
+                raise error from exc
             failures += 1
             continue
         except (aiohttp.ClientError, OSError, TimeoutError):
