@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -71,3 +72,37 @@ async def test_429_is_retried_after_retry_after(slow_server: Server, tenant: Ten
             for _ in range(3):
                 await impatient.sessions.get(sid)
         assert caught.value.status == 429 and caught.value.retry_after_s is not None
+
+
+@pytest.fixture
+async def tiny_queue_server(database_url: str, tmp_path) -> Server:  # type: ignore[no-untyped-def]
+    # one write queued per session: a burst of creates gets 503 "queue full"
+    proc = Server(database_url, tmp_path / "tiny.log", env={"CHAT_MAILBOX_SIZE": "1"})
+    await proc.start()
+    yield proc
+    await proc.kill()
+
+
+async def test_503_is_retried_and_every_message_stored_once(
+        tiny_queue_server: Server, tenant: Tenant) -> None:
+    from chat_storage_client import ServerError
+
+    burst = 8
+    base = tiny_queue_server.base
+    async with AsyncClient(base, api_key=tenant.key, retry=RetryPolicy(attempts=1)) as once:
+        sid = (await once.sessions.create("u1"))["id"]
+        results = await asyncio.gather(
+            *(once.messages.create(sid, "user", f"x{i}") for i in range(burst)),
+            return_exceptions=True)
+        refused = [r for r in results if isinstance(r, ServerError)]
+        # without retries some were refused (503, nothing stored)
+        assert refused and all(r.status == 503 and r.code == "unavailable" for r in refused)
+        stored_first = burst - len(refused)
+    async with AsyncClient(base, api_key=tenant.key,
+                           retry=RetryPolicy(attempts=30, base_s=0.05, max_wait_s=2)) as client:
+        await asyncio.gather(*(client.messages.create(sid, "user", f"y{i}")
+                               for i in range(burst)))
+        contents = [m["content"] async for m in client.messages.list(sid)]
+        assert sorted(c for c in contents if c.startswith("y")) == sorted(
+            f"y{i}" for i in range(burst))
+        assert len(contents) == stored_first + burst
