@@ -22,6 +22,7 @@ from chat_storage_client.transport import Transport
 
 # close codes after which reconnecting cannot help: the client sent what it must not
 FATAL_CLOSE_CODES = frozenset({1008, 1009})
+CLOSE_TIMEOUT_S = 2.0
 
 
 def refused(exc: aiohttp.WSServerHandshakeError) -> ChatStorageError | None:
@@ -56,8 +57,11 @@ class Socket:
                    on_event: Callable[[Event], None], timeout_s: float) -> Socket:
         """Connect (with the client's credentials) and start reading."""
         url = f"{transport.base_url}/api/v1/sessions/{session_id}/ws"
+        # a connection being replaced may be half-open: its close handshake is not
+        # waited for long
         ws = await transport.http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(
-            ws_receive=None, ws_close=timeout_s), heartbeat=30.0, max_msg_size=0)
+            ws_receive=None, ws_close=min(timeout_s, CLOSE_TIMEOUT_S)), heartbeat=30.0,
+            max_msg_size=0)
         return cls(ws, on_event)
 
     async def send(self, frame: dict[str, Any]) -> None:

@@ -250,6 +250,8 @@ async def stream_answer(transport: Transport, messages: Messages, session_id: st
                 await asyncio.shield(stream.abort(f"producer raised {type(exc).__name__}"))
         await stream.close()
         raise
-    if stream.message is None:
-        await stream.end()
-    await stream.close()
+    try:
+        if stream.message is None:
+            await stream.end()
+    finally:
+        await stream.close()
