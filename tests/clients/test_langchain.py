@@ -164,3 +164,29 @@ async def test_the_readme_switch_from_postgres_runs(server: Server, tenant: Tena
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "['Hi', 'Hello!']"
+
+
+def test_tool_calls_go_in_their_own_fields_once_the_server_stores_them(client: Client) -> None:
+    from chat_storage_client.langchain import from_api, to_api
+
+    # this server does not serve them yet (issue 16, item 0): kept under metadata
+    client.check_version()
+    assert client.stores_tool_calls is False
+    ai, tool = _conversation()[2:4]
+    assert "tool_calls" not in to_api(ai) and to_api(ai)["metadata"]["langchain"]["tool_calls"]
+    # a server that does: the contract's fields, read back from them
+    body = to_api(ai, native_tools=True)
+    assert body["tool_calls"] == [{"id": "call-1", "name": "calc",
+                                   "arguments": {"expr": "2 + 2"}}]
+    assert "tool_calls" not in body.get("metadata", {}).get("langchain", {})
+    assert to_api(tool, native_tools=True)["tool_call_id"] == "call-1"
+    stored: Any = {"id": "m1", "role": "assistant", "content": "", "context": None,
+                   "metadata": body.get("metadata", {}), "usage": None,
+                   "tool_calls": body["tool_calls"]}
+    back = from_api(stored)
+    assert isinstance(back, AIMessage)
+    assert [(c["id"], c["name"], c["args"]) for c in back.tool_calls] == [
+        ("call-1", "calc", {"expr": "2 + 2"})]
+    tool_back = from_api({**stored, "role": "tool", "content": "4", "tool_calls": [],
+                          "tool_call_id": "call-1", "metadata": {}})
+    assert isinstance(tool_back, ToolMessage) and tool_back.tool_call_id == "call-1"

@@ -22,6 +22,7 @@ class _Checked(Transport):
     def __init__(self, *args: Any, check_version: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.server_version: str | None = None
+        self.message_fields: frozenset[str] = frozenset()  # of the server's Message schema
         self._check = check_version
         self._lock = asyncio.Lock()
 
@@ -39,6 +40,7 @@ class _Checked(Transport):
                     raise version.not_a_server(exc.status) from exc
                 raise
             self.server_version = version.check(answer.body)
+            self.message_fields = version.message_fields(answer.body)
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: Mapping[str, Any] | None = None, raw: bool = False) -> Answer:
@@ -69,6 +71,11 @@ class AsyncClient:
     def server_version(self) -> str | None:
         """The server's contract version (``info.version``), once checked."""
         return self._transport.server_version
+
+    @property
+    def stores_tool_calls(self) -> bool:
+        """Whether the server stores ``tool_calls``/``tool_call_id`` (known once checked)."""
+        return "tool_calls" in self._transport.message_fields
 
     async def check_version(self) -> str:
         """Check the server now (VersionMismatch if unsupported); its contract version."""

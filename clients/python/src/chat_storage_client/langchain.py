@@ -9,10 +9,10 @@ What is kept: the message type (human → ``user``, ai → ``assistant``, system
 the content, usage (``usage_metadata`` and the model in ``response_metadata`` become
 the message's ``usage``), RAG sources (``additional_kwargs["context"]``, a list of
 ``{source_id, title?, uri?, snippet?, score?, metadata?}``, become its ``context``), and
-everything else of the LangChain message (tool calls, ``tool_call_id``, ``name``, ``id``,
-``response_metadata``, other ``additional_kwargs``, list content) under
-``metadata["langchain"]``: the server does not store tool calls as fields yet
-(docs/api.md, "Tool calls").
+everything else of the LangChain message (``name``, ``id``, ``response_metadata``, other
+``additional_kwargs``, list content) under ``metadata["langchain"]``. Tool calls and
+``tool_call_id`` go in the message's own fields when the server's ``/openapi.json`` has
+them (docs/api.md, "Tool calls"), else under ``metadata["langchain"]`` too.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ KEY = "langchain"  # the metadata key of what the API has no field for
 OWN_FIELDS = frozenset({"content", "usage_metadata", "type"})
 
 
-def to_api(message: BaseMessage) -> dict[str, Any]:
-    """The body of ``messages.create`` for a LangChain message."""
+def to_api(message: BaseMessage, *, native_tools: bool = False) -> dict[str, Any]:
+    """The body of ``messages.create`` for a LangChain message (``native_tools``: the
+    server stores ``tool_calls`` and ``tool_call_id`` as fields)."""
     role = ROLES.get(message.type)
     if role is None:
         raise ValueError(f"chat-storage stores human, ai, system and tool messages, "
@@ -54,6 +55,14 @@ def to_api(message: BaseMessage) -> dict[str, Any]:
     else:
         kept.pop("additional_kwargs", None)
     body: dict[str, Any] = {"role": role, "content": content}
+    if native_tools:
+        calls = kept.pop("tool_calls", None)
+        if calls:
+            body["tool_calls"] = [{"id": c.get("id") or "", "name": c["name"],
+                                   "arguments": c.get("args") or {}} for c in calls]
+        call_id = kept.pop("tool_call_id", None)
+        if call_id:
+            body["tool_call_id"] = call_id
     if context is not None:
         body["context"] = list(context)
     usage = _usage(message)
@@ -79,6 +88,9 @@ def from_api(message: Message) -> BaseMessage:
             "input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
             "total_tokens": usage.get("total_tokens",
                                       usage["prompt_tokens"] + usage["completion_tokens"])}
+    if kind == "ai" and message.get("tool_calls") and "tool_calls" not in data:
+        data["tool_calls"] = [{"id": c["id"], "name": c["name"], "args": c["arguments"],
+                               "type": "tool_call"} for c in message["tool_calls"]]
     if kind == "tool":
         data.setdefault("tool_call_id", message.get("tool_call_id", ""))
     return messages_from_dict([{"type": kind, "data": data}])[0]
@@ -119,9 +131,11 @@ class ChatStorageMessageHistory(BaseChatMessageHistory):
         return _visible(list(self._sync().messages.list(self.session_id, page_size=200)))
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        bodies = [to_api(m) for m in messages]
+        client = self._sync()
+        client.check_version()  # once per client: learns whether tool calls are fields
+        bodies = [to_api(m, native_tools=client.stores_tool_calls) for m in messages]
         if bodies:
-            self._sync().messages.create_many(self.session_id, bodies)
+            client.messages.create_many(self.session_id, bodies)
 
     def clear(self) -> None:
         client = self._sync()
@@ -137,9 +151,9 @@ class ChatStorageMessageHistory(BaseChatMessageHistory):
         return _visible(await self._call(get))
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        bodies = [to_api(m) for m in messages]
-
         async def add(client: AsyncClient) -> None:
+            await client.check_version()  # once: learns whether tool calls are fields
+            bodies = [to_api(m, native_tools=client.stores_tool_calls) for m in messages]
             if bodies:
                 await client.messages.create_many(self.session_id, bodies)
 

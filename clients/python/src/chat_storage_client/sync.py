@@ -194,6 +194,10 @@ class Client:
     def server_version(self) -> str | None:
         return self._async.server_version
 
+    @property
+    def stores_tool_calls(self) -> bool:
+        return self._async.stores_tool_calls
+
     def check_version(self) -> str:
         return self._loop.run(self._async.check_version())
 

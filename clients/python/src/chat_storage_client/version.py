@@ -51,6 +51,12 @@ def check(document: Any) -> str:
     return version
 
 
+def message_fields(document: dict[str, Any]) -> frozenset[str]:
+    """The fields of the server's Message object (to see which additions it serves)."""
+    schema = ((document.get("components") or {}).get("schemas") or {}).get("Message") or {}
+    return frozenset(schema.get("properties") or {})
+
+
 def not_a_server(status: int) -> ChatStorageError:
     """The error for an ``/openapi.json`` that did not answer as a chat-storage server."""
     return VersionMismatch(f"GET /openapi.json answered {status}: is this a chat-storage "
