@@ -101,3 +101,8 @@ def test_sync_client_has_the_same_shape(server: Server, tenant: Tenant) -> None:
         assert seen[3]["message"]["content"] == "Hello, world"
         with pytest.raises(NotFound):
             client.sessions.get("00000000-0000-7000-8000-000000000000")
+        with pytest.raises(ValueError), client.stream_answer(sid) as broken:
+            broken.write("part")
+            raise ValueError("the model failed")
+        aborted = client.messages.get(sid, broken.stream.message_id)
+        assert (aborted["status"], aborted["content"]) == ("aborted", "part")
