@@ -26,7 +26,7 @@ from chat_storage.runtime.settings import (
     Settings,
     SettingsError,
 )
-from chat_storage.server import admin, cli_access, cli_backup, logs, serving, workers
+from chat_storage.server import admin, cli_access, cli_backup, cli_keys, logs, serving, workers
 from chat_storage.server.admin import PROG
 from chat_storage.storage import db, principal, tenants
 from chat_storage.storage.errors import StorageError
@@ -59,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(admin.migrate(settings))
         if args.command == "retention":
             return asyncio.run(admin.retention(settings))
+        if args.command == "keys" and args.action == "rotate-kek":
+            return asyncio.run(admin.with_connection(
+                settings, functools.partial(cli_keys.rotate_kek, settings)))
+        if args.command == "tenants" and args.action == "update" and args.encryption:
+            asyncio.run(admin.with_connection(
+                settings, functools.partial(cli_keys.update_encryption, settings, args)))
+            if args.only_encryption:
+                return 0
         if args.command == "tenants" and args.action == "delete":
             return asyncio.run(admin.tenants_delete(settings, args))  # files too: the store
         command: Callable[[db.Connection], Awaitable[None]] = functools.partial(
@@ -82,11 +90,12 @@ def _check_tenant_update(parser: argparse.ArgumentParser, args: argparse.Namespa
                 parser.error(f"--clear-rate-limit: not allowed with {flag} or its --clear-…")
             setattr(args, dest, None)
     cli_access.resolve_update_flags(parser, args, tenants.UNCHANGED)
-    if all(getattr(args, dest) is tenants.UNCHANGED
-           for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES):
+    args.only_encryption = all(getattr(args, dest) is tenants.UNCHANGED
+                               for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES)
+    if args.only_encryption and args.encryption is None:
         parser.error("nothing to change: give --retention-days N or --no-retention, "
                      "--rate-limit-per-s R, --rate-limit-burst B, --max-stream-connections N "
-                     "or one of their --clear-… flags, --oidc-… or --cors-origins")
+                     "or one of their --clear-… flags, --oidc-…, --cors-origins or --encryption")
 
 
 def _note_legacy_data_dir(settings: Settings) -> None:
@@ -272,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--clear-max-stream-connections", dest="max_stream_connections",
                      action="store_const", const=None, help="back to the setting")
     cli_access.add_update_flags(update_tenant)
+    cli_keys.add_encryption_flag(update_tenant)
     update_tenant.set_defaults(handler=admin.tenants_update, **dict.fromkeys(
         TENANT_UPDATES, tenants.UNCHANGED))
     cli_access.add_rotate_command(tenants_sub, admin.tenants_rotate_signing_key)
@@ -304,6 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     list_keys.add_argument("--tenant", required=True, metavar="NAME", type=_name)
     list_keys.add_argument("--json", action="store_true", help="print a JSON array")
     list_keys.set_defaults(handler=admin.keys_list)
+    cli_keys.add_rotate_command(keys_sub)
     return parser
 
 

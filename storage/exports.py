@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 
 from chat_storage.storage import attachments, messages, sessions
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.rows import open_messages
 
 MESSAGE_PAGE = 500
 SESSION_PAGE = 100
@@ -32,9 +34,9 @@ async def snapshot(conn: asyncpg.Connection) -> AsyncIterator[None]:
 
 async def message_pages(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
-    *, page_size: int = MESSAGE_PAGE,
+    *, page_size: int = MESSAGE_PAGE, keyring: Keyring | None = None,
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
-    """The session's messages in ``seq`` order, ``page_size`` at a time."""
+    """The session's messages in ``seq`` order, ``page_size`` at a time, opened."""
     after = 0
     while True:
         rows = await conn.fetch(
@@ -43,7 +45,8 @@ async def message_pages(
             session_id, tenant_id, after, page_size,
         )
         if rows:
-            yield [messages.to_json(r) for r in rows]
+            yield await open_messages(conn, keyring, tenant_id,
+                                      [messages.to_json(r) for r in rows])
         if len(rows) < page_size:
             return
         after = rows[-1]["seq"]

@@ -30,6 +30,7 @@ import orjson
 
 from chat_storage.storage import jsoncodec, messages, sessions
 from chat_storage.storage.audit_log import audit
+from chat_storage.storage.crypto.rows import archived
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.objects import ObjectStore
 
@@ -99,7 +100,9 @@ async def archive_batch(
         lines: dict[str, list[bytes]] = defaultdict(list)
         for r in rows:
             user = owners[r["session_id"]]
-            lines[user].append(_line("message", user, messages.to_json(r)))
+            # a sealed message is archived sealed (its ciphertext, base64): the archive
+            # opens only while the user's data key exists
+            lines[user].append(_line("message", user, archived(messages.to_json(r))))
         message_ids = [r["id"] for r in rows]
         if message_ids:
             out.object_keys += [r["object_key"] for r in await conn.fetch(

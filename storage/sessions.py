@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from chat_storage.storage.audit_log import audit
+from chat_storage.storage.crypto.keyring import shred
 from chat_storage.storage.errors import NotFound
 from chat_storage.storage.idempotency import Claim, record_response
 from chat_storage.storage.ids import new_id
@@ -207,13 +208,17 @@ async def erase_user(
     """Erase every session and message of ``user_id`` in the tenant, in one transaction.
 
     One audit record carries the counts. Sessions created while this runs are not
-    part of it (a new erasure request covers them).
+    part of it (a new erasure request covers them). The user's data key is destroyed in
+    the same transaction (crypto-shredding): copies of their sealed rows in backups and
+    archives no longer open.
     """
     async with conn.transaction():
         erased = await _erase(conn, tenant_id, "user_id = $2", user_id)
         await _forget_replies(conn, tenant_id, user_id, erased.session_ids)
+        shredded = await shred(conn, tenant_id, user_id)
         await audit(conn, tenant_id, actor, "user.erase", f"user:{user_id}",
-                    {"sessions": erased.sessions, "messages": erased.messages}, request_id)
+                    {"sessions": erased.sessions, "messages": erased.messages,
+                     "data_keys_destroyed": len(shredded)}, request_id)
     return erased
 
 

@@ -41,6 +41,7 @@ from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import dumps, parse_query
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, ExportQuery
+from chat_storage.server.state import keyring_of
 from chat_storage.storage import exports, sessions
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         render = RENDERERS[fmt]
         await out.write(render.head(session))
         first = True
-        async with contextlib.aclosing(exports.message_pages(conn, tenant_id, session_id)) as pages:
+        async with contextlib.aclosing(exports.message_pages(
+                conn, tenant_id, session_id, keyring=keyring_of(request))) as pages:
             async for page in pages:
                 for message in page:
                     await out.write(render.message(message, first))
@@ -153,7 +155,8 @@ async def export_user(request: web.Request) -> web.StreamResponse:
         async with contextlib.aclosing(exports.user_sessions(conn, tenant_id, user_id)) as found:
             async for session in found:
                 await out.write(_line("session", session))
-                pages = exports.message_pages(conn, tenant_id, session["id"])
+                pages = exports.message_pages(conn, tenant_id, session["id"],
+                                              keyring=keyring_of(request))
                 async with contextlib.aclosing(pages):
                     async for page in pages:
                         for message in page:

@@ -1,0 +1,48 @@
+"""Sealing a row's fields under its user's data key (AES-256-GCM).
+
+A sealed value is ``version (1) || nonce (12) || ciphertext and tag`` of the fields as
+JSON. Its associated data names the tenant, the session and the row (a message id,
+or ``title`` for a session's title): copied into another row, tenant or session, it
+does not open.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+
+
+class Unreadable(Exception):
+    """Sealed content that does not open: its key is gone (shredded) or it was moved."""
+
+
+def associated(tenant_id: uuid.UUID, session_id: uuid.UUID, row: uuid.UUID | str) -> bytes:
+    """What binds a sealed value to its place."""
+    return f"chat-storage/v1/{tenant_id}/{session_id}/{row}".encode()
+
+
+def seal(key: AESGCM, fields: dict[str, Any], ad: bytes) -> bytes:
+    """``fields`` sealed under the data ``key``, bound to ``ad``."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return _VERSION + nonce + key.encrypt(nonce, orjson.dumps(fields), ad)
+
+
+def open_sealed(key: AESGCM, sealed: bytes, ad: bytes) -> dict[str, Any]:
+    """The fields in ``sealed``; :class:`Unreadable` if it does not open."""
+    if sealed[:1] != _VERSION or len(sealed) < 1 + _NONCE_BYTES + 16:
+        raise Unreadable("not a sealed value of this version")
+    try:
+        plain = key.decrypt(sealed[1:1 + _NONCE_BYTES],
+                                         sealed[1 + _NONCE_BYTES:], ad)
+    except InvalidTag:
+        raise Unreadable("sealed value does not open under its key") from None
+    fields: dict[str, Any] = orjson.loads(plain)
+    return fields
