@@ -20,6 +20,7 @@ import asyncpg
 from chat_storage.storage import attachments, messages, sessions
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.crypto.rows import open_messages
+from chat_storage.storage.crypto.titles import open_sessions
 
 MESSAGE_PAGE = 500
 SESSION_PAGE = 100
@@ -54,9 +55,9 @@ async def message_pages(
 
 async def user_sessions(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
-    *, page_size: int = SESSION_PAGE,
+    *, page_size: int = SESSION_PAGE, keyring: Keyring | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """The user's sessions, oldest first."""
+    """The user's sessions, oldest first, titles opened."""
     after: tuple[dt.datetime, uuid.UUID] | None = None
     while True:
         rows = await conn.fetch(
@@ -66,8 +67,9 @@ async def user_sessions(
             tenant_id, user_id, None if after is None else after[0],
             None if after is None else after[1], page_size,
         )
-        for row in rows:
-            yield sessions.to_json(row)
+        for session in await open_sessions(conn, keyring, tenant_id,
+                                           [sessions.to_json(r) for r in rows]):
+            yield session
         if len(rows) < page_size:
             return
         after = (rows[-1]["created_at"], rows[-1]["id"])

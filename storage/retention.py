@@ -31,6 +31,7 @@ import orjson
 from chat_storage.storage import jsoncodec, messages, sessions
 from chat_storage.storage.audit_log import audit
 from chat_storage.storage.crypto.rows import archived
+from chat_storage.storage.crypto.titles import archived_session
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.objects import ObjectStore
 
@@ -123,7 +124,8 @@ async def archive_batch(
             "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id)",
             tenant_id, list(owners), cutoff)
         for r in emptied:
-            lines[r["user_id"]].append(_line("session", r["user_id"], sessions.to_json(r)))
+            line = _line("session", r["user_id"], archived_session(sessions.to_json(r)))
+            lines[r["user_id"]].append(line)
         if emptied:
             gone = [r["id"] for r in emptied]
             out.object_keys += [r["object_key"] for r in await conn.fetch(

@@ -127,7 +127,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     media_type, ext = FORMATS[fmt]
 
     async def body(conn: asyncpg.Connection, out: Out) -> None:
-        session = await sessions.get(conn, tenant_id, session_id)  # 404 before any byte
+        session = await sessions.get(conn, tenant_id, session_id,  # 404 before any byte
+                                     keyring_of(request))
         render = RENDERERS[fmt]
         await out.write(render.head(session))
         first = True
@@ -152,7 +153,8 @@ async def export_user(request: web.Request) -> web.StreamResponse:
     tenant_id = principal_of(request).tenant_id
 
     async def body(conn: asyncpg.Connection, out: Out) -> None:
-        async with contextlib.aclosing(exports.user_sessions(conn, tenant_id, user_id)) as found:
+        async with contextlib.aclosing(exports.user_sessions(
+                conn, tenant_id, user_id, keyring=keyring_of(request))) as found:
             async for session in found:
                 await out.write(_line("session", session))
                 pages = exports.message_pages(conn, tenant_id, session["id"],

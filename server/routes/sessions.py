@@ -26,7 +26,7 @@ from chat_storage.server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def create_session(request: web.Request) -> web.Response:
     try:
         session = await run(request, lambda conn: sessions.create(
             conn, tenant_id, user_id=body.user_id, title=body.title,
-            metadata=body.metadata, ttl_s=body.ttl_s, idem=claim,
+            metadata=body.metadata, ttl_s=body.ttl_s, idem=claim, keyring=keyring_of(request),
         ))
     except BaseException:
         await idempotency.release(request, claim)
@@ -64,7 +64,8 @@ def _location(session: Mapping[str, Any]) -> str:
     return f"{SESSIONS_PATH}/{session['id']}"
 
 
-@routes.get(SESSIONS_PATH, query=SessionListQuery, responses={200: SessionPage, 400: Error})
+@routes.get(SESSIONS_PATH, query=SessionListQuery,
+            responses={200: SessionPage, 400: Error, 409: Error})
 async def list_sessions(request: web.Request) -> web.Response:
     """List sessions, most recent activity first (filter by user, favorite, title)."""
     query = parse_query(request, SessionListQuery)
@@ -78,7 +79,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     after = None if key is None else (key[0], key[1])
     listed = await run(request, lambda conn: sessions.list_sessions(
         conn, tenant_id, user_id=query.user_id, favorite=query.favorite, q=query.q,
-        after=after, limit=query.limit + 1,
+        after=after, limit=query.limit + 1, keyring=keyring_of(request),
     ))
     keys = {item.session["id"]: item.key for item in listed}
 
@@ -95,7 +96,8 @@ async def get_session(request: web.Request) -> web.Response:
     """Get a session."""
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
-    return json_response(await run(request, lambda conn: sessions.get(conn, tenant_id, session_id)))
+    return json_response(await run(request, lambda conn: sessions.get(
+        conn, tenant_id, session_id, keyring_of(request))))
 
 
 @routes.patch(SESSION_PATH, body=SessionUpdate, responses={200: Session, 400: Error, 404: Error})
@@ -119,17 +121,17 @@ async def update_session(request: web.Request) -> web.Response:
     tenant_id = principal_of(request).tenant_id
     if not given:
         return json_response(await run(request, lambda conn: sessions.get(
-            conn, tenant_id, session_id)))
+            conn, tenant_id, session_id, keyring_of(request))))
     changes = {field: getattr(body, field) for field in given}
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, **changes)))
+        conn, tenant_id, session_id, keyring=keyring_of(request), **changes)))
 
 
 async def _set_favorite(request: web.Request, favorite: bool) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, favorite=favorite)))
+        conn, tenant_id, session_id, favorite=favorite, keyring=keyring_of(request))))
 
 
 @routes.put(SESSION_PATH + "/favorite", responses={200: Session, 404: Error})

@@ -84,6 +84,13 @@ class Keyring:
             self._remember(self._sessions, session_id, key)
         return key
 
+    async def for_new_session(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                              user_id: str) -> DataKey | None:
+        """The key that seals a new session's title; ``None``: the tenant is not encrypted."""
+        if not await conn.fetchval("SELECT encrypted FROM tenants WHERE id = $1", tenant_id):
+            return None
+        return await self.for_user(conn, tenant_id, user_id)
+
     async def for_user(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
                        user_id: str) -> DataKey:
         """The user's data key, made now if they have none (a racing replica's wins)."""

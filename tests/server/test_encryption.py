@@ -36,8 +36,10 @@ async def converse(server: Server, tenant: Tenant, said: str, streamed: str) -> 
     """A session with one written message and one streamed answer; its id."""
     timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
     async with aiohttp.ClientSession(server.base, timeout=timeout) as http:
-        sid = (await call(http, "POST", "/api/v1/sessions", tenant, 201,
-                          json={"user_id": "alice", "title": "t"}))["id"]
+        created = await call(http, "POST", "/api/v1/sessions", tenant, 201,
+                             json={"user_id": "alice", "title": f"title of {said}"})
+        assert created["title"] == f"title of {said}"
+        sid = created["id"]
         written = await call(http, "POST", f"/api/v1/sessions/{sid}/messages", tenant, 201,
                              json={"role": "user", "content": said,
                                    "metadata": {"said": said}})
@@ -63,6 +65,8 @@ async def converse(server: Server, tenant: Tenant, said: str, streamed: str) -> 
 async def read_back(server: Server, tenant: Tenant, sid: str) -> list[dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=DEADLINE_S)
     async with aiohttp.ClientSession(server.base, timeout=timeout) as http:
+        session = await call(http, "GET", f"/api/v1/sessions/{sid}", tenant, 200)
+        assert session["title"].startswith("title of ")
         page = await call(http, "GET", f"/api/v1/sessions/{sid}/messages", tenant, 200)
         exported = await call(http, "GET", f"/api/v1/sessions/{sid}/export", tenant, 200,
                               params={"format": "jsonl"})
