@@ -91,7 +91,7 @@ async def create(
         assert row is not None  # noqa: S101
         [session] = await open_sessions(conn, keyring, tenant_id, [to_json(row)])
         if idem is not None:
-            await record_response(conn, idem, 201, session)
+            await record_response(conn, idem, 201, session, key)
     return session
 
 

@@ -136,7 +136,7 @@ async def insert_batches(
             if group.idem is None or isinstance(stored, Exception):
                 continue  # none asked, or its session is gone: the route releases the key
             await record_response(conn, group.idem, 201,
-                                  {"data": stored} if group.wrap else stored[0])
+                                  {"data": stored} if group.wrap else stored[0], keys[bi])
     return results
 
 

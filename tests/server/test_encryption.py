@@ -26,7 +26,8 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, tenant: Tenant,
                status: int, **kwargs: Any) -> Any:
-    async with http.request(method, url, headers=tenant.headers, **kwargs) as r:
+    headers = {**tenant.headers, **kwargs.pop("headers", {})}
+    async with http.request(method, url, headers=headers, **kwargs) as r:
         body = await r.text()
         assert r.status == status, body
         return await r.json() if r.content_type == "application/json" else body
@@ -40,10 +41,16 @@ async def converse(server: Server, tenant: Tenant, said: str, streamed: str) -> 
                              json={"user_id": "alice", "title": f"title of {said}"})
         assert created["title"] == f"title of {said}"
         sid = created["id"]
+        body = {"role": "user", "content": said, "metadata": {"said": said}}
+        idem = {"Idempotency-Key": f"k-{secrets.token_hex(6)}"}
         written = await call(http, "POST", f"/api/v1/sessions/{sid}/messages", tenant, 201,
-                             json={"role": "user", "content": said,
-                                   "metadata": {"said": said}})
+                             json=body, headers=idem)
         assert written["content"] == said and written["metadata"] == {"said": said}
+        # its recorded reply is sealed too, and a retry replays it
+        async with http.post(f"/api/v1/sessions/{sid}/messages", json=body,
+                             headers={**tenant.headers, **idem}) as r:
+            assert r.status == 201 and r.headers["Idempotent-Replayed"] == "true"
+            assert await r.json() == written
         async with http.ws_connect(f"/api/v1/sessions/{sid}/ws", headers=tenant.headers) as ws:
             await ws.send_json({"type": "stream.start", "ref": "s", "role": "assistant"})
             started = await ws.receive_json(timeout=DEADLINE_S)
