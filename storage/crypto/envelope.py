@@ -24,9 +24,23 @@ class Unreadable(Exception):
     """Sealed content that does not open: its key is gone (shredded) or it was moved."""
 
 
+_AD_PREFIX = b"chat-storage/v1\x00"
+
+
 def associated(tenant_id: uuid.UUID, session_id: uuid.UUID, row: uuid.UUID | str) -> bytes:
-    """What binds a sealed value to its place."""
-    return f"chat-storage/v1/{tenant_id}/{session_id}/{row}".encode()
+    """What binds a sealed value to its place: the ids' 16 bytes each (a read opens a
+    page of rows: no text formatting per row), then the row's id or its name."""
+    return place(tenant_id, session_id) + row_part(row)
+
+
+def place(tenant_id: uuid.UUID, session_id: uuid.UUID) -> bytes:
+    """The part of :func:`associated` that names the tenant and session."""
+    return _AD_PREFIX + tenant_id.bytes + session_id.bytes
+
+
+def row_part(row: uuid.UUID | str) -> bytes:
+    """The part of :func:`associated` that names the row."""
+    return row.bytes if isinstance(row, uuid.UUID) else b"\x00" + row.encode()
 
 
 def seal(key: AESGCM, fields: dict[str, Any], ad: bytes) -> bytes:

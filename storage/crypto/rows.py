@@ -15,7 +15,14 @@ from typing import Any
 
 import asyncpg
 
-from chat_storage.storage.crypto.envelope import Unreadable, associated, open_sealed, seal
+from chat_storage.storage.crypto.envelope import (
+    Unreadable,
+    associated,
+    open_sealed,
+    place,
+    row_part,
+    seal,
+)
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
 
 SEALED_FIELDS = ("content", "context", "metadata")
@@ -52,26 +59,34 @@ def from_archive(line: Mapping[str, Any]) -> dict[str, Any]:
 
 async def open_messages(
     conn: asyncpg.Connection, keyring: Keyring | None, tenant_id: uuid.UUID,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """``rows`` (message objects carrying ``sealed`` and ``data_key_id``) with their
-    sealed fields opened, and those two keys dropped. :class:`Unreadable` for a row whose
+    """``rows`` (message objects; a sealed one carries ``sealed`` and ``data_key_id``)
+    with their sealed fields opened. A plain row is passed through as it is; a sealed
+    one is copied, opened, and loses those two keys. :class:`Unreadable` for a row whose
     key is gone (shredded) or that was moved from another row, tenant or session."""
     wanted = {r["data_key_id"] for r in rows if r.get("sealed") is not None}
-    keys: dict[uuid.UUID, DataKey] = {}
-    if wanted:
-        if keyring is None:
-            raise Unreadable("sealed content, and no CHAT_ENCRYPTION_KEK to open it")
-        keys = await keyring.by_ids(conn, wanted)
+    if not wanted:  # a plain tenant's page costs one scan, no copy
+        return list(rows)
+    if keyring is None:
+        raise Unreadable("sealed content, and no CHAT_ENCRYPTION_KEK to open it")
+    keys = await keyring.by_ids(conn, wanted)
+    places: dict[uuid.UUID, bytes] = {}  # a page is mostly one session: its part once
     out = []
     for row in rows:
-        message = {k: v for k, v in row.items() if k not in ("sealed", "data_key_id")}
         sealed = row.get("sealed")
-        if sealed is not None:
-            key = keys.get(row["data_key_id"])
-            if key is None:
-                raise Unreadable("the data key of this content was destroyed")
-            message.update(open_sealed(key.aead, bytes(sealed),
-                                       associated(tenant_id, row["session_id"], row["id"])))
+        if sealed is None:
+            out.append(row)
+            continue
+        key = keys.get(row["data_key_id"])
+        if key is None:
+            raise Unreadable("the data key of this content was destroyed")
+        message = dict(row)
+        del message["sealed"], message["data_key_id"]
+        session_id = row["session_id"]
+        prefix = places.get(session_id)
+        if prefix is None:
+            prefix = places[session_id] = place(tenant_id, session_id)
+        message.update(open_sealed(key.aead, bytes(sealed), prefix + row_part(row["id"])))
         out.append(message)
     return out
