@@ -161,3 +161,19 @@ async def test_rotating_the_kek_rewraps_keys_without_touching_rows(
         with pytest.raises(Exception, match="unwrap"):
             await history.history(conn, tenant.id, sid, limit=10,
                                   keyring=Keyring(keyring.kek, cache_s=60))
+
+
+async def test_feedback_on_a_sealed_message_works_and_its_metadata_is_refused(
+        pool: asyncpg.Pool, keyring: Keyring) -> None:
+    tenant = await encrypted(pool)
+    async with pool.acquire() as conn:
+        sid, mid = await write(conn, keyring, tenant, "dana", "rate me")
+        rated = await messages.update(conn, tenant.id, sid, mid, feedback={"rating": 1},
+                                      keyring=keyring)
+        assert rated["content"] == "rate me" and rated["feedback"] == {"rating": 1}
+        with pytest.raises(Conflict, match="encrypted"):
+            await messages.update(conn, tenant.id, sid, mid, metadata={"x": 1},
+                                  keyring=keyring)
+        # a tombstone keeps nothing sealed
+        await messages.tombstone(conn, tenant.id, sid, mid, actor="test")
+        assert await conn.fetchval("SELECT sealed FROM messages WHERE id = $1", mid) is None
