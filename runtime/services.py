@@ -49,6 +49,7 @@ from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.switch import check_configured
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import ObjectStore
 from chat_storage.storage.ratelimit import Limiter, open_limiter
@@ -96,6 +97,8 @@ class Services:
             keyring = await open_keyring(settings)
             if keyring is not None:
                 undo.push_async_callback(keyring.close)
+            async with pool.acquire() as conn:
+                await check_configured(conn, keyring is not None)
             redis, broker, limiter = await _open_redis(settings, tasks)
             undo.push_async_callback(broker.close)
             if redis is not None:

@@ -16,11 +16,13 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chat_storage.storage.errors import StorageError
+
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 
 
-class Unreadable(Exception):
+class Unreadable(StorageError):
     """Sealed content that does not open: its key is gone (shredded) or it was moved."""
 
 

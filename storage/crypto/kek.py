@@ -28,12 +28,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chat_storage.storage.errors import StorageError
+
 _NONCE_BYTES = 12
 _LOCAL_VERSION = b"\x01"
 KMS_TIMEOUT_S = 5.0
 
 
-class KekError(Exception):
+class KekError(StorageError):
     """A KEK that cannot be had, or a wrapped key that does not unwrap under it."""
 
 

@@ -139,14 +139,6 @@ class Keyring:
                 out[key.id] = key
         return out
 
-    def forget(self, key_ids: set[uuid.UUID]) -> None:
-        """Drop these keys (shredded here) and every session's reference to them."""
-        for key_id in key_ids:
-            self._keys.pop(key_id, None)
-        for sid in [s for s, (_, k) in self._sessions.items()
-                    if k is not None and k.id in key_ids]:
-            del self._sessions[sid]
-
 
 async def shred(conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str) -> set[uuid.UUID]:
     """Destroy the user's data key (in the caller's transaction); the ids destroyed."""

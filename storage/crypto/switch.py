@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from chat_storage.storage.audit_log import audit
-from chat_storage.storage.errors import NotFound
+from chat_storage.storage.errors import NotFound, StorageError
+
+
+class EncryptionNotConfigured(StorageError):
+    """Tenants have encryption on, and this process has no KEK: it would store their
+    new content in plain text, so it does not start."""
 
 
 async def set_encryption(conn: asyncpg.Connection, tenant: str, on: bool) -> bool:
@@ -31,3 +36,15 @@ async def encrypted_tenants(conn: asyncpg.Connection) -> list[str]:
     """The names of the tenants whose new content is sealed."""
     return [r["name"] for r in await conn.fetch(
         "SELECT name FROM tenants WHERE encrypted ORDER BY name")]
+
+
+async def check_configured(conn: asyncpg.Connection, has_kek: bool) -> None:
+    """:class:`EncryptionNotConfigured` if tenants have encryption on and ``not has_kek``."""
+    if has_kek:
+        return
+    names = await encrypted_tenants(conn)
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise EncryptionNotConfigured(
+            f"tenant(s) {shown} have encryption on and CHAT_ENCRYPTION_KEK is not set: "
+            "their new messages would be stored in plain text (docs/security.md)")

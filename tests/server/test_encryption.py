@@ -3,8 +3,10 @@ what is stored, what reads return, search, rotation of the KEK, and the logs."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,21 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import Tenant, make_tenant
+from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR
+from chat_storage.storage import db
+from tests.conftest import ADMIN_URL, Tenant, make_tenant
+from tests.support import scratch
+from tests.support.encryption import switched_off_after
 from tests.support.pgdump import data_dump
-from tests.support.procs import ROOT, Server, clean_env, cli_command
+from tests.support.procs import ROOT, Server, clean_env, cli_command, free_port
 
 DEADLINE_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+async def _encryption_off_afterwards(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    async for _ in switched_off_after(pool):
+        yield
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -82,8 +94,23 @@ async def read_back(server: Server, tenant: Tenant, sid: str) -> list[dict[str, 
         return list(page["data"])
 
 
+@pytest.fixture
+async def own_database() -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A migrated database of this test alone: rotation re-wraps every data key there is,
+    and the run's shared database holds other tests' keys under other KEKs."""
+    name = f"chat_enc_{secrets.token_hex(4)}"
+    url = await scratch.create(ADMIN_URL, name, DEFAULT_MIGRATIONS_DIR)
+    pool = await db.create_pool(url, min_size=1, max_size=2)
+    try:
+        yield url, pool
+    finally:
+        await pool.close()
+        await scratch.drop(ADMIN_URL, name)
+
+
 async def test_an_encrypted_tenant_stores_ciphertext_and_reads_plain_text(
-        database_url: str, pool: asyncpg.Pool, tmp_path: Path) -> None:
+        own_database: tuple[str, asyncpg.Pool], tmp_path: Path) -> None:
+    database_url, pool = own_database
     old_kek, new_kek = f"local:{secrets.token_hex(32)}", f"local:{secrets.token_hex(32)}"
     tenant, plain = await make_tenant(pool, "enc"), await make_tenant(pool, "plain")
     refused = cli("tenants", "update", tenant.name, "--encryption", "on",
@@ -141,3 +168,19 @@ async def test_an_encrypted_tenant_stores_ciphertext_and_reads_plain_text(
 def test_rotation_needs_both_keks(database_url: str, args: tuple[str, ...]) -> None:
     out = cli(*args, DATABASE_URL=database_url, CHAT_ENCRYPTION_KEK=f"local:{'a' * 64}")
     assert out.returncode == 2 and "CHAT_ENCRYPTION_KEK_PREVIOUS" in out.stderr
+
+
+async def test_a_server_without_the_kek_refuses_to_start_while_a_tenant_is_encrypted(
+        database_url: str, pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pool, "nokek")
+    port = str(free_port())
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE tenants SET encrypted = true WHERE id = $1", tenant.id)
+    try:
+        # bounded by cli()'s deadline: a server that started would be killed there
+        out = await asyncio.to_thread(cli, "serve", "--port", port, DATABASE_URL=database_url)
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE tenants SET encrypted = false WHERE id = $1", tenant.id)
+    assert out.returncode == 1
+    assert "CHAT_ENCRYPTION_KEK is not set" in out.stderr and tenant.name in out.stderr
