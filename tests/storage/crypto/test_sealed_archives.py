@@ -54,3 +54,25 @@ async def test_archives_hold_ciphertext_that_shredding_makes_unreadable(
         [bob] = await open_messages(conn, fresh, tenant.id, [lines["bob"]])
         assert bob["content"] == secret["bob"]
     await keyring.close()
+
+
+async def test_an_archived_empty_session_keeps_its_title_sealed(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, b"test key")
+    keyring = Keyring(await open_kek(f"local:{secrets.token_hex(32)}"), cache_s=60)
+    tenant = await make_tenant(pool, "archt")
+    title = f"title-{secrets.token_hex(8)}"
+    async with pool.acquire() as conn:
+        await set_encryption(conn, tenant.name, True)
+        sid = (await sessions.create(conn, tenant.id, user_id="u", title=title,
+                                     keyring=keyring))["id"]
+        await conn.execute("UPDATE sessions SET activity_at = now() - interval '40 days' "
+                           "WHERE id = $1", sid)
+        out = await retention.archive_batch(conn, store, tenant.id,
+                                            dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
+        assert out.sessions == 1
+        raw = b"".join(gzip.decompress((tmp_path / key).read_bytes()) for key in out.archives)
+        assert title.encode() not in raw
+        [line] = [line for key in out.archives for line in await retention.read_archive(store, key)]
+        assert line["kind"] == "session" and line["title"] == "" and line["sealed_title"]
+    await keyring.close()
