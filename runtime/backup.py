@@ -128,7 +128,8 @@ async def _dump(settings: Settings, path: Path) -> _Facts:
                 raise BackupError("the database has no chat-storage schema: nothing to back up")
             exported = await snapshot.export_snapshot(conn)
             proc = await pgtools.start(
-                pg_dump, ["--format=custom", f"--snapshot={exported}", "--file", str(path)],
+                pg_dump, ["--format=custom", f"--snapshot={exported}", "--file", str(path),
+                          *(f"--exclude-table-data={t}" for t in snapshot.NOT_BACKED_UP)],
                 dsn=dsn)
             try:
                 facts = await _read_facts(conn, version)

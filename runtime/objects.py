@@ -13,5 +13,6 @@ async def store_from_settings(settings: Settings) -> ObjectStore:
         s3_endpoint_url=settings.s3_endpoint_url, s3_public_url=settings.s3_public_url,
         s3_region=settings.s3_region, s3_access_key_id=settings.s3_access_key_id,
         s3_secret_access_key=settings.s3_secret_access_key,
-        local_signing_key=settings.object_signing_key,
+        local_signing_key=settings.object_signing_key, s3_sse=settings.s3_sse,
+        s3_sse_kms_key_id=settings.s3_sse_kms_key_id,
     )

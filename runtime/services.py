@@ -44,9 +44,12 @@ from chat_storage.actors.write.shared import SharedCommitter, SinkFactory
 from chat_storage.runtime import config, maintenance
 from chat_storage.runtime.database import close_pool, open_database
 from chat_storage.runtime.deadline import Deadline
+from chat_storage.runtime.keys import open_keyring
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import Broker, RedisBroker, open_broker
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.switch import check_configured
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import ObjectStore
 from chat_storage.storage.privacy import Policies
@@ -75,6 +78,8 @@ class Services:
     ingest: IngestStream | None
     consumer: IngestConsumer | None
     privacy: Policies  # each tenant's PII redactor, for the write paths
+    # opens and makes data keys; None when CHAT_ENCRYPTION_KEK is not set
+    keyring: Keyring | None = None
     _intake_stopped: bool = False
 
     @classmethod
@@ -91,6 +96,11 @@ class Services:
             undo.push_async_callback(close_pool, pool, 0.0)
             objects = await store_from_settings(settings)
             undo.push_async_callback(objects.close)
+            keyring = await open_keyring(settings)
+            if keyring is not None:
+                undo.push_async_callback(keyring.close)
+            async with pool.acquire() as conn:
+                await check_configured(conn, keyring is not None)
             redis, broker, limiter = await _open_redis(settings, tasks)
             undo.push_async_callback(broker.close)
             if redis is not None:
@@ -98,17 +108,18 @@ class Services:
             live = config.live(settings)
             held = HeldStreams()
             source = SessionSource(pool, broker, held,
-                                   acquire_timeout_s=live.stream.acquire_timeout_s)
+                                   acquire_timeout_s=live.stream.acquire_timeout_s,
+                                   keyring=keyring)
             fanout = Fanout(broker, source, held, live, tasks=tasks)
             write = config.write(settings)
-            committer = (sink or SharedCommitter)(Committer(pool, write), write, tasks)
+            committer = (sink or SharedCommitter)(Committer(pool, write, keyring), write, tasks)
             registry = Registry(committer, write, tasks=tasks, listener=fanout,
                                 idle_s=settings.actor_idle_s,
                                 write_timeout_s=settings.write_timeout_s)
             privacy = Policies(pool, phone_region=settings.pii_phone_region,
                                ttl_s=settings.api_key_cache_s)
             streams = Streams(pool, live.stream, held, fanout.emit, writer=registry, tasks=tasks,
-                              scrub=fanout.scrub)
+                              scrub=fanout.scrub, keyring=keyring)
             sweeper = Sweeper(streams, source, held, fanout.emit, live, tasks=tasks,
                               redactors=privacy.redactor, scrub=fanout.scrub)
             hub = Hub(fanout, streams, sweeper)
@@ -132,7 +143,7 @@ class Services:
                             name="maintenance")
             undo.pop_all()  # started: from now on close() stops everything
         return cls(settings, tasks, pool, objects, redis, broker, limiter, registry, hub,
-                   ingest, consumer, privacy)
+                   ingest, consumer, privacy, keyring)
 
     def stop_intake(self) -> None:
         """Step 1 of :meth:`close`, which the edge may take early (when its listeners
@@ -163,8 +174,10 @@ class Services:
         await deadline.run("broker", self.broker.close())
         if self.redis is not None:
             await deadline.run("redis", self.redis.aclose())
-        # 7. the object store's client closes
+        # 7. the object store's client closes, and the KEK's (opened keys forgotten)
         await deadline.run("objects", self.objects.close())
+        if self.keyring is not None:
+            await deadline.run("keyring", self.keyring.close())
         # 8. last, the pool: whatever is still running is terminated
         await close_pool(self.pool, deadline.remaining_s)
         log.info("shutdown: services stopped", extra={"left_s": round(deadline.remaining_s, 3)})

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from chat_storage import tracing
+from chat_storage.storage.crypto import kek
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -66,6 +67,17 @@ class Settings:
     # seals the keys that sign user tokens (32+ characters, the same on every replica);
     # unset: a key made in data_dir with an embedded database, else no user tokens
     secret_key: str | None = dataclasses.field(default=None, repr=False)
+    # envelope encryption of tenants that opt in (docs/security.md): the key-encryption
+    # key as local:<64 hex>, local-file:/path or aws-kms:<key id or ARN>; unset: no
+    # tenant can turn encryption on
+    encryption_kek: str | None = dataclasses.field(default=None, repr=False)
+    # the KEK being retired: `keys rotate-kek` re-wraps every data key from it to the above
+    encryption_kek_previous: str | None = dataclasses.field(default=None, repr=False)
+    # KMS endpoint and region for aws-kms: (unset: AWS's endpoint, S3_REGION, us-east-1)
+    kms_endpoint_url: str | None = None
+    kms_region: str | None = None
+    # how long an opened data key stays in memory (a KMS call saved per key and window)
+    data_key_cache_s: float = 60.0
     # how far a token's exp, nbf and iat may be off this server's clock (at most 300)
     token_leeway_s: float = 30.0
     # how long an OIDC issuer's keys (JWKS) are kept before they are fetched again
@@ -114,6 +126,10 @@ class Settings:
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    # server-side encryption of every object written and every upload URL: aws:kms or
+    # AES256 (unset: the bucket's default); the KMS key for aws:kms (unset: S3's own)
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
     object_signing_key: str | None = None  # local store URLs; default: a key in data_dir
     max_attachment_bytes: int = 100 * 1024 * 1024
     upload_url_s: int = 900
@@ -207,6 +223,10 @@ class Settings:
             raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise SettingsError("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together")
+        if self.s3_sse not in (None, "aws:kms", "AES256"):
+            raise SettingsError("S3_SSE must be aws:kms or AES256")
+        if self.s3_sse_kms_key_id is not None and self.s3_sse != "aws:kms":
+            raise SettingsError("S3_SSE_KMS_KEY_ID needs S3_SSE=aws:kms")
         if self.upload_url_s > 7 * 86400 or self.download_url_s > 7 * 86400:
             raise SettingsError("presigned URLs last at most 7 days (604800 s)")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -226,6 +246,17 @@ class Settings:
                                 "wait in a Redis stream until they are stored")
         if self.secret_key is not None and len(self.secret_key.encode()) < 32:
             raise SettingsError("CHAT_SECRET_KEY must be at least 32 characters")
+        for name in ("encryption_kek", "encryption_kek_previous"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            try:
+                kek.check_url(url)
+            except ValueError as exc:
+                # the message never repeats the value: it may be a key
+                raise SettingsError(f"{_env_name(name)}: {exc}") from None
+        if self.data_key_cache_s <= 0:
+            raise SettingsError("CHAT_DATA_KEY_CACHE_S must be greater than 0")
         if not 0 <= self.token_leeway_s <= 300:
             raise SettingsError("CHAT_TOKEN_LEEWAY_S must be between 0 and 300")
         if self.oidc_jwks_cache_s <= 0:
@@ -336,7 +367,8 @@ _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
               "s3_bucket": "S3_BUCKET", "s3_endpoint_url": "S3_ENDPOINT_URL",
               "s3_public_url": "S3_PUBLIC_URL",
               "s3_region": "S3_REGION", "s3_access_key_id": "S3_ACCESS_KEY_ID",
-              "s3_secret_access_key": "S3_SECRET_ACCESS_KEY"}
+              "s3_secret_access_key": "S3_SECRET_ACCESS_KEY", "s3_sse": "S3_SSE",
+              "s3_sse_kms_key_id": "S3_SSE_KMS_KEY_ID"}
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": _parse_api_keys,
     "cors_origins": _parse_origins,

@@ -31,6 +31,7 @@ from chat_storage.server import (
     cli_access,
     cli_audit,
     cli_backup,
+    cli_keys,
     cli_tenants,
     logs,
     serving,
@@ -71,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(admin.migrate(settings))
         if args.command == "retention":
             return asyncio.run(admin.retention(settings))
+        if args.command == "keys" and args.action == "rotate-kek":
+            return asyncio.run(admin.with_connection(
+                settings, functools.partial(cli_keys.rotate_kek, settings)))
+        if args.command == "tenants" and args.action == "update" and args.encryption:
+            asyncio.run(admin.with_connection(
+                settings, functools.partial(cli_keys.update_encryption, settings, args)))
+            if args.only_encryption:
+                return 0
         if args.command == "tenants" and args.action == "delete":
             return asyncio.run(admin.tenants_delete(settings, args))  # files too: the store
         command: Callable[[db.Connection], Awaitable[None]] = functools.partial(
@@ -95,12 +104,14 @@ def _check_tenant_update(parser: argparse.ArgumentParser, args: argparse.Namespa
             setattr(args, dest, None)
     cli_access.resolve_update_flags(parser, args, tenants.UNCHANGED)
     cli_tenants.resolve_update_flags(parser, args)
-    if all(getattr(args, dest) is tenants.UNCHANGED
-           for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES + cli_tenants.DATA_UPDATES):
+    args.only_encryption = all(
+        getattr(args, dest) is tenants.UNCHANGED
+        for dest in TENANT_UPDATES + cli_access.ACCESS_UPDATES + cli_tenants.DATA_UPDATES)
+    if args.only_encryption and args.encryption is None:
         parser.error("nothing to change: give --retention-days N or --no-retention, "
                      "--rate-limit-per-s R, --rate-limit-burst B, --max-stream-connections N "
                      "or one of their --clear-… flags, --oidc-…, --cors-origins, "
-                     "--redact-pii on|off or --pii-pattern")
+                     "--redact-pii on|off, --pii-pattern or --encryption on|off")
 
 
 def _note_legacy_data_dir(settings: Settings) -> None:
@@ -293,6 +304,7 @@ def _parser() -> argparse.ArgumentParser:
                      action="store_const", const=None, help="back to the setting")
     cli_access.add_update_flags(update_tenant)
     cli_tenants.add_update_flags(update_tenant)
+    cli_keys.add_encryption_flag(update_tenant)
     update_tenant.set_defaults(handler=admin.tenants_update, **dict.fromkeys(
         TENANT_UPDATES, tenants.UNCHANGED))
     cli_access.add_rotate_command(tenants_sub, admin.tenants_rotate_signing_key)
@@ -327,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     list_keys.add_argument("--tenant", required=True, metavar="NAME", type=_name)
     list_keys.add_argument("--json", action="store_true", help="print a JSON array")
     list_keys.set_defaults(handler=admin.keys_list)
+    cli_keys.add_rotate_command(keys_sub)
     return parser
 
 

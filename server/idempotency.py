@@ -21,7 +21,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import encoded_json_response
-from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
+from chat_storage.server.state import POOL_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
 from chat_storage.storage.idempotency import Claim, ClaimStatus
@@ -64,7 +64,8 @@ async def begin(
         request.app[POOL_KEY],
         lambda conn: idempotency_rows.claim(conn, tenant_id, key, digest,
                                             ttl_s=settings.idempotency_ttl_s,
-                                            session_id=session_id),
+                                            session_id=session_id,
+                                            keyring=keyring_of(request)),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
     if result.outcome is ClaimStatus.CLAIMED:

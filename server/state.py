@@ -16,6 +16,7 @@ from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
 from chat_storage.server.ratelimit import LIMITER_KEY
 from chat_storage.storage.broker import Broker
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.ingest import IngestStream
 from chat_storage.storage.objects import LocalStore, ObjectStore
 
@@ -29,6 +30,11 @@ REDIS_KEY = web.AppKey("redis", Redis)  # absent when REDIS_URL is not set
 REGISTRY_KEY = web.AppKey("registry", Registry)
 HUB_KEY = web.AppKey("hub", Hub)
 INGEST_KEY = web.AppKey("ingest", IngestStream)  # absent in sync mode
+
+
+def keyring_of(request: web.Request) -> Keyring | None:
+    """The process's keyring (opens sealed content); ``None`` without a KEK."""
+    return request.app[SERVICES_KEY].keyring
 
 
 def expose(app: web.Application, services: Services) -> None:

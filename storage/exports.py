@@ -18,6 +18,9 @@ from typing import Any
 import asyncpg
 
 from chat_storage.storage import attachments, messages, sessions
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.rows import open_messages
+from chat_storage.storage.crypto.titles import open_sessions
 
 MESSAGE_PAGE = 500
 SESSION_PAGE = 100
@@ -32,9 +35,9 @@ async def snapshot(conn: asyncpg.Connection) -> AsyncIterator[None]:
 
 async def message_pages(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
-    *, page_size: int = MESSAGE_PAGE,
+    *, page_size: int = MESSAGE_PAGE, keyring: Keyring | None = None,
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
-    """The session's messages in ``seq`` order, ``page_size`` at a time."""
+    """The session's messages in ``seq`` order, ``page_size`` at a time, opened."""
     after = 0
     while True:
         rows = await conn.fetch(
@@ -43,7 +46,8 @@ async def message_pages(
             session_id, tenant_id, after, page_size,
         )
         if rows:
-            yield [messages.to_json(r) for r in rows]
+            yield await open_messages(conn, keyring, tenant_id,
+                                      [messages.to_json(r) for r in rows])
         if len(rows) < page_size:
             return
         after = rows[-1]["seq"]
@@ -51,9 +55,9 @@ async def message_pages(
 
 async def user_sessions(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, user_id: str,
-    *, page_size: int = SESSION_PAGE,
+    *, page_size: int = SESSION_PAGE, keyring: Keyring | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """The user's sessions, oldest first."""
+    """The user's sessions, oldest first, titles opened."""
     after: tuple[dt.datetime, uuid.UUID] | None = None
     while True:
         rows = await conn.fetch(
@@ -63,8 +67,9 @@ async def user_sessions(
             tenant_id, user_id, None if after is None else after[0],
             None if after is None else after[1], page_size,
         )
-        for row in rows:
-            yield sessions.to_json(row)
+        for session in await open_sessions(conn, keyring, tenant_id,
+                                           [sessions.to_json(r) for r in rows]):
+            yield session
         if len(rows) < page_size:
             return
         after = (rows[-1]["created_at"], rows[-1]["id"])

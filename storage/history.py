@@ -14,7 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from chat_storage.storage.errors import InvalidReference, NotFound
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.rows import open_messages
+from chat_storage.storage.errors import Conflict, InvalidReference, NotFound
 from chat_storage.storage.messages import COLUMNS, columns, to_json
 from chat_storage.storage.sqlparams import Params
 
@@ -23,6 +25,9 @@ MAX_SEQ = 2**63 - 1
 M_COLUMNS = columns("m")
 # ts_headline: a short plain-text excerpt; no markup, so clients never render
 # user content as HTML by accident
+ENCRYPTED_SEARCH = (
+    "full-text search is off for this tenant: its messages are encrypted at rest, and an "
+    "index of their words would store them in plain text (docs/security.md)")
 HEADLINE_OPTIONS = 'StartSel="", StopSel="", MaxWords=24, MinWords=8, MaxFragments=1'
 
 
@@ -46,6 +51,7 @@ async def history(
     after_seq: int | None = None,
     before_seq: int | None = None,
     leaf: uuid.UUID | None = None,
+    keyring: Keyring | None = None,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` messages with ``after_seq < seq < before_seq``, ordered by seq.
 
@@ -93,7 +99,7 @@ async def history(
         )
     if not rows:
         await _explain_empty(conn, tenant_id, session_id, leaf)
-    return [to_json(r) for r in rows]
+    return await open_messages(conn, keyring, tenant_id, [to_json(r) for r in rows])
 
 
 async def _explain_empty(
@@ -123,6 +129,7 @@ async def feedback(
     since: dt.datetime | None = None,
     user_id: str | None = None,
     before: tuple[dt.datetime, uuid.UUID] | None = None,
+    keyring: Keyring | None = None,
 ) -> list[tuple[dict[str, Any], dt.datetime]]:
     """Messages that have feedback, newest feedback first, each with its ``feedback_at``.
 
@@ -146,7 +153,8 @@ async def feedback(
         """,
         *p.values,
     )
-    return [(to_json(r), r["feedback_at"]) for r in rows]
+    opened = await open_messages(conn, keyring, tenant_id, [to_json(r) for r in rows])
+    return [(m, r["feedback_at"]) for m, r in zip(opened, rows, strict=True)]
 
 
 async def search(
@@ -163,7 +171,10 @@ async def search(
 
     ``query`` uses web-search syntax (``"a phrase"``, ``or``, ``-word``) with English
     stemming. The match expression is the one of the ``messages_search`` GIN index.
+    :class:`Conflict` for an encrypted tenant: its content is not in the index.
     """
+    if await conn.fetchval("SELECT encrypted FROM tenants WHERE id = $1", tenant_id):
+        raise Conflict(ENCRYPTED_SEARCH)
     p = Params(tenant_id, query, limit)
     where = ["m.tenant_id = $1", "m.status <> 'deleted'",
              "to_tsvector('english', m.content) @@ websearch_to_tsquery('english', $2)"]

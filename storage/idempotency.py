@@ -24,6 +24,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from chat_storage.storage.crypto.keyring import DataKey, Keyring
+from chat_storage.storage.crypto.replies import open_reply, seal_reply
+
 LOCK_S = 30.0
 
 
@@ -56,9 +59,10 @@ class ClaimResult:
 
 async def claim(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, request_hash: bytes,
-    *, ttl_s: int, session_id: uuid.UUID | None = None,
+    *, ttl_s: int, session_id: uuid.UUID | None = None, keyring: Keyring | None = None,
 ) -> ClaimResult:
-    """Claim ``key`` for a request whose hash is ``request_hash`` (on ``session_id``)."""
+    """Claim ``key`` for a request whose hash is ``request_hash`` (on ``session_id``); a
+    replay's sealed reply (an encrypted tenant's) is opened with ``keyring``."""
     row = await conn.fetchrow(
         """
         INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until)
@@ -83,25 +87,28 @@ async def claim(
     )
     if existing is None:  # deleted between the two statements: try once more
         return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s,
-                           session_id=session_id)
+                           session_id=session_id, keyring=keyring)
     if bytes(existing["request_hash"]) != request_hash:
         return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
         return ClaimResult(ClaimStatus.IN_FLIGHT)
-    return ClaimResult(ClaimStatus.REPLAY, None, existing["status_code"],
-                       existing["response"].encode())
+    return ClaimResult(ClaimStatus.REPLAY, None, existing["status_code"], await open_reply(
+        conn, keyring, tenant_id, key, existing["response"].encode()))
 
 
 async def record_response(
     conn: asyncpg.Connection, idem: Claim, status_code: int, response: Any,
-    *, session_id: uuid.UUID | None = None,
+    data_key: DataKey | None = None, *, session_id: uuid.UUID | None = None,
 ) -> None:
     """Store the answer to a claimed key; call inside the work's transaction.
 
     ``response`` is encoded as the API encodes bodies (``jsoncodec.dumps``), so the
-    text stored is the body the client gets. ``session_id``: the session the answer is
-    about, when the claim does not know it (a session just created).
+    text stored is the body the client gets; with ``data_key`` (an encrypted tenant's
+    writer's) it is stored sealed. ``session_id``: the session the answer is about, when
+    the claim does not know it (a session just created).
     """
+    if data_key is not None:
+        response = seal_reply(data_key, idem.tenant_id, idem.key, response)
     await conn.execute(
         "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL, "
         "session_id = $5 WHERE tenant_id = $1 AND key = $2",

@@ -13,6 +13,8 @@ from typing import Any, cast
 import asyncpg
 
 from chat_storage.storage.audit_log import audit
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.rows import open_messages
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.idempotency import Claim, forget_message
 from chat_storage.storage.records import MESSAGE_FIELDS, StoredMessage
@@ -35,7 +37,8 @@ def columns(table: str = "messages") -> str:
         f"'[]'::json) FROM attachments a "
         f"WHERE a.message_id = {table}.id AND a.tenant_id = {table}.tenant_id) AS attachments"
     )
-    return ", ".join(linked if f == "attachments" else f"{table}.{f}" for f in MESSAGE_FIELDS)
+    plain = ", ".join(linked if f == "attachments" else f"{table}.{f}" for f in MESSAGE_FIELDS)
+    return f"{plain}, {table}.sealed, {table}.data_key_id"
 
 
 COLUMNS = columns()
@@ -72,8 +75,13 @@ class WriteGroup:
 
 
 def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
-    """The API's message object from a row of :data:`COLUMNS`, for REST reads."""
-    return {field: row[field] for field in MESSAGE_FIELDS}
+    """The API's message object from a row of :data:`COLUMNS`, for REST reads, with the
+    row's ``sealed`` and ``data_key_id`` when it is sealed (for
+    :func:`chat_storage.storage.crypto.rows.open_messages` to open)."""
+    message = {field: row[field] for field in MESSAGE_FIELDS}
+    if row.get("sealed") is not None:
+        message["sealed"], message["data_key_id"] = row["sealed"], row["data_key_id"]
+    return message
 
 
 def to_stored(row: Mapping[str, Any] | asyncpg.Record) -> StoredMessage:
@@ -83,9 +91,9 @@ def to_stored(row: Mapping[str, Any] | asyncpg.Record) -> StoredMessage:
 
 async def get(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
-    message_id: uuid.UUID,
+    message_id: uuid.UUID, keyring: Keyring | None = None,
 ) -> dict[str, Any]:
-    """One message of a session of this tenant, or :class:`NotFound`."""
+    """One message of a session of this tenant, opened, or :class:`NotFound`."""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM messages "
         "WHERE id = $1 AND session_id = $2 AND tenant_id = $3",
@@ -93,7 +101,8 @@ async def get(
     )
     if row is None:
         raise NotFound("message not found")
-    return to_json(row)
+    [message] = await open_messages(conn, keyring, tenant_id, [to_json(row)])
+    return message
 
 
 _UNSET: Any = object()
@@ -102,7 +111,7 @@ _UNSET: Any = object()
 async def update(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, metadata: Mapping[str, Any] | None = None,
-    feedback: Mapping[str, Any] | Any | None = _UNSET,
+    feedback: Mapping[str, Any] | Any | None = _UNSET, keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """Replace ``metadata`` and/or ``feedback`` (``None`` clears feedback).
 
@@ -112,6 +121,14 @@ async def update(
     p = Params(message_id, session_id, tenant_id)
     sets = []
     if metadata is not None:
+        # a sealed row's metadata is in `sealed`: replacing it needs the data key
+        # (not done yet: docs/security.md, "what is not covered")
+        sealed = await conn.fetchval(
+            "SELECT sealed IS NOT NULL FROM messages "
+            "WHERE id = $1 AND session_id = $2 AND tenant_id = $3",
+            message_id, session_id, tenant_id)
+        if sealed:
+            raise Conflict("the metadata of an encrypted message cannot be changed")
         sets.append(p.fill("metadata = {}", dict(metadata)))
     if feedback is not _UNSET:
         given = p(None if feedback is None else dict(feedback))
@@ -126,8 +143,9 @@ async def update(
             *p.values,
         )
     if row is not None:
-        return to_json(row)
-    current = await get(conn, tenant_id, session_id, message_id)  # NotFound if absent
+        [message] = await open_messages(conn, keyring, tenant_id, [to_json(row)])
+        return message
+    current = await get(conn, tenant_id, session_id, message_id, keyring)  # NotFound if absent
     if current["status"] == "deleted":
         raise Conflict("message is deleted and cannot be changed")
     return current
@@ -168,7 +186,7 @@ async def tombstone(
             raise Conflict("message is being streamed; end or abort the stream first")
         await conn.execute(
             """
-            UPDATE messages SET content = '', context = NULL, metadata = '{}'::jsonb,
+            UPDATE messages SET content = '', context = NULL, metadata = '{}'::jsonb, sealed = NULL,
                 feedback = NULL, feedback_at = NULL, status = 'deleted'
             WHERE id = $1 AND tenant_id = $2
             """,

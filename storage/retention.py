@@ -30,6 +30,8 @@ import orjson
 
 from chat_storage.storage import jsoncodec, messages, sessions
 from chat_storage.storage.audit_log import audit
+from chat_storage.storage.crypto.rows import archived
+from chat_storage.storage.crypto.titles import archived_session
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.objects import ObjectStore
 
@@ -101,7 +103,9 @@ async def archive_batch(
         lines: dict[str, list[bytes]] = defaultdict(list)
         for r in rows:
             user = owners[r["session_id"]]
-            lines[user].append(_line("message", user, messages.to_json(r)))
+            # a sealed message is archived sealed (its ciphertext, base64): the archive
+            # opens only while the user's data key exists
+            lines[user].append(_line("message", user, archived(messages.to_json(r))))
         message_ids = [r["id"] for r in rows]
         if message_ids:
             out.object_keys += [r["object_key"] for r in await conn.fetch(
@@ -122,7 +126,8 @@ async def archive_batch(
             "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = s.id)",
             tenant_id, list(owners), cutoff)
         for r in emptied:
-            lines[r["user_id"]].append(_line("session", r["user_id"], sessions.to_json(r)))
+            line = _line("session", r["user_id"], archived_session(sessions.to_json(r)))
+            lines[r["user_id"]].append(line)
         if emptied:
             gone = [r["id"] for r in emptied]
             out.object_keys += [r["object_key"] for r in await conn.fetch(

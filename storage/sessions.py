@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from chat_storage.storage.audit_log import audit
-from chat_storage.storage.errors import NotFound
+from chat_storage.storage.crypto.keyring import Keyring, shred
+from chat_storage.storage.crypto.titles import open_sessions, seal_title
+from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.idempotency import Claim, forget_sessions, record_response
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.sqlparams import Params
@@ -21,13 +23,15 @@ from chat_storage.storage.sqlparams import Params
 COLUMNS = (
     "id, user_id, title, favorite, metadata, message_count, last_seq, prompt_tokens, "
     "completion_tokens, total_tokens, expires_at, last_message_at, activity_at, "
-    "created_at, updated_at"
+    "created_at, updated_at, sealed_title, data_key_id"
 )
 
 
 def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
-    """The API's session object from a row of :data:`COLUMNS`."""
-    return {
+    """The API's session object from a row of :data:`COLUMNS`; a sealed one also carries
+    ``sealed_title`` and ``data_key_id``, for
+    :func:`chat_storage.storage.crypto.titles.open_sessions` to open."""
+    session = {
         "id": row["id"],
         "user_id": row["user_id"],
         "title": row["title"],
@@ -45,6 +49,9 @@ def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+    if row.get("sealed_title") is not None:
+        session["sealed_title"], session["data_key_id"] = row["sealed_title"], row["data_key_id"]
+    return session
 
 
 def _expires(ttl_s: int | None) -> dt.datetime | None:
@@ -62,32 +69,40 @@ async def create(
     metadata: Mapping[str, Any] | None = None,
     ttl_s: int | None = None,
     idem: Claim | None = None,
+    keyring: Keyring | None = None,
     actor: str = "system",
     request_id: str | None = None,
 ) -> dict[str, Any]:
     """Create a session; with ``idem``, its response is recorded in the same transaction,
-    as is its audit record (``session.create``: who, for which user; never the title)."""
+    as is its audit record (``session.create``: who, for which user; never the title).
+    With ``keyring``, an encrypted tenant's title is stored sealed."""
+    session_id = new_id()
+    key = None if keyring is None else await keyring.for_new_session(conn, tenant_id, user_id)
+    sealed = None if key is None else seal_title(key, tenant_id, session_id, title)
     async with conn.transaction():
         row = await conn.fetchrow(
             f"""
-            INSERT INTO sessions (id, tenant_id, user_id, title, metadata, expires_at)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO sessions (id, tenant_id, user_id, title, metadata, expires_at,
+                                  sealed_title, data_key_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING {COLUMNS}
             """,
-            new_id(), tenant_id, user_id, title, dict(metadata or {}), _expires(ttl_s),
+            session_id, tenant_id, user_id, "" if key else title, dict(metadata or {}),
+            _expires(ttl_s), sealed, None if key is None else key.id,
         )
         # S101: narrows the type: INSERT ... RETURNING returns the row
         assert row is not None  # noqa: S101
-        session = to_json(row)
+        [session] = await open_sessions(conn, keyring, tenant_id, [to_json(row)])
         await audit(conn, tenant_id, actor, "session.create", str(row["id"]),
                     {"user_id": user_id}, request_id)
         if idem is not None:
-            await record_response(conn, idem, 201, session, session_id=row["id"])
+            await record_response(conn, idem, 201, session, key, session_id=row["id"])
     return session
 
 
 async def get(
-    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+    keyring: Keyring | None = None,
 ) -> dict[str, Any]:
     """The session, or :class:`NotFound` (also for another tenant's session)."""
     row = await conn.fetchrow(
@@ -96,7 +111,16 @@ async def get(
     )
     if row is None:
         raise NotFound("session not found")
-    return to_json(row)
+    [session] = await open_sessions(conn, keyring, tenant_id, [to_json(row)])
+    return session
+
+
+async def check_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                       session_id: uuid.UUID) -> None:
+    """:class:`NotFound` unless the tenant has this session (nothing is opened)."""
+    if not await conn.fetchval("SELECT true FROM sessions WHERE id = $1 AND tenant_id = $2",
+                               session_id, tenant_id):
+        raise NotFound("session not found")
 
 
 _UNSET: Any = object()
@@ -111,16 +135,26 @@ async def update(
     favorite: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
     ttl_s: int | Any | None = _UNSET,
+    keyring: Keyring | None = None,
     actor: str = "system",
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Change the given fields; ``ttl_s=None`` clears ``expires_at``.
+    """Change the given fields; ``ttl_s=None`` clears ``expires_at``. An encrypted
+    tenant's new title is sealed.
 
     A new ``title`` is audited (``session.rename``, without the title itself), in the
     same transaction as the change.
     """
     p = Params(session_id, tenant_id)
     sets = ["updated_at = now()"]
+    key = (None if keyring is None or title is None
+           else await keyring.for_session(conn, tenant_id, session_id))
+    if key is not None and title is not None:
+        sets.append(p.fill("sealed_title = {}", seal_title(key, tenant_id, session_id, title)))
+        sets.append(p.fill("data_key_id = {}", key.id))
+        title = ""
+    elif title is not None:
+        sets.append("sealed_title = NULL")  # stored plain again: the old sealed one goes
     for column, value in (("title", title), ("favorite", favorite),
                           ("metadata", None if metadata is None else dict(metadata))):
         if value is not None:
@@ -138,7 +172,8 @@ async def update(
         if title is not None:
             await audit(conn, tenant_id, actor, "session.rename", str(session_id), None,
                         request_id)
-    return to_json(row)
+    [session] = await open_sessions(conn, keyring, tenant_id, [to_json(row)])
+    return session
 
 
 class Listed(NamedTuple):
@@ -163,12 +198,14 @@ async def list_sessions(
     q: str | None = None,
     after: tuple[dt.datetime, uuid.UUID] | None = None,
     limit: int = 50,
+    keyring: Keyring | None = None,
 ) -> list[Listed]:
     """Up to ``limit`` sessions, most recent activity first, after the key ``after``.
 
     Keyset order ``(activity_at, id) DESC`` never repeats a session across pages; a
     session that gets a new message meanwhile moves to the top, so a client already
-    past its old place does not see it again in this walk.
+    past its old place does not see it again in this walk. ``q`` (a title filter) is a
+    :class:`Conflict` for an encrypted tenant: its titles are not stored in plain text.
     """
     p = Params(tenant_id)
     where = ["tenant_id = $1"]
@@ -177,6 +214,9 @@ async def list_sessions(
     if favorite is not None:
         where.append(p.fill("favorite = {}", favorite))
     if q is not None:
+        if await conn.fetchval("SELECT encrypted FROM tenants WHERE id = $1", tenant_id):
+            raise Conflict("q is off for this tenant: its session titles are encrypted at "
+                           "rest (docs/security.md)")
         where.append(p.fill("title ILIKE {} ESCAPE '\\'", like_pattern(q)))
     if after is not None:
         where.append(p.fill("(activity_at, id) < ({}, {})", *after))
@@ -185,7 +225,8 @@ async def list_sessions(
         f"ORDER BY activity_at DESC, id DESC LIMIT {p(limit)}",
         *p.values,
     )
-    return [Listed(to_json(r), (r["activity_at"], r["id"])) for r in rows]
+    opened = await open_sessions(conn, keyring, tenant_id, [to_json(r) for r in rows])
+    return [Listed(s, (r["activity_at"], r["id"])) for s, r in zip(opened, rows, strict=True)]
 
 
 class Erased(NamedTuple):
@@ -222,13 +263,17 @@ async def erase_user(
     """Erase every session and message of ``user_id`` in the tenant, in one transaction.
 
     One audit record carries the counts. Sessions created while this runs are not
-    part of it (a new erasure request covers them).
+    part of it (a new erasure request covers them). The user's data key is destroyed in
+    the same transaction (crypto-shredding): copies of their sealed rows in backups and
+    archives no longer open.
     """
     async with conn.transaction():
         erased = await _erase(conn, tenant_id, "user_id = $2", user_id)
         await _forget_replies(conn, tenant_id, user_id, erased.session_ids)
+        shredded = await shred(conn, tenant_id, user_id)
         await audit(conn, tenant_id, actor, "user.erase", f"user:{user_id}",
-                    {"sessions": erased.sessions, "messages": erased.messages}, request_id)
+                    {"sessions": erased.sessions, "messages": erased.messages,
+                     "data_keys_destroyed": len(shredded)}, request_id)
     return erased
 
 

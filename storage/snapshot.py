@@ -74,13 +74,19 @@ async def server_version(conn: asyncpg.Connection) -> str:
     return version
 
 
+# Tables whose rows a backup never holds: the data keys (docs/security.md). A backup
+# holds encrypted tenants' content as ciphertext only; it opens with the keys the live
+# database still has, so a user erased after the backup stays erased in it.
+NOT_BACKED_UP = ("data_keys",)
+
+
 async def tables(conn: asyncpg.Connection) -> list[str]:
-    """The service's tables (the ``public`` schema's), by name."""
+    """The service's tables (the ``public`` schema's) whose rows a backup holds, by name."""
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname"
     )
-    return [r["relname"] for r in rows]
+    return [r["relname"] for r in rows if r["relname"] not in NOT_BACKED_UP]
 
 
 async def user_relations(conn: asyncpg.Connection) -> int:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.rows import open_messages
+from chat_storage.storage.crypto.streaming import appended, finished, reseal, with_content
 from chat_storage.storage.errors import Conflict, NotFound
-from chat_storage.storage.messages import COLUMNS, to_stored
+from chat_storage.storage.messages import COLUMNS, to_json, to_stored
 from chat_storage.storage.records import StoredMessage
 
 FINAL_STATUSES = ("complete", "aborted", "interrupted")
@@ -25,18 +28,26 @@ FINAL_STATUSES = ("complete", "aborted", "interrupted")
 async def checkpoint(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, stored_len: int, tail: str, content: str,
+    keyring: Keyring | None = None,
 ) -> bool:
     """Store the content of a message still streaming; ``False`` if it is no longer so.
 
     The stored content is normally ``content[:stored_len]``, so only ``tail`` is
     appended; if the row holds something else (a checkpoint was lost) it is rewritten
-    whole. Both refresh ``stream_seen_at``, the owner's heartbeat.
+    whole. Both refresh ``stream_seen_at``, the owner's heartbeat. A sealed row (an
+    encrypted tenant's) is sealed again whole (:mod:`storage.crypto.streaming`).
     """
+    if await _sealed_session(conn, keyring, tenant_id, session_id):
+        assert keyring is not None  # noqa: S101 - narrows the type: _sealed_session said so
+        if await reseal(conn, keyring, tenant_id, message_id, session_id=session_id,
+                        status="streaming", change=with_content(content),
+                        sets="stream_seen_at = now()") is not None:
+            return True
     done = await conn.fetchval(
         """
         UPDATE messages SET content = content || $4, stream_seen_at = now()
         WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status = 'streaming'
-          AND char_length(content) = $5
+          AND char_length(content) = $5 AND sealed IS NULL
         RETURNING true
         """,
         message_id, session_id, tenant_id, tail, stored_len,
@@ -47,6 +58,7 @@ async def checkpoint(
         """
         UPDATE messages SET content = $4, stream_seen_at = now()
         WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status = 'streaming'
+          AND sealed IS NULL
         RETURNING true
         """,
         message_id, session_id, tenant_id, content,
@@ -58,6 +70,7 @@ async def finish(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, content: str, status: str,
     metadata: Mapping[str, Any] | None = None, usage: Mapping[str, Any] | None = None,
+    keyring: Keyring | None = None,
 ) -> StoredMessage:
     """End a stream: final content, status, metadata (merged) and usage in one transaction.
 
@@ -67,16 +80,27 @@ async def finish(
     if status not in FINAL_STATUSES:
         raise ValueError(f"not a final status: {status}")
     async with conn.transaction():
-        row = await conn.fetchrow(
-            f"""
-            UPDATE messages SET content = $4, status = $5, metadata = metadata || $6,
-                usage = coalesce($7, usage), completed_at = now(), stream_seen_at = NULL
-            WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status = 'streaming'
-            RETURNING {COLUMNS}
-            """,
-            message_id, session_id, tenant_id, content, status, dict(metadata or {}),
-            None if usage is None else dict(usage),
-        )
+        row = None
+        if await _sealed_session(conn, keyring, tenant_id, session_id):
+            assert keyring is not None  # noqa: S101 - narrows the type
+            row = await reseal(
+                conn, keyring, tenant_id, message_id, session_id=session_id,
+                status="streaming", change=finished(content, metadata),
+                sets="status = $5, usage = coalesce($6, usage), completed_at = now(), "
+                     "stream_seen_at = NULL",
+                args=(status, None if usage is None else dict(usage)), returning=COLUMNS)
+        if row is None:
+            row = await conn.fetchrow(
+                f"""
+                UPDATE messages SET content = $4, status = $5, metadata = metadata || $6,
+                    usage = coalesce($7, usage), completed_at = now(), stream_seen_at = NULL
+                WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status = 'streaming'
+                  AND sealed IS NULL
+                RETURNING {COLUMNS}
+                """,
+                message_id, session_id, tenant_id, content, status, dict(metadata or {}),
+                None if usage is None else dict(usage),
+            )
         if row is None:
             exists = await conn.fetchval(
                 "SELECT status FROM messages WHERE id = $1 AND session_id = $2 "
@@ -98,7 +122,8 @@ async def finish(
                 """,
                 session_id, tenant_id, prompt, completion, total,
             )
-    return to_stored(row)
+    [message] = await _opened(conn, keyring, tenant_id, [row])
+    return message
 
 
 async def heartbeat(
@@ -118,7 +143,8 @@ async def heartbeat(
 
 
 async def sweep_orphans(
-    conn: asyncpg.Connection, older_than_s: float, limit: int = 500
+    conn: asyncpg.Connection, older_than_s: float, limit: int = 500,
+    keyring: Keyring | None = None,
 ) -> list[tuple[uuid.UUID, StoredMessage]]:
     """Interrupt streaming messages nobody has touched for ``older_than_s`` (owner died).
 
@@ -138,12 +164,13 @@ async def sweep_orphans(
         """,
         older_than_s, limit,
     )
-    return [(r["tenant_id"], to_stored(r)) for r in rows]
+    return [(r["tenant_id"], (await _opened(conn, keyring, r["tenant_id"], [r]))[0])
+            for r in rows]
 
 
 async def append_recovered(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, message_id: uuid.UUID,
-    stored_len: int, tail: str,
+    stored_len: int, tail: str, keyring: Keyring | None = None,
 ) -> StoredMessage | None:
     """Append ``tail`` to a just-interrupted message whose content is ``stored_len`` long.
 
@@ -154,31 +181,39 @@ async def append_recovered(
         f"""
         UPDATE messages SET content = content || $4
         WHERE tenant_id = $1 AND id = $2 AND status = 'interrupted'
-          AND char_length(content) = $3
+          AND char_length(content) = $3 AND sealed IS NULL
         RETURNING {COLUMNS}
         """,
         tenant_id, message_id, stored_len, tail,
     )
-    return None if row is None else to_stored(row)
+    if row is None and keyring is not None:
+        row = await reseal(conn, keyring, tenant_id, message_id, status="interrupted",
+                           change=appended(stored_len, tail), returning=COLUMNS)
+    return None if row is None else (await _opened(conn, keyring, tenant_id, [row]))[0]
 
 
 async def redact_swept(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, message_id: uuid.UUID, content: str,
+    keyring: Keyring | None = None,
 ) -> StoredMessage | None:
     """Store ``content`` (its redacted form) as a just-swept message's content.
 
     The sweeper's last step for a tenant that redacts PII; ``None`` if the row is no
-    longer ``interrupted``.
+    longer ``interrupted``. A sealed row is resealed with the new content.
     """
     row = await conn.fetchrow(
         f"""
         UPDATE messages SET content = $3
-        WHERE tenant_id = $1 AND id = $2 AND status = 'interrupted'
+        WHERE tenant_id = $1 AND id = $2 AND status = 'interrupted' AND sealed IS NULL
         RETURNING {COLUMNS}
         """,
         tenant_id, message_id, content,
     )
-    return None if row is None else to_stored(row)
+    if row is None and keyring is not None:
+        row = await reseal(conn, keyring, tenant_id, message_id, status="interrupted",
+                           change=lambda fields: {**fields, "content": content},
+                           returning=COLUMNS)
+    return None if row is None else (await _opened(conn, keyring, tenant_id, [row]))[0]
 
 
 # pg_try_advisory_lock key of the stream sweeper ("chatswep" in ASCII)
@@ -194,7 +229,8 @@ async def try_sweep_lock(conn: asyncpg.Connection) -> bool:
 
 
 async def live_state(
-    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID
+    conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
+    keyring: Keyring | None = None,
 ) -> tuple[int, list[StoredMessage]]:
     """The session's ``last_seq`` and its messages still streaming (as last checkpointed)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -209,12 +245,13 @@ async def live_state(
             "AND status = 'streaming' ORDER BY seq",
             session_id, tenant_id,
         )
-    return int(last_seq), [to_stored(r) for r in rows]
+    return int(last_seq), await _opened(conn, keyring, tenant_id, rows)
 
 
 async def after(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     after_seq: int, *, upto: int | None = None, limit: int = 500,
+    keyring: Keyring | None = None,
 ) -> list[StoredMessage]:
     """Messages with ``after_seq < seq <= upto`` in seq order, at most ``limit``."""
     rows = await conn.fetch(
@@ -222,12 +259,12 @@ async def after(
         "AND seq > $3 AND ($4::int8 IS NULL OR seq <= $4) ORDER BY seq LIMIT $5",
         session_id, tenant_id, after_seq, upto, limit,
     )
-    return [to_stored(r) for r in rows]
+    return await _opened(conn, keyring, tenant_id, rows)
 
 
 async def at_seqs(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
-    seqs: Sequence[int],
+    seqs: Sequence[int], keyring: Keyring | None = None,
 ) -> list[StoredMessage]:
     """The messages at ``seqs``, in seq order."""
     if not seqs:
@@ -237,4 +274,20 @@ async def at_seqs(
         "AND seq = ANY($3::int8[]) ORDER BY seq",
         session_id, tenant_id, list(seqs),
     )
-    return [to_stored(r) for r in rows]
+    return await _opened(conn, keyring, tenant_id, rows)
+
+
+async def _sealed_session(conn: asyncpg.Connection, keyring: Keyring | None,
+                          tenant_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    """Whether the session's new content is sealed (cached by the keyring)."""
+    return keyring is not None and (
+        await keyring.for_session(conn, tenant_id, session_id)) is not None
+
+
+async def _opened(conn: asyncpg.Connection, keyring: Keyring | None, tenant_id: uuid.UUID,
+                  rows: Sequence[asyncpg.Record]) -> list[StoredMessage]:
+    """Rows of :data:`COLUMNS` as stored messages, sealed fields opened."""
+    if all(r["sealed"] is None for r in rows):  # the plain path pays nothing more
+        return [to_stored(r) for r in rows]
+    opened = await open_messages(conn, keyring, tenant_id, [to_json(r) for r in rows])
+    return [cast(StoredMessage, m) for m in opened]

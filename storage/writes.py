@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from chat_storage.storage.crypto.keyring import DataKey, Keyring
+from chat_storage.storage.crypto.rows import PLAIN_OF_SEALED, seal_message
 from chat_storage.storage.db import dumps_json
 from chat_storage.storage.errors import InvalidReference, NotFound
 from chat_storage.storage.idempotency import record_response
@@ -80,14 +82,15 @@ WITH b AS (
     RETURNING s.id, s.last_seq - b.n AS base
 ), m AS (
     INSERT INTO messages (id, tenant_id, session_id, seq, parent_id, role, content,
-        sender_id, context, metadata, usage, status, completed_at)
+        sender_id, context, metadata, usage, status, completed_at, sealed, data_key_id)
     SELECT u.id, u.tenant_id, u.session_id, s.base + u.pos, u.parent_id, u.role, u.content,
         u.sender_id, u.context::jsonb, u.metadata::jsonb, u.usage::jsonb, u.status,
-        CASE WHEN u.status = 'streaming' THEN NULL ELSE now() END
+        CASE WHEN u.status = 'streaming' THEN NULL ELSE now() END, u.sealed, u.data_key_id
     FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::int8[], $12::uuid[], $13::text[],
-                $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+                $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+                $20::bytea[], $21::uuid[])
         AS u(id, tenant_id, session_id, pos, parent_id, role, content, sender_id, context,
-             metadata, usage, status)
+             metadata, usage, status, sealed, data_key_id)
     JOIN s ON s.id = u.session_id
 )
 SELECT s.id, s.base, now() AS at FROM s
@@ -95,7 +98,7 @@ SELECT s.id, s.base, now() AS at FROM s
 
 
 async def insert_batches(
-    conn: asyncpg.Connection, batches: Sequence[SessionBatch]
+    conn: asyncpg.Connection, batches: Sequence[SessionBatch], keyring: Keyring | None = None,
 ) -> list[list[Stored | Exception]]:
     """Store the groups of every batch in ONE transaction; return each group's outcome.
 
@@ -104,15 +107,19 @@ async def insert_batches(
     (a ``parent_id`` that is not a message of the session, or an attachment it cannot
     link; the group is left out so it cannot fail the others). Any other error aborts
     the whole transaction and is raised. Attachments are linked, and idempotent replies
-    recorded, in the same transaction as the messages.
+    recorded, in the same transaction as the messages. With ``keyring``, the messages
+    of an encrypted tenant's session are stored sealed under their user's data key
+    (what is returned is plain, as the writer sent it).
     """
     results: list[list[Stored | Exception]] = [[[] for _ in b.groups] for b in batches]
+    keys = [None if keyring is None else
+            await keyring.for_session(conn, b.tenant_id, b.session_id) for b in batches]
     await _check_parents(conn, batches, results)
     linking = any(m.attachment_ids for b in batches for g in b.groups for m in g.messages)
     if not linking and not any(g.idem is not None for b in batches for g in b.groups):
         keep = _kept(batches, results)
         if keep:  # one statement, its own transaction: one round trip
-            _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)),
+            _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep, keys)),
                   results)
         return results
     async with conn.transaction():
@@ -120,7 +127,7 @@ async def insert_batches(
         keep = _kept(batches, results)
         if not keep:
             return results
-        _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep)), results,
+        _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep, keys)), results,
               claimed)
         if linking:
             await _link_attachments(conn, batches, keep, results)
@@ -129,7 +136,7 @@ async def insert_batches(
             if group.idem is None or isinstance(stored, Exception):
                 continue  # none asked, or its session is gone: the route releases the key
             await record_response(conn, group.idem, 201,
-                                  {"data": stored} if group.wrap else stored[0])
+                                  {"data": stored} if group.wrap else stored[0], keys[bi])
     return results
 
 
@@ -176,16 +183,29 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
     return {f: str(row[f]) if f == "id" else row[f] for f in LINKED_FIELDS}
 
 
-def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]]) -> list[Any]:
-    """The 19 array parameters of :data:`_INSERT` for the kept groups."""
+def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
+                 keys: Sequence[DataKey | None]) -> list[Any]:
+    """The 21 array parameters of :data:`_INSERT` for the kept groups."""
     per_session: dict[int, list[NewMessage]] = {}
     for bi, gi in keep:
         per_session.setdefault(bi, []).extend(batches[bi].groups[gi].messages)
     b: list[list[Any]] = [[] for _ in range(7)]
     rows: list[tuple[SessionBatch, int, NewMessage]] = []
+    sealed: list[bytes | None] = []
+    key_ids: list[uuid.UUID | None] = []
     for bi, msgs in per_session.items():
-        batch = batches[bi]
-        rows.extend((batch, pos, m) for pos, m in enumerate(msgs, start=1))
+        batch, key = batches[bi], keys[bi]
+        for pos, m in enumerate(msgs, start=1):
+            if key is None:
+                rows.append((batch, pos, m))
+                sealed.append(None)
+                key_ids.append(None)
+                continue
+            sealed.append(seal_message(key, batch.tenant_id, batch.session_id, m.id,
+                                       {"content": m.content, "context": m.context,
+                                        "metadata": m.metadata}))
+            key_ids.append(key.id)
+            rows.append((batch, pos, dataclasses.replace(m, **PLAIN_OF_SEALED)))
         tokens = [_tokens(m.usage) for m in msgs]
         live = sum(1 for m in msgs if m.status != "deleted")
         for column, v in zip(b, (
@@ -202,6 +222,7 @@ def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]
         # JSON goes as text: asyncpg would take a list value for a nested array
         [_json(m.context) for _, _, m in rows], [_json(m.metadata) for _, _, m in rows],
         [_json(m.usage) for _, _, m in rows], [m.status for _, _, m in rows],
+        sealed, key_ids,
     ]
 
 

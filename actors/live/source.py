@@ -18,6 +18,7 @@ from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.storage import broker as broker_mod
 from chat_storage.storage import db
 from chat_storage.storage import streams as stream_rows
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.records import SessionKey, StoredMessage
 
 T = TypeVar("T")
@@ -28,15 +29,18 @@ class SessionSource:
     """Reads of a session's state for feeds, catch-ups and the sweeper."""
 
     def __init__(self, pool: asyncpg.Pool, broker: broker_mod.Broker, held: HeldStreams, *,
-                 acquire_timeout_s: float = 2.0) -> None:
+                 acquire_timeout_s: float = 2.0, keyring: Keyring | None = None) -> None:
         self._pool = pool
+        # opens the sealed rows of encrypted tenants (None: no KEK configured)
+        self.keyring = keyring
         self._broker = broker
         self._held = held
         self._acquire_timeout_s = acquire_timeout_s
 
     async def load(self, key: SessionKey) -> tuple[int, list[StoredMessage]]:
         """The session's ``last_seq`` and its rows still streaming."""
-        return await self.db(lambda c: stream_rows.live_state(c, key[0], key[1]))
+        return await self.db(lambda c: stream_rows.live_state(c, key[0], key[1],
+                                                                 self.keyring))
 
     async def between(self, key: SessionKey, after_seq: int, upto: int) -> list[StoredMessage]:
         """Rows with ``after_seq < seq <= upto``, in order."""
@@ -53,11 +57,12 @@ class SessionSource:
                     upto: int | None = None) -> list[StoredMessage]:
         """One page of rows with ``after_seq < seq`` (``<= upto``), in order."""
         return await self.db(lambda c: stream_rows.after(c, key[0], key[1], after_seq, upto=upto,
-                                                   limit=PAGE))
+                                                   limit=PAGE, keyring=self.keyring))
 
     async def at_seqs(self, key: SessionKey, seqs: Sequence[int]) -> list[StoredMessage]:
         """The rows at ``seqs``, in order."""
-        return await self.db(lambda c: stream_rows.at_seqs(c, key[0], key[1], seqs))
+        return await self.db(lambda c: stream_rows.at_seqs(c, key[0], key[1], seqs,
+                                                              self.keyring))
 
     async def history(self, key: SessionKey) -> list[SessionEvent]:
         """The session's recent events kept by the broker, oldest first."""

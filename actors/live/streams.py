@@ -44,6 +44,7 @@ from chat_storage.actors.live.stream_state import (
 )
 from chat_storage.storage import db
 from chat_storage.storage import streams as stream_rows
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.storage.records import SessionKey, StoredMessage
@@ -75,8 +76,10 @@ class Streams:
 
     def __init__(self, pool: asyncpg.Pool, config: StreamConfig, held: HeldStreams,
                  emit: Emit, writer: Writer, *, tasks: Supervisor,
-                 scrub: Scrub | None = None) -> None:
+                 scrub: Scrub | None = None, keyring: Keyring | None = None) -> None:
         self.config = config
+        # seals checkpoints of encrypted tenants' streams (None: no KEK configured)
+        self._keyring = keyring
         self._supervisor = tasks
         self._pool = pool
         self._held = held
@@ -250,7 +253,7 @@ class Streams:
         try:
             message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,
-                metadata=metadata, usage=usage))
+                metadata=metadata, usage=usage, keyring=self._keyring))
         except (Conflict, NotFound):
             self._drop(st)  # ended elsewhere (the sweeper) or erased: its final went out there
             raise StreamError("conflict", "the stream had already ended") from None
@@ -275,7 +278,7 @@ class Streams:
         try:
             kept = await self._db(lambda c: stream_rows.checkpoint(
                 c, st.key[0], st.key[1], st.message_id, stored_len=st.saved_len,
-                tail=content[st.saved_len:], content=content))
+                tail=content[st.saved_len:], content=content, keyring=self._keyring))
             st.saved_len = len(content)
             if not kept and not st.ending:
                 log.warning("streamed message ended elsewhere", extra={"stream_id": st.id})

@@ -80,7 +80,8 @@ class Sweeper:
             async with conn.transaction():
                 if not await stream_rows.try_sweep_lock(conn):
                     return []
-                swept = await stream_rows.sweep_orphans(conn, self.config.orphan_after_s)
+                swept = await stream_rows.sweep_orphans(conn, self.config.orphan_after_s,
+                                                         keyring=self._source.keyring)
                 # in the same transaction, so no reader sees the content without it: what
                 # the dead owner streamed past its last checkpoint, if the broker has it
                 # (Redis reads are bounded by the broker's op timeout, tried once per sweep)
@@ -112,12 +113,14 @@ class Sweeper:
             lost = events.tail(history, str(message["id"]), have)
             if lost:
                 message = await stream_rows.append_recovered(
-                    conn, tenant_id, message["id"], have, lost) or message
+                    conn, tenant_id, message["id"], have, lost,
+                    keyring=self._source.keyring) or message
             redactor = await self._redacts(tenant_id)
             if redactor is not None:  # its tenant redacts PII: so does its last write
                 content = await asyncio.to_thread(redactor.redact, message["content"])
                 message = await stream_rows.redact_swept(
-                    conn, tenant_id, message["id"], content) or message
+                    conn, tenant_id, message["id"], content,
+                    keyring=self._source.keyring) or message
             out.append((tenant_id, message))
         return out
 

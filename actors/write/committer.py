@@ -26,6 +26,7 @@ from chat_storage.actors.write import metrics
 from chat_storage.actors.write.config import WriteConfig
 from chat_storage.actors.write.errors import OutcomeUnknown
 from chat_storage.storage import db, writes
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.db import CONNECTION_ERRORS
 from chat_storage.storage.errors import Unavailable
 from chat_storage.storage.records import StoredMessage
@@ -112,9 +113,12 @@ def _usable(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
 class Committer:
     """Commits :class:`SessionBatch` lists, each list in one transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, config: WriteConfig) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: WriteConfig,
+                 keyring: Keyring | None = None) -> None:
         self._pool = pool
         self._config = config
+        # seals the messages of encrypted tenants (None: no KEK configured)
+        self._keyring = keyring
 
     def lease(self) -> Lease:
         """A connection holder for one caller's transactions (never shared between tasks)."""
@@ -191,7 +195,8 @@ class Committer:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._config.commit_timeout_s):
-                results = await writes.insert_batches(db.as_connection(conn), batches)
+                results = await writes.insert_batches(db.as_connection(conn), batches,
+                                                      self._keyring)
         except _REFUSED as exc:
             if isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, _CLIENT_DATA_ERROR):
                 await lease.discard()  # e.g. the server ended our backend: maybe after COMMIT

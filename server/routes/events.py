@@ -74,7 +74,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     if last_id:
         after_seq, known = parse_position(last_id)
     tenant_id = principal_of(request).tenant_id
-    await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
+    await run(request, lambda conn: sessions.check_exists(conn, tenant_id, session_id))
     app = request.app
     settings = app[SETTINGS_KEY]
     transport = request.transport

@@ -41,6 +41,7 @@ from chat_storage.server.inputs import check_user_id
 from chat_storage.server.jsonio import dumps, parse_query
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, ExportQuery
+from chat_storage.server.state import keyring_of
 from chat_storage.storage import exports, sessions
 from chat_storage.storage.audit_log import audit
 
@@ -142,11 +143,13 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     media_type, ext = FORMATS[fmt]
 
     async def body(conn: asyncpg.Connection, out: Out) -> None:
-        session = await sessions.get(conn, tenant_id, session_id)  # 404 before any byte
+        session = await sessions.get(conn, tenant_id, session_id,  # 404 before any byte
+                                     keyring_of(request))
         render = RENDERERS[fmt]
         await out.write(render.head(session))
         first = True
-        async with contextlib.aclosing(exports.message_pages(conn, tenant_id, session_id)) as pages:
+        async with contextlib.aclosing(exports.message_pages(
+                conn, tenant_id, session_id, keyring=keyring_of(request))) as pages:
             async for page in pages:
                 for message in page:
                     await out.write(render.message(message, first))
@@ -167,10 +170,12 @@ async def export_user(request: web.Request) -> web.StreamResponse:
     tenant_id = principal_of(request).tenant_id
 
     async def body(conn: asyncpg.Connection, out: Out) -> None:
-        async with contextlib.aclosing(exports.user_sessions(conn, tenant_id, user_id)) as found:
+        async with contextlib.aclosing(exports.user_sessions(
+                conn, tenant_id, user_id, keyring=keyring_of(request))) as found:
             async for session in found:
                 await out.write(_line("session", session))
-                pages = exports.message_pages(conn, tenant_id, session["id"])
+                pages = exports.message_pages(conn, tenant_id, session["id"],
+                                              keyring=keyring_of(request))
                 async with contextlib.aclosing(pages):
                     async for page in pages:
                         for message in page:

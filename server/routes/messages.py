@@ -32,7 +32,7 @@ from chat_storage.server.schemas import (
     MessagePage,
     MessageUpdate,
 )
-from chat_storage.server.state import REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY
+from chat_storage.server.state import REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import history, messages
 from chat_storage.storage.errors import InvalidReference
 from chat_storage.storage.messages import WriteGroup
@@ -115,7 +115,7 @@ async def list_messages(request: web.Request) -> web.Response:
         rows = await read(request, lambda conn: history.history(
             conn, tenant_id, session_id, limit=query.limit + 1,
             descending=query.order == "desc", after_seq=after_seq, before_seq=before_seq,
-            leaf=query.leaf,
+            leaf=query.leaf, keyring=keyring_of(request),
         ))
     except InvalidReference as exc:
         raise ApiError(400, "query is invalid",
@@ -130,8 +130,8 @@ async def get_message(request: web.Request) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     message_id = path_uuid(request, "message_id", "message")
     tenant_id = principal_of(request).tenant_id
-    message = await read(request, lambda conn: messages.get(conn, tenant_id, session_id,
-                                                            message_id))
+    message = await read(request, lambda conn: messages.get(
+        conn, tenant_id, session_id, message_id, keyring_of(request)))
     streaming.overlay_live(request, tenant_id, session_id, [message])  # content streamed so far
     return json_response(message)
 
@@ -156,7 +156,7 @@ async def update_message(request: web.Request) -> web.Response:
                                else body.feedback.model_dump(exclude_none=True))
     tenant_id = principal_of(request).tenant_id
     return json_response(await run(request, lambda conn: messages.update(
-        conn, tenant_id, session_id, message_id, **changes)))
+        conn, tenant_id, session_id, message_id, keyring=keyring_of(request), **changes)))
 
 
 @routes.delete(MESSAGE_PATH, responses={204: None, 404: Error, 409: Error, 503: Error})

@@ -15,6 +15,7 @@ from chat_storage.server.handlers import read
 from chat_storage.server.jsonio import json_response, parse_query
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error, FeedbackQuery, MessagePage, SearchPage, SearchQuery
+from chat_storage.server.state import keyring_of
 from chat_storage.storage import history
 
 routes = RouteTable("search")
@@ -31,13 +32,14 @@ def _before(key: list[Any] | None) -> tuple[dt.datetime, uuid.UUID] | None:
 
 
 @routes.get("/api/v1/search", query=SearchQuery,
-            responses={200: SearchPage, 400: Error})
+            responses={200: SearchPage, 400: Error, 409: Error})
 async def search(request: web.Request) -> web.Response:
     """Find messages by words in their content, newest first.
 
     ``q`` takes web-search syntax (``"exact phrase"``, ``or``, ``-exclude``) and matches
     English word stems ("running" finds "runs"). ``snippet`` is a short plain-text
-    excerpt around the match. Deleted messages are never found.
+    excerpt around the match. Deleted messages are never found. A tenant whose content
+    is encrypted at rest cannot be searched (409, docs/security.md).
     """
     query = parse_query(request, SearchQuery)
     tenant_id = principal_of(request).tenant_id
@@ -71,7 +73,7 @@ async def list_feedback(request: web.Request) -> web.Response:
     before = _before(pagination.decode(query.cursor, scope, CURSOR_SHAPE))
     rows = await read(request, lambda conn: history.feedback(
         conn, tenant_id, limit=query.limit + 1, rating=rating, since=since,
-        user_id=query.user_id, before=before,
+        user_id=query.user_id, before=before, keyring=keyring_of(request),
     ))
     given_at = {m["id"]: at for m, at in rows}
     return json_response(pagination.page(

@@ -26,7 +26,7 @@ from chat_storage.server.schemas import (
     SessionPage,
     SessionUpdate,
 )
-from chat_storage.server.state import OBJECTS_KEY, SERVICES_KEY, SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SERVICES_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import retention, sessions
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ async def create_session(request: web.Request) -> web.Response:
         title = await request.app[SERVICES_KEY].privacy.title(tenant_id, body.title)
         session = await run(request, lambda conn: sessions.create(
             conn, tenant_id, user_id=body.user_id, title=title,
-            metadata=body.metadata, ttl_s=body.ttl_s, idem=claim,
+            metadata=body.metadata, ttl_s=body.ttl_s, idem=claim, keyring=keyring_of(request),
             actor=actor_name(request), request_id=request_id(request),
         ))
     except BaseException:
@@ -66,7 +66,8 @@ def _location(session: Mapping[str, Any]) -> str:
     return f"{SESSIONS_PATH}/{session['id']}"
 
 
-@routes.get(SESSIONS_PATH, query=SessionListQuery, responses={200: SessionPage, 400: Error})
+@routes.get(SESSIONS_PATH, query=SessionListQuery,
+            responses={200: SessionPage, 400: Error, 409: Error})
 async def list_sessions(request: web.Request) -> web.Response:
     """List sessions, most recent activity first (filter by user, favorite, title)."""
     query = parse_query(request, SessionListQuery)
@@ -80,7 +81,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     after = None if key is None else (key[0], key[1])
     listed = await read(request, lambda conn: sessions.list_sessions(
         conn, tenant_id, user_id=query.user_id, favorite=query.favorite, q=query.q,
-        after=after, limit=query.limit + 1,
+        after=after, limit=query.limit + 1, keyring=keyring_of(request),
     ))
     keys = {item.session["id"]: item.key for item in listed}
 
@@ -97,8 +98,8 @@ async def get_session(request: web.Request) -> web.Response:
     """Get a session."""
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
-    return json_response(await read(request, lambda conn: sessions.get(conn, tenant_id,
-                                                                       session_id)))
+    return json_response(await read(request, lambda conn: sessions.get(
+        conn, tenant_id, session_id, keyring_of(request))))
 
 
 @routes.patch(SESSION_PATH, body=SessionUpdate, responses={200: Session, 400: Error, 404: Error})
@@ -122,21 +123,21 @@ async def update_session(request: web.Request) -> web.Response:
     tenant_id = principal_of(request).tenant_id
     if not given:
         return json_response(await run(request, lambda conn: sessions.get(
-            conn, tenant_id, session_id)))
+            conn, tenant_id, session_id, keyring_of(request))))
     changes = {field: getattr(body, field) for field in given}
     if "title" in changes:
         changes["title"] = await request.app[SERVICES_KEY].privacy.title(
             tenant_id, changes["title"])
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, **changes, actor=actor_name(request),
-        request_id=request_id(request))))
+        conn, tenant_id, session_id, keyring=keyring_of(request), **changes,
+        actor=actor_name(request), request_id=request_id(request))))
 
 
 async def _set_favorite(request: web.Request, favorite: bool) -> web.Response:
     session_id = path_uuid(request, "session_id", "session")
     tenant_id = principal_of(request).tenant_id
     return json_response(await run(request, lambda conn: sessions.update(
-        conn, tenant_id, session_id, favorite=favorite)))
+        conn, tenant_id, session_id, favorite=favorite, keyring=keyring_of(request))))
 
 
 @routes.put(SESSION_PATH + "/favorite", responses={200: Session, 404: Error})

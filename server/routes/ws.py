@@ -93,7 +93,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session_id = path_uuid(request, "session_id", "session")
     await check_origin(request)
     tenant_id = principal_of(request).tenant_id
-    await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
+    await run(request, lambda conn: sessions.check_exists(conn, tenant_id, session_id))
     settings = request.app[SETTINGS_KEY]
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, compress=False,
                                max_msg_size=settings.ws_max_frame_bytes, timeout=2.0)

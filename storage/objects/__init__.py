@@ -34,7 +34,8 @@ async def open_store(*, data_dir: Path, s3_bucket: str | None = None,
                      s3_endpoint_url: str | None = None, s3_public_url: str | None = None,
                      s3_region: str | None = None, s3_access_key_id: str | None = None,
                      s3_secret_access_key: str | None = None,
-                     local_signing_key: str | None = None) -> ObjectStore:
+                     local_signing_key: str | None = None, s3_sse: str | None = None,
+                     s3_sse_kms_key_id: str | None = None) -> ObjectStore:
     """S3 when ``s3_bucket`` is set, else a directory under ``data_dir``; opened.
 
     For S3 the bucket must exist and answer (else :class:`OSError`, saying why);
@@ -47,6 +48,7 @@ async def open_store(*, data_dir: Path, s3_bucket: str | None = None,
     store = await S3Store.open(
         s3_bucket, endpoint_url=s3_endpoint_url, public_url=s3_public_url, region=s3_region,
         access_key_id=s3_access_key_id, secret_access_key=s3_secret_access_key,
+        sse=s3_sse, sse_kms_key_id=s3_sse_kms_key_id,
     )
     try:
         await store.check()

@@ -5,6 +5,11 @@ Upload URLs are presigned ``PUT``s (Signature Version 4) that sign the object's
 an upload that differs in any of them, and keeps the checksum, which
 :func:`storage.objects.base.verify` then reads back. A store that ignores the checksum
 (moto does) is checked by reading the object instead.
+
+Server-side encryption (``S3_SSE=aws:kms|AES256``, ``S3_SSE_KMS_KEY_ID``) is asked for
+on every write this service makes and is part of every upload URL's signature: the
+client must send the same ``x-amz-server-side-encryption`` headers, so an upload
+cannot opt out of it.
 """
 
 from __future__ import annotations
@@ -32,13 +37,26 @@ from chat_storage.storage.objects.base import (
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 PART_BYTES = 64 * 1024 * 1024  # a file larger than this goes up in parts of this size
+SSE_MODES = ("aws:kms", "AES256")  # S3_SSE
 
 
 class S3Store:
     """One bucket, through one long-lived aiobotocore client."""
 
     def __init__(self, client: Any, bucket: str, stack: contextlib.AsyncExitStack,
-                 signer: Any = None) -> None:
+                 signer: Any = None, *, sse: str | None = None,
+                 sse_kms_key_id: str | None = None) -> None:
+        if sse not in (None, *SSE_MODES) or (sse_kms_key_id and sse != "aws:kms"):
+            raise ValueError("S3_SSE is aws:kms or AES256; S3_SSE_KMS_KEY_ID needs aws:kms")
+        # the parameters of every write (and of the upload URLs' signatures)
+        self._sse: dict[str, str] = {}
+        self._sse_headers: dict[str, str] = {}
+        if sse is not None:
+            self._sse["ServerSideEncryption"] = sse
+            self._sse_headers["x-amz-server-side-encryption"] = sse
+        if sse_kms_key_id:
+            self._sse["SSEKMSKeyId"] = sse_kms_key_id
+            self._sse_headers["x-amz-server-side-encryption-aws-kms-key-id"] = sse_kms_key_id
         self._client = client
         self._signer = client if signer is None else signer  # makes the presigned URLs
         self.bucket = bucket
@@ -48,7 +66,8 @@ class S3Store:
     async def open(cls, bucket: str, *, endpoint_url: str | None = None,
                    public_url: str | None = None, region: str | None = None,
                    access_key_id: str | None = None,
-                   secret_access_key: str | None = None, attempts: int = 3) -> S3Store:
+                   secret_access_key: str | None = None, attempts: int = 3,
+                   sse: str | None = None, sse_kms_key_id: str | None = None) -> S3Store:
         """Connect to ``bucket``; credentials default to boto's chain (env, role, ...).
 
         ``public_url``: the endpoint clients reach, when it differs from the one this
@@ -64,7 +83,8 @@ class S3Store:
                 config=Config(signature_version="s3v4",
                               retries={"max_attempts": attempts, "mode": "standard"}),
             )))
-        return cls(clients[0], bucket, stack, signer=clients[-1])
+        return cls(clients[0], bucket, stack, signer=clients[-1], sse=sse,
+                   sse_kms_key_id=sse_kms_key_id)
 
     async def check(self) -> None:
         """Raise :class:`OSError`, saying why, unless the bucket exists and answers."""
@@ -80,11 +100,11 @@ class S3Store:
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
         url = await self._signer.generate_presigned_url("put_object", Params={
             "Bucket": self.bucket, "Key": key, "ContentType": mime, "ContentLength": size,
-            "ChecksumSHA256": checksum,
+            "ChecksumSHA256": checksum, **self._sse,
         }, ExpiresIn=expires_s)
         return Upload(url=url, method="PUT", headers={
             "Content-Type": mime, "Content-Length": str(size),
-            "x-amz-checksum-sha256": checksum,
+            "x-amz-checksum-sha256": checksum, **self._sse_headers,
         }, expires_at=expires_at(expires_s))
 
     async def download_url(self, key: str, *, name: str, mime: str, expires_s: int) -> str:
@@ -122,7 +142,7 @@ class S3Store:
     async def put(self, key: str, data: bytes, mime: str) -> None:
         try:
             await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentType=mime)
+                                          ContentType=mime, **self._sse)
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc, "put") from exc
 
@@ -133,7 +153,7 @@ class S3Store:
             if size <= PART_BYTES:
                 data = await asyncio.to_thread(path.read_bytes)
                 await self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                              ContentType=mime)
+                                              ContentType=mime, **self._sse)
                 return
             await self._put_parts(key, path, mime, size)
         except (BotoCoreError, ClientError) as exc:
@@ -141,7 +161,7 @@ class S3Store:
 
     async def _put_parts(self, key: str, path: Path, mime: str, size: int) -> None:
         upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                             ContentType=mime)
+                                                             ContentType=mime, **self._sse)
         upload_id = upload["UploadId"]
         parts = []
         try:

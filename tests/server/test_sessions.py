@@ -352,7 +352,7 @@ async def test_erase_user_touches_only_that_user_and_tenant(
     erasures = [a for a in records if a["action"] == "user.erase"]
     assert len(erasures) == 1
     assert erasures[0]["target"] == "user:erin"
-    assert erasures[0]["details"] == {"sessions": 2, "messages": 7}
+    assert erasures[0]["details"] == {"sessions": 2, "messages": 7, "data_keys_destroyed": 0}
     assert erasures[0]["request_id"] == "req-erase-1"
 
 

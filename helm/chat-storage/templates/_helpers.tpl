@@ -119,10 +119,10 @@ release runs on the schema they leave.
 
 {{/* Variables set from dedicated values, and variables that only come from Secrets. */}}
 {{- define "chat-storage.managedVariables" -}}
-CHAT_HOST CHAT_PORT CHAT_METRICS_PORT CHAT_WORKERS CHAT_SHUTDOWN_TIMEOUT_S CHAT_INGEST_MODE CHAT_DATA_DIR S3_BUCKET S3_ENDPOINT_URL S3_PUBLIC_URL S3_REGION
+CHAT_HOST CHAT_PORT CHAT_METRICS_PORT CHAT_WORKERS CHAT_SHUTDOWN_TIMEOUT_S CHAT_INGEST_MODE CHAT_DATA_DIR S3_BUCKET S3_ENDPOINT_URL S3_PUBLIC_URL S3_REGION S3_SSE S3_SSE_KMS_KEY_ID
 {{- end -}}
 {{- define "chat-storage.secretVariables" -}}
-DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_OBJECT_SIGNING_KEY CHAT_SECRET_KEY
+DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_OBJECT_SIGNING_KEY CHAT_SECRET_KEY CHAT_ENCRYPTION_KEK CHAT_ENCRYPTION_KEK_PREVIOUS
 {{- end -}}
 
 {{/* The non-secret environment, as YAML of a map: the ConfigMap's data, the Job's env. */}}
@@ -146,6 +146,8 @@ DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_
 {{- with .Values.s3.endpointUrl }}{{ $_ := set $env "S3_ENDPOINT_URL" . }}{{ end -}}
 {{- with .Values.s3.publicUrl }}{{ $_ := set $env "S3_PUBLIC_URL" . }}{{ end -}}
 {{- with .Values.s3.region }}{{ $_ := set $env "S3_REGION" . }}{{ end -}}
+{{- with .Values.s3.sse }}{{ $_ := set $env "S3_SSE" . }}{{ end -}}
+{{- with .Values.s3.sseKmsKeyId }}{{ $_ := set $env "S3_SSE_KMS_KEY_ID" . }}{{ end -}}
 {{- toYaml $env -}}
 {{- end -}}
 
@@ -178,6 +180,22 @@ DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_
     secretKeyRef:
       name: {{ default $default .Values.userTokens.secretName }}
       key: {{ .Values.userTokens.secretKey }}
+      optional: true
+{{- end }}
+{{- if .Values.encryption.kekSecretKey }}
+- name: CHAT_ENCRYPTION_KEK
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $default .Values.encryption.secretName }}
+      key: {{ .Values.encryption.kekSecretKey }}
+      optional: true
+{{- end }}
+{{- if .Values.encryption.previousKekSecretKey }}
+- name: CHAT_ENCRYPTION_KEK_PREVIOUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $default .Values.encryption.secretName }}
+      key: {{ .Values.encryption.previousKekSecretKey }}
       optional: true
 {{- end }}
 {{- if .Values.s3.bucket }}
