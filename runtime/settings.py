@@ -58,6 +58,14 @@ class Settings:
     metrics_port: int | None = None
     log_level: str = "INFO"
     shutdown_timeout_s: float = 20.0
+    # client connections (server.connlimits): a request's headers must be complete this
+    # long after its first byte; a connection silent this long is closed; at most this
+    # many open (lowered to the open-file limit minus fd_reserve), and per address (0: no cap)
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 1000
+    fd_reserve: int = 128
     # tenancy and limits
     api_keys: tuple[tuple[str, str], ...] = ()
     rate_limit_per_s: float = 50.0
@@ -170,7 +178,7 @@ class Settings:
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
             "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
             "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
-            "pending_attachment_s",
+            "pending_attachment_s", "max_connections", "fd_reserve",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -179,6 +187,7 @@ class Settings:
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
             "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
+            "header_timeout_s", "idle_timeout_s",
         )
         for name in positive_float:
             if getattr(self, name) <= 0:
@@ -189,6 +198,8 @@ class Settings:
             raise SettingsError("CHAT_METRICS_PORT must be between 1 and 65535")
         if self.db_pool_min < 0 or self.db_pool_min > self.db_pool_max:
             raise SettingsError("CHAT_DB_POOL_MIN must be between 0 and CHAT_DB_POOL_MAX")
+        if self.max_connections_per_ip < 0:
+            raise SettingsError("CHAT_MAX_CONNECTIONS_PER_IP must be 0 (no cap) or more")
         if self.maintenance_interval_s < 0:
             raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
