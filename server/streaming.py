@@ -109,17 +109,37 @@ async def check_origin(request: web.Request) -> None:
 
 
 async def ticket_authenticator(request: web.Request) -> Principal | None:
-    """Authenticate a stream request by its single-use ``?ticket=`` (browsers)."""
+    """Authenticate a stream request by its single-use ``?ticket=`` (browsers).
+
+    For the WebSocket, the ticket is used up in a transaction that also checks the
+    page's ``Origin`` against its tenant's list (the check the upgrade makes): a ticket
+    shown by a page that may not open the socket is refused (403) and stays usable, so
+    a stray page cannot burn a user's ticket.
+    """
     ticket = request.query.get("ticket")
     if ticket is None or not request.path.endswith(STREAM_PATHS):
         return None
     session_id = parse_uuid(request.match_info.get("session_id", ""))
     if session_id is None:
         raise ApiError(403, "ticket is not valid")
-    settings = request.app[SETTINGS_KEY]
-    principal = await db.call(
-        request.app[POOL_KEY], lambda conn: tickets.consume(conn, ticket, session_id),
-        acquire_timeout_s=settings.db_acquire_timeout_s)
+    app = request.app
+    check = request.path.endswith("/ws") and "Origin" in request.headers
+    if check:
+        # read (or cached) before the transaction: the check inside it then needs no
+        # second pooled connection
+        await app[cors.TENANT_ORIGINS_KEY].fresh(app)
+
+    async def use(conn: db.Connection) -> Principal | None:
+        async with conn.transaction():
+            principal = await tickets.consume(conn, ticket, session_id)
+            if principal is not None and check:
+                request[auth.PRINCIPAL_KEY] = principal  # whose origins count
+                if not await origin_allowed(request):
+                    raise ApiError(403, "origin not allowed")  # the ticket's use undone
+            return principal
+
+    principal = await db.call(app[POOL_KEY], use,
+                              acquire_timeout_s=app[SETTINGS_KEY].db_acquire_timeout_s)
     if principal is None:
         raise ApiError(403, "ticket is not valid (unknown, expired, used or for another "
                             "session)")
