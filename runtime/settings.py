@@ -71,6 +71,10 @@ class Settings:
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
     api_key_cache_s: float = 5.0
+    # failed authentications per client address (server.auththrottle): a bucket of
+    # auth_failure_burst refused credentials refilled at auth_failures_per_s
+    auth_failures_per_s: float = 1.0
+    auth_failure_burst: int = 30
     # seals the keys that sign user tokens (32+ characters, the same on every replica);
     # unset: a key made in data_dir with an embedded database, else no user tokens
     secret_key: str | None = dataclasses.field(default=None, repr=False)
@@ -178,7 +182,7 @@ class Settings:
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
             "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
             "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
-            "pending_attachment_s", "max_connections", "fd_reserve",
+            "pending_attachment_s", "max_connections", "fd_reserve", "auth_failure_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -187,7 +191,7 @@ class Settings:
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
             "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
-            "header_timeout_s", "idle_timeout_s",
+            "header_timeout_s", "idle_timeout_s", "auth_failures_per_s",
         )
         for name in positive_float:
             if getattr(self, name) <= 0:

@@ -25,6 +25,7 @@ from chat_storage.runtime.secrets import sealer_from_settings
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import auth, cors, middlewares, objects, state, streaming
+from chat_storage.server.auththrottle import AuthThrottle
 from chat_storage.server.oidc import OidcVerifier
 from chat_storage.server.routes import (
     attachments,
@@ -68,7 +69,8 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     app[SHUTDOWN_KEY] = Shutdown()
     # first: every other context may use the services
     app.cleanup_ctx.append(functools.partial(_services, sink=sink))
-    auth.setup(app, settings.api_key_cache_s)
+    auth.setup(app, settings.api_key_cache_s,
+               AuthThrottle(settings.auth_failures_per_s, settings.auth_failure_burst))
     # read by the middleware and the WebSocket check; tenants' lists cached like keys
     cors.setup(app, settings.cors_origins, settings.api_key_cache_s)
     middlewares.setup(app)
