@@ -4,6 +4,7 @@ Start (:meth:`Services.open`), each step from the settings and what the steps be
 it built, passed as constructor arguments:
 
 1. the database: embedded or external Postgres, pool, durability check, migrations;
+   this process's liveness lock, on one pooled connection (claims name it);
 2. the object store: S3 or a local directory;
 3. Redis, if configured: one client for the broker, the shared rate limit and ingestion;
    else the memory broker and the in-memory limiter;
@@ -48,6 +49,7 @@ from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.ingest import IngestStream
+from chat_storage.storage.liveness import Liveness
 from chat_storage.storage.objects import ObjectStore
 from chat_storage.storage.ratelimit import Limiter, open_limiter
 from chat_storage.storage.redis_client import connect
@@ -73,6 +75,7 @@ class Services:
     hub: Hub
     ingest: IngestStream | None
     consumer: IngestConsumer | None
+    liveness: Liveness
     _intake_stopped: bool = False
 
     @classmethod
@@ -87,6 +90,9 @@ class Services:
             undo.push_async_callback(tasks.close, 0.0)  # last: whatever was started
             pool = await open_database(settings)
             undo.push_async_callback(close_pool, pool, 0.0)
+            # a task: stopped with the others (step 5 of close), its connection released
+            liveness = Liveness(pool, tasks=tasks, timeout_s=settings.db_acquire_timeout_s)
+            liveness.start()
             objects = await store_from_settings(settings)
             undo.push_async_callback(objects.close)
             redis, broker, limiter = await _open_redis(settings, tasks)
@@ -125,7 +131,7 @@ class Services:
                 tasks.spawn(maintenance.every(pool, objects, settings), name="maintenance")
             undo.pop_all()  # started: from now on close() stops everything
         return cls(settings, tasks, pool, objects, redis, broker, limiter, registry, hub,
-                   ingest, consumer)
+                   ingest, consumer, liveness)
 
     def stop_intake(self) -> None:
         """Step 1 of :meth:`close`, which the edge may take early (when its listeners
@@ -150,7 +156,7 @@ class Services:
         await self.hub.close(deadline.remaining_s)
         # 4. every session mailbox commits and every waiter is answered
         await self.registry.close(deadline.remaining_s)
-        # 5. background jobs (maintenance) end
+        # 5. background jobs (maintenance, the liveness lock) end
         await self.tasks.close(deadline.remaining_s)
         # 6. the broker's reader stops, then the Redis client closes
         await deadline.run("broker", self.broker.close())

@@ -21,7 +21,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import encoded_json_response
-from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
+from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
 from chat_storage.storage.idempotency import Claim, ClaimStatus
@@ -57,10 +57,12 @@ async def begin(
         # not meet, and neither learns of the other's (a header cannot hold \x1f)
         key = f"{principal.user_id}\x1f{key}"
     digest = request_hash(request, body)
+    services = request.app.get(SERVICES_KEY)
+    holder = None if services is None else services.liveness.holder
     result = await db.call(
         request.app[POOL_KEY],
         lambda conn: idempotency_rows.claim(conn, tenant_id, key, digest,
-                                            ttl_s=settings.idempotency_ttl_s),
+                                            ttl_s=settings.idempotency_ttl_s, holder=holder),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
     if result.outcome is ClaimStatus.CLAIMED:

@@ -1,9 +1,12 @@
 """Idempotency keys: claim before the work, answer in the work's own transaction.
 
-A claim holds a lock (``locked_until``) while the first request runs. The response
+A claim holds a lock (``locked_until``) while the first request runs, and names its ``holder``: the
+process's liveness lock (:mod:`.liveness`). The response
 is written by the same transaction that stores the work, so a crash can never leave
 work stored without its recorded answer (a retry would store it twice) or an answer
-without its work. A claim whose holder died expires and can be taken over.
+without its work. A claim whose holder died can be taken over: at once when its
+holder's liveness lock is free (the process is gone, ``kill -9`` included), else once
+it expires (``LOCK_S``: a holder not known, or a live one that takes too long).
 
 The response is kept as the JSON text the first request was answered with (a ``json``
 column, which keeps text as written, not ``jsonb``, which reorders keys), and a replay
@@ -18,6 +21,8 @@ import uuid
 from typing import Any
 
 import asyncpg
+
+from chat_storage.storage.locks import HOLDER_LOCKS
 
 LOCK_S = 30.0
 
@@ -50,23 +55,28 @@ class ClaimResult:
 
 async def claim(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, request_hash: bytes,
-    *, ttl_s: int,
+    *, ttl_s: int, holder: int | None = None,
 ) -> ClaimResult:
-    """Claim ``key`` for a request whose hash is ``request_hash``."""
+    """Claim ``key`` for a request whose hash is ``request_hash``, held by ``holder``
+    (this process's liveness lock, :attr:`.liveness.Liveness.holder`)."""
     row = await conn.fetchrow(
         """
-        INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until)
-        VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+        INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until, holder)
+        VALUES ($1, $2, $3, now() + make_interval(secs => $4), $6)
         ON CONFLICT (tenant_id, key) DO UPDATE
             SET request_hash = EXCLUDED.request_hash,
                 locked_until = EXCLUDED.locked_until,
+                holder = EXCLUDED.holder,
                 created_at = now()
-            -- take over an expired key, or a claim whose holder died before answering
+            -- take over an expired key, or a claim whose holder died before answering:
+            -- its lock expired, or its process's liveness lock is free (the process is
+            -- gone; the transaction's lock on it ends with this statement)
             WHERE k.created_at < now() - make_interval(secs => $5)
-               OR (k.status_code IS NULL AND k.locked_until < now())
+               OR (k.status_code IS NULL AND (k.locked_until < now() OR (
+                   k.holder IS NOT NULL AND pg_try_advisory_xact_lock($7, k.holder))))
         RETURNING true
         """,
-        tenant_id, key, request_hash, LOCK_S, float(ttl_s),
+        tenant_id, key, request_hash, LOCK_S, float(ttl_s), holder, HOLDER_LOCKS,
     )
     if row is not None:
         return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash))
@@ -76,7 +86,7 @@ async def claim(
         tenant_id, key,
     )
     if existing is None:  # deleted between the two statements: try once more
-        return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s)
+        return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s, holder=holder)
     if bytes(existing["request_hash"]) != request_hash:
         return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
@@ -94,8 +104,8 @@ async def record_response(
     text stored is the body the client gets.
     """
     await conn.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL "
-        "WHERE tenant_id = $1 AND key = $2",
+        "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL, "
+        "holder = NULL WHERE tenant_id = $1 AND key = $2",
         idem.tenant_id, idem.key, status_code, response,
     )
 
