@@ -101,7 +101,9 @@ class Settings:
     # write path (session actors)
     max_batch: int = 256
     mailbox_size: int = 1024
-    write_timeout_s: float = 10.0
+    write_timeout_s: float = 10.0  # also the deadline of a request that writes
+    # the deadline of any other request until its response starts (server.deadlines)
+    request_timeout_s: float = 10.0
     actor_idle_s: float = 60.0
     # browsers on other origins: CORS and the WebSocket's Origin check (one list)
     cors_origins: tuple[str, ...] = ()
@@ -191,7 +193,7 @@ class Settings:
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
             "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
-            "header_timeout_s", "idle_timeout_s", "auth_failures_per_s",
+            "header_timeout_s", "idle_timeout_s", "auth_failures_per_s", "request_timeout_s",
         )
         for name in positive_float:
             if getattr(self, name) <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -156,6 +157,12 @@ async def call(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[
     """Run ``fn`` on a pooled connection; connection failures become :class:`Unavailable`."""
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
-            return await fn(as_connection(conn))
+            try:
+                return await fn(as_connection(conn))
+            except (asyncio.CancelledError, TimeoutError):
+                # cut off mid-statement (a request's deadline): the connection's state is
+                # unknown, and releasing it would wait on a server that may not answer
+                conn.terminate()
+                raise
     except CONNECTION_ERRORS as exc:
         raise Unavailable(str(exc) or type(exc).__name__) from exc
