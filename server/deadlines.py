@@ -11,7 +11,9 @@ queued is dropped; one whose commit is under way is committed or not — the 503
 its outcome is unknown and to retry with the same ``Idempotency-Key``.
 
 The deadline covers a request until its response starts: once a WebSocket is upgraded,
-an event stream or an export has begun (``on_response_prepare``), it is lifted.
+an event stream or an export has begun (``on_response_prepare``), it is lifted. The
+local object store's signed URLs (``/objects/``) have none: an upload of up to
+``CHAT_MAX_ATTACHMENT_BYTES`` takes what the client's link takes, and touches no database.
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ import contextlib
 from aiohttp import web
 
 from chat_storage.server.state import SETTINGS_KEY
+from chat_storage.storage.objects.local import PREFIX
 
 DEADLINE_KEY = web.RequestKey("deadline", asyncio.Timeout)
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNBOUNDED_PREFIX = PREFIX  # the local store's URLs (server.objects): files, no database
 
 
 def of(request: web.Request) -> asyncio.Timeout:
     """The deadline of ``request``, to enter around its work (kept on the request)."""
     settings = request.app[SETTINGS_KEY]
-    seconds = (settings.write_timeout_s if request.method in WRITES
-               else settings.request_timeout_s)
+    seconds: float | None = (settings.write_timeout_s if request.method in WRITES
+                             else settings.request_timeout_s)
+    if request.path.startswith(UNBOUNDED_PREFIX):
+        seconds = None
     deadline = asyncio.timeout(seconds)
     request[DEADLINE_KEY] = deadline
     return deadline

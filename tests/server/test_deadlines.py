@@ -40,3 +40,27 @@ async def test_streams_outlive_the_request_deadline(client: Any, tenant: Tenant)
             assert chunk, "the event stream ended"
     await ws.close()
     events.close()
+
+
+async def test_a_slow_upload_to_a_local_store_url_has_no_deadline(
+    aiohttp_client: Any, settings: Settings, tenant: Tenant,
+) -> None:
+    from chat_storage.server.app import create_app
+    from tests.server.test_attachments import create
+
+    client = await aiohttp_client(create_app(dataclasses.replace(settings,
+                                                                 write_timeout_s=DEADLINE_S)))
+    sid = await new_session(client, tenant)
+    data = b"x" * 4096
+    created = await create(client, tenant, sid, data)
+    target = created["upload"]
+
+    async def slowly() -> Any:  # the body takes three deadlines to arrive
+        for i in range(4):
+            await asyncio.sleep(DEADLINE_S)
+            yield data[i * 1024:(i + 1) * 1024]
+
+    headers = {k: v for k, v in target["headers"].items() if k.lower() != "content-length"}
+    async with client.session.request(target["method"], target["url"], data=slowly(),
+                                      headers=headers) as r:
+        assert r.status == 200, await r.text()
