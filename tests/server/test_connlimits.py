@@ -10,6 +10,8 @@ the per-address cap can tell them apart.
   neither stop ``/healthz`` nor an API write; the soft limit was raised to the hard one.
 - per address: past ``CHAT_MAX_CONNECTIONS_PER_IP`` one address's connections are
   closed at once, another address is still served.
+- a file limit that leaves no room for connections stops the start with a clear error;
+  the gate sheds the oldest idle connection and refuses only when all are busy.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import resource
 import secrets
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,8 +30,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chat_storage.runtime.settings import Settings, SettingsError
+from chat_storage.server.connlimits import ConnectionGate
 from tests.conftest import Tenant
-from tests.support.procs import Server
+from tests.support.procs import ROOT, Server, clean_env, cli_command, free_port
 
 CROWD_IP = "127.0.0.2"
 WAIT_S = 5.0  # a bound on every wait below
@@ -176,7 +182,50 @@ async def test_connections_per_address_are_capped(database_url: str, tmp_path: P
 
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_limits_are_validated(value: str) -> None:
-    from chat_storage.runtime.settings import Settings, SettingsError
-
     with pytest.raises(SettingsError, match="CHAT_HEADER_TIMEOUT_S"):
         Settings.from_env({"CHAT_HEADER_TIMEOUT_S": value})
+
+
+def test_a_file_limit_with_no_room_for_connections_refuses_to_start(
+    database_url: str, tmp_path: Path,
+) -> None:
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    done = subprocess.run(
+        [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        env=clean_env(DATABASE_URL=database_url, CHAT_FD_RESERVE="128",
+                      CHAT_DATA_DIR=str(tmp_path)),
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=low)
+    assert done.returncode == 1
+    assert "open-file limit (100)" in done.stderr and "CHAT_FD_RESERVE" in done.stderr
+
+
+class _Conn:
+    """A stand-in connection for the gate's bookkeeping alone (the sockets' side is
+    pinned by the tests above, over real sockets)."""
+
+    def __init__(self, idle: bool) -> None:
+        self._idle = idle
+        self.dropped = False
+
+    def idle(self) -> bool:
+        return self._idle
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+def test_the_gate_sheds_the_oldest_idle_and_refuses_when_all_are_busy() -> None:
+    gate = ConnectionGate(cap=3, per_ip=0)
+    busy, idle_old, idle_new = _Conn(False), _Conn(True), _Conn(True)
+    for conn in (busy, idle_old, idle_new):
+        assert gate.admit(conn, "127.0.0.2")
+    newcomer = _Conn(False)
+    assert gate.admit(newcomer, "127.0.0.1")
+    assert idle_old.dropped and not idle_new.dropped and not busy.dropped
+    idle_new._idle = False
+    assert not gate.admit(_Conn(False), "127.0.0.1")  # every one busy: refused
+    gate.release(busy)
+    assert gate.admit(_Conn(False), "127.0.0.1") and len(gate) == 3
