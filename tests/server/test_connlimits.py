@@ -100,7 +100,7 @@ async def _server(database_url: str, tmp_path: Path,
 async def test_slowloris_and_silent_connections_are_closed(database_url: str,
                                                            tmp_path: Path) -> None:
     async with _server(database_url, tmp_path, CHAT_HEADER_TIMEOUT_S="1",
-                       CHAT_IDLE_TIMEOUT_S="3") as server:
+                       CHAT_IDLE_TIMEOUT_S="4") as server:
         loop = asyncio.get_running_loop()
         slow = await _open(server.port, 300)
         silent = await _open(server.port, 100)
@@ -117,16 +117,16 @@ async def test_slowloris_and_silent_connections_are_closed(database_url: str,
                             s.send(b"X")
 
             trickling = asyncio.create_task(trickle())
-            assert await _healthz(server.base) < 1.0
+            assert await _healthz(server.base) < 2.0
             closed = await asyncio.gather(*(_closed_by_server(s, WAIT_S) for s in slow))
             took = time.monotonic() - started
             trickling.cancel()
             assert all(closed), f"{closed.count(False)} slow connections still open"
-            # the header clock is 1 s; the idle one (3 s) would be later
-            assert took < 2.5, took
+            # the header clock is 1 s; the idle one (4 s) would be later
+            assert took < 3.0, took
             quiet = await asyncio.gather(*(_closed_by_server(s, WAIT_S) for s in silent))
             assert all(quiet), f"{quiet.count(False)} silent connections still open"
-            assert await _healthz(server.base) < 1.0
+            assert await _healthz(server.base) < 2.0
         finally:
             _close_all(slow + silent)
 
@@ -173,9 +173,9 @@ async def test_connections_per_address_are_capped(database_url: str, tmp_path: P
                        CHAT_IDLE_TIMEOUT_S="60") as server:
         crowd = await _open(server.port, 40)
         try:
-            closed = await asyncio.gather(*(_closed_by_server(s, 1.5) for s in crowd))
+            closed = await asyncio.gather(*(_closed_by_server(s, 3.0) for s in crowd))
             assert closed.count(True) == 20
-            assert await _healthz(server.base) < 1.0  # another address is served
+            assert await _healthz(server.base) < 2.0  # another address is served
         finally:
             _close_all(crowd)
 
