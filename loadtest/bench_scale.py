@@ -189,6 +189,9 @@ async def main() -> None:
     env = {**os.environ, "DATABASE_URL": url, "CHAT_API_KEYS": f"bench:{key}",
            "CHAT_RATE_LIMIT_PER_S": "1000000", "CHAT_RATE_LIMIT_BURST": "1000000",
            "CHAT_WS_MAX_CONNECTIONS_PER_TENANT": str(args.connections * 2),
+           # every client is on loopback: no per-address cap, room for them all
+           "CHAT_MAX_CONNECTIONS_PER_IP": "0",
+           "CHAT_MAX_CONNECTIONS": str(args.connections + 1000),
            "CHAT_LOG_LEVEL": "WARNING"}
     env.pop("REDIS_URL", None)
     logdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))

@@ -22,8 +22,10 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.
     dsn = settings.database_url
     if dsn is None:
         dsn = await asyncio.to_thread(embedded.start, settings.data_dir)
+    # one more than CHAT_DB_POOL_MAX: the process's liveness lock keeps one for itself
+    # (storage.liveness), the others serve requests as before
     pool = await db.create_pool(
-        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max + 1,
         connect_timeout_s=settings.db_connect_timeout_s,
         query_metrics=settings.db_query_metrics,
     )

@@ -4,6 +4,7 @@ Start (:meth:`Services.open`), each step from the settings and what the steps be
 it built, passed as constructor arguments:
 
 1. the database: embedded or external Postgres, pool, durability check, migrations;
+   this process's liveness lock, on one pooled connection (claims name it);
 2. the object store: S3 or a local directory;
 3. Redis, if configured: one client for the broker, the shared rate limit and ingestion;
    else the memory broker and the in-memory limiter;
@@ -51,6 +52,7 @@ from chat_storage.storage.broker import Broker, RedisBroker, open_broker
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.crypto.switch import check_configured
 from chat_storage.storage.ingest import IngestStream
+from chat_storage.storage.liveness import Liveness
 from chat_storage.storage.objects import ObjectStore
 from chat_storage.storage.privacy import Policies
 from chat_storage.storage.ratelimit import Limiter, open_limiter
@@ -78,6 +80,7 @@ class Services:
     ingest: IngestStream | None
     consumer: IngestConsumer | None
     privacy: Policies  # each tenant's PII redactor, for the write paths
+    liveness: Liveness
     # opens and makes data keys; None when CHAT_ENCRYPTION_KEK is not set
     keyring: Keyring | None = None
     _intake_stopped: bool = False
@@ -94,6 +97,9 @@ class Services:
             undo.push_async_callback(tasks.close, 0.0)  # last: whatever was started
             pool = await open_database(settings)
             undo.push_async_callback(close_pool, pool, 0.0)
+            # a task: stopped with the others (step 5 of close), its connection released
+            liveness = Liveness(pool, tasks=tasks, timeout_s=settings.db_acquire_timeout_s)
+            liveness.start()
             objects = await store_from_settings(settings)
             undo.push_async_callback(objects.close)
             keyring = await open_keyring(settings)
@@ -143,7 +149,7 @@ class Services:
                             name="maintenance")
             undo.pop_all()  # started: from now on close() stops everything
         return cls(settings, tasks, pool, objects, redis, broker, limiter, registry, hub,
-                   ingest, consumer, privacy, keyring)
+                   ingest, consumer, privacy, liveness, keyring)
 
     def stop_intake(self) -> None:
         """Step 1 of :meth:`close`, which the edge may take early (when its listeners
@@ -168,7 +174,7 @@ class Services:
         await self.hub.close(deadline.remaining_s)
         # 4. every session mailbox commits and every waiter is answered
         await self.registry.close(deadline.remaining_s)
-        # 5. background jobs (maintenance) end
+        # 5. background jobs (maintenance, the liveness lock) end
         await self.tasks.close(deadline.remaining_s)
         # 6. the broker's reader stops, then the Redis client closes
         await deadline.run("broker", self.broker.close())

@@ -59,11 +59,23 @@ class Settings:
     metrics_port: int | None = None
     log_level: str = "INFO"
     shutdown_timeout_s: float = 20.0
+    # client connections (server.connlimits): a request's headers must be complete this
+    # long after its first byte; a connection silent this long is closed; at most this
+    # many open (lowered to the open-file limit minus fd_reserve), and per address (0: no cap)
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 1000
+    fd_reserve: int = 128
     # tenancy and limits
     api_keys: tuple[tuple[str, str], ...] = ()
     rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
     api_key_cache_s: float = 5.0
+    # failed authentications per client address (server.auththrottle): a bucket of
+    # auth_failure_burst refused credentials refilled at auth_failures_per_s
+    auth_failures_per_s: float = 1.0
+    auth_failure_burst: int = 30
     # seals the keys that sign user tokens (32+ characters, the same on every replica);
     # unset: a key made in data_dir with an embedded database, else no user tokens
     secret_key: str | None = dataclasses.field(default=None, repr=False)
@@ -101,7 +113,9 @@ class Settings:
     # write path (session actors)
     max_batch: int = 256
     mailbox_size: int = 1024
-    write_timeout_s: float = 10.0
+    write_timeout_s: float = 10.0  # also the deadline of a request that writes
+    # the deadline of any other request until its response starts (server.deadlines)
+    request_timeout_s: float = 10.0
     actor_idle_s: float = 60.0
     # browsers on other origins: CORS and the WebSocket's Origin check (one list)
     cors_origins: tuple[str, ...] = ()
@@ -195,7 +209,7 @@ class Settings:
             "max_batch", "mailbox_size", "ws_max_frame_bytes", "ws_send_queue",
             "ws_max_connections_per_tenant", "checkpoint_chars", "ingest_batch",
             "ingest_max_backlog", "max_attachment_bytes", "upload_url_s", "download_url_s",
-            "pending_attachment_s",
+            "pending_attachment_s", "max_connections", "fd_reserve", "auth_failure_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -204,6 +218,7 @@ class Settings:
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
             "checkpoint_interval_s", "stream_grace_s", "ws_heartbeat_s", "ingest_claim_idle_s",
+            "header_timeout_s", "idle_timeout_s", "auth_failures_per_s", "request_timeout_s",
         )
         for name in positive_float:
             if getattr(self, name) <= 0:
@@ -219,6 +234,8 @@ class Settings:
         if not (len(self.pii_phone_region) == 2 and self.pii_phone_region.isascii()
                 and self.pii_phone_region.isupper()):
             raise SettingsError("CHAT_PII_PHONE_REGION must be a two-letter region (US, DE)")
+        if self.max_connections_per_ip < 0:
+            raise SettingsError("CHAT_MAX_CONNECTIONS_PER_IP must be 0 (no cap) or more")
         if self.maintenance_interval_s < 0:
             raise SettingsError("CHAT_MAINTENANCE_INTERVAL_S must be 0 (off) or more")
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):

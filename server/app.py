@@ -24,7 +24,8 @@ from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.secrets import sealer_from_settings
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
-from chat_storage.server import auth, cors, middlewares, objects, state, streaming
+from chat_storage.server import auth, cors, middlewares, objects, revocation, state, streaming
+from chat_storage.server.auththrottle import AuthThrottle
 from chat_storage.server.oidc import OidcVerifier
 from chat_storage.server.routes import (
     attachments,
@@ -68,11 +69,13 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     app[SHUTDOWN_KEY] = Shutdown()
     # first: every other context may use the services
     app.cleanup_ctx.append(functools.partial(_services, sink=sink))
-    auth.setup(app, settings.api_key_cache_s)
+    auth.setup(app, settings.api_key_cache_s,
+               AuthThrottle(settings.auth_failures_per_s, settings.auth_failure_burst))
     # read by the middleware and the WebSocket check; tenants' lists cached like keys
     cors.setup(app, settings.cors_origins, settings.api_key_cache_s)
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
+    revocation.setup(app)  # a revoked key's streams closed
     objects.setup(app)  # the local store's upload and download URLs
     for table in ROUTE_TABLES:
         table.register(app)

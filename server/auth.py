@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from chat_storage.server.auth_audit import FAILED_AUTH_KEY, FailedAuthAudit
+from chat_storage.server.auththrottle import AUTH_THROTTLE_KEY, AuthThrottle
 from chat_storage.server.errors import ApiError
 from chat_storage.server.routing import ROUTE_ACCESS_KEY, ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
@@ -87,7 +88,27 @@ async def authenticate_request(request: web.Request) -> None:
 
 
 async def _principal(request: web.Request) -> Principal:
+    """The caller. A presented credential that is not cached is checked only while its
+    address has failures left, and a refused one counts (:mod:`.auththrottle`)."""
     key = request.headers.get("X-Api-Key")
+    if key is not None:
+        cached = request.app[KEY_CACHE_KEY].get(key)
+        if cached is not None:
+            return cached  # costs nothing: never throttled
+    if key is None and "Authorization" not in request.headers and (
+            "ticket" not in request.query):
+        return await _credential(request, key)  # nothing presented: nothing to count
+    throttle = request.app[AUTH_THROTTLE_KEY]
+    throttle.check(request.remote)
+    try:
+        return await _credential(request, key)
+    except ApiError as err:
+        if err.status in (401, 403):
+            throttle.failed(request.remote)
+        raise
+
+
+async def _credential(request: web.Request, key: str | None) -> Principal:
     if key is not None:
         principal = await resolve_key(request.app, key)
         if principal is None:
@@ -183,8 +204,10 @@ def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL_KEY]
 
 
-def setup(app: web.Application, cache_ttl_s: float) -> None:
-    """Create the key and owner caches and the authenticator list."""
+def setup(app: web.Application, cache_ttl_s: float, throttle: AuthThrottle) -> None:
+    """Create the key and owner caches and the authenticator list; ``throttle``: the
+    failed authentications per address."""
+    app[AUTH_THROTTLE_KEY] = throttle
     app[KEY_CACHE_KEY] = TtlCache(cache_ttl_s)
     app[OWNER_CACHE_KEY] = TtlCache(OWNER_CACHE_S)
     app[AUTHENTICATORS_KEY] = []

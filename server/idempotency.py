@@ -10,6 +10,7 @@ A replay is byte-identical to the first answer: the body is the stored text as i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import encoded_json_response
-from chat_storage.server.state import POOL_KEY, SETTINGS_KEY, keyring_of
+from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
 from chat_storage.storage.idempotency import Claim, ClaimStatus
@@ -29,6 +30,7 @@ from chat_storage.storage.ids import parse_uuid
 
 log = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
+RELEASE_RETRY_S = 0.5
 
 
 def request_hash(request: web.Request, body: Any) -> bytes:
@@ -60,11 +62,13 @@ async def begin(
     digest = request_hash(request, body)
     # the session the reply is about: its deletion then reaches the reply too
     session_id = parse_uuid(request.match_info.get("session_id", ""))
+    services = request.app.get(SERVICES_KEY)
+    holder = None if services is None else services.liveness.holder
     result = await db.call(
         request.app[POOL_KEY],
         lambda conn: idempotency_rows.claim(conn, tenant_id, key, digest,
                                             ttl_s=settings.idempotency_ttl_s,
-                                            session_id=session_id,
+                                            session_id=session_id, holder=holder,
                                             keyring=keyring_of(request)),
         acquire_timeout_s=settings.db_acquire_timeout_s,
     )
@@ -85,11 +89,37 @@ async def begin(
 
 
 async def release(request: web.Request, claim: Claim | None) -> None:
-    """Free ``claim`` after its work failed; errors here are logged, never raised."""
+    """Free ``claim`` after its work failed; errors here are logged, never raised.
+
+    A request cut off by its deadline (being cancelled) answers at once and frees the
+    key in the background: the database it would wait for may be the one not answering.
+    """
     if claim is None:
         return
-    try:
-        await db.call(request.app[POOL_KEY], lambda conn: idempotency_rows.release(conn, claim))
-    except Exception:
-        # the claim's lock expires by itself (storage.idempotency.LOCK_S)
-        log.warning("could not release idempotency key", exc_info=True)
+    task = asyncio.current_task()
+    services = request.app.get(SERVICES_KEY)
+    if task is not None and task.cancelling() and services is not None:
+        services.tasks.spawn(_release(request.app, claim, patience_s=idempotency_rows.LOCK_S),
+                             name="idempotency-release")
+        return
+    await _release(request.app, claim)
+
+
+async def _release(app: web.Application, claim: Claim, *, patience_s: float = 0.0) -> None:
+    """Delete the claim; retried for ``patience_s`` (then it expires by itself)."""
+    settings = app[SETTINGS_KEY]
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience_s
+    while True:
+        try:
+            async with asyncio.timeout(settings.write_timeout_s):
+                await db.call(app[POOL_KEY],
+                              lambda conn: idempotency_rows.release(conn, claim),
+                              acquire_timeout_s=settings.db_acquire_timeout_s)
+            return
+        except Exception:
+            if loop.time() >= give_up:
+                # the claim's lock expires by itself (storage.idempotency.LOCK_S)
+                log.warning("could not release idempotency key", exc_info=True)
+                return
+        await asyncio.sleep(RELEASE_RETRY_S)

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 
 from chat_storage import tracing
 from chat_storage.actors.write.errors import Overloaded, ShuttingDown, WriteError
-from chat_storage.server import auth, cors, metrics, ratelimit
+from chat_storage.server import auth, cors, deadlines, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.logs import REQUEST_ID
@@ -147,6 +147,10 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, WriteError):
         return ApiError(503, "write could not be completed; retry later",
                         headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, TimeoutError):  # the request's deadline (server.deadlines)
+        return ApiError(503, "request could not be completed in time (a dependency did not "
+                        "answer); retry later, a write with the same Idempotency-Key",
+                        headers={"Retry-After": RETRY_AFTER_S})
     return None
 
 
@@ -168,12 +172,13 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             if cors.is_preflight(request):  # before auth: a browser sends it without a key
                 response = await cors.preflight(request)
             else:
-                if request.path.startswith(auth.API_PREFIX):
-                    await auth.authenticate_request(request)
-                    await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
-                    if request.query_string:
-                        check_query(request)
-                response = await handler(request)
+                async with deadlines.of(request):  # 503 past it (to_api_error)
+                    if request.path.startswith(auth.API_PREFIX):
+                        await auth.authenticate_request(request)
+                        await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
+                        if request.query_string:
+                            check_query(request)
+                    response = await handler(request)
         except Exception as exc:
             err = to_api_error(exc)
             if err is None:
@@ -236,6 +241,7 @@ def _end_span(request: web.Request, traced: tuple[tracing.Span, object], status:
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Headers that every response carries."""
+    deadlines.lift(request)  # a stream or an upgrade has begun
     rid = request.get(REQUEST_ID_KEY)
     if rid is not None:
         response.headers["X-Request-ID"] = rid

@@ -8,17 +8,24 @@ any middleware runs: no hook of the application sees it. :class:`AppRunner` serv
 app with a protocol whose ``handle_error`` renders our error body instead; the
 connection is closed afterwards, as aiohttp does.
 
-The rest of aiohttp is untouched: these classes only replace the one method.
+The same protocol enforces the connection limits of :mod:`chat_storage.server.connlimits`:
+each connection asks the server's gate to be admitted as it is made, and one whose
+request headers do not arrive in time is closed.
+
+The rest of aiohttp is untouched: these classes replace only those methods.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
+from typing import Any
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from chat_storage.server.connlimits import CONNECTIONS_DROPPED, ConnectionGate, Limits
 from chat_storage.server.errors import code_for_status, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.middlewares import new_request_id
@@ -54,7 +61,67 @@ def refused_message(status: int, exc: BaseException | None) -> str:
 
 
 class JsonErrorProtocol(RequestHandler):
-    """aiohttp's request handler whose own error answers carry the JSON error body."""
+    """aiohttp's request handler whose own error answers carry the JSON error body, and
+    which keeps to the server's connection limits."""
+
+    def __init__(self, manager: JsonErrorServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = manager.gate
+        self._header_timeout_s = manager.header_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_count = 0  # requests parsed when the header clock started
+        self._admitted = False
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._gate is not None:
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if isinstance(peer, tuple) and peer else None
+            if not self._gate.admit(self, ip):
+                self._refused = True
+                transport.close()  # refused: never served, its descriptor freed now
+                return
+            self._admitted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted and self._gate is not None:
+            self._gate.release(self)
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._refused:
+            return  # refused in connection_made: aiohttp never saw it
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # a request's first bytes start its header clock; a complete request stops it
+        if (self._header_timer is None and self._header_timeout_s is not None
+                and self._current_request is None and self._payload_parser is None
+                and not self._upgraded):
+            self._header_count = self._request_count
+            self._header_timer = self._loop.call_later(self._header_timeout_s,
+                                                       self._headers_late)
+        super().data_received(data)
+        if self._header_timer is not None and self._request_count != self._header_count:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self._request_count == self._header_count and not self._force_close:
+            CONNECTIONS_DROPPED.labels("header_timeout").inc()
+            self.force_close()
+
+    def idle(self) -> bool:
+        """Whether this connection waits for a request (keep-alive, or headers not
+        complete) rather than handling one."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def drop(self) -> None:
+        """Close now (shed by the gate)."""
+        self.force_close()
 
     def handle_error(
         self,
@@ -78,19 +145,37 @@ class JsonErrorProtocol(RequestHandler):
 
 
 class JsonErrorServer(web.Server):
-    """aiohttp's low-level server, making :class:`JsonErrorProtocol` connections."""
+    """aiohttp's low-level server, making :class:`JsonErrorProtocol` connections (under
+    ``gate`` and ``header_timeout_s`` when given)."""
+
+    def __init__(self, *args: Any, gate: ConnectionGate | None = None,
+                 header_timeout_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+        self.header_timeout_s = header_timeout_s
 
     def __call__(self) -> RequestHandler:
         return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
 
 
 class AppRunner(web.AppRunner):
-    """``web.AppRunner`` whose server answers requests refused before routing in JSON."""
+    """``web.AppRunner`` whose server answers requests refused before routing in JSON
+    and, given ``limits``, keeps to them (``gate``: its connection caps)."""
+
+    def __init__(self, app: web.Application, *, limits: Limits | None = None,
+                 gate: ConnectionGate | None = None, **kwargs: Any) -> None:
+        if limits is not None:
+            kwargs["keepalive_timeout"] = limits.idle_timeout_s
+        super().__init__(app, **kwargs)
+        self._limits = limits
+        self._gate = gate
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # the app's start-up runs here
         return JsonErrorServer(
             plain.request_handler, request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation, loop=plain._loop,
+            gate=self._gate,
+            header_timeout_s=None if self._limits is None else self._limits.header_timeout_s,
             **plain._kwargs,
         )

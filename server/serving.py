@@ -20,7 +20,7 @@ from aiohttp import web
 
 from chat_storage import tracing
 from chat_storage.runtime.settings import DEV_TENANT, Settings
-from chat_storage.server import admin, logs, protocol
+from chat_storage.server import admin, connlimits, logs, protocol
 from chat_storage.server.state import POOL_KEY
 from chat_storage.storage import apikeys, embedded, tenants
 from chat_storage.storage.errors import Conflict, StorageError
@@ -79,6 +79,14 @@ async def _serve(settings: Settings, reuse_port: bool = False,
                  sink: SinkFactory | None = None) -> int:
     from chat_storage.server.app import create_app  # the whole app is only needed to serve
 
+    # the open-file limit raised first, then the connection cap below it (connlimits)
+    limits = connlimits.Limits(settings.max_connections, settings.max_connections_per_ip,
+                               settings.header_timeout_s, settings.idle_timeout_s)
+    try:
+        gate = connlimits.gate_for(limits, settings.fd_reserve)
+    except ValueError as exc:
+        admin.print_error(f"cannot start: {exc}")
+        return 1
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     main_task = asyncio.current_task()
@@ -96,10 +104,11 @@ async def _serve(settings: Settings, reuse_port: bool = False,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    # protocol.AppRunner: a request refused before routing still gets the JSON error body
+    # protocol.AppRunner: a request refused before routing still gets the JSON error
+    # body, and connections keep to the limits
     runner = protocol.AppRunner(
         create_app(settings, sink=sink), access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
+        shutdown_timeout=settings.shutdown_timeout_s, limits=limits, gate=gate,
     )
     code = 0
     try:

@@ -28,7 +28,8 @@ STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
 
 
 class Connections:
-    """Open streaming connections: counted per tenant, all closed on shutdown.
+    """Open streaming connections: counted per tenant, all closed on shutdown, and those
+    of an API key closed when it is revoked (:mod:`.revocation`).
 
     A tenant may have at most its own cap (``tenants update --max-stream-connections``,
     carried by the principal) open at once in this process, else ``per_tenant`` (the
@@ -39,6 +40,9 @@ class Connections:
         self.per_tenant = per_tenant
         self._counts: dict[uuid.UUID, int] = {}
         self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
+        # API-key connections: key id -> {token: what closes it as revoked}
+        self._by_key: dict[str, dict[int, Callable[[], Awaitable[None]]]] = {}
+        self._key_of: dict[int, str] = {}
         self._ids = itertools.count()
 
     def cap(self, principal: Principal) -> int:
@@ -46,10 +50,10 @@ class Connections:
         own = principal.limits.max_stream_connections
         return self.per_tenant if own is None else own
 
-    def open(self, principal: Principal, kind: str,
-             closer: Callable[[], Awaitable[None]]) -> int:
+    def open(self, principal: Principal, kind: str, closer: Callable[[], Awaitable[None]],
+             revoke: Callable[[], Awaitable[None]] | None = None) -> int:
         """Count a new connection of ``principal``'s tenant; 429 past its cap. Returns
-        its token."""
+        its token. ``closer`` ends it on shutdown; ``revoke``, if its API key is revoked."""
         tenant_id = principal.tenant_id
         count = self._counts.get(tenant_id, 0)
         if count >= self.cap(principal):
@@ -58,6 +62,9 @@ class Connections:
         self._counts[tenant_id] = count + 1
         token = next(self._ids)
         self._closers[token] = closer
+        if revoke is not None and not principal.is_user:
+            self._by_key.setdefault(principal.key_id, {})[token] = revoke
+            self._key_of[token] = principal.key_id
         stream_metrics.CONNECTIONS.labels(kind).inc()
         return token
 
@@ -65,6 +72,12 @@ class Connections:
         """Forget a connection that ended."""
         if self._closers.pop(token, None) is None:
             return
+        key_id = self._key_of.pop(token, None)
+        if key_id is not None:
+            of_key = self._by_key.get(key_id, {})
+            of_key.pop(token, None)
+            if not of_key:
+                self._by_key.pop(key_id, None)
         stream_metrics.CONNECTIONS.labels(kind).dec()
         count = self._counts.get(tenant_id, 1) - 1
         if count > 0:
@@ -74,6 +87,16 @@ class Connections:
 
     def count(self, tenant_id: uuid.UUID) -> int:
         return self._counts.get(tenant_id, 0)
+
+    def key_ids(self) -> list[str]:
+        """The API keys that have connections open."""
+        return list(self._by_key)
+
+    async def revoke(self, key_ids: set[str]) -> int:
+        """Close every connection of ``key_ids`` as revoked; how many."""
+        revokers = [r for k in key_ids for r in self._by_key.get(k, {}).values()]
+        await asyncio.gather(*(r() for r in revokers), return_exceptions=True)
+        return len(revokers)
 
     async def close_all(self) -> None:
         """Close every open connection (shutdown)."""
@@ -109,17 +132,37 @@ async def check_origin(request: web.Request) -> None:
 
 
 async def ticket_authenticator(request: web.Request) -> Principal | None:
-    """Authenticate a stream request by its single-use ``?ticket=`` (browsers)."""
+    """Authenticate a stream request by its single-use ``?ticket=`` (browsers).
+
+    For the WebSocket, the ticket is used up in a transaction that also checks the
+    page's ``Origin`` against its tenant's list (the check the upgrade makes): a ticket
+    shown by a page that may not open the socket is refused (403) and stays usable, so
+    a stray page cannot burn a user's ticket.
+    """
     ticket = request.query.get("ticket")
     if ticket is None or not request.path.endswith(STREAM_PATHS):
         return None
     session_id = parse_uuid(request.match_info.get("session_id", ""))
     if session_id is None:
         raise ApiError(403, "ticket is not valid")
-    settings = request.app[SETTINGS_KEY]
-    principal = await db.call(
-        request.app[POOL_KEY], lambda conn: tickets.consume(conn, ticket, session_id),
-        acquire_timeout_s=settings.db_acquire_timeout_s)
+    app = request.app
+    check = request.path.endswith("/ws") and "Origin" in request.headers
+    if check:
+        # read (or cached) before the transaction: the check inside it then needs no
+        # second pooled connection
+        await app[cors.TENANT_ORIGINS_KEY].fresh(app)
+
+    async def use(conn: db.Connection) -> Principal | None:
+        async with conn.transaction():
+            principal = await tickets.consume(conn, ticket, session_id)
+            if principal is not None and check:
+                request[auth.PRINCIPAL_KEY] = principal  # whose origins count
+                if not await origin_allowed(request):
+                    raise ApiError(403, "origin not allowed")  # the ticket's use undone
+            return principal
+
+    principal = await db.call(app[POOL_KEY], use,
+                              acquire_timeout_s=app[SETTINGS_KEY].db_acquire_timeout_s)
     if principal is None:
         raise ApiError(403, "ticket is not valid (unknown, expired, used or for another "
                             "session)")

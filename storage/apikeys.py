@@ -141,6 +141,13 @@ async def tenant_of_key(conn: asyncpg.Connection, key_id: str) -> uuid.UUID | No
     return tenant_id
 
 
+async def active_key_ids(conn: asyncpg.Connection, key_ids: list[str]) -> set[str]:
+    """Those of ``key_ids`` that are keys not revoked (a revoked or deleted one is not)."""
+    rows = await conn.fetch(
+        "SELECT id FROM api_keys WHERE id = ANY($1::text[]) AND revoked_at IS NULL", key_ids)
+    return {r["id"] for r in rows}
+
+
 async def list_keys(conn: asyncpg.Connection, tenant: str) -> list[dict[str, Any]]:
     """The keys of ``tenant`` (never their secrets)."""
     tenant_id = await tenant_id_by_name(conn, tenant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -194,7 +195,13 @@ async def call(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[
     """Run ``fn`` on a pooled connection; connection failures become :class:`Unavailable`."""
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
-            return await fn(as_connection(conn))
+            try:
+                return await fn(as_connection(conn))
+            except (asyncio.CancelledError, TimeoutError):
+                # cut off mid-statement (a request's deadline): the connection's state is
+                # unknown, and releasing it would wait on a server that may not answer
+                conn.terminate()
+                raise
     except CONNECTION_ERRORS as exc:
         raise Unavailable(str(exc) or type(exc).__name__) from exc
 
@@ -210,7 +217,11 @@ async def read(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[
     """
     try:
         async with pool.acquire(timeout=acquire_timeout_s) as conn:
-            result = await fn(as_connection(conn))
+            try:
+                result = await fn(as_connection(conn))
+            except (asyncio.CancelledError, TimeoutError):
+                conn.terminate()  # cut off mid-statement: as in call()
+                raise
             mark = getattr(conn, "skip_next_reset", None)  # a ServiceConnection's
             if mark is not None and not conn.is_in_transaction():
                 mark()

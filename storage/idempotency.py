@@ -1,9 +1,12 @@
 """Idempotency keys: claim before the work, answer in the work's own transaction.
 
-A claim holds a lock (``locked_until``) while the first request runs. The response
+A claim holds a lock (``locked_until``) while the first request runs, and names its ``holder``: the
+process's liveness lock (:mod:`.liveness`). The response
 is written by the same transaction that stores the work, so a crash can never leave
 work stored without its recorded answer (a retry would store it twice) or an answer
-without its work. A claim whose holder died expires and can be taken over.
+without its work. A claim whose holder died can be taken over: at once when its
+holder's liveness lock is free (the process is gone, ``kill -9`` included), else once
+it expires (``LOCK_S``: a holder not known, or a live one that takes too long).
 
 The response is kept as the JSON text the first request was answered with (a ``json``
 column, which keeps text as written, not ``jsonb``, which reorders keys), and a replay
@@ -26,6 +29,7 @@ import orjson
 
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
 from chat_storage.storage.crypto.replies import open_reply, seal_reply
+from chat_storage.storage.locks import HOLDER_LOCKS
 
 LOCK_S = 30.0
 
@@ -59,24 +63,31 @@ class ClaimResult:
 
 async def claim(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, request_hash: bytes,
-    *, ttl_s: int, session_id: uuid.UUID | None = None, keyring: Keyring | None = None,
+    *, ttl_s: int, session_id: uuid.UUID | None = None, holder: int | None = None,
+    keyring: Keyring | None = None,
 ) -> ClaimResult:
-    """Claim ``key`` for a request whose hash is ``request_hash`` (on ``session_id``); a
-    replay's sealed reply (an encrypted tenant's) is opened with ``keyring``."""
+    """Claim ``key`` for a request whose hash is ``request_hash`` (on ``session_id``),
+    held by ``holder`` (this process's liveness lock,
+    :attr:`.liveness.Liveness.holder`); a replay's sealed reply (an encrypted tenant's)
+    is opened with ``keyring``."""
     row = await conn.fetchrow(
         """
-        INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until)
-        VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+        INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, locked_until, holder)
+        VALUES ($1, $2, $3, now() + make_interval(secs => $4), $6)
         ON CONFLICT (tenant_id, key) DO UPDATE
             SET request_hash = EXCLUDED.request_hash,
                 locked_until = EXCLUDED.locked_until,
+                holder = EXCLUDED.holder,
                 created_at = now()
-            -- take over an expired key, or a claim whose holder died before answering
+            -- take over an expired key, or a claim whose holder died before answering:
+            -- its lock expired, or its process's liveness lock is free (the process is
+            -- gone; the transaction's lock on it ends with this statement)
             WHERE k.created_at < now() - make_interval(secs => $5)
-               OR (k.status_code IS NULL AND k.locked_until < now())
+               OR (k.status_code IS NULL AND (k.locked_until < now() OR (
+                   k.holder IS NOT NULL AND pg_try_advisory_xact_lock($7, k.holder))))
         RETURNING true
         """,
-        tenant_id, key, request_hash, LOCK_S, float(ttl_s),
+        tenant_id, key, request_hash, LOCK_S, float(ttl_s), holder, HOLDER_LOCKS,
     )
     if row is not None:
         return ClaimResult(ClaimStatus.CLAIMED, Claim(tenant_id, key, request_hash, session_id))
@@ -87,7 +98,7 @@ async def claim(
     )
     if existing is None:  # deleted between the two statements: try once more
         return await claim(conn, tenant_id, key, request_hash, ttl_s=ttl_s,
-                           session_id=session_id, keyring=keyring)
+                           session_id=session_id, holder=holder, keyring=keyring)
     if bytes(existing["request_hash"]) != request_hash:
         return ClaimResult(ClaimStatus.MISMATCH)
     if existing["status_code"] is None:
@@ -111,7 +122,7 @@ async def record_response(
         response = seal_reply(data_key, idem.tenant_id, idem.key, response)
     await conn.execute(
         "UPDATE idempotency_keys SET status_code = $3, response = $4, locked_until = NULL, "
-        "session_id = $5 WHERE tenant_id = $1 AND key = $2",
+        "session_id = $5, holder = NULL WHERE tenant_id = $1 AND key = $2",
         idem.tenant_id, idem.key, status_code, response, session_id or idem.session_id,
     )
 

@@ -14,6 +14,9 @@ import asyncpg
 
 MIGRATIONS_LOCK = 0x636861746D696772  # "chatmigr": one migrating process at a time
 MAINTENANCE_LOCK = 0x63686174_6D61696E  # "chatmain": one maintenance run at a time
+# the first key of the two-key locks (a key space apart from the one-key locks above)
+# that each live process holds with its own second key (storage.liveness)
+HOLDER_LOCKS = 0x63686F6C  # "chol"
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,8 @@ from a position of its choice (``Last-Event-ID`` wins when both are given).
 
 Comments (``: keep-alive``) go out every ``CHAT_WS_HEARTBEAT_S`` so proxies keep the
 connection and a vanished client is noticed. A reader that does not keep up with its
-send queue is disconnected; its ``EventSource`` reconnects with its last id.
+send queue is disconnected; its ``EventSource`` reconnects with its last id. A stream
+whose API key is revoked ends with an ``error`` event of code ``unauthorized``.
 """
 
 from __future__ import annotations
@@ -87,11 +88,18 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
     outbox = Outbox(settings.ws_send_queue, on_overflow=cut)
 
+    revoked = False
+
     async def close() -> None:
         outbox.close()
 
+    async def revoke() -> None:
+        nonlocal revoked
+        revoked = True
+        outbox.close()
+
     connections = app[CONNECTIONS_KEY]
-    token = connections.open(principal_of(request), "sse", close)
+    token = connections.open(principal_of(request), "sse", close, revoke)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
@@ -118,6 +126,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             await response.write(framing.sse_error(api.code, api.message))
             return response
         await sender
+        if revoked:  # its key was revoked (server.revocation): say so, then end
+            await response.write(framing.sse_error("unauthorized", "API key revoked"))
     except (ConnectionCut, ConnectionError):
         pass
     finally:

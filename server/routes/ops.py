@@ -7,6 +7,7 @@ it can be kept off the public listener.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,8 +19,8 @@ from chat_storage.server import metrics
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY
-from chat_storage.storage import migrations
-from chat_storage.storage.db import CONNECTION_ERRORS
+from chat_storage.storage import db, migrations
+from chat_storage.storage.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,15 @@ async def readyz(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     checks: dict[str, str] = {}
     try:
-        async with request.app[POOL_KEY].acquire(timeout=settings.db_acquire_timeout_s) as conn:
-            missing = await migrations.pending(conn, settings.migrations_dir)
+        # its own deadline, shorter than the request's: a database that does not answer
+        # is "unreachable" in time for the probe
+        async with asyncio.timeout(settings.db_acquire_timeout_s):
+            missing = await db.call(
+                request.app[POOL_KEY],
+                lambda conn: migrations.pending(conn, settings.migrations_dir),
+                acquire_timeout_s=settings.db_acquire_timeout_s)
         checks["database"] = "ok" if not missing else f"pending migrations {missing}"
-    except CONNECTION_ERRORS:  # TimeoutError (pool acquire) is one of them
+    except (Unavailable, TimeoutError):
         checks["database"] = "unreachable"
     metrics.DB_REACHABLE.set(0 if checks["database"] == "unreachable" else 1)
     ready = all(v == "ok" for v in checks.values())

@@ -6,7 +6,8 @@ one connection is this handler's task reading frames, plus a writer task emptyin
 connection's bounded outbox (``server.transport.writer``); nothing else ever writes
 to the socket.
 
-Close codes: 1001 server shutting down; 1008 a binary frame (protocol violation);
+Close codes: 1001 server shutting down; 4401 its API key was revoked (within
+``CHAT_API_KEY_CACHE_S``); 1008 a binary frame (protocol violation);
 1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the client did not read fast enough
 and its send queue (``CHAT_WS_SEND_QUEUE`` frames) overflowed — reconnect and
 ``subscribe`` from where it was. Frames and their replies: ``docs/streaming.md``.
@@ -55,6 +56,7 @@ SESSION_PATH = "/api/v1/sessions/{session_id}"
 MAX_STREAMS_PER_CONNECTION = 16
 TICKET_TTL_S = 60.0
 CLOSE_LINGER_S = 5.0
+REVOKED_CLOSE = 4401  # the credential no longer holds (server.revocation)
 
 
 class WsTicket(pydantic.BaseModel):
@@ -101,7 +103,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "expected a WebSocket upgrade request")
     conn = Connection(request, ws, (tenant_id, session_id))
     connections = request.app[CONNECTIONS_KEY]
-    token = connections.open(principal_of(request), "ws", conn.shutdown)
+    token = connections.open(principal_of(request), "ws", conn.shutdown, conn.revoke)
     try:
         await ws.prepare(request)
         await conn.run()
@@ -163,6 +165,10 @@ class Connection:
     async def shutdown(self) -> None:
         """Close with 1001 (server going away)."""
         await self._close(1001, "server shutting down")
+
+    async def revoke(self) -> None:
+        """Close with 4401 (its API key was revoked)."""
+        await self._close(REVOKED_CLOSE, "API key revoked")
 
     # ------------------------------------------------------------ frames
     async def _handle(self, raw: str) -> None:

@@ -254,3 +254,17 @@ async def test_the_websocket_origin_check_uses_the_tenants_list(
             client, other_path, {**other_tenant.headers, "Origin": own}) == 403
         assert await _handshake_status(
             client, path, {**tenant.headers, "Origin": unique_origin()}) == 403
+
+
+async def test_a_ticket_refused_for_its_origin_is_not_used_up(
+    client: Any, pool: asyncpg.Pool, tenant: Tenant,
+) -> None:
+    own, stranger = unique_origin(), unique_origin()
+    async with listed(pool, tenant, own):
+        sid = await new_session(client, tenant)
+        base = f"/api/v1/sessions/{sid}"
+        r = await client.post(f"{base}/ws-tickets", headers=tenant.headers)
+        url = f"{base}/ws?ticket={(await r.json())['ticket']}"
+        assert await _handshake_status(client, url, {"Origin": stranger}) == 403
+        assert await _handshake_status(client, url, {"Origin": own}) == 101
+        assert await _handshake_status(client, url, {"Origin": own}) == 403  # used now

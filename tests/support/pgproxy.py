@@ -4,7 +4,9 @@ It makes the indeterminate commit reproducible: ``cut_next("reply")`` lets the n
 request through and swallows its answer (the server commits, the client never hears
 it), ``cut_next("request")`` swallows the request (nothing reaches the server); either
 way the victim connection is then closed. ``refuse`` makes new connections fail, as
-if the database were unreachable.
+if the database were unreachable. ``freeze()`` holds every byte both ways and every new
+connection until ``thaw()``: the database as a SIGSTOPped Postgres looks to its clients
+(connections open, nothing answered), without stopping the Postgres others share.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ class PgProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        """Stop forwarding anything (connections stay open) until :meth:`thaw`."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -52,6 +63,7 @@ class PgProxy:
         if self.refuse:
             writer.close()
             return
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -71,6 +83,7 @@ class PgProxy:
                         self.cut_done.set()
                         return
                     lost_reply.set()
+                await self._flowing.wait()
                 up_writer.write(data)
                 await up_writer.drain()
             up_writer.close()
@@ -83,6 +96,7 @@ class PgProxy:
                     _close(writer, up_writer)
                     self.cut_done.set()
                     return
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
             writer.close()

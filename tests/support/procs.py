@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -124,13 +125,15 @@ class Server:
     The environment is this one without chat-storage settings, then :data:`BASE_ENV`,
     then ``env``; ``database_url=None`` runs the embedded Postgres. With ``workers > 1``
     it is the parent of the workers, and ``metrics`` gives each worker a metrics port
-    (``metrics_port + i``). Each :meth:`start` picks a new port. ``root`` runs the code
-    of another checkout (an older release: tests/test_rollback.py), unmeasured by coverage.
+    (``metrics_port + i``). ``nofile``: the process's ``RLIMIT_NOFILE`` (soft, hard).
+    Each :meth:`start` picks a new port. ``root`` runs the code of another checkout (an
+    older release: tests/test_rollback.py), unmeasured by coverage.
     """
 
     def __init__(self, database_url: str | None, log_path: Path, *, app_name: str | None = None,
                  redis_url: str | None = None, env: Mapping[str, str] | None = None,
-                 workers: int = 1, metrics: bool = False, root: Path = ROOT) -> None:
+                 workers: int = 1, metrics: bool = False,
+                 nofile: tuple[int, int] | None = None, root: Path = ROOT) -> None:
         if database_url is not None and app_name is not None:
             sep = "&" if "?" in database_url else "?"
             database_url = f"{database_url}{sep}application_name={app_name}"
@@ -140,6 +143,7 @@ class Server:
         self.env = dict(env or {})
         self.workers = workers
         self.metrics = metrics
+        self.nofile = nofile
         self.root = root
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
@@ -187,13 +191,18 @@ class Server:
                 self.proc = await asyncio.create_subprocess_exec(
                     *self._command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", str(self.workers), cwd=self.root, env=env, stdout=log,
-                    stderr=asyncio.subprocess.STDOUT)
+                    stderr=asyncio.subprocess.STDOUT, preexec_fn=self._limit)
             self.base = f"http://127.0.0.1:{self.port}"
             if await self._ready(ready_timeout_s):
                 return
             if "already in use" not in self.log():
                 break
         pytest.fail(f"the server did not start ({self.log_path}):\n{self.log()[-5000:]}")
+
+    def _limit(self) -> None:
+        """In the child, before it runs: its open-file limit."""
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     async def _ready(self, timeout_s: float) -> bool:
         """True once ``/readyz`` answers 200 (and every worker listens); False if it exited."""

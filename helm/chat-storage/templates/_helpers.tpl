@@ -119,7 +119,7 @@ release runs on the schema they leave.
 
 {{/* Variables set from dedicated values, and variables that only come from Secrets. */}}
 {{- define "chat-storage.managedVariables" -}}
-CHAT_HOST CHAT_PORT CHAT_METRICS_PORT CHAT_WORKERS CHAT_SHUTDOWN_TIMEOUT_S CHAT_INGEST_MODE CHAT_DATA_DIR S3_BUCKET S3_ENDPOINT_URL S3_PUBLIC_URL S3_REGION S3_SSE S3_SSE_KMS_KEY_ID
+CHAT_HOST CHAT_PORT CHAT_METRICS_PORT CHAT_WORKERS CHAT_SHUTDOWN_TIMEOUT_S CHAT_HEADER_TIMEOUT_S CHAT_IDLE_TIMEOUT_S CHAT_MAX_CONNECTIONS CHAT_MAX_CONNECTIONS_PER_IP CHAT_FD_RESERVE CHAT_INGEST_MODE CHAT_DATA_DIR S3_BUCKET S3_ENDPOINT_URL S3_PUBLIC_URL S3_REGION S3_SSE S3_SSE_KMS_KEY_ID
 {{- end -}}
 {{- define "chat-storage.secretVariables" -}}
 DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_OBJECT_SIGNING_KEY CHAT_SECRET_KEY CHAT_ENCRYPTION_KEK CHAT_ENCRYPTION_KEK_PREVIOUS
@@ -140,6 +140,13 @@ DATABASE_URL REDIS_URL CHAT_API_KEYS S3_ACCESS_KEY_ID S3_SECRET_ACCESS_KEY CHAT_
 {{- end -}}
 {{- $_ := set $env "CHAT_WORKERS" "1" -}}
 {{- $_ := set $env "CHAT_SHUTDOWN_TIMEOUT_S" (include "chat-storage.envString" .Values.shutdownTimeoutSeconds) -}}
+{{- with .Values.connections -}}
+{{- $_ := set $env "CHAT_HEADER_TIMEOUT_S" (include "chat-storage.envString" .headerTimeoutSeconds) -}}
+{{- $_ := set $env "CHAT_IDLE_TIMEOUT_S" (include "chat-storage.envString" .idleTimeoutSeconds) -}}
+{{- $_ := set $env "CHAT_MAX_CONNECTIONS" (include "chat-storage.envString" .maxConnections) -}}
+{{- $_ := set $env "CHAT_MAX_CONNECTIONS_PER_IP" (include "chat-storage.envString" .maxConnectionsPerIp) -}}
+{{- $_ := set $env "CHAT_FD_RESERVE" (include "chat-storage.envString" .fdReserve) -}}
+{{- end -}}
 {{- $_ := set $env "CHAT_INGEST_MODE" .Values.ingestMode -}}
 {{- $_ := set $env "CHAT_DATA_DIR" "/data" -}}
 {{- with .Values.s3.bucket }}{{ $_ := set $env "S3_BUCKET" . }}{{ end -}}
