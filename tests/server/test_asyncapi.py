@@ -23,6 +23,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from chat_storage.actors.live import events
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import asyncapi, frames, frames_sent
 from chat_storage.server.app import create_app
@@ -269,7 +270,10 @@ async def test_every_frame_type_the_server_sends_is_documented(client: Any) -> N
     assert not census.unknown, f"frames whose type the census cannot read: {census.unknown}"
     # the census must see the frames it is known to build, or it reads nothing
     assert {"ack", "error", "pong", "stream.delta", "stream.interrupted"} <= kinds
-    missing = kinds - documented
+    # built with dumps() but never written to a socket: the broker-only marker that tells
+    # other replicas to reconcile a session's feed, which Fanout consumes (fanout.py)
+    assert events.RECONCILE in kinds
+    missing = kinds - documented - {events.RECONCILE}
     assert not missing, (f"the server sends {sorted(missing)} but /asyncapi.json does not "
                          "document it: add a model to frames_sent.SERVER_FRAMES")
     sse = {deref(doc, r)["name"]
