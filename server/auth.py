@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from chat_storage.server.errors import ApiError
+from chat_storage.server.limits import header_text
 from chat_storage.server.routing import ROUTE_ACCESS_KEY, ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.server.tokens import OIDC_KEY, TOKENS_KEY
@@ -81,13 +82,13 @@ async def authenticate_request(request: web.Request) -> None:
 
 
 async def _principal(request: web.Request) -> Principal:
-    key = request.headers.get("X-Api-Key")
+    key = header_text(request.headers.get("X-Api-Key"), "X-Api-Key")
     if key is not None:
         principal = await resolve_key(request.app, key)
         if principal is None:
             raise ApiError(403, "API key is not valid")
         return principal
-    authorization = request.headers.get("Authorization")
+    authorization = header_text(request.headers.get("Authorization"), "Authorization")
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

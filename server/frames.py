@@ -23,6 +23,7 @@ from pydantic import Field
 
 from chat_storage.server.errors import ApiError, ErrorCode
 from chat_storage.server.field_errors import field_errors
+from chat_storage.server.limits import check_decoded, check_fields
 from chat_storage.server.schemas import (
     ContextItem,
     JsonObject,
@@ -188,10 +189,14 @@ def parse(raw: str) -> Frame | Delta:
         raise BadFrame("validation_failed", f"unknown frame type {kind!r}", ref,
                        [{"field": "type", "message": "is not a known frame type"}])
     try:
+        check_decoded(data, "frame")  # the limits of every request body (server.limits)
         frame: Frame = model.model_validate(data)  # type: ignore[assignment]
+        check_fields(frame, "frame")
     except pydantic.ValidationError as exc:
         errors = field_errors(exc, "frame")
         raise BadFrame("validation_failed", "frame is invalid", ref, errors) from None
+    except ApiError as err:
+        raise from_api_error(err, ref) from None
     return frame
 
 

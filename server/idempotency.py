@@ -21,6 +21,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import encoded_json_response
+from chat_storage.server.limits import header_text
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
@@ -43,7 +44,7 @@ async def begin(
 
     ``location``: the ``Location`` of an answer, from its body (the route's own).
     """
-    key = request.headers.get(HEADER)
+    key = header_text(request.headers.get(HEADER), HEADER)
     if key is None:
         return None
     if not 1 <= len(key) <= 255:
