@@ -150,12 +150,14 @@ class BadFrame(Exception):
     """A frame the server cannot act on; becomes an ``error`` frame."""
 
     def __init__(self, code: ErrorCode, message: str, ref: str | None = None,
-                 errors: list[dict[str, str]] | None = None) -> None:
+                 errors: list[dict[str, str]] | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.ref = ref
         self.errors = errors or []
+        self.retry_after = retry_after
 
     def fields(self) -> dict[str, Any]:
         """The ``error`` frame's fields."""
@@ -164,6 +166,8 @@ class BadFrame(Exception):
             out["ref"] = self.ref
         if self.errors:
             out["errors"] = self.errors
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
         return out
 
 
@@ -201,6 +205,8 @@ def parse(raw: str) -> Frame | Delta:
 
 
 def from_api_error(err: ApiError, ref: str | None) -> BadFrame:
-    """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame,
-    with the same code."""
-    return BadFrame(err.code, err.message, ref, err.errors)
+    """An HTTP-shaped error of a shared check (size limits, a 503, the rate limit) as an
+    error frame, with the same code; its ``Retry-After`` as ``retry_after`` (seconds)."""
+    retry = err.headers.get("Retry-After", "")
+    return BadFrame(err.code, err.message, ref, err.errors,
+                    int(retry) if retry.isdigit() else None)
