@@ -23,7 +23,7 @@ from pydantic import Field
 
 from chat_storage.server.errors import ApiError, ErrorCode
 from chat_storage.server.field_errors import field_errors
-from chat_storage.server.limits import check_decoded, check_fields
+from chat_storage.server.limits import check_decoded
 from chat_storage.server.schemas import (
     ContextItem,
     JsonObject,
@@ -195,7 +195,6 @@ def parse(raw: str) -> Frame | Delta:
     try:
         check_decoded(data, "frame")  # the limits of every request body (server.limits)
         frame: Frame = model.model_validate(data)  # type: ignore[assignment]
-        check_fields(frame, "frame")
     except pydantic.ValidationError as exc:
         errors = field_errors(exc, "frame")
         raise BadFrame("validation_failed", "frame is invalid", ref, errors) from None

@@ -1,12 +1,12 @@
 """Checks of client input: sizes that are settings, and what Postgres could not hold.
 
 :func:`check_decoded` is the one check of every decoded JSON input (a request body, a
-WebSocket frame) and :func:`check_fields` of every validated model (bodies, queries,
-frames): together they keep from the database what it would refuse with an error —
-a NUL character (``text`` and ``jsonb`` cannot store it), an integer beyond 64 bits
-(``bigint``), JSON nested deeper than :data:`MAX_JSON_DEPTH` (the encoder refuses
-past 254 levels). ``server.jsonio`` and ``server.frames`` call them where they parse;
-a handler never has to.
+WebSocket frame, a query's values) and :func:`check_fields` of every validated body
+and query model (integers parsed from text). Together they keep from the database
+what it would refuse with an error: a NUL character (``text`` and ``jsonb`` cannot
+store it), an integer beyond 64 bits (``bigint``), JSON nested deeper than
+:data:`MAX_JSON_DEPTH` (the encoder refuses past 254 levels). ``server.jsonio`` and
+``server.frames`` call them where they parse; a handler never has to.
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ def _out_of_range(item: Any) -> bool:
 
 def check_fields(model: pydantic.BaseModel, where: str) -> None:
     """400 if an integer field of ``model`` (or of a model it holds) is outside the
-    64-bit range: pydantic turns a whole float (JSON's ``1e19``, or an integer past
-    ``2**64`` that the decoder read as one) or a long query string into such an int.
-    Free-form objects (``metadata``) are :func:`check_decoded`'s."""
+    64-bit range: pydantic turns a long query string into such an int (a JSON number
+    is :func:`check_decoded`'s). Free-form objects (``metadata``) are not walked."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(model, ())]
     while stack:
         item, path = stack.pop()
