@@ -195,6 +195,18 @@ async def test_header_bytes_that_are_not_utf8_are_400(client: Any, tenant: Tenan
     assert error["errors"] == [{"field": header, "message": "must be UTF-8 text"}]
 
 
+async def test_a_bad_idempotency_key_is_400_before_the_route_s_limits(
+    client: Any, tenant: Tenant
+) -> None:
+    # schemathesis found a 413 (the attachment's size) for a key past 255 characters
+    sid = await new_session(client, tenant)
+    path = f"{SESSIONS}/{sid}/attachments"
+    r = await client.post(path, json={"name": "a", "mime": "a/b", "size": 2**40,
+                                      "sha256": "0" * 64},
+                          headers={**tenant.headers, "Idempotency-Key": "k" * 256})
+    await assert_400(r, "Idempotency-Key")
+
+
 def forge(secret: bytes, claims: Any) -> str:
     """A local store URL token for ``claims`` (any JSON), signed with ``secret``."""
     def b64(raw: bytes) -> str:
