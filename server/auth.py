@@ -26,6 +26,7 @@ from aiohttp import web
 from chat_storage.server.auth_audit import FAILED_AUTH_KEY, FailedAuthAudit
 from chat_storage.server.auththrottle import AUTH_THROTTLE_KEY, AuthThrottle
 from chat_storage.server.errors import ApiError
+from chat_storage.server.limits import header_text
 from chat_storage.server.routing import ROUTE_ACCESS_KEY, ROUTE_SCOPES_KEY
 from chat_storage.server.state import POOL_KEY, SETTINGS_KEY
 from chat_storage.server.tokens import OIDC_KEY, TOKENS_KEY
@@ -90,7 +91,7 @@ async def authenticate_request(request: web.Request) -> None:
 async def _principal(request: web.Request) -> Principal:
     """The caller. A presented credential that is not cached is checked only while its
     address has failures left, and a refused one counts (:mod:`.auththrottle`)."""
-    key = request.headers.get("X-Api-Key")
+    key = header_text(request.headers.get("X-Api-Key"), "X-Api-Key")
     if key is not None:
         cached = request.app[KEY_CACHE_KEY].get(key)
         if cached is not None:
@@ -114,7 +115,7 @@ async def _credential(request: web.Request, key: str | None) -> Principal:
         if principal is None:
             raise ApiError(403, "API key is not valid")
         return principal
-    authorization = request.headers.get("Authorization")
+    authorization = header_text(request.headers.get("Authorization"), "Authorization")
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from chat_storage.server.errors import ApiError, ErrorCode
 from chat_storage.server.field_errors import field_errors
+from chat_storage.server.limits import check_decoded
 from chat_storage.server.schemas import (
     ContextItem,
     JsonObject,
@@ -149,12 +150,14 @@ class BadFrame(Exception):
     """A frame the server cannot act on; becomes an ``error`` frame."""
 
     def __init__(self, code: ErrorCode, message: str, ref: str | None = None,
-                 errors: list[dict[str, str]] | None = None) -> None:
+                 errors: list[dict[str, str]] | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.ref = ref
         self.errors = errors or []
+        self.retry_after = retry_after
 
     def fields(self) -> dict[str, Any]:
         """The ``error`` frame's fields."""
@@ -163,6 +166,8 @@ class BadFrame(Exception):
             out["ref"] = self.ref
         if self.errors:
             out["errors"] = self.errors
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
         return out
 
 
@@ -188,14 +193,19 @@ def parse(raw: str) -> Frame | Delta:
         raise BadFrame("validation_failed", f"unknown frame type {kind!r}", ref,
                        [{"field": "type", "message": "is not a known frame type"}])
     try:
+        check_decoded(data, "frame")  # the limits of every request body (server.limits)
         frame: Frame = model.model_validate(data)  # type: ignore[assignment]
     except pydantic.ValidationError as exc:
         errors = field_errors(exc, "frame")
         raise BadFrame("validation_failed", "frame is invalid", ref, errors) from None
+    except ApiError as err:
+        raise from_api_error(err, ref) from None
     return frame
 
 
 def from_api_error(err: ApiError, ref: str | None) -> BadFrame:
-    """An HTTP-shaped error of a shared check (size limits, a 503) as an error frame,
-    with the same code."""
-    return BadFrame(err.code, err.message, ref, err.errors)
+    """An HTTP-shaped error of a shared check (size limits, a 503, the rate limit) as an
+    error frame, with the same code; its ``Retry-After`` as ``retry_after`` (seconds)."""
+    retry = err.headers.get("Retry-After", "")
+    return BadFrame(err.code, err.message, ref, err.errors,
+                    int(retry) if retry.isdigit() else None)

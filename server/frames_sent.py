@@ -37,6 +37,9 @@ class ErrorFrame(pydantic.BaseModel):
     message: str
     ref: str | None = None
     errors: list[FieldError] | None = None
+    retry_after: int | None = Field(
+        None, description="seconds to wait before sending the frame again (with "
+                          "rate_limited or unavailable), as HTTP's Retry-After")
 
 
 class Pong(pydantic.BaseModel):

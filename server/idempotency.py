@@ -22,6 +22,7 @@ from aiohttp import web
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.jsonio import encoded_json_response
+from chat_storage.server.limits import header_text
 from chat_storage.server.state import POOL_KEY, SERVICES_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import db
 from chat_storage.storage import idempotency as idempotency_rows
@@ -39,6 +40,17 @@ def request_hash(request: web.Request, body: Any) -> bytes:
     return hashlib.sha256(f"{request.method} {request.path}\n".encode() + canonical).digest()
 
 
+def key_of(request: web.Request) -> str | None:
+    """The request's ``Idempotency-Key`` (``None`` if not sent): UTF-8 text of 1 to 255
+    characters, else 400. The API middleware checks it before the handler, so a bad key
+    is refused before any other check of the request (a body over a limit: 413)."""
+    key = header_text(request.headers.get(HEADER), HEADER)
+    if key is not None and not 1 <= len(key) <= 255:
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 characters",
+                       errors=[{"field": HEADER, "message": "must be 1 to 255 characters"}])
+    return key
+
+
 async def begin(
     request: web.Request, body: Any, *, location: Callable[[Any], str] | None = None,
 ) -> web.Response | Claim | None:
@@ -46,12 +58,9 @@ async def begin(
 
     ``location``: the ``Location`` of an answer, from its body (the route's own).
     """
-    key = request.headers.get(HEADER)
+    key = key_of(request)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
-        raise ApiError(400, "Idempotency-Key must be 1 to 255 characters",
-                       errors=[{"field": HEADER, "message": "must be 1 to 255 characters"}])
     settings = request.app[SETTINGS_KEY]
     principal = principal_of(request)
     tenant_id = principal.tenant_id

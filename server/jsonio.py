@@ -12,6 +12,7 @@ from aiohttp import web
 from chat_storage.server.auth import bind_user
 from chat_storage.server.errors import ApiError
 from chat_storage.server.field_errors import field_errors
+from chat_storage.server.limits import check_decoded, check_fields
 from chat_storage.storage.jsoncodec import dumps
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -37,7 +38,8 @@ def encoded_json_response(
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body: 415 for another content type, 413 past the limit, 400 if bad."""
+    """The request's JSON body: 415 for another content type, 413 past the limit, 400 if
+    bad or beyond what the database holds (:func:`~chat_storage.server.limits.check_decoded`)."""
     if request.content_type != JSON_TYPE:
         raise ApiError(415, "Content-Type must be application/json")
     declared = request.content_length
@@ -48,19 +50,24 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise ApiError(400, "request body is empty")
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "request body is not valid JSON") from None
+    check_decoded(data, "body")
+    return data
 
 
 def validate(model: type[M], data: Any, *, location: str = "body") -> M:
-    """Validate ``data`` against ``model``; 400 with one entry per bad field otherwise."""
+    """Validate ``data`` against ``model``; 400 with one entry per bad field otherwise
+    (an integer field beyond 64 bits too: :func:`~chat_storage.server.limits.check_fields`)."""
     try:
-        return model.model_validate(data)
+        valid = model.model_validate(data)
     except pydantic.ValidationError as exc:
         errors = field_errors(exc, location)
         message = "request body is invalid" if location == "body" else "query is invalid"
         raise ApiError(400, message, errors=errors) from None
+    check_fields(valid, location)
+    return valid
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
@@ -79,4 +86,5 @@ def parse_query(request: web.Request, model: type[M]) -> M:
             raise ApiError(400, "query is invalid",
                            errors=[{"field": key, "message": "given more than once"}])
         data[key] = values[0]
+    check_decoded(data, "query")  # a NUL, which no text column holds
     return bind_user(request, validate(model, data, location="query"))

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 
 from chat_storage import tracing
 from chat_storage.actors.write.errors import Overloaded, ShuttingDown, WriteError
-from chat_storage.server import auth, cors, deadlines, metrics, ratelimit
+from chat_storage.server import auth, cors, deadlines, idempotency, metrics, ratelimit
 from chat_storage.server.errors import ApiError, error_body
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.logs import REQUEST_ID
@@ -176,6 +176,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                     if request.path.startswith(auth.API_PREFIX):
                         await auth.authenticate_request(request)
                         await ratelimit.take_token(request, request[auth.PRINCIPAL_KEY])
+                        if request.method == "POST":  # a bad key: 400 before the route's checks
+                            idempotency.key_of(request)
                         if request.query_string:
                             check_query(request)
                     response = await handler(request)

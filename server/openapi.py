@@ -261,15 +261,36 @@ def _response(
     response: dict[str, Any] = {
         "description": description, "headers": _response_headers(ep, status, model is Error),
     }
-    if isinstance(model, str):
-        media = model.split(";")[0].strip()
-        # a JSON document may be any JSON value; anything else (JSON Lines too) is text
-        schema: dict[str, Any] = {} if media == JSON or media.endswith("+json") else {
-            "type": "string"}
-        response["content"] = {model: {"schema": schema}}
+    if isinstance(model, str):  # media types, comma-separated (an export's formats)
+        response["content"] = {
+            media: {"schema": _media_schema(media.split(";")[0].strip())}
+            for media in (m.strip() for m in model.split(","))}
     elif model is not None:
         response["content"] = {JSON: {"schema": refs[(model, "serialization")]}}
     return response
+
+
+# one Server-Sent Event as a client's parser sees it (what a validator checks each
+# event against); `data` is one JSON frame of docs/streaming.md
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": JSON},
+        "id": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
+def _media_schema(media: str) -> dict[str, Any]:
+    """A JSON document may be any JSON value, an event stream is events; anything else
+    (JSON Lines, Markdown) is text."""
+    if media == JSON or media.endswith("+json"):
+        return {}
+    if media == "text/event-stream":
+        return dict(SSE_EVENT_SCHEMA)
+    return {"type": "string"}
 
 
 def _response_headers(ep: Endpoint, status: int, is_error: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from chat_storage.server.errors import ApiError
+from chat_storage.server.limits import INT64_MAX, INT64_MIN
 
 
 def scope_of(*parts: object) -> str:
@@ -57,7 +58,10 @@ def decode(cursor: str | None, scope: str, shape: Sequence[type]) -> list[Any] |
 
 
 def _convert(kind: type, value: Any) -> Any:
+    # a forged cursor must not carry what the database refuses (server.limits)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError("cursor integer out of range")
         return value
     if kind is str and isinstance(value, str):
         return value

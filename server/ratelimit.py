@@ -19,6 +19,9 @@ from chat_storage.storage.principal import Principal
 from chat_storage.storage.ratelimit import Decision, Limiter
 
 LIMITER_KEY = web.AppKey("limiter", Limiter)
+# the volume of stream.delta text that costs one token (at most one per frame; a
+# stream's content is capped by CHAT_MAX_CONTENT_BYTES)
+DELTA_CHARS_PER_TOKEN = 4096
 DECISION_KEY = web.RequestKey("ratelimit", Decision)
 
 
@@ -27,13 +30,29 @@ async def take_token(request: web.Request, principal: Principal) -> None:
 
     Called by the API middleware (``server.middlewares``) after authentication.
     """
-    limits = principal.limits
-    result = await request.app[LIMITER_KEY].take(
-        principal.key_id, rate_per_s=limits.rate_limit_per_s, burst=limits.rate_limit_burst)
-    request[DECISION_KEY] = result
+    result = request[DECISION_KEY] = await _take(request.app, principal)
     if not result.allowed:
-        raise ApiError(429, "rate limit exceeded",
-                       headers={"Retry-After": str(result.retry_after_s)})
+        raise _refused(result)
+
+
+async def take_write(app: web.Application, principal: Principal) -> None:
+    """Take a token from the bucket ``principal``'s HTTP requests take from; the same
+    429 when there is none. A WebSocket frame that writes (``message.create``,
+    ``stream.start``, each :data:`DELTA_CHARS_PER_TOKEN` of deltas) takes one
+    (``server.routes.ws``), refused with an ``error`` frame ``rate_limited``."""
+    result = await _take(app, principal)
+    if not result.allowed:
+        raise _refused(result)
+
+
+async def _take(app: web.Application, principal: Principal) -> Decision:
+    limits = principal.limits
+    return await app[LIMITER_KEY].take(
+        principal.key_id, rate_per_s=limits.rate_limit_per_s, burst=limits.rate_limit_burst)
+
+
+def _refused(result: Decision) -> ApiError:
+    return ApiError(429, "rate limit exceeded", headers={"Retry-After": str(result.retry_after_s)})
 
 
 def apply_headers(request: web.Request, response: web.StreamResponse) -> None:

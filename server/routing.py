@@ -58,6 +58,9 @@ class Endpoint:
     token_scope: TokenScope | None = None
     # acts for the whole tenant (user erasure, minting tokens): no user token reaches it
     tenant_wide: bool = False
+    # the router's path when it must differ from ``path`` (a regex that keeps a
+    # parameter from matching a sibling resource's name)
+    router_path: str | None = None
 
     @property
     def required_scope(self) -> Scope | None:
@@ -129,7 +132,7 @@ class RouteTable:
         access = app.setdefault(ROUTE_ACCESS_KEY, {})
         names = app.setdefault(QUERY_NAMES_KEY, {})
         for ep in self.endpoints:
-            route = app.router.add_route(ep.method, ep.path, ep.handler)
+            route = app.router.add_route(ep.method, ep.router_path or ep.path, ep.handler)
             scopes[route] = ep.required_scope
             access[route] = ep.user_access
             names[route] = ep.query_names()

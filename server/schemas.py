@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from chat_storage.server.errors import ErrorCode
 
@@ -42,11 +42,32 @@ class SessionCreate(Strict):
     ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
 
 
+def _not_null(schema: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Document ``fields`` of a model's JSON schema without their ``null`` and default."""
+    props = schema["properties"]
+    for name in fields:
+        prop = props[name]
+        prop.pop("default", None)
+        rest = [s for s in prop.pop("anyOf", []) if s != {"type": "null"}]
+        if len(rest) == 1:
+            prop.update(rest[0])
+        elif rest:
+            prop["anyOf"] = rest
+
+
+_NOT_NULL = ("title", "favorite", "metadata")
+
+
 class SessionUpdate(Strict):
     """Any subset; ``ttl_s: null`` makes the session permanent again."""
 
+    # absent means unchanged; the route refuses a null title, favorite or metadata, so
+    # the document says neither null nor a default for them (absent is not null)
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra=lambda schema: _not_null(schema, _NOT_NULL))
+
     title: Annotated[Text, Field(max_length=200)] | None = None
-    favorite: bool | None = None
+    favorite: StrictBool | None = None  # JSON true or false, not 0 or "yes"
     metadata: JsonObject | None = None
     ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
 

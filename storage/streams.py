@@ -21,8 +21,15 @@ from chat_storage.storage.crypto.streaming import appended, finished, reseal, wi
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import COLUMNS, to_json, to_stored
 from chat_storage.storage.records import StoredMessage
+from chat_storage.storage.usage import add_sql, tokens
 
 FINAL_STATUSES = ("complete", "aborted", "interrupted")
+_ADD_USAGE = f"""
+UPDATE sessions SET prompt_tokens = {add_sql("prompt_tokens", "$3")},
+    completion_tokens = {add_sql("completion_tokens", "$4")},
+    total_tokens = {add_sql("total_tokens", "$5")}, updated_at = now()
+WHERE id = $1 AND tenant_id = $2
+"""
 
 
 async def checkpoint(
@@ -110,18 +117,7 @@ async def finish(
                 raise NotFound("message not found")
             raise Conflict("the stream has already ended")
         if usage:
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            total = int(usage.get("total_tokens") or (prompt + completion))
-            await conn.execute(
-                """
-                UPDATE sessions SET prompt_tokens = prompt_tokens + $3,
-                    completion_tokens = completion_tokens + $4,
-                    total_tokens = total_tokens + $5, updated_at = now()
-                WHERE id = $1 AND tenant_id = $2
-                """,
-                session_id, tenant_id, prompt, completion, total,
-            )
+            await conn.execute(_ADD_USAGE, session_id, tenant_id, *tokens(usage))
     [message] = await _opened(conn, keyring, tenant_id, [row])
     return message
 

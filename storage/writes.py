@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from chat_storage.storage import usage
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
 from chat_storage.storage.crypto.rows import PLAIN_OF_SEALED, seal_message
 from chat_storage.storage.db import dumps_json
@@ -53,20 +54,11 @@ async def prefer_generic_plans(conn: asyncpg.Connection) -> None:
     await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
-def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:
-    if not usage:
-        return 0, 0, 0
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    total = int(usage.get("total_tokens") or (prompt + completion))
-    return prompt, completion, total
-
-
 # One statement bumps each session's last_seq under its row lock and inserts the rows
 # numbered after it. Without idempotency records it is its own transaction: one round trip.
 # It returns one row per session found (its seq base and the commit's timestamp): the
 # stored messages are built from what was sent, so nothing big travels back.
-_INSERT = """
+_INSERT = f"""
 WITH b AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
                          $6::int8[], $7::int8[])
@@ -75,9 +67,9 @@ WITH b AS (
     UPDATE sessions AS s SET last_seq = s.last_seq + b.n,
         message_count = s.message_count + b.live, last_message_at = now(),
         activity_at = now(), updated_at = now(),
-        prompt_tokens = s.prompt_tokens + b.prompt,
-        completion_tokens = s.completion_tokens + b.completion,
-        total_tokens = s.total_tokens + b.total
+        prompt_tokens = {usage.add_sql("s.prompt_tokens", "b.prompt")},
+        completion_tokens = {usage.add_sql("s.completion_tokens", "b.completion")},
+        total_tokens = {usage.add_sql("s.total_tokens", "b.total")}
     FROM b WHERE s.id = b.session_id AND s.tenant_id = b.tenant_id
     RETURNING s.id, s.last_seq - b.n AS base
 ), m AS (
@@ -206,11 +198,12 @@ def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]
                                         "metadata": m.metadata}))
             key_ids.append(key.id)
             rows.append((batch, pos, dataclasses.replace(m, **PLAIN_OF_SEALED)))
-        tokens = [_tokens(m.usage) for m in msgs]
+        tokens = [usage.tokens(m.usage) for m in msgs]
         live = sum(1 for m in msgs if m.status != "deleted")
         for column, v in zip(b, (
-            batch.session_id, batch.tenant_id, len(msgs), live, sum(t[0] for t in tokens),
-            sum(t[1] for t in tokens), sum(t[2] for t in tokens),
+            batch.session_id, batch.tenant_id, len(msgs), live,
+            usage.summed(t[0] for t in tokens), usage.summed(t[1] for t in tokens),
+            usage.summed(t[2] for t in tokens),
         ), strict=True):
             column.append(v)
     return [

@@ -134,7 +134,8 @@ async def stream(request: web.Request, out: Out, body: Body, audited: Audited,
 
 
 @routes.get("/api/v1/sessions/{session_id}/export", query=ExportQuery,
-            responses={200: "application/json", 400: Error, 404: Error})
+            responses={200: ", ".join(media for media, _ in FORMATS.values()),
+                       400: Error, 404: Error})
 async def export_session(request: web.Request) -> web.StreamResponse:
     """Download a whole session as json, jsonl or markdown (streamed)."""
     session_id = path_uuid(request, "session_id", "session")

@@ -41,6 +41,9 @@ from chat_storage.storage.writes import Stored
 routes = RouteTable("messages")
 MESSAGES_PATH = "/api/v1/sessions/{session_id}/messages"
 MESSAGE_PATH = MESSAGES_PATH + "/{message_id}"
+# not `batch`: that is its own resource (POST only), and a GET of it matching this one
+# would make its 405's Allow list methods the document does not give it
+_MESSAGE_ROUTE = MESSAGES_PATH + "/{message_id:(?!batch(?:/|$))[^/]+}"
 
 
 async def _write(request: web.Request, session_id: uuid.UUID,
@@ -124,7 +127,7 @@ async def list_messages(request: web.Request) -> web.Response:
     return json_response(pagination.page(rows, query.limit, scope, lambda m: [m["seq"]]))
 
 
-@routes.get(MESSAGE_PATH, responses={200: Message, 404: Error})
+@routes.get(MESSAGE_PATH, router_path=_MESSAGE_ROUTE, responses={200: Message, 404: Error})
 async def get_message(request: web.Request) -> web.Response:
     """Get one message (a tombstone too)."""
     session_id = path_uuid(request, "session_id", "session")
@@ -136,7 +139,7 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(message)
 
 
-@routes.patch(MESSAGE_PATH, body=MessageUpdate,
+@routes.patch(MESSAGE_PATH, router_path=_MESSAGE_ROUTE, body=MessageUpdate,
               responses={200: Message, 400: Error, 404: Error, 409: Error})
 async def update_message(request: web.Request) -> web.Response:
     """Change a message's metadata or feedback (``feedback: null`` clears it).
@@ -159,7 +162,8 @@ async def update_message(request: web.Request) -> web.Response:
         conn, tenant_id, session_id, message_id, keyring=keyring_of(request), **changes)))
 
 
-@routes.delete(MESSAGE_PATH, responses={204: None, 404: Error, 409: Error, 503: Error})
+@routes.delete(MESSAGE_PATH, router_path=_MESSAGE_ROUTE,
+               responses={204: None, 404: Error, 409: Error, 503: Error})
 async def delete_message(request: web.Request) -> web.Response:
     """Erase a message, leaving a ``deleted`` tombstone that keeps its seq. Audited."""
     session_id = path_uuid(request, "session_id", "session")

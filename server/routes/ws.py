@@ -27,7 +27,7 @@ from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.actors.live.outbox import ConnectionCut, Outbox
 from chat_storage.actors.live.stream_state import StreamError
 from chat_storage.actors.live.subscription import Subscription
-from chat_storage.server import frames
+from chat_storage.server import frames, ratelimit
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import path_uuid, run
@@ -134,9 +134,10 @@ class Connection:
         self._closing: asyncio.Task[None] | None = None
         self._tasks = request.app[SERVICES_KEY].tasks
         self.privacy = request.app[SERVICES_KEY].privacy
-        principal = principal_of(request)
+        principal = self.principal = principal_of(request)
         # a user token (or its ticket) needs `write` to create messages or stream answers
         self.writes = not principal.is_user or "write" in principal.user_scopes
+        self._delta_chars = 0  # delta text not yet charged to the rate limit
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
@@ -176,6 +177,7 @@ class Connection:
         try:
             frame = frames.parse(raw)
             if isinstance(frame, frames.Delta):
+                await self._charge_delta(len(frame.delta))
                 self.hub.delta(self.key, frame.stream_id, self, frame.delta)
                 return
             ref = frame.ref
@@ -197,6 +199,8 @@ class Connection:
         if not self.writes and not isinstance(frame, frames.Subscribe | frames.Ping):
             # deltas need a stream this connection started or resumed: refused here too
             raise ApiError(403, "this token cannot write: it lacks the 'write' scope")
+        if isinstance(frame, frames.MessageCreateFrame | frames.StreamStart):
+            await ratelimit.take_write(self._request.app, self.principal)  # HTTP's bucket
         if isinstance(frame, frames.Subscribe):
             await self._subscribe(frame)
         elif isinstance(frame, frames.MessageCreateFrame):
@@ -294,6 +298,20 @@ class Connection:
             raise
         self._reply("stream.started", ref=frame.ref, stream_id=stream_id,
                     message_id=stream_id, seq=row["seq"], role=row["role"])
+
+    async def _charge_delta(self, chars: int) -> None:
+        """One token of the rate limit per ``DELTA_CHARS_PER_TOKEN`` of delta text (at
+        most one per frame); a refused delta is not appended and not counted."""
+        self._delta_chars += chars
+        if self._delta_chars < ratelimit.DELTA_CHARS_PER_TOKEN:
+            return
+        try:
+            await ratelimit.take_write(self._request.app, self.principal)
+        except ApiError:
+            self._delta_chars -= chars
+            raise
+        self._delta_chars = min(self._delta_chars - ratelimit.DELTA_CHARS_PER_TOKEN,
+                                ratelimit.DELTA_CHARS_PER_TOKEN)
 
     def _reply(self, kind: str, *, ref: str | None = None, **fields: object) -> None:
         if ref is not None:

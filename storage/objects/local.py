@@ -55,6 +55,28 @@ def signing_key(root: Path, configured: str | None) -> bytes:
     return read_or_create(root / KEY_FILE)
 
 
+# the claims of each method's token and their types (sign() adds exp)
+_CLAIMS: dict[str, dict[str, type]] = {
+    "PUT": {"m": str, "k": str, "s": int, "t": str, "h": str, "exp": int},
+    "GET": {"m": str, "k": str, "n": str, "t": str, "exp": int},
+}
+
+
+def _well_formed(claims: dict[str, Any]) -> bool:
+    """Whether ``claims`` are those a token of this store has, each of its type, with a
+    key that names a file under the root. A MAC proves who signed, not that the signer
+    (another version, a leaked key) wrote what :meth:`LocalStore.open_token`'s callers
+    index and cast."""
+    wanted = _CLAIMS.get(claims.get("m"))  # type: ignore[arg-type]
+    if wanted is None or claims.keys() != wanted.keys():
+        return False
+    if not all(isinstance(claims[name], kind) and not isinstance(claims[name], bool)
+               for name, kind in wanted.items()):
+        return False
+    return bool(_VALID_KEY.match(claims["k"])) and ".." not in claims["k"] and (
+        "s" not in claims or claims["s"] >= 0)
+
+
 class LocalStore:
     """Objects as files under ``root``; URLs are paths on this service."""
 
@@ -78,9 +100,9 @@ class LocalStore:
             claims: dict[str, Any] = orjson.loads(_unb64(payload)) if good else {}
         except ValueError:
             good = False
-        if not good:
+        if not good or not isinstance(claims, dict) or not _well_formed(claims):
             raise BadToken("this URL is not valid")
-        if claims.get("m") != method:
+        if claims["m"] != method:
             raise BadToken(f"this URL is not for {method}")
         if claims["exp"] < time.time():
             raise BadToken("this URL has expired")
