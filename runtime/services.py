@@ -123,7 +123,8 @@ class Services:
                                 idle_s=settings.actor_idle_s,
                                 write_timeout_s=settings.write_timeout_s)
             privacy = Policies(pool, phone_region=settings.pii_phone_region,
-                               ttl_s=settings.api_key_cache_s)
+                               ttl_s=settings.api_key_cache_s,
+                               acquire_timeout_s=settings.db_acquire_timeout_s)
             streams = Streams(pool, live.stream, held, fanout.emit, writer=registry, tasks=tasks,
                               scrub=fanout.scrub, keyring=keyring)
             sweeper = Sweeper(streams, source, held, fanout.emit, live, tasks=tasks,

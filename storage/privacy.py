@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from chat_storage.storage import db
 from chat_storage.storage.messages import NewMessage
 from chat_storage.storage.redaction import PatternError, Redactor
 
@@ -47,8 +48,9 @@ class Policies:
     """Each tenant's redactor, cached for ``ttl_s``; at most ``max_entries`` tenants."""
 
     def __init__(self, pool: asyncpg.Pool, *, phone_region: str, ttl_s: float,
-                 max_entries: int = 10_000) -> None:
+                 max_entries: int = 10_000, acquire_timeout_s: float = 2.0) -> None:
         self._pool = pool
+        self.acquire_timeout_s = acquire_timeout_s
         self.phone_region = phone_region
         self.ttl_s = ttl_s
         self.max_entries = max_entries
@@ -60,8 +62,10 @@ class Policies:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
-        async with self._pool.acquire() as conn:
-            found = await load_redactor(conn, tenant_id, self.phone_region)
+        # a busy pool answers 503 (Unavailable) like the write it precedes, never waits
+        found = await db.call(
+            self._pool, lambda conn: load_redactor(conn, tenant_id, self.phone_region),
+            acquire_timeout_s=self.acquire_timeout_s)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[tenant_id] = (now + self.ttl_s, found)
