@@ -71,36 +71,59 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-async def until_pong(ws: aiohttp.ClientWebSocketResponse) -> None:
-    async with asyncio.timeout(REPLY_TIMEOUT_S):
-        while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise ConnectionError(f"closed while waiting for a pong: {msg.type}")
-            if '"pong"' in msg.data:
-                return
+class Client:
+    """One subscribed socket, read all the time as a real client does (its reads answer
+    the server's heartbeat pings: a socket left unread is closed by the server)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.frames: asyncio.Queue[str] | None = None  # set: its text frames go there
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT and self.frames is not None:
+                self.frames.put_nowait(msg.data)
+        if self.frames is not None:
+            self.frames.put_nowait("")  # closed
+
+    async def next_frame(self) -> str:
+        assert self.frames is not None
+        frame = await self.frames.get()
+        if not frame:
+            raise ConnectionError("the socket closed")
+        return frame
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self.reader, return_exceptions=True)
 
 
 async def open_all(http: aiohttp.ClientSession, base: str, key: str,
-                   sessions: list[str]) -> list[aiohttp.ClientWebSocketResponse]:
+                   sessions: list[str]) -> list[Client]:
     """One subscribed socket per entry of ``sessions``; each answered a ping."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def one(sid: str) -> aiohttp.ClientWebSocketResponse:
+    async def one(sid: str) -> Client:
         async with gate:
             ws = await http.ws_connect(f"{base}/api/v1/sessions/{sid}/ws",
                                        headers={"X-Api-Key": key}, max_msg_size=0,
                                        autoping=True, heartbeat=None)
+            client = Client(ws)
+            client.frames = asyncio.Queue()
             await ws.send_str('{"type":"subscribe","after_seq":0}')
             await ws.send_str('{"type":"ping","ref":"p"}')
-            await until_pong(ws)
-            return ws
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                while '"pong"' not in await client.next_frame():
+                    pass
+            client.frames = None
+            return client
 
     return list(await asyncio.gather(*(one(sid) for sid in sessions)))
 
 
 async def measure_idle(http: aiohttp.ClientSession, base: str, key: str, pid: int,
-                       sessions: list[str]) -> tuple[float, list[Any]]:
+                       sessions: list[str]) -> tuple[float, list[Client]]:
     """KiB of server memory per connection once all of ``sessions``' sockets are open."""
     await asyncio.sleep(1.0)  # let start-up allocations settle before the baseline
     before = rss_kib(pid)
@@ -110,17 +133,20 @@ async def measure_idle(http: aiohttp.ClientSession, base: str, key: str, pid: in
 
 
 async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
-                 subscribers: list[aiohttp.ClientWebSocketResponse], tokens: int,
+                 subscribers: list[Client], tokens: int,
                  rate: float) -> tuple[list[float], float]:
     """Stream ``tokens`` deltas at ``rate``/s into ``hot``; latencies (ms) and delivered/s."""
     latencies: list[float] = []
     done = asyncio.Event()
     remaining = len(subscribers)
 
-    async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+    for client in subscribers:
+        client.frames = asyncio.Queue()
+
+    async def read(client: Client) -> None:
         nonlocal remaining
-        async for msg in ws:
-            frame = orjson.loads(msg.data)
+        while True:
+            frame = orjson.loads(await client.next_frame())
             kind = frame.get("type")
             if kind == "stream.delta":
                 latencies.append((time.perf_counter_ns()
@@ -131,7 +157,7 @@ async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
         if remaining == 0:
             done.set()
 
-    readers = [asyncio.ensure_future(read(ws)) for ws in subscribers]
+    readers = [asyncio.ensure_future(read(client)) for client in subscribers]
     producer = await http.ws_connect(f"{base}/api/v1/sessions/{hot}/ws",
                                      headers={"X-Api-Key": key})
     await producer.send_str('{"type":"stream.start","ref":"s","role":"assistant"}')
@@ -209,8 +235,8 @@ async def main() -> None:
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as http:
                 floor_kib, floor_ws = await measure_idle(http, fbase, key, floor.pid, plan)
-                for ws in floor_ws:
-                    await ws.close()
+                for client in floor_ws:
+                    await client.close()
                 service_kib, service_ws = await measure_idle(http, sbase, key, service.pid,
                                                              plan)
                 print(f"idle: {args.connections} subscribed WebSockets; server memory per "
@@ -219,8 +245,8 @@ async def main() -> None:
                 latencies, delivered = await stream(http, sbase, key, hot,
                                                     service_ws[:args.hot], args.tokens,
                                                     args.rate)
-                for ws in service_ws:
-                    await ws.close()
+                for client in service_ws:
+                    await client.close()
     finally:
         await harness.drop_database(name)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)

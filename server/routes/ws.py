@@ -2,9 +2,9 @@
 
 Before the upgrade: API key or ticket (middleware), ``Origin``, the session belongs to
 the caller's tenant (404 otherwise), the tenant's connection limit (429). After it,
-one connection is this handler's task reading frames, plus a writer task emptying the
-connection's bounded outbox (``server.transport.writer``); nothing else ever writes
-to the socket.
+one connection is this handler's task reading frames, plus the writer emptying the
+connection's bounded outbox (``server.transport.writer``: a loop callback, with a task
+only while the socket is backed up); nothing else ever writes to the socket.
 
 Close codes: 1001 server shutting down; 1008 a binary frame (protocol violation);
 1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the client did not read fast enough
@@ -112,6 +112,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 class Connection:
     """One WebSocket: what it subscribes to and the streams it produces."""
 
+    # slots: thousands of idle connections each hold one (loadtest/RESULTS.md)
+    __slots__ = ("_closing", "_in_flight", "_request", "_sender", "_subscribing", "_tasks",
+                 "closed", "hub", "key", "outbox", "own", "registry", "settings", "sub",
+                 "writes", "ws")
+
     def __init__(self, request: web.Request, ws: web.WebSocketResponse,
                  key: SessionKey) -> None:
         app = request.app
@@ -126,18 +131,17 @@ class Connection:
         self.closed = False
         self._subscribing = False
         self._request = request
-        self._writer: asyncio.Task[None] | None = None
+        self._tasks = request.app[SERVICES_KEY].tasks
+        self._sender = writer.WebSocketSender(self.outbox, request, tasks=self._tasks,
+                                              name="ws-writer")
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
-        self._tasks = request.app[SERVICES_KEY].tasks
         principal = principal_of(request)
         # a user token (or its ticket) needs `write` to create messages or stream answers
         self.writes = not principal.is_user or "write" in principal.user_scopes
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
-        self._writer = writer.start(self.outbox, writer.WebSocketWire(self._request, self.ws),
-                                    tasks=self._tasks, name="ws-writer")
         try:
             while True:
                 msg = await self.ws.receive()
@@ -154,7 +158,7 @@ class Connection:
             if self.sub is not None:
                 self.hub.unsubscribe(self.key, self.sub)
             self.outbox.close()
-            await self._finish(self._writer)
+            await self._sender.close()
             if self._closing is not None:
                 await self._finish(self._closing)
 
@@ -298,8 +302,7 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         self.outbox.close()
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._tasks.cancel(self._writer)  # it may be stuck on a full socket
+        self._sender.abort()  # it may be stuck on a full socket
         transport = self._request.transport
         if transport is not None:
             # the close frame queues behind what the socket still holds; a client that
