@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +78,33 @@ class Client:
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
-        self.frames: asyncio.Queue[str] | None = None  # set: its text frames go there
+        # called with each text frame as it is read ("" once closed); no queue or task
+        # hop in between, so the client adds as little as it can to the latency measured
+        self.on_frame: Callable[[str], None] | None = None
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT and self.frames is not None:
-                self.frames.put_nowait(msg.data)
-        if self.frames is not None:
-            self.frames.put_nowait("")  # closed
+            if msg.type == aiohttp.WSMsgType.TEXT and self.on_frame is not None:
+                self.on_frame(msg.data)
+        if self.on_frame is not None:
+            self.on_frame("")
 
-    async def next_frame(self) -> str:
-        assert self.frames is not None
-        frame = await self.frames.get()
-        if not frame:
-            raise ConnectionError("the socket closed")
-        return frame
+    async def until(self, text: str) -> None:
+        """Wait (bounded) for a text frame that contains ``text``."""
+        found = asyncio.get_running_loop().create_future()
+
+        def check(frame: str) -> None:
+            if not found.done() and (text in frame or not frame):
+                found.set_result(frame)
+
+        self.on_frame = check
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                if not await found:
+                    raise ConnectionError("the socket closed")
+        finally:
+            self.on_frame = None
 
     async def close(self) -> None:
         await self.ws.close()
@@ -110,13 +122,10 @@ async def open_all(http: aiohttp.ClientSession, base: str, key: str,
                                        headers={"X-Api-Key": key}, max_msg_size=0,
                                        autoping=True, heartbeat=None)
             client = Client(ws)
-            client.frames = asyncio.Queue()
+            pong = asyncio.ensure_future(client.until('"pong"'))
             await ws.send_str('{"type":"subscribe","after_seq":0}')
             await ws.send_str('{"type":"ping","ref":"p"}')
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                while '"pong"' not in await client.next_frame():
-                    pass
-            client.frames = None
+            await pong
             return client
 
     return list(await asyncio.gather(*(one(sid) for sid in sessions)))
@@ -140,24 +149,22 @@ async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
     done = asyncio.Event()
     remaining = len(subscribers)
 
-    for client in subscribers:
-        client.frames = asyncio.Queue()
-
-    async def read(client: Client) -> None:
+    def read(raw: str) -> None:
         nonlocal remaining
-        while True:
-            frame = orjson.loads(await client.next_frame())
-            kind = frame.get("type")
-            if kind == "stream.delta":
-                latencies.append((time.perf_counter_ns()
-                                  - int(frame["delta"].split(" ", 1)[0])) / 1e6)
-            elif kind == "stream.completed":
-                break
-        remaining -= 1
-        if remaining == 0:
-            done.set()
+        if not raw:
+            return  # closed early: the run times out, every delta was not delivered
+        frame = orjson.loads(raw)
+        kind = frame.get("type")
+        if kind == "stream.delta":
+            latencies.append((time.perf_counter_ns()
+                              - int(frame["delta"].split(" ", 1)[0])) / 1e6)
+        elif kind == "stream.completed":
+            remaining -= 1
+            if remaining == 0:
+                done.set()
 
-    readers = [asyncio.ensure_future(read(client)) for client in subscribers]
+    for client in subscribers:
+        client.on_frame = read
     producer = await http.ws_connect(f"{base}/api/v1/sessions/{hot}/ws",
                                      headers={"X-Api-Key": key})
     await producer.send_str('{"type":"stream.start","ref":"s","role":"assistant"}')
@@ -180,7 +187,8 @@ async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
         await done.wait()
     elapsed = time.perf_counter() - began
     await producer.close()
-    await asyncio.gather(*readers, return_exceptions=True)
+    for client in subscribers:
+        client.on_frame = None
     return latencies, len(latencies) / elapsed
 
 

@@ -40,6 +40,7 @@ from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SERVICES_KEY, SETTI
 from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
 from chat_storage.server.transport import writer
 from chat_storage.server.transport.framing import reply
+from chat_storage.server.transport.heartbeat import HEARTBEATS_KEY
 from chat_storage.storage import sessions, tickets
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
@@ -94,7 +95,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     tenant_id = principal_of(request).tenant_id
     await run(request, lambda conn: sessions.get(conn, tenant_id, session_id))
     settings = request.app[SETTINGS_KEY]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, compress=False,
+    # pings come from the process's one heartbeat timer (transport.heartbeat), not from
+    # aiohttp's two timers per socket; so this loop answers pings and sees pongs itself
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, compress=False,
                                max_msg_size=settings.ws_max_frame_bytes, timeout=2.0)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade request")
@@ -113,9 +116,9 @@ class Connection:
     """One WebSocket: what it subscribes to and the streams it produces."""
 
     # slots: thousands of idle connections each hold one (loadtest/RESULTS.md)
-    __slots__ = ("_closing", "_in_flight", "_request", "_sender", "_subscribing", "_tasks",
-                 "closed", "hub", "key", "outbox", "own", "registry", "settings", "sub",
-                 "writes", "ws")
+    __slots__ = ("_closing", "_heartbeats", "_in_flight", "_request", "_sender",
+                 "_subscribing", "_tasks", "closed", "hub", "key", "outbox", "own", "registry",
+                 "settings", "sub", "writes", "ws")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse,
                  key: SessionKey) -> None:
@@ -134,6 +137,7 @@ class Connection:
         self._tasks = request.app[SERVICES_KEY].tasks
         self._sender = writer.WebSocketSender(self.outbox, request, tasks=self._tasks,
                                               name="ws-writer")
+        self._heartbeats = app[HEARTBEATS_KEY]
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
         principal = principal_of(request)
@@ -142,17 +146,24 @@ class Connection:
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
+        beating = self._heartbeats.add(self._request.transport)
         try:
             while True:
                 msg = await self.ws.receive()
+                beating.heard()
                 if msg.type == WSMsgType.TEXT:
                     await self._handle(msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await self.ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    continue
                 elif msg.type == WSMsgType.BINARY:
                     await self._close(1008, "binary frames are not accepted; send JSON text")
                     break
                 else:  # closed by the client, by us, too big (1009), or broken
                     break
         finally:
+            self._heartbeats.discard(beating)
             self.closed = True
             self.hub.release(self)
             if self.sub is not None:
