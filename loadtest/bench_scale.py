@@ -90,21 +90,18 @@ class Client:
         if self.on_frame is not None:
             self.on_frame("")
 
-    async def until(self, text: str) -> None:
-        """Wait (bounded) for a text frame that contains ``text``."""
-        found = asyncio.get_running_loop().create_future()
+    def expect(self, text: str) -> asyncio.Future[str]:
+        """The next text frame that contains ``text`` ("" if the socket closes first);
+        watched from now on, so a reply to a frame sent after this call is not missed."""
+        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def check(frame: str) -> None:
             if not found.done() and (text in frame or not frame):
+                self.on_frame = None
                 found.set_result(frame)
 
         self.on_frame = check
-        try:
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                if not await found:
-                    raise ConnectionError("the socket closed")
-        finally:
-            self.on_frame = None
+        return found
 
     async def close(self) -> None:
         await self.ws.close()
@@ -122,10 +119,12 @@ async def open_all(http: aiohttp.ClientSession, base: str, key: str,
                                        headers={"X-Api-Key": key}, max_msg_size=0,
                                        autoping=True, heartbeat=None)
             client = Client(ws)
-            pong = asyncio.ensure_future(client.until('"pong"'))
+            pong = client.expect('"pong"')
             await ws.send_str('{"type":"subscribe","after_seq":0}')
             await ws.send_str('{"type":"ping","ref":"p"}')
-            await pong
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                if not await pong:
+                    raise ConnectionError("the socket closed before its pong")
             return client
 
     return list(await asyncio.gather(*(one(sid) for sid in sessions)))
