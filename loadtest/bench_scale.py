@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chat_storage.storage import apikeys
 from loadtest import harness
+from loadtest.bench_clients import cpu_seconds
 
 GOAL_KIB_PER_CONNECTION = 20.0
 GOAL_P99_MS = 50.0
@@ -249,9 +250,14 @@ async def main() -> None:
                 print(f"idle: {args.connections} subscribed WebSockets; server memory per "
                       f"connection: service {service_kib:.1f} KiB, raw aiohttp "
                       f"{floor_kib:.1f} KiB ({service_kib / floor_kib:.2f}x)")
+                server_cpu, client_cpu = cpu_seconds(service.pid) or 0.0, time.process_time()
                 latencies, delivered = await stream(http, sbase, key, hot,
                                                     service_ws[:args.hot], args.tokens,
                                                     args.rate)
+                # CPU per delivery: what the fan-out costs, whatever the machine's load
+                server_us = ((cpu_seconds(service.pid) or 0.0) - server_cpu) * 1e6 / max(
+                    1, len(latencies))
+                client_us = (time.process_time() - client_cpu) * 1e6 / max(1, len(latencies))
                 for client in service_ws:
                     await client.close()
     finally:
@@ -259,7 +265,8 @@ async def main() -> None:
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     print(f"stream: {args.tokens} deltas at {args.rate:g}/s to {args.hot} subscribers: "
           f"{len(latencies)} delivered ({delivered:,.0f}/s), p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms, mean {statistics.fmean(latencies):.1f} ms")
+          f"p99 {p99:.1f} ms, mean {statistics.fmean(latencies):.1f} ms; CPU per delivery: "
+          f"server {server_us:.1f} µs, client {client_us:.1f} µs")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     ok_mem = service_kib <= GOAL_KIB_PER_CONNECTION
     ok_p99 = p99 < GOAL_P99_MS and len(latencies) == args.tokens * args.hot
