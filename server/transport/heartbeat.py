@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 PING = b"\x89\x00"  # a final, unmasked, empty ping frame (RFC 6455 5.5.2)
 PING_AFTER = 2  # silent ticks before a ping
 DEAD_AFTER = 3  # silent ticks before the peer is given up
-STEP = 1000  # sockets visited between yields to the loop (a tick never stalls a stream)
+# each tick is spread over this many steps, each visiting its share of the sockets:
+# sockets opened together are not all pinged (and all pong) in one burst, which would
+# stall a stream to other sockets for as long as thousands of writes and reads take
+SLICES = 16
 
 
 class Beating:
@@ -59,33 +62,32 @@ class Heartbeats:
 
     def __init__(self, interval_s: float) -> None:
         self.tick_s = interval_s / 2
-        self._beating: dict[Beating, None] = {}
+        self._slices: list[dict[Beating, None]] = [{} for _ in range(SLICES)]
+        self._added = 0
 
     def __len__(self) -> int:
-        return len(self._beating)
+        return sum(len(s) for s in self._slices)
 
     def add(self, transport: asyncio.Transport | None) -> Beating:
         """Watch a socket until :meth:`discard`."""
         beating = Beating(transport)
-        self._beating[beating] = None
+        self._slices[self._added % SLICES][beating] = None
+        self._added += 1
         return beating
 
     def discard(self, beating: Beating) -> None:
         """Stop watching a socket (it closed)."""
-        self._beating.pop(beating, None)
-
-    def tick(self) -> list[Beating]:
-        """The sockets to visit this tick (a copy: they may close meanwhile)."""
-        return list(self._beating)
+        for piece in self._slices:
+            if piece.pop(beating, 0) is None:
+                return
 
     async def run(self) -> None:
-        """Tick until cancelled."""
+        """Tick until cancelled: every socket once per ``tick_s``, a slice at a time."""
         while True:
-            await asyncio.sleep(self.tick_s)
-            for i, beating in enumerate(self.tick(), 1):
-                beating.tick()
-                if i % STEP == 0:
-                    await asyncio.sleep(0)
+            for piece in self._slices:
+                await asyncio.sleep(self.tick_s / SLICES)
+                for beating in list(piece):  # a copy: sockets may close meanwhile
+                    beating.tick()
 
 
 HEARTBEATS_KEY = web.AppKey("ws_heartbeats", Heartbeats)
