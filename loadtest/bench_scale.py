@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chat_storage.storage import apikeys
 from loadtest import harness
+from loadtest.bench_clients import cpu_seconds
 
 GOAL_KIB_PER_CONNECTION = 20.0
 GOAL_P99_MS = 50.0
@@ -71,36 +73,66 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-async def until_pong(ws: aiohttp.ClientWebSocketResponse) -> None:
-    async with asyncio.timeout(REPLY_TIMEOUT_S):
-        while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise ConnectionError(f"closed while waiting for a pong: {msg.type}")
-            if '"pong"' in msg.data:
-                return
+class Client:
+    """One subscribed socket, read all the time as a real client does (its reads answer
+    the server's heartbeat pings: a socket left unread is closed by the server)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        # called with each text frame as it is read ("" once closed); no queue or task
+        # hop in between, so the client adds as little as it can to the latency measured
+        self.on_frame: Callable[[str], None] | None = None
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT and self.on_frame is not None:
+                self.on_frame(msg.data)
+        if self.on_frame is not None:
+            self.on_frame("")
+
+    def expect(self, text: str) -> asyncio.Future[str]:
+        """The next text frame that contains ``text`` ("" if the socket closes first);
+        watched from now on, so a reply to a frame sent after this call is not missed."""
+        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def check(frame: str) -> None:
+            if not found.done() and (text in frame or not frame):
+                self.on_frame = None
+                found.set_result(frame)
+
+        self.on_frame = check
+        return found
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self.reader, return_exceptions=True)
 
 
 async def open_all(http: aiohttp.ClientSession, base: str, key: str,
-                   sessions: list[str]) -> list[aiohttp.ClientWebSocketResponse]:
+                   sessions: list[str]) -> list[Client]:
     """One subscribed socket per entry of ``sessions``; each answered a ping."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def one(sid: str) -> aiohttp.ClientWebSocketResponse:
+    async def one(sid: str) -> Client:
         async with gate:
             ws = await http.ws_connect(f"{base}/api/v1/sessions/{sid}/ws",
                                        headers={"X-Api-Key": key}, max_msg_size=0,
                                        autoping=True, heartbeat=None)
+            client = Client(ws)
+            pong = client.expect('"pong"')
             await ws.send_str('{"type":"subscribe","after_seq":0}')
             await ws.send_str('{"type":"ping","ref":"p"}')
-            await until_pong(ws)
-            return ws
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                if not await pong:
+                    raise ConnectionError("the socket closed before its pong")
+            return client
 
     return list(await asyncio.gather(*(one(sid) for sid in sessions)))
 
 
 async def measure_idle(http: aiohttp.ClientSession, base: str, key: str, pid: int,
-                       sessions: list[str]) -> tuple[float, list[Any]]:
+                       sessions: list[str]) -> tuple[float, list[Client]]:
     """KiB of server memory per connection once all of ``sessions``' sockets are open."""
     await asyncio.sleep(1.0)  # let start-up allocations settle before the baseline
     before = rss_kib(pid)
@@ -110,28 +142,29 @@ async def measure_idle(http: aiohttp.ClientSession, base: str, key: str, pid: in
 
 
 async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
-                 subscribers: list[aiohttp.ClientWebSocketResponse], tokens: int,
+                 subscribers: list[Client], tokens: int,
                  rate: float) -> tuple[list[float], float]:
     """Stream ``tokens`` deltas at ``rate``/s into ``hot``; latencies (ms) and delivered/s."""
     latencies: list[float] = []
     done = asyncio.Event()
     remaining = len(subscribers)
 
-    async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+    def read(raw: str) -> None:
         nonlocal remaining
-        async for msg in ws:
-            frame = orjson.loads(msg.data)
-            kind = frame.get("type")
-            if kind == "stream.delta":
-                latencies.append((time.perf_counter_ns()
-                                  - int(frame["delta"].split(" ", 1)[0])) / 1e6)
-            elif kind == "stream.completed":
-                break
-        remaining -= 1
-        if remaining == 0:
-            done.set()
+        if not raw:
+            return  # closed early: the run times out, every delta was not delivered
+        frame = orjson.loads(raw)
+        kind = frame.get("type")
+        if kind == "stream.delta":
+            latencies.append((time.perf_counter_ns()
+                              - int(frame["delta"].split(" ", 1)[0])) / 1e6)
+        elif kind == "stream.completed":
+            remaining -= 1
+            if remaining == 0:
+                done.set()
 
-    readers = [asyncio.ensure_future(read(ws)) for ws in subscribers]
+    for client in subscribers:
+        client.on_frame = read
     producer = await http.ws_connect(f"{base}/api/v1/sessions/{hot}/ws",
                                      headers={"X-Api-Key": key})
     await producer.send_str('{"type":"stream.start","ref":"s","role":"assistant"}')
@@ -154,7 +187,8 @@ async def stream(http: aiohttp.ClientSession, base: str, key: str, hot: str,
         await done.wait()
     elapsed = time.perf_counter() - began
     await producer.close()
-    await asyncio.gather(*readers, return_exceptions=True)
+    for client in subscribers:
+        client.on_frame = None
     return latencies, len(latencies) / elapsed
 
 
@@ -212,24 +246,30 @@ async def main() -> None:
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as http:
                 floor_kib, floor_ws = await measure_idle(http, fbase, key, floor.pid, plan)
-                for ws in floor_ws:
-                    await ws.close()
+                for client in floor_ws:
+                    await client.close()
                 service_kib, service_ws = await measure_idle(http, sbase, key, service.pid,
                                                              plan)
                 print(f"idle: {args.connections} subscribed WebSockets; server memory per "
                       f"connection: service {service_kib:.1f} KiB, raw aiohttp "
                       f"{floor_kib:.1f} KiB ({service_kib / floor_kib:.2f}x)")
+                server_cpu, client_cpu = cpu_seconds(service.pid) or 0.0, time.process_time()
                 latencies, delivered = await stream(http, sbase, key, hot,
                                                     service_ws[:args.hot], args.tokens,
                                                     args.rate)
-                for ws in service_ws:
-                    await ws.close()
+                # CPU per delivery: what the fan-out costs, whatever the machine's load
+                server_us = ((cpu_seconds(service.pid) or 0.0) - server_cpu) * 1e6 / max(
+                    1, len(latencies))
+                client_us = (time.process_time() - client_cpu) * 1e6 / max(1, len(latencies))
+                for client in service_ws:
+                    await client.close()
     finally:
         await harness.drop_database(name)
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     print(f"stream: {args.tokens} deltas at {args.rate:g}/s to {args.hot} subscribers: "
           f"{len(latencies)} delivered ({delivered:,.0f}/s), p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms, mean {statistics.fmean(latencies):.1f} ms")
+          f"p99 {p99:.1f} ms, mean {statistics.fmean(latencies):.1f} ms; CPU per delivery: "
+          f"server {server_us:.1f} µs, client {client_us:.1f} µs")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     ok_mem = service_kib <= GOAL_KIB_PER_CONNECTION
     ok_p99 = p99 < GOAL_P99_MS and len(latencies) == args.tokens * args.hot

@@ -43,6 +43,7 @@ from chat_storage.server.routes import (
 from chat_storage.server.routes import web as web_page
 from chat_storage.server.state import SETTINGS_KEY
 from chat_storage.server.tokens import OIDC_KEY, TOKENS_KEY, Tokens
+from chat_storage.server.transport import heartbeat
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
                 search.routes, exports.routes, ws.routes, events.routes, tokens.routes)
@@ -76,6 +77,7 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
     revocation.setup(app)  # a revoked key's streams closed
+    heartbeat.setup(app)  # one timer pings every WebSocket
     objects.setup(app)  # the local store's upload and download URLs
     for table in ROUTE_TABLES:
         table.register(app)

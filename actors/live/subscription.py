@@ -9,13 +9,15 @@ framed by the connection's :data:`Render` when its transport needs more than the
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 from chat_storage.actors.live import events
 from chat_storage.actors.live.events import SessionEvent
 from chat_storage.actors.live.outbox import Outbox
 from chat_storage.storage.records import StoredMessage
+
+FINAL_MEMORY = 4096  # streams over, remembered per subscription to drop late duplicates
+_NONE: frozenset[str] = frozenset()
 
 # Frames an event for one connection's transport, given its subscription (its cursor
 # after the event); without one, the outbox gets the event's body as is.
@@ -31,8 +33,8 @@ class Subscription:
     produces itself (``own``) are not echoed as broadcasts when it got them as replies.
     """
 
-    __slots__ = ("_final", "_final_order", "_pending_limit", "outbox", "own", "pending",
-                 "render", "seq_hi", "streams", "syncing")
+    __slots__ = ("_final", "_pending_limit", "outbox", "own", "pending", "render", "seq_hi",
+                 "streams", "syncing")
 
     def __init__(self, outbox: Outbox, *, after_seq: int = 0, render: Render | None = None,
                  pending_limit: int = 10_000) -> None:
@@ -40,12 +42,13 @@ class Subscription:
         self.render = render
         self.seq_hi = after_seq
         self.streams: dict[str, list[int]] = {}  # stream_id -> [seq, offset the client has]
-        self.own: set[str] = set()
+        self.own: Set[str] = _NONE  # the connection's own set, when it produces streams
         self.syncing = True  # catching up: live events wait in ``pending``
         self.pending: list[SessionEvent] = []
         self._pending_limit = pending_limit
-        self._final: set[str] = set()
-        self._final_order: collections.deque[str] = collections.deque()
+        # streams known to be over, oldest first (a dict: ordered, and smaller idle than
+        # a set and a deque; thousands of idle subscriptions each hold one)
+        self._final: dict[str, None] = {}
 
     # ------------------------------------------------------------ live side
     def deliver(self, event: SessionEvent) -> None:
@@ -142,10 +145,9 @@ class Subscription:
 
     def _mark_final(self, stream_id: str) -> None:
         # only needed to drop late duplicates, so a bounded memory is enough
-        self._final.add(stream_id)
-        self._final_order.append(stream_id)
-        if len(self._final_order) > 4096:
-            self._final.discard(self._final_order.popleft())
+        self._final[stream_id] = None
+        if len(self._final) > FINAL_MEMORY:
+            del self._final[next(iter(self._final))]
 
     def _render(self, ev: SessionEvent) -> bytes:
         return ev.body if self.render is None else self.render(ev, self)

@@ -2,9 +2,9 @@
 
 Before the upgrade: API key or ticket (middleware), ``Origin``, the session belongs to
 the caller's tenant (404 otherwise), the tenant's connection limit (429). After it,
-one connection is this handler's task reading frames, plus a writer task emptying the
-connection's bounded outbox (``server.transport.writer``); nothing else ever writes
-to the socket.
+one connection is this handler's task reading frames, plus the writer emptying the
+connection's bounded outbox (``server.transport.writer``: a loop callback, with a task
+only while the socket is backed up); nothing else ever writes to the socket.
 
 Close codes: 1001 server shutting down; 4401 its API key was revoked (within
 ``CHAT_API_KEY_CACHE_S``); 1008 a binary frame (protocol violation);
@@ -35,12 +35,14 @@ from chat_storage.server.inputs import to_new_message
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
+from chat_storage.server.ratelimit import DECISION_KEY
 from chat_storage.server.routing import RouteTable
 from chat_storage.server.schemas import Error
 from chat_storage.server.state import HUB_KEY, REGISTRY_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.server.streaming import CONNECTIONS_KEY, check_origin
 from chat_storage.server.transport import writer
 from chat_storage.server.transport.framing import reply
+from chat_storage.server.transport.heartbeat import HEARTBEATS_KEY
 from chat_storage.storage import sessions, tickets
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.messages import NewMessage, WriteGroup
@@ -97,7 +99,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     tenant_id = principal_of(request).tenant_id
     await run(request, lambda conn: sessions.check_exists(conn, tenant_id, session_id))
     settings = request.app[SETTINGS_KEY]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, compress=False,
+    # pings come from the process's one heartbeat timer (transport.heartbeat), not from
+    # aiohttp's two timers per socket; so this loop answers pings and sees pongs itself
+    ws = web.WebSocketResponse(heartbeat=None, autoping=False, compress=False,
                                max_msg_size=settings.ws_max_frame_bytes, timeout=2.0)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade request")
@@ -106,6 +110,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     token = connections.open(principal_of(request), "ws", conn.shutdown, conn.revoke)
     try:
         await ws.prepare(request)
+        # the 101 went out: what only it needed would stay as long as the socket does
+        # (~0.7 KiB of an idle connection's ~20; loadtest/RESULTS.md)
+        ws.headers.clear()
+        request.pop(DECISION_KEY, None)
         await conn.run()
     finally:
         connections.close(tenant_id, "ws", token)
@@ -114,6 +122,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 class Connection:
     """One WebSocket: what it subscribes to and the streams it produces."""
+
+    # slots: thousands of idle connections each hold one (loadtest/RESULTS.md)
+    __slots__ = ("_closing", "_delta_chars", "_heartbeats", "_in_flight", "_request",
+                 "_sender", "_subscribing", "_tasks", "closed", "hub", "key", "outbox", "own",
+                 "principal", "privacy", "registry", "settings", "sub", "writes", "ws")
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse,
                  key: SessionKey) -> None:
@@ -129,10 +142,12 @@ class Connection:
         self.closed = False
         self._subscribing = False
         self._request = request
-        self._writer: asyncio.Task[None] | None = None
+        self._tasks = request.app[SERVICES_KEY].tasks
+        self._sender = writer.WebSocketSender(self.outbox, request, tasks=self._tasks,
+                                              name="ws-writer")
+        self._heartbeats = app[HEARTBEATS_KEY]
         self._in_flight = asyncio.Semaphore(MAX_CREATES_IN_FLIGHT)
         self._closing: asyncio.Task[None] | None = None
-        self._tasks = request.app[SERVICES_KEY].tasks
         self.privacy = request.app[SERVICES_KEY].privacy
         principal = self.principal = principal_of(request)
         # a user token (or its ticket) needs `write` to create messages or stream answers
@@ -141,25 +156,30 @@ class Connection:
 
     async def run(self) -> None:
         """Read frames until the connection ends; then hand over its streams (grace)."""
-        self._writer = writer.start(self.outbox, writer.WebSocketWire(self._request, self.ws),
-                                    tasks=self._tasks, name="ws-writer")
+        beating = self._heartbeats.add(self._request.transport)
         try:
             while True:
                 msg = await self.ws.receive()
+                beating.heard()
                 if msg.type == WSMsgType.TEXT:
                     await self._handle(msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await self.ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    continue
                 elif msg.type == WSMsgType.BINARY:
                     await self._close(1008, "binary frames are not accepted; send JSON text")
                     break
                 else:  # closed by the client, by us, too big (1009), or broken
                     break
         finally:
+            self._heartbeats.discard(beating)
             self.closed = True
             self.hub.release(self)
             if self.sub is not None:
                 self.hub.unsubscribe(self.key, self.sub)
             self.outbox.close()
-            await self._finish(self._writer)
+            await self._sender.close()
             if self._closing is not None:
                 await self._finish(self._closing)
 
@@ -329,8 +349,7 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         self.outbox.close()
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._tasks.cancel(self._writer)  # it may be stuck on a full socket
+        self._sender.abort()  # it may be stuck on a full socket
         transport = self._request.transport
         if transport is not None:
             # the close frame queues behind what the socket still holds; a client that
