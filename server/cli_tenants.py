@@ -79,14 +79,16 @@ def updates(args: argparse.Namespace) -> dict[str, Any]:
 
 def to_json(info: tenants.TenantInfo) -> dict[str, Any]:
     """The data-protection fields of ``tenants show --json`` and ``list --json``."""
-    return {"redact_pii": info.redact_pii, "pii_patterns": dict(info.pii_patterns)}
+    return {"redact_pii": info.redact_pii, "pii_patterns": dict(info.pii_patterns),
+            "encryption": info.encrypted}
 
 
 def rows(info: tenants.TenantInfo) -> list[tuple[str, str]]:
     """The data-protection rows of ``tenants show``."""
     patterns = ", ".join(f"<{n}>={s}" for n, s in sorted(info.pii_patterns.items()))
     return [("PII redaction", "on" if info.redact_pii else "off"),
-            ("PII patterns", patterns or "-")]
+            ("PII patterns", patterns or "-"),
+            ("encryption at rest", "on" if info.encrypted else "off")]
 
 
 def summary(info: tenants.TenantInfo) -> str:

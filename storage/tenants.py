@@ -36,6 +36,8 @@ class TenantInfo:
     # PII redaction (storage.redaction) of what its messages store, and its own patterns
     redact_pii: bool = False
     pii_patterns: dict[str, str] = dataclasses.field(default_factory=dict)
+    # encryption at rest of its new messages (storage.crypto; docs/security.md)
+    encrypted: bool = False
 
 
 class TenantNotEmpty(Conflict):
@@ -66,7 +68,7 @@ _TENANT_INFO = """
     SELECT t.id, t.name, t.retention_days, t.created_at,
            t.rate_limit_per_s, t.rate_limit_burst, t.max_stream_connections,
            t.oidc_issuer, t.oidc_audience, t.oidc_user_claim, t.cors_origins,
-           t.redact_pii, t.pii_patterns,
+           t.redact_pii, t.pii_patterns, t.encrypted,
            (SELECT count(*) FROM sessions s WHERE s.tenant_id = t.id) AS sessions,
            (SELECT count(*) FROM api_keys k
             WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys

@@ -4,6 +4,8 @@ what is stored, what reads return, search, rotation of the KEK, and the logs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -119,6 +121,13 @@ async def test_an_encrypted_tenant_stores_ciphertext_and_reads_plain_text(
     done = cli("tenants", "update", tenant.name, "--encryption", "on",
                DATABASE_URL=database_url, CHAT_ENCRYPTION_KEK=old_kek)
     assert done.returncode == 0 and "encryption on" in done.stdout, done.stderr
+    shown = cli("tenants", "show", tenant.name, "--json", DATABASE_URL=database_url)
+    assert json.loads(shown.stdout)["encryption"] is True, shown.stderr
+    listed = cli("tenants", "list", "--json", DATABASE_URL=database_url)
+    by_name = {t["name"]: t["encryption"] for t in json.loads(listed.stdout)}
+    assert by_name[tenant.name] is True and by_name[plain.name] is False
+    assert re.search(r"encryption at rest\s+on", cli(
+        "tenants", "show", tenant.name, DATABASE_URL=database_url).stdout)
     said, streamed = f"said-{secrets.token_hex(8)}", f"streamed-{secrets.token_hex(8)}"
     server = Server(database_url, tmp_path / "server.log",
                     env={"CHAT_ENCRYPTION_KEK": old_kek, "CHAT_LOG_LEVEL": "DEBUG"})
