@@ -128,7 +128,8 @@ async def test_erase_expired_removes_temporary_chats_only(pool: asyncpg.Pool) ->
             "object_key) VALUES ($1, $2, $3, 'a', 'a/b', 1, 'x', 'k/tmp')",
             new_id(), tenant.id, expired)
         out = await retention.erase_expired(conn)
-        assert out.object_keys == ["k/tmp"]
+        # the sweep is database-wide: other tests' expired chats may go with it
+        assert "k/tmp" in out.object_keys
         left = {r["id"] for r in await conn.fetch(
             "SELECT id FROM sessions WHERE tenant_id = $1", tenant.id)}
         assert left == {lasting, forever}
