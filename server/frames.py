@@ -32,6 +32,8 @@ from chat_storage.server.schemas import (
     Role,
     Strict,
     Text,
+    ToolCallId,
+    ToolCalls,
 )
 
 Ref = Annotated[str, Field(min_length=1, max_length=128)]
@@ -76,16 +78,19 @@ class StreamStart(Strict):
     parent_id: uuid.UUID | None = None
     context: list[ContextItem] | None = None
     metadata: JsonObject = Field(default_factory=dict)
+    tool_call_id: ToolCallId | None = None  # required when ``role`` is ``tool``
 
 
 class StreamEnd(Strict):
-    """Store the answer complete (merging ``metadata``, adding ``usage``)."""
+    """Store the answer complete (merging ``metadata``, adding ``usage`` and, for an
+    assistant's answer, the ``tool_calls`` it made)."""
 
     type: Literal["stream.end"]
     ref: Ref | None = None
     stream_id: StreamId
     metadata: JsonObject | None = None
     usage: MessageUsage | None = None
+    tool_calls: ToolCalls | None = None
 
 
 class StreamAbort(Strict):

@@ -179,7 +179,25 @@ class Feedback(Strict):
     comment: Annotated[Text, Field(max_length=4000)] | None = None
 
 
+MAX_TOOL_CALLS = 128  # per message; OpenAI's parallel calls are a handful
+ToolCallId = Annotated[Text, Field(min_length=1, max_length=256)]
+
+
+class ToolCall(Strict):
+    """A call an assistant message makes: ``arguments`` is a JSON object (not a string)."""
+
+    id: ToolCallId
+    name: Annotated[Text, Field(min_length=1, max_length=256)]
+    arguments: JsonObject
+
+
+ToolCalls = Annotated[list[ToolCall], Field(min_length=1, max_length=MAX_TOOL_CALLS)]
+
+
 class MessageCreate(Strict):
+    """``tool_calls`` only on an assistant message; ``tool_call_id`` on every ``tool``
+    message and on no other (checked by ``server.inputs``, which names the field)."""
+
     role: Role
     content: Text
     sender_id: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
@@ -188,6 +206,8 @@ class MessageCreate(Strict):
     metadata: JsonObject = Field(default_factory=dict)
     usage: MessageUsage | None = None
     attachment_ids: Annotated[list[uuid.UUID], Field(max_length=32)] = Field(default_factory=list)
+    tool_calls: ToolCalls | None = None
+    tool_call_id: ToolCallId | None = None
 
 
 class MessageBatch(Strict):
@@ -199,6 +219,12 @@ class MessageUpdate(Strict):
 
     metadata: JsonObject | None = None
     feedback: Feedback | None = None
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    name: str
+    arguments: JsonObject
 
 
 class Message(BaseModel):
@@ -217,6 +243,8 @@ class Message(BaseModel):
     created_at: dt.datetime
     completed_at: dt.datetime | None
     attachments: list[LinkedAttachment]  # in the order they were linked; empty when none
+    tool_calls: list[ToolCallOut] | None  # an assistant's calls; null when it made none
+    tool_call_id: str | None  # on a tool message: the call it answers
 
 
 class MessageList(BaseModel):

@@ -102,7 +102,10 @@ def encode(entry: Entry) -> bytes:
                "sender_id": m.sender_id,
                "parent_id": None if m.parent_id is None else str(m.parent_id),
                "context": m.context, "metadata": m.metadata, "usage": m.usage,
-               "a": [str(a) for a in m.attachment_ids]}
+               "a": [str(a) for a in m.attachment_ids],
+               # only when set: an entry stays readable by a release without tool calls
+               **({"tc": m.tool_calls} if m.tool_calls is not None else {}),
+               **({"tci": m.tool_call_id} if m.tool_call_id is not None else {})}
               for m in entry.messages],
     })
 
@@ -123,6 +126,7 @@ def decode(payload: bytes) -> Entry:
                 parent_id=None if m["parent_id"] is None else uuid.UUID(m["parent_id"]),
                 context=m["context"], metadata=dict(m["metadata"]), usage=m["usage"],
                 attachment_ids=tuple(uuid.UUID(a) for a in m.get("a", ())),
+                tool_calls=m.get("tc"), tool_call_id=m.get("tci"),
             )
             for m in raw
         ]

@@ -59,6 +59,8 @@ class NewMessage:
     status: str = "complete"
     # ready attachments of the session, linked to this message in its transaction
     attachment_ids: tuple[uuid.UUID, ...] = ()
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's, [{id, name, arguments}]
+    tool_call_id: str | None = None  # a tool message's: the call it answers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,7 +157,8 @@ async def tombstone(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, actor: str, request_id: str | None = None,
 ) -> list[str]:
-    """Erase content, context, metadata, feedback and attachments; keep the seq. Audited.
+    """Erase content, context, metadata, tool calls, feedback and attachments; keep the
+    seq. Audited.
 
     Stored idempotent replies that hold the message show the tombstone instead.
     Deleting a tombstone again changes nothing (but scrubs those replies once more).
@@ -187,6 +190,7 @@ async def tombstone(
         await conn.execute(
             """
             UPDATE messages SET content = '', context = NULL, metadata = '{}'::jsonb, sealed = NULL,
+                tool_calls = NULL, tool_call_id = NULL,
                 feedback = NULL, feedback_at = NULL, status = 'deleted'
             WHERE id = $1 AND tenant_id = $2
             """,

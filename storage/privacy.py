@@ -11,7 +11,8 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -95,11 +96,35 @@ class Policies:
 
 
 def redact_message(message: NewMessage, redactor: Redactor) -> NewMessage:
-    """``message`` with its content and the titles and snippets of its context redacted
-    (its metadata, usage and ids are the caller's own fields, kept as they are)."""
+    """``message`` with its content, the titles and snippets of its context and the
+    text in its tool calls' arguments redacted (its metadata, usage, ids and the names of
+    tools are the caller's own fields, kept as they are)."""
     context = message.context
     if context:
         context = [{**item, **{f: redactor.redact(item[f]) for f in ("title", "snippet")
                                if isinstance(item.get(f), str)}} for item in context]
+    tool_calls = message.tool_calls
+    if tool_calls:
+        tool_calls = redact_tool_calls(tool_calls, redactor)
     return dataclasses.replace(message, content=redactor.redact(message.content),
-                               context=context)
+                               context=context, tool_calls=tool_calls)
+
+
+def redact_tool_calls(tool_calls: Sequence[Mapping[str, Any]],
+                      redactor: Redactor) -> list[dict[str, Any]]:
+    """``tool_calls`` with every string value in their ``arguments`` redacted, at any
+    depth (the model wrote them from the conversation: an e-mail address to look up is
+    personal data like the question it came from). Keys, ids and names are kept."""
+    return [{**call, "arguments": _redact_json(call["arguments"], redactor)}
+            for call in tool_calls]
+
+
+def _redact_json(value: Any, redactor: Redactor) -> Any:
+    # nesting is bounded by the input checks (server.limits.MAX_JSON_DEPTH)
+    if isinstance(value, str):
+        return redactor.redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_json(v, redactor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(v, redactor) for v in value]
+    return value

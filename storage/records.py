@@ -34,6 +34,10 @@ class StoredMessage(TypedDict):
     completed_at: dt.datetime | None
     # the linked files, in link order: each {id, name, mime, size, sha256, status}
     attachments: list[dict[str, Any]]
+    # an assistant message's tool calls, each {id, name, arguments}, or None
+    tool_calls: list[dict[str, Any]] | None
+    # a tool message's answer names the call it answers; None on other roles
+    tool_call_id: str | None
 
 
 MESSAGE_FIELDS: tuple[str, ...] = tuple(StoredMessage.__annotations__)

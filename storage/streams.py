@@ -77,9 +77,10 @@ async def finish(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     message_id: uuid.UUID, *, content: str, status: str,
     metadata: Mapping[str, Any] | None = None, usage: Mapping[str, Any] | None = None,
-    keyring: Keyring | None = None,
+    tool_calls: Sequence[Mapping[str, Any]] | None = None, keyring: Keyring | None = None,
 ) -> StoredMessage:
-    """End a stream: final content, status, metadata (merged) and usage in one transaction.
+    """End a stream: final content, status, metadata (merged), usage and tool calls (when
+    given: the answer's, replacing none) in one transaction.
 
     The session's token totals grow by ``usage``. :class:`Conflict` if the message is
     no longer streaming (someone else ended it), :class:`NotFound` if it is gone.
@@ -92,7 +93,7 @@ async def finish(
             assert keyring is not None  # noqa: S101 - narrows the type
             row = await reseal(
                 conn, keyring, tenant_id, message_id, session_id=session_id,
-                status="streaming", change=finished(content, metadata),
+                status="streaming", change=finished(content, metadata, tool_calls),
                 sets="status = $5, usage = coalesce($6, usage), completed_at = now(), "
                      "stream_seen_at = NULL",
                 args=(status, None if usage is None else dict(usage)), returning=COLUMNS)
@@ -100,13 +101,15 @@ async def finish(
             row = await conn.fetchrow(
                 f"""
                 UPDATE messages SET content = $4, status = $5, metadata = metadata || $6,
-                    usage = coalesce($7, usage), completed_at = now(), stream_seen_at = NULL
+                    usage = coalesce($7, usage), tool_calls = coalesce($8, tool_calls),
+                    completed_at = now(), stream_seen_at = NULL
                 WHERE id = $1 AND session_id = $2 AND tenant_id = $3 AND status = 'streaming'
                   AND sealed IS NULL
                 RETURNING {COLUMNS}
                 """,
                 message_id, session_id, tenant_id, content, status, dict(metadata or {}),
                 None if usage is None else dict(usage),
+                None if tool_calls is None else [dict(c) for c in tool_calls],
             )
         if row is None:
             exists = await conn.fetchval(

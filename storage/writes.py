@@ -74,15 +74,17 @@ WITH b AS (
     RETURNING s.id, s.last_seq - b.n AS base
 ), m AS (
     INSERT INTO messages (id, tenant_id, session_id, seq, parent_id, role, content,
-        sender_id, context, metadata, usage, status, completed_at, sealed, data_key_id)
+        sender_id, context, metadata, usage, status, completed_at, sealed, data_key_id,
+        tool_calls, tool_call_id)
     SELECT u.id, u.tenant_id, u.session_id, s.base + u.pos, u.parent_id, u.role, u.content,
         u.sender_id, u.context::jsonb, u.metadata::jsonb, u.usage::jsonb, u.status,
-        CASE WHEN u.status = 'streaming' THEN NULL ELSE now() END, u.sealed, u.data_key_id
+        CASE WHEN u.status = 'streaming' THEN NULL ELSE now() END, u.sealed, u.data_key_id,
+        u.tool_calls::jsonb, u.tool_call_id
     FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::int8[], $12::uuid[], $13::text[],
                 $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
-                $20::bytea[], $21::uuid[])
+                $20::bytea[], $21::uuid[], $22::text[], $23::text[])
         AS u(id, tenant_id, session_id, pos, parent_id, role, content, sender_id, context,
-             metadata, usage, status, sealed, data_key_id)
+             metadata, usage, status, sealed, data_key_id, tool_calls, tool_call_id)
     JOIN s ON s.id = u.session_id
 )
 SELECT s.id, s.base, now() AS at FROM s
@@ -166,6 +168,7 @@ def _fill(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
                 "usage": m.usage, "feedback": None, "status": m.status, "created_at": at,
                 "completed_at": None if m.status == "streaming" else at,
                 "attachments": [_linked(claimed[aid]) for aid in m.attachment_ids],
+                "tool_calls": m.tool_calls, "tool_call_id": m.tool_call_id,
             }))
         results[bi][gi] = stored
 
@@ -177,7 +180,7 @@ def _linked(row: asyncpg.Record) -> dict[str, Any]:
 
 def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]],
                  keys: Sequence[DataKey | None]) -> list[Any]:
-    """The 21 array parameters of :data:`_INSERT` for the kept groups."""
+    """The 23 array parameters of :data:`_INSERT` for the kept groups."""
     per_session: dict[int, list[NewMessage]] = {}
     for bi, gi in keep:
         per_session.setdefault(bi, []).extend(batches[bi].groups[gi].messages)
@@ -195,7 +198,8 @@ def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]
                 continue
             sealed.append(seal_message(key, batch.tenant_id, batch.session_id, m.id,
                                        {"content": m.content, "context": m.context,
-                                        "metadata": m.metadata}))
+                                        "metadata": m.metadata, "tool_calls": m.tool_calls,
+                                        "tool_call_id": m.tool_call_id}))
             key_ids.append(key.id)
             rows.append((batch, pos, dataclasses.replace(m, **PLAIN_OF_SEALED)))
         tokens = [usage.tokens(m.usage) for m in msgs]
@@ -216,6 +220,7 @@ def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]
         [_json(m.context) for _, _, m in rows], [_json(m.metadata) for _, _, m in rows],
         [_json(m.usage) for _, _, m in rows], [m.status for _, _, m in rows],
         sealed, key_ids,
+        [_json(m.tool_calls) for _, _, m in rows], [m.tool_call_id for _, _, m in rows],
     ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chat_storage.actors.live.fanout import Fanout
@@ -75,9 +75,13 @@ class Hub:
 
     async def end_stream(self, key: SessionKey, stream_id: str, owner: Owner, *,
                          metadata: Mapping[str, Any] | None = None,
-                         usage: Mapping[str, Any] | None = None) -> StoredMessage:
-        """Store the stream complete; returns the final message."""
-        return await self._streams.end(key, stream_id, owner, metadata=metadata, usage=usage)
+                         usage: Mapping[str, Any] | None = None,
+                         tool_calls: Sequence[Mapping[str, Any]] | None = None,
+                         ) -> StoredMessage:
+        """Store the stream complete (with the answer's ``tool_calls``, if it made any);
+        returns the final message."""
+        return await self._streams.end(key, stream_id, owner, metadata=metadata, usage=usage,
+                                       tool_calls=tool_calls)
 
     async def abort_stream(self, key: SessionKey, stream_id: str, owner: Owner,
                            reason: str | None = None) -> StoredMessage:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -47,6 +47,7 @@ from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.privacy import redact_tool_calls
 from chat_storage.storage.records import SessionKey, StoredMessage
 from chat_storage.storage.redaction import Redactor
 from chat_storage.supervisor import Supervisor
@@ -133,10 +134,14 @@ class Streams:
 
     async def end(self, key: SessionKey, stream_id: str, owner: Owner, *,
                   metadata: Mapping[str, Any] | None = None,
-                  usage: Mapping[str, Any] | None = None) -> StoredMessage:
-        """Store the stream complete; returns the final message."""
+                  usage: Mapping[str, Any] | None = None,
+                  tool_calls: Sequence[Mapping[str, Any]] | None = None) -> StoredMessage:
+        """Store the stream complete, with the answer's ``tool_calls`` if it made any
+        (an assistant's only); returns the final message."""
         st = self._owned(key, stream_id, owner)
-        return await self._shielded(self._finish(st, "complete", metadata, usage))
+        if tool_calls is not None and st.role != "assistant":
+            raise StreamError("validation_failed", "only an assistant message has tool_calls")
+        return await self._shielded(self._finish(st, "complete", metadata, usage, tool_calls))
 
     async def abort(self, key: SessionKey, stream_id: str, owner: Owner,
                     reason: str | None = None) -> StoredMessage:
@@ -238,7 +243,8 @@ class Streams:
                 1.0, self._expire, st.id, attempt + 1)
 
     async def _finish(self, st: OwnedStream, status: str, metadata: Mapping[str, Any] | None,
-                      usage: Mapping[str, Any] | None) -> StoredMessage:
+                      usage: Mapping[str, Any] | None,
+                      tool_calls: Sequence[Mapping[str, Any]] | None = None) -> StoredMessage:
         if st.ending:
             raise StreamError("conflict", "the stream is already ending")
         st.ending = True
@@ -250,10 +256,12 @@ class Streams:
         content = st.text()
         if st.redactor is not None:  # off the event loop: a long answer takes a while
             content = await asyncio.to_thread(st.redactor.redact, content)
+            if tool_calls is not None:
+                tool_calls = redact_tool_calls(tool_calls, st.redactor)
         try:
             message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,
-                metadata=metadata, usage=usage, keyring=self._keyring))
+                metadata=metadata, usage=usage, tool_calls=tool_calls, keyring=self._keyring))
         except (Conflict, NotFound):
             self._drop(st)  # ended elsewhere (the sweeper) or erased: its final went out there
             raise StreamError("conflict", "the stream had already ended") from None

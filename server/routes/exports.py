@@ -8,8 +8,10 @@ Formats of ``GET /api/v1/sessions/{id}/export?format=``:
   ``{"type": "message", <message fields>}`` line per message, in ``seq`` order, then one
   ``{"type": "attachment", <attachment fields>}`` line per attachment.
 - ``markdown``: the title, a line about the session, then per message a heading
-  ``## <seq> · <role>`` (with the status when not complete), its content verbatim and
-  the RAG sources it was built from as a numbered list; then the attachments.
+  ``## <seq> · <role>`` (with the status when not complete), the tool call a ``tool``
+  message answers, its content verbatim, the tool calls it makes (name, id and
+  arguments as JSON) and the RAG sources it was built from as numbered lists; then the
+  attachments.
 
 ``GET /api/v1/users/{user_id}/export`` is JSON Lines: each of the user's sessions
 (oldest first) as a ``session`` line followed by its ``message`` and ``attachment`` lines.
@@ -239,7 +241,12 @@ class Markdown:
         if message["status"] == "deleted":
             parts.append("_(message deleted)_\n")
         else:
+            if message.get("tool_call_id"):
+                parts.append(f"In answer to tool call {_one_line(message['tool_call_id'])}.\n\n")
             parts.append(message["content"].rstrip("\n") + "\n")
+        if message.get("tool_calls"):
+            parts.append("\nTool calls:\n\n")
+            parts.extend(_tool_call(i, call) for i, call in enumerate(message["tool_calls"], 1))
         if message["context"]:
             parts.append("\nSources:\n\n")
             parts.extend(_source(i, item) for i, item in enumerate(message["context"], 1))
@@ -274,6 +281,13 @@ def _source(n: int, item: dict[str, Any]) -> str:
     if item.get("snippet"):
         line += "".join(f"   > {part}\n" for part in str(item["snippet"]).splitlines())
     return line
+
+
+def _tool_call(n: int, call: dict[str, Any]) -> str:
+    """A numbered item: the tool's name as code, the call's id, its arguments as JSON."""
+    name = _one_line(call["name"]).replace("`", "'")
+    return (f"{n}. `{name}` (call {_one_line(call['id'])})\n"
+            f"   > {dumps(call['arguments']).decode()}\n")
 
 
 def _one_line(text: str) -> str:

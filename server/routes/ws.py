@@ -31,7 +31,7 @@ from chat_storage.server import frames, ratelimit
 from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import path_uuid, run
-from chat_storage.server.inputs import to_new_message
+from chat_storage.server.inputs import check_tool_fields, to_new_message
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.limits import check_json
 from chat_storage.server.middlewares import to_api_error
@@ -230,8 +230,11 @@ class Connection:
         elif isinstance(frame, frames.StreamEnd):
             check_json("metadata", frame.metadata, self.settings.max_metadata_bytes)
             usage = None if frame.usage is None else frame.usage.model_dump(exclude_none=True)
+            tool_calls = None if frame.tool_calls is None else check_tool_fields(
+                "assistant", frame.tool_calls, None, self.settings)  # the hub checks the role
             ended = await self.hub.end_stream(self.key, frame.stream_id, self,
-                                              metadata=frame.metadata, usage=usage)
+                                              metadata=frame.metadata, usage=usage,
+                                              tool_calls=tool_calls)
             self._reply("stream.completed", ref=frame.ref, message=ended)
             self.own.discard(frame.stream_id)
         elif isinstance(frame, frames.StreamAbort):
@@ -299,6 +302,7 @@ class Connection:
             c.model_dump(exclude_none=True) for c in frame.context]
         check_json("context", context, self.settings.max_context_bytes)
         check_json("metadata", frame.metadata, self.settings.max_metadata_bytes)
+        check_tool_fields(frame.role, None, frame.tool_call_id, self.settings)
         message_id = new_id()
         stream_id = str(message_id)
         # known before the commit, so this connection's subscription does not echo
@@ -309,7 +313,7 @@ class Connection:
             new = NewMessage(
                 id=message_id, role=frame.role, content="", sender_id=frame.sender_id,
                 parent_id=frame.parent_id, context=context, metadata=frame.metadata,
-                status="streaming")
+                tool_call_id=frame.tool_call_id, status="streaming")
             if redactor is not None:  # its context now, its content when it ends
                 new = redact_message(new, redactor)
             row = await self.hub.start_stream(self.key, self, new, redactor=redactor)

@@ -1,7 +1,8 @@
 """Sealing and opening message rows: the fields encryption covers, in one place.
 
-A sealed message row keeps ``content``, ``context`` and ``metadata`` in its
-``sealed`` column and ``''`` / ``NULL`` / ``{}`` in the plain ones. Reads turn a row
+A sealed message row keeps ``content``, ``context`` and ``metadata`` (and its
+``tool_calls`` and ``tool_call_id`` when it has them) in its ``sealed`` column and
+``''`` / ``NULL`` / ``{}`` / ``NULL`` in the plain ones. Reads turn a row
 into the API's message object here, before either JSON path encodes it, so every
 reader (history, one message, exports, search's caller) opens the same way.
 """
@@ -26,15 +27,21 @@ from chat_storage.storage.crypto.envelope import (
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
 
 SEALED_FIELDS = ("content", "context", "metadata")
+# sealed only when set (most messages have none, and rows sealed before tool calls
+# existed open without them): a tool call's name and arguments are conversation content
+SEALED_IF_SET = ("tool_calls", "tool_call_id")
 # what the plain columns of a sealed row hold
-PLAIN_OF_SEALED: dict[str, Any] = {"content": "", "context": None, "metadata": {}}
+PLAIN_OF_SEALED: dict[str, Any] = {"content": "", "context": None, "metadata": {},
+                                   "tool_calls": None, "tool_call_id": None}
 
 
 def seal_message(key: DataKey, tenant_id: uuid.UUID, session_id: uuid.UUID,
                  message_id: uuid.UUID, fields: Mapping[str, Any]) -> bytes:
-    """The sealed form of a message's ``content``, ``context`` and ``metadata``."""
-    return seal(key.aead, {f: fields[f] for f in SEALED_FIELDS},
-                associated(tenant_id, session_id, message_id))
+    """The sealed form of a message's ``content``, ``context``, ``metadata`` and, when
+    it has them, ``tool_calls`` and ``tool_call_id``."""
+    sealed = {f: fields[f] for f in SEALED_FIELDS}
+    sealed.update({f: fields[f] for f in SEALED_IF_SET if fields.get(f) is not None})
+    return seal(key.aead, sealed, associated(tenant_id, session_id, message_id))
 
 
 def archived(message: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ rather than overwrite, as the plain path's ``char_length`` check does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -62,11 +62,16 @@ def with_content(content: str) -> Change:
     return change
 
 
-def finished(content: str, metadata: Mapping[str, Any] | None) -> Change:
-    """A stream's end: the whole content, and ``metadata`` merged into what it had."""
+def finished(content: str, metadata: Mapping[str, Any] | None,
+             tool_calls: Sequence[Mapping[str, Any]] | None = None) -> Change:
+    """A stream's end: the whole content, ``metadata`` merged into what it had, and its
+    ``tool_calls`` when given (sealed with the content, as a create seals them)."""
     def change(fields: dict[str, Any]) -> dict[str, Any]:
-        return {**fields, "content": content,
-                "metadata": {**(fields.get("metadata") or {}), **(metadata or {})}}
+        out = {**fields, "content": content,
+               "metadata": {**(fields.get("metadata") or {}), **(metadata or {})}}
+        if tool_calls is not None:
+            out["tool_calls"] = [dict(c) for c in tool_calls]
+        return out
     return change
 
 
