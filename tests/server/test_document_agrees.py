@@ -85,3 +85,29 @@ async def test_sse_with_the_largest_after_seq_answers_and_stays_open(client: Any
     except TimeoutError:
         pass
     r.close()
+
+
+async def test_tool_calls_are_documented_as_served(client: Any, tenant: Tenant) -> None:
+    schemas = (await document(client))["components"]["schemas"]
+    create, message = schemas["MessageCreate"]["properties"], schemas["Message"]["properties"]
+    assert {"tool_calls", "tool_call_id"} <= set(create) & set(message)
+    assert {"tool_calls", "tool_call_id"} <= set(schemas["Message"]["required"])
+    call = schemas["ToolCall"]
+    assert set(call["required"]) == {"id", "name", "arguments"}
+    assert call["properties"]["arguments"]["type"] == "object"
+    assert call["additionalProperties"] is False
+    # what the document offers, the server takes and gives back
+    sid = await new_session(client, tenant)
+    body = {"role": "assistant", "content": "",
+            "tool_calls": [{"id": "c1", "name": "f", "arguments": {"x": 1}}]}
+    r = await client.post(f"{SESSIONS}/{sid}/messages", json=body, headers=tenant.headers)
+    assert r.status == 201
+    made = await r.json()
+    assert set(message) == set(made)
+    assert made["tool_calls"] == body["tool_calls"] and made["tool_call_id"] is None
+    r = await client.get("/asyncapi.json")
+    components = (await r.json())["components"]
+    end = next(m for m in components["messages"].values() if m.get("name") == "stream.end")
+    ref = end["payload"]["$ref"].rsplit("/", 1)[-1]
+    assert "tool_calls" in components["schemas"][ref]["properties"]
+    assert end["examples"][0]["payload"]["tool_calls"][0]["name"] == "search_docs"

@@ -2,7 +2,8 @@
 
 Rows are written straight into Postgres with every field set (or null) and awkward
 values: timestamps with and without microseconds, strings that need escaping,
-numbers jsonb rewrites, linked attachments out of link order, tool calls in metadata,
+numbers jsonb rewrites, linked attachments out of link order, tool calls in metadata
+and in their own columns,
 a streaming message and a tombstone. The expected documents are written out here,
 so a change of how a page is built (in Python or by Postgres) must produce the same
 bytes to pass.
@@ -60,6 +61,12 @@ async def _load(pool: asyncpg.Pool, tenant: Tenant) -> dict[str, uuid.UUID]:
                 "$11, $12, CASE WHEN $12::jsonb IS NULL THEN NULL ELSE now() END, $13, $14, "
                 "$15)", mid, tenant.id, ids["s"], seq, parent, role, content, sender, context,
                 metadata, usage, feedback, status, created, completed)
+        # the tool call columns (jsonb orders an object's keys: shorter first)
+        await conn.execute(
+            "UPDATE messages SET tool_calls = $2 WHERE id = $1", ids["m2"],
+            [{"name": "search", "arguments": {"q": 'x "y"', "n": [1]}, "id": "call_1"}])
+        await conn.execute("UPDATE messages SET tool_call_id = 'call_1' WHERE id = $1",
+                           ids["m3"])
         for aid, message, pos, status, name in (
             (ids["a1"], ids["m2"], 1, "ready", "second.pdf"),
             (ids["a2"], ids["m2"], 0, "ready", 'first "q".png'),
@@ -77,7 +84,7 @@ M1 = ('{"id":"%(m1)s","session_id":"%(s)s","seq":1,"parent_id":null,"role":"user
       '"content":"say \\"hi\\" \\\\ back\\nline\\ttab \\u0001\\u001f é 漢字 😀 \u2028 / '
       '<b>&amp;</b>","sender_id":"user-1","context":null,"metadata":{},"usage":null,'
       '"feedback":null,"status":"complete","created_at":"2026-03-04T05:06:07Z",'
-      '"completed_at":null,"attachments":[]}')
+      '"completed_at":null,"attachments":[],"tool_calls":null,"tool_call_id":null}')
 M2 = ('{"id":"%(m2)s","session_id":"%(s)s","seq":2,"parent_id":"%(m1)s","role":"assistant",'
       '"content":"Answer.","sender_id":null,"context":[{"meta":{"none":null,"page":1,'
       '"tags":["a","b"]},"text":"x","chunk":3,"score":0.875,"source":"kb/a.txt"}],'
@@ -90,15 +97,18 @@ M2 = ('{"id":"%(m2)s","session_id":"%(s)s","seq":2,"parent_id":"%(m1)s","role":"
       '"attachments":[{"id":"%(a2)s","name":"first \\"q\\".png","mime":"application/pdf",'
       '"size":4096,"sha256":"' + "ab" * 32 + '","status":"ready"},{"id":"%(a1)s",'
       '"name":"second.pdf","mime":"application/pdf","size":4096,"sha256":"' + "ab" * 32 +
-      '","status":"ready"}]}')
+      '","status":"ready"}],"tool_calls":[{"id":"call_1","name":"search","arguments":'
+      '{"n":[1],"q":"x \\"y\\""}}],"tool_call_id":null}')
 M3 = ('{"id":"%(m3)s","session_id":"%(s)s","seq":3,"parent_id":null,"role":"tool",'
       '"content":"{\\"result\\": 42}","sender_id":null,"context":null,'
       '"metadata":{"tool_call_id":"call_1"},"usage":null,"feedback":null,"status":"streaming",'
-      '"created_at":"2026-03-04T05:06:07.999999Z","completed_at":null,"attachments":[]}')
+      '"created_at":"2026-03-04T05:06:07.999999Z","completed_at":null,"attachments":[],'
+      '"tool_calls":null,"tool_call_id":"call_1"}')
 M4 = ('{"id":"%(m4)s","session_id":"%(s)s","seq":4,"parent_id":null,"role":"assistant",'
       '"content":"","sender_id":null,"context":null,"metadata":{},"usage":null,'
       '"feedback":null,"status":"deleted","created_at":"2027-04-08T05:06:07Z",'
-      '"completed_at":"2027-04-08T05:06:08Z","attachments":[]}')
+      '"completed_at":"2027-04-08T05:06:08Z","attachments":[],"tool_calls":null,'
+      '"tool_call_id":null}')
 
 
 def _page(ids: dict[str, uuid.UUID], messages: list[str], cursor: str | None) -> bytes:
