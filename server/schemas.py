@@ -221,12 +221,6 @@ class MessageUpdate(Strict):
     feedback: Feedback | None = None
 
 
-class ToolCallOut(BaseModel):
-    id: str
-    name: str
-    arguments: JsonObject
-
-
 class Message(BaseModel):
     id: uuid.UUID
     session_id: uuid.UUID
@@ -243,7 +237,7 @@ class Message(BaseModel):
     created_at: dt.datetime
     completed_at: dt.datetime | None
     attachments: list[LinkedAttachment]  # in the order they were linked; empty when none
-    tool_calls: list[ToolCallOut] | None  # an assistant's calls; null when it made none
+    tool_calls: list[ToolCall] | None  # an assistant's calls; null when it made none
     tool_call_id: str | None  # on a tool message: the call it answers
 
 

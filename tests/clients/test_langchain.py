@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from chat_storage_client import AsyncClient, Client
-from chat_storage_client.langchain import ChatStorageMessageHistory
+from chat_storage_client.langchain import ChatStorageMessageHistory, to_api
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -166,27 +166,51 @@ async def test_the_readme_switch_from_postgres_runs(server: Server, tenant: Tena
     assert out.decode().strip() == "['Hi', 'Hello!']"
 
 
-def test_tool_calls_go_in_their_own_fields_once_the_server_stores_them(client: Client) -> None:
-    from chat_storage_client.langchain import from_api, to_api
+def test_tool_calls_round_trip_through_their_own_fields(client: Client) -> None:
+    sid = client.sessions.create("agent")["id"]
+    history = ChatStorageMessageHistory(sid, client=client)
+    ai = AIMessage("", tool_calls=[
+        {"id": "call-1", "name": "calc", "args": {"expr": "2 + 2"}},
+        {"id": "call-2", "name": "search", "args": {"q": "sums", "k": [1, {"deep": True}]}}])
+    tools = [ToolMessage("4", tool_call_id="call-1", name="calc"),
+             ToolMessage("[]", tool_call_id="call-2")]
+    history.add_messages([HumanMessage("2 + 2?"), ai, *tools])
+    assert client.stores_tool_calls is True
+    # stored as the contract's fields, where any client of the session reads them
+    stored = list(client.messages.list(sid))
+    assert stored[1]["tool_calls"] == [
+        {"id": "call-1", "name": "calc", "arguments": {"expr": "2 + 2"}},
+        {"id": "call-2", "name": "search", "arguments": {"q": "sums", "k": [1, {"deep": True}]}}]
+    assert "tool_calls" not in stored[1]["metadata"].get("langchain", {})
+    assert [(m["role"], m["tool_call_id"]) for m in stored[2:]] == [
+        ("tool", "call-1"), ("tool", "call-2")]
+    assert all("tool_call_id" not in m["metadata"].get("langchain", {}) for m in stored)
+    back = history.messages
+    assert isinstance(back[1], AIMessage)
+    assert [(c["id"], c["name"], c["args"]) for c in back[1].tool_calls] == [
+        (c["id"], c["name"], c["args"]) for c in ai.tool_calls]
+    assert [(type(m), m.tool_call_id, m.name) for m in back[2:]] == [  # type: ignore[attr-defined]
+        (ToolMessage, "call-1", "calc"), (ToolMessage, "call-2", None)]
+    # a message written by another client with the fields alone reads back the same
+    client.messages.create(sid, "assistant", "", tool_calls=[
+        {"id": "call-3", "name": "calc", "arguments": {"expr": "1"}}])
+    client.messages.create(sid, "tool", "1", tool_call_id="call-3")
+    *_, made, answer = history.messages
+    assert isinstance(made, AIMessage) and made.tool_calls[0]["args"] == {"expr": "1"}
+    assert isinstance(answer, ToolMessage) and answer.tool_call_id == "call-3"
 
-    # this server does not serve them yet (issue 16, item 0): kept under metadata
-    client.check_version()
-    assert client.stores_tool_calls is False
-    ai, tool = _conversation()[2:4]
+
+def test_tool_calls_stay_in_metadata_where_the_api_cannot_take_them(client: Client) -> None:
+    # a call without an id (LangChain allows it; a tool message could not name it)
+    no_id = AIMessage("", tool_calls=[{"id": None, "name": "calc", "args": {"x": 1}}])
+    body = to_api(no_id, native_tools=True)
+    assert "tool_calls" not in body and body["metadata"]["langchain"]["tool_calls"]
+    # a server without the fields (older than contract 1.1): everything under metadata
+    ai = _conversation()[2]
     assert "tool_calls" not in to_api(ai) and to_api(ai)["metadata"]["langchain"]["tool_calls"]
-    # a server that does: the contract's fields, read back from them
-    body = to_api(ai, native_tools=True)
-    assert body["tool_calls"] == [{"id": "call-1", "name": "calc",
-                                   "arguments": {"expr": "2 + 2"}}]
-    assert "tool_calls" not in body.get("metadata", {}).get("langchain", {})
-    assert to_api(tool, native_tools=True)["tool_call_id"] == "call-1"
-    stored: Any = {"id": "m1", "role": "assistant", "content": "", "context": None,
-                   "metadata": body.get("metadata", {}), "usage": None,
-                   "tool_calls": body["tool_calls"]}
-    back = from_api(stored)
+    sid = client.sessions.create("agent")["id"]
+    history = ChatStorageMessageHistory(sid, client=client)
+    history.add_messages([no_id])
+    [back] = history.messages
     assert isinstance(back, AIMessage)
-    assert [(c["id"], c["name"], c["args"]) for c in back.tool_calls] == [
-        ("call-1", "calc", {"expr": "2 + 2"})]
-    tool_back = from_api({**stored, "role": "tool", "content": "4", "tool_calls": [],
-                          "tool_call_id": "call-1", "metadata": {}})
-    assert isinstance(tool_back, ToolMessage) and tool_back.tool_call_id == "call-1"
+    assert [(c["id"], c["name"], c["args"]) for c in back.tool_calls] == [(None, "calc", {"x": 1})]

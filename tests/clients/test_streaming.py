@@ -101,3 +101,20 @@ async def test_a_session_that_does_not_exist_is_not_found(server: Server, tenant
                 pass
         with pytest.raises(NotFound):
             await anext(client.watch(missing))  # type: ignore[arg-type]
+
+
+async def test_an_answer_ends_with_tool_calls_and_a_tool_reply_streams(
+        server: Server, tenant: Tenant) -> None:
+    calls = [{"id": "call-1", "name": "calc", "arguments": {"expr": "2 + 2"}}]
+    async with AsyncClient(server.base, api_key=tenant.key) as client:
+        sid = (await client.sessions.create("u1"))["id"]
+        async with client.stream_answer(sid) as answer:
+            await answer.write("let me compute")
+            ended = await answer.end(tool_calls=calls)
+        assert (ended["tool_calls"], ended["content"]) == (calls, "let me compute")
+        async with client.stream_answer(sid, role="tool", tool_call_id="call-1") as reply:
+            await reply.write("4")
+        assert reply.message is not None and reply.message["tool_call_id"] == "call-1"
+        stored = await client.messages.list(sid).to_list()
+        assert [(m["tool_calls"], m["tool_call_id"]) for m in stored] == [
+            (calls, None), (None, "call-1")]

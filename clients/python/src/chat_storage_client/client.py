@@ -86,16 +86,19 @@ class AsyncClient:
                       parent_id: str | None = None,
                       context: Sequence[ContextItem] | None = None,
                       metadata: JsonObject | None = None,
-                      sender_id: str | None = None,
+                      sender_id: str | None = None, tool_call_id: str | None = None,
                       ) -> contextlib.AbstractAsyncContextManager[AnswerStream]:
         """``async with client.stream_answer(sid) as s: await s.write(delta)``.
 
         The answer's place (``seq``) is fixed on entry; it is stored complete on exit
-        (with ``s.usage`` / ``s.metadata``), or aborted if the block raises. A dropped
-        connection is resumed without losing or repeating a character.
+        (with ``s.usage`` / ``s.metadata``), or by ``await s.end(tool_calls=[...])`` in
+        the block, or aborted if the block raises. A dropped connection is resumed
+        without losing or repeating a character. A streamed ``role="tool"`` message
+        names the call it answers with ``tool_call_id``.
         """
         return self._streaming(session_id, role=role, parent_id=parent_id, context=context,
-                               metadata=metadata, sender_id=sender_id)
+                               metadata=metadata, sender_id=sender_id,
+                               tool_call_id=tool_call_id)
 
     @contextlib.asynccontextmanager
     async def _streaming(self, session_id: str, **fields: Any) -> AsyncIterator[AnswerStream]:

@@ -10,9 +10,11 @@ the content, usage (``usage_metadata`` and the model in ``response_metadata`` be
 the message's ``usage``), RAG sources (``additional_kwargs["context"]``, a list of
 ``{source_id, title?, uri?, snippet?, score?, metadata?}``, become its ``context``), and
 everything else of the LangChain message (``name``, ``id``, ``response_metadata``, other
-``additional_kwargs``, list content) under ``metadata["langchain"]``. Tool calls and
-``tool_call_id`` go in the message's own fields when the server's ``/openapi.json`` has
-them (docs/api.md, "Tool calls"), else under ``metadata["langchain"]`` too.
+``additional_kwargs``, list content) under ``metadata["langchain"]``. An AI message's
+tool calls (id, name, args) and a tool message's ``tool_call_id`` go in the message's
+own fields (docs/api.md, "Tool calls"), so other clients of the session read them; under
+``metadata["langchain"]`` instead for a server whose ``/openapi.json`` lacks them, or
+calls without an id (LangChain allows that; the API does not).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ def to_api(message: BaseMessage, *, native_tools: bool = False) -> dict[str, Any
         kept.pop("additional_kwargs", None)
     body: dict[str, Any] = {"role": role, "content": content}
     if native_tools:
-        calls = kept.pop("tool_calls", None)
-        if calls:
-            body["tool_calls"] = [{"id": c.get("id") or "", "name": c["name"],
+        calls = kept.get("tool_calls")
+        # the API needs each call's id (a tool message names it); LangChain allows none,
+        # and such calls stay under metadata, as with a server without tool calls
+        if calls and all(c.get("id") for c in calls):
+            body["tool_calls"] = [{"id": c["id"], "name": c["name"],
                                    "arguments": c.get("args") or {}} for c in calls]
-        call_id = kept.pop("tool_call_id", None)
-        if call_id:
-            body["tool_call_id"] = call_id
+            del kept["tool_calls"]
+        if role == "tool" and kept.get("tool_call_id"):
+            body["tool_call_id"] = kept.pop("tool_call_id")
     if context is not None:
         body["context"] = list(context)
     usage = _usage(message)
@@ -88,11 +92,12 @@ def from_api(message: Message) -> BaseMessage:
             "input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
             "total_tokens": usage.get("total_tokens",
                                       usage["prompt_tokens"] + usage["completion_tokens"])}
-    if kind == "ai" and message.get("tool_calls") and "tool_calls" not in data:
+    calls = message.get("tool_calls")
+    if kind == "ai" and calls and "tool_calls" not in data:
         data["tool_calls"] = [{"id": c["id"], "name": c["name"], "args": c["arguments"],
-                               "type": "tool_call"} for c in message["tool_calls"]]
+                               "type": "tool_call"} for c in calls]
     if kind == "tool":
-        data.setdefault("tool_call_id", message.get("tool_call_id", ""))
+        data.setdefault("tool_call_id", message.get("tool_call_id") or "")
     return messages_from_dict([{"type": kind, "data": data}])[0]
 
 

@@ -1,9 +1,8 @@
 """The API's objects as TypedDicts: plain dicts at run time, typed for mypy and IDEs.
 
 They mirror the schemas of the server's ``/openapi.json`` (tests/clients check that they
-do not drift). Fields the contract defines but a server may not send yet are
-``NotRequired`` and listed in :data:`PASS_THROUGH`: ``tool_calls`` and ``tool_call_id``
-(docs/api.md, "Tool calls") are sent and returned as given once the server stores them.
+do not drift). ``tool_calls`` and ``tool_call_id`` (docs/api.md, "Tool calls") are null
+on a message without them.
 """
 
 from typing import Any, Literal, NotRequired, TypedDict
@@ -11,11 +10,6 @@ from typing import Any, Literal, NotRequired, TypedDict
 Role = Literal["user", "assistant", "system", "tool"]
 Status = Literal["complete", "streaming", "aborted", "interrupted", "deleted"]
 JsonObject = dict[str, Any]
-
-# Message fields of the contract the server may not serve yet (not compared with its
-# document while it lacks them)
-PASS_THROUGH = frozenset({"tool_calls", "tool_call_id"})
-
 
 class SessionUsage(TypedDict):
     """A session's token usage: the sum over its messages."""
@@ -106,8 +100,8 @@ class Message(TypedDict):
     created_at: str
     completed_at: str | None
     attachments: list[LinkedAttachment]
-    tool_calls: NotRequired[list[ToolCall]]
-    tool_call_id: NotRequired[str]
+    tool_calls: list[ToolCall] | None  # an assistant's calls
+    tool_call_id: str | None  # on a tool message: the call it answers
 
 
 class SearchHit(TypedDict):

@@ -110,7 +110,7 @@ class AnswerStream:
             frame["usage"] = usage
         if metadata is not None:
             frame["metadata"] = metadata
-        if tool_calls is not None:  # contract 1.1; refused by a server without tool calls
+        if tool_calls is not None:  # an assistant's answer only (docs/api.md, "Tool calls")
             frame["tool_calls"] = list(tool_calls)
         return await self._finish(frame, "complete")
 
@@ -228,11 +228,13 @@ async def stream_answer(transport: Transport, messages: Messages, session_id: st
                         role: Role = "assistant", parent_id: str | None = None,
                         context: Sequence[ContextItem] | None = None,
                         metadata: JsonObject | None = None, sender_id: str | None = None,
+                        tool_call_id: str | None = None,
                         reply_timeout_s: float = 30.0) -> AsyncIterator[AnswerStream]:
     """Start an answer; end it when the block exits, abort it if the block raises."""
     start: dict[str, Any] = {"role": role}
     for key, value in (("parent_id", parent_id), ("context", context),
-                       ("metadata", metadata), ("sender_id", sender_id)):
+                       ("metadata", metadata), ("sender_id", sender_id),
+                       ("tool_call_id", tool_call_id)):
         if value is not None:
             start[key] = list(value) if key == "context" else value
     stream = AnswerStream(transport, messages, session_id, start,

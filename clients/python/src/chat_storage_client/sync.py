@@ -211,9 +211,10 @@ class Client:
                       parent_id: str | None = None,
                       context: Sequence[ContextItem] | None = None,
                       metadata: JsonObject | None = None,
-                      sender_id: str | None = None) -> _SyncStreaming:
+                      sender_id: str | None = None,
+                      tool_call_id: str | None = None) -> _SyncStreaming:
         fields = {"role": role, "parent_id": parent_id, "context": context,
-                  "metadata": metadata, "sender_id": sender_id}
+                  "metadata": metadata, "sender_id": sender_id, "tool_call_id": tool_call_id}
         return _SyncStreaming(self._async, self._loop, session_id, fields)
 
     def watch(self, session_id: str, *, from_seq: int = 0) -> Iterator[Event]:
