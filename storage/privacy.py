@@ -12,6 +12,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -84,22 +85,40 @@ class Policies:
         return await asyncio.to_thread(lambda: [redact_message(m, redactor) for m in messages])
 
     async def title(self, tenant_id: uuid.UUID, title: str) -> str:
-        """A session title as tenant ``tenant_id`` stores it (titles are often made from
-        the first question, personal data included)."""
+        """A session title (or an attachment's name) as tenant ``tenant_id`` stores it
+        (titles are often made from the first question, personal data included)."""
         redactor = await self.redactor(tenant_id) if title else None
         return title if redactor is None else redactor.redact(title)
+
+    async def metadata(self, tenant_id: uuid.UUID,
+                       metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A message's metadata as tenant ``tenant_id`` stores it (a ``PATCH``'s, a
+        stream's end): every string value in it redacted."""
+        redactor = await self.redactor(tenant_id) if metadata else None
+        return metadata if redactor is None else redact_metadata(metadata, redactor)
 
     def forget(self) -> None:
         """Drop every cached policy (the next write of each tenant reads it again)."""
         self._cache.clear()
 
 
+def redact_metadata(metadata: dict[str, Any] | None,
+                    redactor: Redactor) -> dict[str, Any] | None:
+    """``metadata`` with every string value redacted, nested ones too (bounded depth:
+    ``redaction.MAX_DEPTH``); its keys and non-string values kept."""
+    if not metadata:
+        return metadata
+    redacted: dict[str, Any] = redactor.redact_json(metadata)
+    return redacted
+
+
 def redact_message(message: NewMessage, redactor: Redactor) -> NewMessage:
-    """``message`` with its content and the titles and snippets of its context redacted
-    (its metadata, usage and ids are the caller's own fields, kept as they are)."""
+    """``message`` with its content, the titles and snippets of its context and the
+    string values of its metadata redacted (usage and ids are kept as they are)."""
     context = message.context
     if context:
         context = [{**item, **{f: redactor.redact(item[f]) for f in ("title", "snippet")
                                if isinstance(item.get(f), str)}} for item in context]
     return dataclasses.replace(message, content=redactor.redact(message.content),
-                               context=context)
+                               context=context,
+                               metadata=redact_metadata(message.metadata, redactor) or {})

@@ -29,6 +29,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import phonenumbers
 from stdnum import iban, luhn
@@ -38,6 +39,10 @@ PATTERN_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 BUILTIN = ("EMAIL", "PHONE", "CARD", "IBAN", "IP")
 MAX_PATTERNS = 20
 MAX_PATTERN_CHARS = 500
+# how deep :meth:`Redactor.redact_json` goes into objects and arrays; a container
+# deeper than this is replaced whole by TOO_DEEP, never stored unchecked
+MAX_DEPTH = 32
+TOO_DEEP = "<TOO_DEEP>"
 
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -116,6 +121,20 @@ class Redactor:
             return text
         out.append(text[at:])
         return "".join(out)
+
+    def redact_json(self, value: Any, depth: int = 0) -> Any:
+        """``value`` (decoded JSON) with every string in it redacted, however nested, up
+        to :data:`MAX_DEPTH` levels (a deeper object or array becomes :data:`TOO_DEEP`).
+        Object keys are kept: they are the client's field names."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {k: self.redact_json(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_json(v, depth + 1) for v in value]
+        return value
 
     def find(self, text: str) -> Iterator[Span]:
         """Every finding in ``text``, in no particular order; they may overlap."""

@@ -47,6 +47,7 @@ from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
+from chat_storage.storage.privacy import redact_metadata
 from chat_storage.storage.records import SessionKey, StoredMessage
 from chat_storage.storage.redaction import Redactor
 from chat_storage.supervisor import Supervisor
@@ -250,6 +251,7 @@ class Streams:
         content = st.text()
         if st.redactor is not None:  # off the event loop: a long answer takes a while
             content = await asyncio.to_thread(st.redactor.redact, content)
+            metadata = redact_metadata(dict(metadata), st.redactor) if metadata else metadata
         try:
             message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,
