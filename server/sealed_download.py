@@ -84,7 +84,7 @@ async def serve(request: web.Request, path: Path, header: Header, object_key: st
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{header.size}"
     response.headers["Accept-Ranges"] = "bytes"
     await response.prepare(request)
-    if header.size:
+    if header.size and request.method != "HEAD":  # HEAD: the headers GET would have
         f = await asyncio.to_thread(path.open, "rb")
         try:
             chunks = opener.read(f, start, stop)

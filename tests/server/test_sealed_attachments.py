@@ -125,6 +125,9 @@ async def test_an_encrypted_tenants_attachment_is_sealed_on_disk_and_downloads_e
         assert (status, body) == (200, data)
         assert int(headers["Content-Length"]) == len(data)
         assert headers["Content-Disposition"].startswith('attachment; filename="card.bin"')
+        async with http.head(url) as r:  # HEAD: the plain length, no body
+            assert r.status == 200 and int(r.headers["Content-Length"]) == len(data)
+            assert await r.read() == b""
         status, body, _ = await get(http, await download_url(http, plain, psid, paid))
         assert (status, body) == (200, plain_data)
 
