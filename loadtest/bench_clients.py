@@ -93,8 +93,12 @@ def _per(seconds: float | None, n: int) -> float:
     return float("nan") if seconds is None or not n else seconds * 1000 / n
 
 
+METADATA: dict[str, Any] | None = None  # bench_writes --metadata: each message's metadata
+
+
 def message(n: int = 0) -> dict[str, Any]:
-    return {"role": "user", "content": CONTENT + secrets.token_hex(8) + f"-{n}"}
+    out = {"role": "user", "content": CONTENT + secrets.token_hex(8) + f"-{n}"}
+    return out if METADATA is None else {**out, "metadata": METADATA}
 
 
 def cpu_seconds(pid: int | None) -> float | None:

@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
                    help="the tenant redacts PII (tenants update --redact-pii on): what it costs")
     p.add_argument("--pii-content", action="store_true",
                    help="each message also holds an email address and a phone number")
+    p.add_argument("--metadata", action="store_true",
+                   help="each message has metadata: 9 string values, some nested, no PII "
+                        "(what redacting metadata costs)")
     return p.parse_args()
 
 
@@ -186,10 +189,16 @@ async def main() -> None:
     if args.pii_content:
         clients.CONTENT = "Mail me at ann.lee@example.org or call +1 415-555-0132. " + (
             clients.CONTENT)
+    if args.metadata:
+        clients.METADATA = {
+            "client": "web", "ui": "chat-panel", "model": "gpt-4o-mini", "locale": "en-US",
+            "tags": ["billing", "follow-up"], "trace": {"span": "retrieve", "source": "kb-42"},
+            "latency_ms": 812, "cached": False}
     name, url, key = await create_database(args.redact_pii)
     print(f"PII redaction {'on' if args.redact_pii else 'off'}, content "
           f"{len(clients.message()['content'])} characters "
-          f"{'with' if args.pii_content else 'without'} PII", flush=True)
+          f"{'with' if args.pii_content else 'without'} PII"
+          f"{', with metadata' if args.metadata else ''}", flush=True)
     logdir = Path(tempfile.mkdtemp(prefix="bench_writes_"))
     results: list[Result] = []
     try:

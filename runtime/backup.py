@@ -33,6 +33,7 @@ from chat_storage.runtime.manifest import (
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage import embedded, snapshot
+from chat_storage.storage.crypto.files import parse_header
 from chat_storage.storage.objects import ObjectStore
 
 COPY_AT_ONCE = 8  # attachment files copied concurrently
@@ -184,7 +185,11 @@ async def _copy_one(source: ObjectStore, target: BackupStore,
         return None
     data = b"".join([chunk async for chunk in source.read(item.key)])
     digest = hashlib.sha256(data).hexdigest()
-    if item.ready and (digest != item.sha256 or len(data) != item.size):
+    # an encrypted tenant's file is copied sealed (no key goes into a backup): what it
+    # holds is checked against the row by its header, the plain size and SHA-256
+    sealed = parse_header(data)
+    plain = (len(data), digest) if sealed is None else (sealed.size, sealed.sha256)
+    if item.ready and plain != (item.size, item.sha256):
         raise BackupError(f"attachment file {item.key} differs from its row's size and "
                           "sha256: the object store holds another file than was uploaded")
     await target.put_bytes(f"{OBJECTS_DIR}/{item.key}", data)

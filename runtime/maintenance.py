@@ -26,6 +26,8 @@ from chat_storage.actors.live.relay import channel
 from chat_storage.runtime.settings import Settings
 from chat_storage.storage import attachments, idempotency, retention
 from chat_storage.storage.broker import Broker, BrokerUnavailable
+from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.crypto.switch import EncryptionNotConfigured
 from chat_storage.storage.locks import MAINTENANCE_LOCK, try_advisory_lock
 from chat_storage.storage.objects import ObjectStore, discard_keys
 
@@ -59,15 +61,17 @@ class Report:
 
 async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
                    now: dt.datetime | None = None, *,
-                   broker: Broker | None = None) -> Report | None:
+                   broker: Broker | None = None,
+                   keyring: Keyring | None = None) -> Report | None:
     """Run every job once; ``None`` if another process is running them right now.
 
     ``broker``: the live-event logs of the temporary chats erased are dropped from it.
+    ``keyring``: seals the archives of encrypted tenants (without it they are skipped).
     """
     if not tracing.ON:
-        return await _run_once(pool, store, settings, now, broker)
+        return await _run_once(pool, store, settings, now, broker, keyring)
     with tracing.span("maintenance run") as span:
-        report = await _run_once(pool, store, settings, now, broker)
+        report = await _run_once(pool, store, settings, now, broker, keyring)
         span.set_attribute("chat.maintenance.outcome", "skipped" if report is None else "done")
         for kind, n in dataclasses.asdict(report or Report()).items():
             span.set_attribute(f"chat.maintenance.{kind}", n)
@@ -75,14 +79,15 @@ async def run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
 
 
 async def _run_once(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
-                    now: dt.datetime | None, broker: Broker | None) -> Report | None:
+                    now: dt.datetime | None, broker: Broker | None,
+                    keyring: Keyring | None) -> Report | None:
     now = now or dt.datetime.now(dt.UTC)
     report = Report()
     async with pool.acquire() as conn, try_advisory_lock(conn, MAINTENANCE_LOCK) as taken:
         if not taken:
             return None
         await _expire_sessions(conn, store, broker, report)
-        await _retention(conn, store, now, report)
+        await _retention(conn, store, now, report, keyring)
         await _stale_uploads(conn, store, now, settings.pending_attachment_s, report)
         for _ in range(MAX_BATCHES):
             n = await idempotency.purge_expired(conn, settings.idempotency_ttl_s)
@@ -112,11 +117,17 @@ async def _expire_sessions(conn: asyncpg.Connection, store: ObjectStore,
 
 
 async def _retention(conn: asyncpg.Connection, store: ObjectStore, now: dt.datetime,
-                     report: Report) -> None:
+                     report: Report, keyring: Keyring | None) -> None:
     for tenant_id, days in await retention.tenants_with_retention(conn):
         cutoff = now - dt.timedelta(days=days)
         for _ in range(MAX_BATCHES):
-            out = await retention.archive_batch(conn, store, tenant_id, cutoff)
+            try:
+                out = await retention.archive_batch(conn, store, tenant_id, cutoff,
+                                                    keyring=keyring)
+            except EncryptionNotConfigured:  # archives in plain text: not made, said why
+                log.error("retention skipped: the tenant is encrypted and there is no KEK",
+                          extra={"tenant_id": str(tenant_id)})
+                break
             await discard_keys(store, out.object_keys, f"retention of tenant {tenant_id}")
             report.archived_messages += out.messages
             report.archived_sessions += out.sessions
@@ -137,13 +148,13 @@ async def _stale_uploads(conn: asyncpg.Connection, store: ObjectStore, now: dt.d
 
 
 async def every(pool: asyncpg.Pool, store: ObjectStore, settings: Settings,
-                broker: Broker | None = None) -> None:
+                broker: Broker | None = None, keyring: Keyring | None = None) -> None:
     """Run the jobs every ``CHAT_MAINTENANCE_INTERVAL_S``, forever (a supervised task)."""
     while True:
         # jitter: replicas started together do not all wake at once
         await asyncio.sleep(settings.maintenance_interval_s * random.uniform(0.8, 1.2))  # noqa: S311
         try:
-            report = await run_once(pool, store, settings, broker=broker)
+            report = await run_once(pool, store, settings, broker=broker, keyring=keyring)
         except Exception:
             RUNS.labels("failed").inc()
             log.exception("maintenance run failed; the next one retries")

@@ -146,7 +146,7 @@ class Services:
                 consumer.start()
                 log.info("async ingestion on", extra={"consumer": consumer.name})
             if settings.maintenance_interval_s > 0:
-                tasks.spawn(maintenance.every(pool, objects, settings, broker),
+                tasks.spawn(maintenance.every(pool, objects, settings, broker, keyring),
                             name="maintenance")
             undo.pop_all()  # started: from now on close() stops everything
         return cls(settings, tasks, pool, objects, redis, broker, limiter, registry, hub,

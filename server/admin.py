@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from chat_storage.runtime import database, maintenance
+from chat_storage.runtime.keys import open_keyring
 from chat_storage.runtime.objects import store_from_settings
 from chat_storage.runtime.settings import Settings
 from chat_storage.server import cli_tenants
@@ -72,10 +73,13 @@ async def retention(settings: Settings) -> int:
     pool = await open_pool(settings)
     try:
         store = await store_from_settings(settings)
+        keyring = await open_keyring(settings)
         try:
-            report = await maintenance.run_once(pool, store, settings)
+            report = await maintenance.run_once(pool, store, settings, keyring=keyring)
         finally:
             await store.close()
+            if keyring is not None:
+                await keyring.close()
     finally:
         await close_pool(pool, settings)
     if report is None:

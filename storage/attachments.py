@@ -39,6 +39,11 @@ def object_key(tenant_id: uuid.UUID, session_id: uuid.UUID, attachment_id: uuid.
     return f"{tenant_prefix(tenant_id)}{session_id}/{attachment_id}"
 
 
+def tenant_of(key: str) -> uuid.UUID | None:
+    """The tenant an attachment's object key names (its first part)."""
+    return parse_uuid(key.split("/", 1)[0])
+
+
 async def create(
     conn: asyncpg.Connection, tenant_id: uuid.UUID, session_id: uuid.UUID,
     attachment_id: uuid.UUID, *, name: str, mime: str, size: int, sha256: str,
@@ -116,15 +121,17 @@ def _found(row: asyncpg.Record | None) -> asyncpg.Record:
     return row
 
 
-async def exists(conn: asyncpg.Connection, key: str) -> bool:
-    """Whether an attachment row still has the object ``key`` (found by the id in it)."""
+async def owner_of(conn: asyncpg.Connection,
+                   key: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The (tenant, session) of the attachment row that still has the object ``key``
+    (found by the id in it); ``None`` if no row has it."""
     attachment_id = parse_uuid(key.rsplit("/", 1)[-1])
     if attachment_id is None:
-        return False
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM attachments WHERE id = $1 AND object_key = $2)",
+        return None
+    row = await conn.fetchrow(
+        "SELECT tenant_id, session_id FROM attachments WHERE id = $1 AND object_key = $2",
         attachment_id, key)
-    return found
+    return None if row is None else (row["tenant_id"], row["session_id"])
 
 
 async def delete_stale(conn: asyncpg.Connection, older_than: dt.datetime,

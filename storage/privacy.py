@@ -85,20 +85,37 @@ class Policies:
         return await asyncio.to_thread(lambda: [redact_message(m, redactor) for m in messages])
 
     async def title(self, tenant_id: uuid.UUID, title: str) -> str:
-        """A session title as tenant ``tenant_id`` stores it (titles are often made from
-        the first question, personal data included)."""
+        """A session title (or an attachment's name) as tenant ``tenant_id`` stores it
+        (titles are often made from the first question, personal data included)."""
         redactor = await self.redactor(tenant_id) if title else None
         return title if redactor is None else redactor.redact(title)
+
+    async def metadata(self, tenant_id: uuid.UUID,
+                       metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A message's metadata as tenant ``tenant_id`` stores it (a ``PATCH``'s, a
+        stream's end): every string value in it redacted."""
+        redactor = await self.redactor(tenant_id) if metadata else None
+        return metadata if redactor is None else redact_metadata(metadata, redactor)
 
     def forget(self) -> None:
         """Drop every cached policy (the next write of each tenant reads it again)."""
         self._cache.clear()
 
 
+def redact_metadata(metadata: dict[str, Any] | None,
+                    redactor: Redactor) -> dict[str, Any] | None:
+    """``metadata`` with every string value redacted, nested ones too (bounded depth:
+    ``redaction.MAX_DEPTH``); its keys and non-string values kept."""
+    if not metadata:
+        return metadata
+    redacted: dict[str, Any] = redactor.redact_json(metadata)
+    return redacted
+
+
 def redact_message(message: NewMessage, redactor: Redactor) -> NewMessage:
     """``message`` with its content, the titles and snippets of its context and the
-    text in its tool calls' arguments redacted (its metadata, usage, ids and the names of
-    tools are the caller's own fields, kept as they are)."""
+    string values of its metadata and of its tool calls' arguments redacted (usage, ids
+    and the names of tools are kept as they are)."""
     context = message.context
     if context:
         context = [{**item, **{f: redactor.redact(item[f]) for f in ("title", "snippet")
@@ -107,7 +124,8 @@ def redact_message(message: NewMessage, redactor: Redactor) -> NewMessage:
     if tool_calls:
         tool_calls = redact_tool_calls(tool_calls, redactor)
     return dataclasses.replace(message, content=redactor.redact(message.content),
-                               context=context, tool_calls=tool_calls)
+                               context=context, tool_calls=tool_calls,
+                               metadata=redact_metadata(message.metadata, redactor) or {})
 
 
 def redact_tool_calls(tool_calls: Sequence[Mapping[str, Any]],
@@ -115,16 +133,5 @@ def redact_tool_calls(tool_calls: Sequence[Mapping[str, Any]],
     """``tool_calls`` with every string value in their ``arguments`` redacted, at any
     depth (the model wrote them from the conversation: an e-mail address to look up is
     personal data like the question it came from). Keys, ids and names are kept."""
-    return [{**call, "arguments": _redact_json(call["arguments"], redactor)}
+    return [{**call, "arguments": redactor.redact_json(call["arguments"])}
             for call in tool_calls]
-
-
-def _redact_json(value: Any, redactor: Redactor) -> Any:
-    # nesting is bounded by the input checks (server.limits.MAX_JSON_DEPTH)
-    if isinstance(value, str):
-        return redactor.redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_json(v, redactor) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_json(v, redactor) for v in value]
-    return value

@@ -29,6 +29,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import phonenumbers
 from stdnum import iban, luhn
@@ -38,6 +39,10 @@ PATTERN_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 BUILTIN = ("EMAIL", "PHONE", "CARD", "IBAN", "IP")
 MAX_PATTERNS = 20
 MAX_PATTERN_CHARS = 500
+# how deep :meth:`Redactor.redact_json` goes into objects and arrays; a container
+# deeper than this is replaced whole by TOO_DEEP, never stored unchecked
+MAX_DEPTH = 32
+TOO_DEEP = "<TOO_DEEP>"
 
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -48,6 +53,9 @@ _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
 _IPV6 = re.compile(r"(?<![0-9A-Za-z:.])(?:(?:[0-9A-Fa-f]{0,4}:){2,6}(?:\d{1,3}\.){3}\d{1,3}"
                    r"|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![0-9A-Za-z:]|\.\d)")
 
+# every built-in kind holds a digit, an "@" or (IPv6 written in letters: fe80::a) a ":";
+# a text without any is left alone at the cost of one scan
+_ANY_BUILTIN = re.compile(r"[0-9@:]")
 # a run of 6 or more digits with short separators: without one, no phone or card number
 # can be there, and the costly phone matcher is not run
 _NUMBERISH = re.compile(r"\d(?:[ ().+/-]{0,2}\d){5}")
@@ -101,7 +109,7 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every finding replaced by its placeholder."""
-        if not text:
+        if not text or (not self.patterns and _ANY_BUILTIN.search(text) is None):
             return text
         spans = sorted(self.find(text), key=lambda s: (s[0], s[0] - s[1]))
         out: list[str] = []
@@ -116,6 +124,20 @@ class Redactor:
             return text
         out.append(text[at:])
         return "".join(out)
+
+    def redact_json(self, value: Any, depth: int = 0) -> Any:
+        """``value`` (decoded JSON) with every string in it redacted, however nested, up
+        to :data:`MAX_DEPTH` levels (a deeper object or array becomes :data:`TOO_DEEP`).
+        Object keys are kept: they are the client's field names."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {k: self.redact_json(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_json(v, depth + 1) for v in value]
+        return value
 
     def find(self, text: str) -> Iterator[Span]:
         """Every finding in ``text``, in no particular order; they may overlap."""

@@ -13,6 +13,11 @@ the commit, so a failed commit leaves an archive of rows that still exist and th
 run archives them again: a row can be archived twice, never lost. Streaming messages
 are never archived. Attachments of archived messages are deleted, files too (their
 keys are returned for the caller to delete after the commit); files are not archived.
+
+An encrypted tenant's archive is a sealed file (``storage.crypto.files``) under the
+user's data key, named ``….jsonl.gz.sealed``: its rows were sealed already, and sealing
+the whole file hides the rest (user ids, session metadata, usage) as well, in any
+object store. It opens while the user's data key exists; their erasure shreds it.
 """
 
 from __future__ import annotations
@@ -30,12 +35,17 @@ import orjson
 
 from chat_storage.storage import jsoncodec, messages, sessions
 from chat_storage.storage.audit_log import audit
+from chat_storage.storage.crypto.envelope import Unreadable
+from chat_storage.storage.crypto.files import open_bytes, parse_header, seal_bytes
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.crypto.rows import archived
+from chat_storage.storage.crypto.switch import EncryptionNotConfigured
 from chat_storage.storage.crypto.titles import archived_session
 from chat_storage.storage.ids import new_id
 from chat_storage.storage.objects import ObjectStore
 
 ARCHIVES = "archives"
+SEALED_SUFFIX = ".sealed"  # an encrypted tenant's archive: a sealed file
 ACTOR = "retention"
 
 
@@ -74,11 +84,20 @@ def _line(kind: str, user_id: str, obj: dict[str, Any]) -> bytes:
 
 async def archive_batch(
     conn: asyncpg.Connection, store: ObjectStore, tenant_id: uuid.UUID, cutoff: dt.datetime,
-    *, limit: int = 2000,
+    *, limit: int = 2000, keyring: Keyring | None = None,
 ) -> BatchReport:
     """Archive and delete up to ``limit`` of the tenant's messages created before
-    ``cutoff``, and the sessions last active before it that are left empty."""
+    ``cutoff``, and the sessions last active before it that are left empty.
+
+    An encrypted tenant's archives are sealed with ``keyring``; without one they are
+    refused (:class:`EncryptionNotConfigured`) rather than written in the clear."""
     out = BatchReport()
+    encrypted = bool(await conn.fetchval("SELECT encrypted FROM tenants WHERE id = $1",
+                                         tenant_id))
+    if encrypted and keyring is None:
+        raise EncryptionNotConfigured(
+            "the tenant has encryption on and CHAT_ENCRYPTION_KEK is not set: "
+            "its archives would be stored in plain text")
     async with conn.transaction():
         ids = [r["id"] for r in await conn.fetch(
             """
@@ -138,7 +157,13 @@ async def archive_batch(
         day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
         for user, chunk in lines.items():
             key = f"{user_prefix(tenant_id, user)}{day}/{new_id()}.jsonl.gz"
-            await store.put(key, gzip.compress(b"".join(chunk)), "application/gzip")
+            data, mime = gzip.compress(b"".join(chunk)), "application/gzip"
+            if keyring is not None and encrypted:
+                key += SEALED_SUFFIX
+                data_key = await keyring.for_user(conn, tenant_id, user)
+                data = seal_bytes(data_key, tenant_id, key, data, hashlib.sha256(data).hexdigest())
+                mime = "application/octet-stream"
+            await store.put(key, data, mime)
             out.archives.append(key)
         out.messages, out.sessions = len(rows), len(emptied)
         await audit(conn, tenant_id, ACTOR, "retention.archive", None, {
@@ -168,8 +193,19 @@ async def erase_expired(conn: asyncpg.Connection, *, limit: int = 500) -> BatchR
     return out
 
 
-async def read_archive(store: ObjectStore, key: str) -> list[dict[str, Any]]:
-    """The lines of one archive (for operators and tests)."""
+async def read_archive(store: ObjectStore, key: str, *, conn: asyncpg.Connection | None = None,
+                       keyring: Keyring | None = None) -> list[dict[str, Any]]:
+    """The lines of one archive (for operators and tests); a sealed one needs ``conn``
+    and ``keyring`` (:class:`Unreadable` without them, or once its key is shredded)."""
     data = b"".join([chunk async for chunk in store.read(key)])
+    header = parse_header(data)
+    if header is not None:
+        tenant_id = uuid.UUID(key.split("/")[1])
+        if conn is None or keyring is None:
+            raise Unreadable("a sealed archive, and no key to open it")
+        data_key = (await keyring.by_ids(conn, {header.data_key_id})).get(header.data_key_id)
+        if data_key is None:
+            raise Unreadable("the data key of this archive was destroyed")
+        data = open_bytes(header, data_key, tenant_id, key, data)
     return [orjson.loads(line) for line in gzip.decompress(data).splitlines()]
 

@@ -47,7 +47,7 @@ from chat_storage.storage import streams as stream_rows
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import Conflict, NotFound
 from chat_storage.storage.messages import NewMessage, WriteGroup
-from chat_storage.storage.privacy import redact_tool_calls
+from chat_storage.storage.privacy import redact_metadata, redact_tool_calls
 from chat_storage.storage.records import SessionKey, StoredMessage
 from chat_storage.storage.redaction import Redactor
 from chat_storage.supervisor import Supervisor
@@ -258,6 +258,7 @@ class Streams:
             content = await asyncio.to_thread(st.redactor.redact, content)
             if tool_calls is not None:
                 tool_calls = redact_tool_calls(tool_calls, st.redactor)
+            metadata = redact_metadata(dict(metadata), st.redactor) if metadata else metadata
         try:
             message = await self._db(lambda c: stream_rows.finish(
                 c, st.key[0], st.key[1], st.message_id, content=content, status=status,

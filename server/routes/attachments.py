@@ -38,7 +38,7 @@ from chat_storage.server.schemas import (
     AttachmentPage,
     Error,
 )
-from chat_storage.server.state import OBJECTS_KEY, SETTINGS_KEY
+from chat_storage.server.state import OBJECTS_KEY, SERVICES_KEY, SETTINGS_KEY
 from chat_storage.storage import attachments
 from chat_storage.storage.idempotency import record_response
 from chat_storage.storage.ids import new_id
@@ -76,6 +76,8 @@ async def create_attachment(request: web.Request) -> web.Response:
         return claim
     tenant_id = principal_of(request).tenant_id
     attachment_id = new_id()
+    # the name is often the person's own (passport-of-jane.doe@….pdf): redacted if asked
+    name = await request.app[SERVICES_KEY].privacy.title(tenant_id, body.name)
     try:
         # the key is known before the row exists, so the answer (with its URL) can be
         # recorded for the Idempotency-Key in the row's own transaction
@@ -86,7 +88,7 @@ async def create_attachment(request: web.Request) -> web.Response:
         async def store(conn: asyncpg.Connection) -> dict[str, Any]:
             async with conn.transaction():
                 row = await attachments.create(
-                    conn, tenant_id, session_id, attachment_id, name=body.name,
+                    conn, tenant_id, session_id, attachment_id, name=name,
                     mime=body.mime, size=body.size, sha256=body.sha256)
                 answer = {"attachment": attachments.to_json(row), "upload": {
                     "url": _absolute(request, upload.url), "method": upload.method,

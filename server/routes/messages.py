@@ -151,13 +151,14 @@ async def update_message(request: web.Request) -> web.Response:
     body = validate(MessageUpdate, await read_json(request))
     check_json("metadata", body.metadata, request.app[SETTINGS_KEY].max_metadata_bytes)
     changes: dict[str, Any] = {}
-    if body.metadata is not None:
-        changes["metadata"] = body.metadata
+    tenant_id = principal_of(request).tenant_id
+    if body.metadata is not None:  # PII redacted, if its tenant asks
+        changes["metadata"] = await request.app[SERVICES_KEY].privacy.metadata(
+            tenant_id, body.metadata)
     # absent leaves feedback alone; an explicit null removes it
     if "feedback" in body.model_fields_set:
         changes["feedback"] = (None if body.feedback is None
                                else body.feedback.model_dump(exclude_none=True))
-    tenant_id = principal_of(request).tenant_id
     return json_response(await run(request, lambda conn: messages.update(
         conn, tenant_id, session_id, message_id, keyring=keyring_of(request), **changes)))
 

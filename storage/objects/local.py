@@ -6,6 +6,11 @@ one key: for an upload it also fixes the size, type and SHA-256, and
 :meth:`LocalStore.write` stores only a body that matches all three, so a file that
 exists is always the one announced. The signing key comes from the settings or is
 created once in the directory (workers of one machine share it).
+
+A file of an encrypted tenant is written sealed (``storage.crypto.files``): the caller
+passes a :class:`Sealer` made with the owning user's data key. :meth:`LocalStore.stat`
+answers the plain size and SHA-256 its header records; :meth:`LocalStore.read` and
+:meth:`LocalStore.put` move stored bytes as they are (a backup copies ciphertext).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from chat_storage.storage.crypto.files import Sealer, read_header
 from chat_storage.storage.keyfile import read_or_create
 from chat_storage.storage.objects.base import CHUNK_BYTES, ObjectInfo, Upload, expires_at
 
@@ -131,20 +137,26 @@ class LocalStore:
         return path, path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
 
     async def write(self, key: str, body: AsyncIterable[bytes], *, size: int,
-                    sha256: str) -> None:
-        """Store ``body`` under ``key`` only if it is ``size`` bytes hashing to ``sha256``."""
+                    sha256: str, sealer: Sealer | None = None) -> None:
+        """Store ``body`` under ``key`` only if it is ``size`` bytes hashing to ``sha256``;
+        sealed by ``sealer`` if given (made for this key, size and SHA-256)."""
         path, tmp = self._paths(key)
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         h, got = hashlib.sha256(), 0
         try:
             f = await asyncio.to_thread(open, tmp, "wb")
             try:
+                if sealer is not None:
+                    await asyncio.to_thread(f.write, sealer.header)
                 async for chunk in body:
                     got += len(chunk)
                     if got > size:
                         raise UploadRefused(f"the body is longer than the announced {size} bytes")
                     h.update(chunk)
-                    await asyncio.to_thread(f.write, chunk)
+                    out = chunk if sealer is None else sealer.update(chunk)
+                    await asyncio.to_thread(f.write, out)
+                if sealer is not None and got == size:
+                    await asyncio.to_thread(f.write, sealer.finish())
             finally:
                 await asyncio.to_thread(f.close)
             if got != size:
@@ -156,10 +168,15 @@ class LocalStore:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
 
     async def stat(self, key: str) -> ObjectInfo | None:
+        """The size (a sealed file: the plain size and SHA-256 its header records)."""
+        path = self.path(key)
         try:
-            st = await asyncio.to_thread(self.path(key).stat)
+            st = await asyncio.to_thread(path.stat)
+            header = await asyncio.to_thread(read_header, path)
         except FileNotFoundError:
             return None
+        if header is not None:
+            return ObjectInfo(size=header.size, sha256=header.sha256)
         return ObjectInfo(size=st.st_size)
 
     async def read(self, key: str) -> AsyncIterator[bytes]:

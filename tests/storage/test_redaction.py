@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from chat_storage.storage.redaction import PatternError, Redactor, check_patterns
+from chat_storage.storage.redaction import (
+    MAX_DEPTH,
+    TOO_DEEP,
+    PatternError,
+    Redactor,
+    check_patterns,
+)
 
 R = Redactor.build("US", {})
 
@@ -74,3 +80,20 @@ def test_national_numbers_follow_the_phone_region() -> None:
 def test_bad_patterns_are_refused(patterns: dict[str, str], words: str) -> None:
     with pytest.raises(PatternError, match=words):
         check_patterns(patterns)
+
+
+def test_json_values_are_redacted_however_nested_up_to_the_bound() -> None:
+    redactor = Redactor()
+    value = {"mail": "jane.roe@example.org", "n": 4111, "ok": None,
+             "list": ["203.0.113.7", 2.5, {"iban": "DE89 3704 0044 0532 0130 00"}],
+             "jane.roe@example.org": "key kept"}
+    assert redactor.redact_json(value) == {
+        "mail": "<EMAIL>", "n": 4111, "ok": None,
+        "list": ["<IP>", 2.5, {"iban": "<IBAN>"}], "jane.roe@example.org": "key kept"}
+    deep: object = "jane.roe@example.org"
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep]
+    out = redactor.redact_json(deep)
+    for _ in range(MAX_DEPTH):
+        out = out[0]
+    assert out == TOO_DEEP
