@@ -39,11 +39,12 @@ from chat_storage.storage import streams as stream_rows
 log = logging.getLogger(__name__)
 routes = RouteTable("streaming")
 _RESPONSES: dict[int, Any] = {200: "text/event-stream", 400: Error, 404: Error, 429: Error}
+_HEADERS = ("x-vercel-ai-ui-message-stream",)  # the protocol's marker (uistream.HEADERS)
 
 
 # S106: names a token scope, not a password
 @routes.get("/api/v1/sessions/{session_id}/messages/{message_id}/ui-stream",
-            token_scope="stream", responses=_RESPONSES)  # noqa: S106
+            token_scope="stream", responses=_RESPONSES, headers=_HEADERS)  # noqa: S106
 async def message_ui_stream(request: web.Request) -> web.StreamResponse:
     """One answer as a Vercel AI SDK UI message stream: finished at once, live to its end."""
     session_id = path_uuid(request, "session_id", "session")
@@ -56,7 +57,7 @@ async def message_ui_stream(request: web.Request) -> web.StreamResponse:
 
 # S106: names a token scope, not a password
 @routes.get("/api/v1/sessions/{session_id}/ui-stream", token_scope="stream",  # noqa: S106
-            responses={**_RESPONSES, 204: None})
+            responses={**_RESPONSES, 204: None}, headers=_HEADERS)
 async def session_ui_stream(request: web.Request) -> web.StreamResponse:
     """The session's answer in progress as a UI message stream; 204 when there is none."""
     session_id = path_uuid(request, "session_id", "session")
