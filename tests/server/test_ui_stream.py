@@ -7,11 +7,15 @@ same routes with the ``ai`` npm package's own parser.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
 import aiohttp
 
+from chat_storage.runtime.settings import Settings
+from chat_storage.server.app import create_app
+from chat_storage.server.transport.uistream import INTERRUPTED
 from tests.conftest import Tenant
 from tests.server.test_edges import assert_error
 from tests.support.bearer import bearer, session_of
@@ -146,6 +150,43 @@ async def test_an_aborted_answer_ends_with_the_abort_part(client: Any, tenant: T
         assert parts[-3:] == [{"type": "text-end", "id": f"{mid}-text"},
                               {"type": "abort", "reason": "user pressed stop"}, "[DONE]"]
         assert not any(isinstance(p, dict) and p["type"] == "finish" for p in parts)
+    await producer.close()
+
+
+async def test_an_interrupted_answer_ends_with_an_error_part(aiohttp_client: Any,
+                                                             settings: Settings,
+                                                             tenant: Tenant) -> None:
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, stream_grace_s=0.3)))
+    sid = await new_session(client, tenant)
+    producer = await connect(client, tenant, sid)
+    started = await start(producer, role="assistant")
+    await producer.send_json({"type": "stream.delta", "stream_id": started["stream_id"],
+                              "delta": "cut short"})
+    await _sync(producer)
+    path = f"{SESSIONS}/{sid}/messages/{started['message_id']}/ui-stream"
+    resp = await client.get(path, headers=tenant.headers)
+    head = await _parts(resp, until="text-delta")
+    await producer.close()  # gone past the grace period: stored interrupted
+    live = head + await _parts(resp)
+    stored = await _parts(await client.get(path, headers=tenant.headers))
+    for parts in (live, stored):
+        assert _text(parts) == "cut short", parts
+        assert parts[-2:] == [{"type": "error", "errorText": INTERRUPTED}, "[DONE]"]
+
+
+async def test_a_quiet_answer_is_kept_alive_with_comments(aiohttp_client: Any,
+                                                          settings: Settings,
+                                                          tenant: Tenant) -> None:
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, ws_heartbeat_s=0.2)))
+    sid = await new_session(client, tenant)
+    producer = await connect(client, tenant, sid)
+    started = await start(producer, role="assistant")
+    resp = await client.get(f"{SESSIONS}/{sid}/ui-stream", headers=tenant.headers)
+    await _parts(resp, until="text-start")
+    async with asyncio.timeout(DEADLINE_S):  # the producer is silent: only comments come
+        assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
+    await producer.send_json({"type": "stream.end", "stream_id": started["stream_id"]})
+    assert (await _parts(resp))[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
     await producer.close()
 
 
