@@ -39,6 +39,7 @@ from chat_storage.storage import streams as stream_rows
 log = logging.getLogger(__name__)
 routes = RouteTable("streaming")
 _RESPONSES: dict[int, Any] = {200: "text/event-stream", 400: Error, 404: Error, 429: Error}
+KIND = "ui-stream"  # its label in the streaming connections' metrics
 _HEADERS = ("x-vercel-ai-ui-message-stream",)  # the protocol's marker (uistream.HEADERS)
 
 
@@ -90,7 +91,7 @@ async def _follow(request: web.Request, session_id: uuid.UUID,
 
     def cut() -> None:
         # the writer may be stuck on a full socket; the client reconnects
-        stream_metrics.CUT.labels("ui-stream").inc()
+        stream_metrics.CUT.labels(KIND).inc()
         if transport is not None:
             transport.abort()
 
@@ -106,7 +107,7 @@ async def _follow(request: web.Request, session_id: uuid.UUID,
         outbox.close()
 
     connections = app[CONNECTIONS_KEY]
-    token = connections.open(principal, "sse", close, revoke)
+    token = connections.open(principal, KIND, close, revoke)
     response = web.StreamResponse(headers=uistream.HEADERS)
     hub = app[HUB_KEY]
     tasks = app[SERVICES_KEY].tasks
@@ -142,7 +143,7 @@ async def _follow(request: web.Request, session_id: uuid.UUID,
             hub.unsubscribe(key, sub)
         if sender is not None and not sender.done():
             await tasks.stop(sender)
-        connections.close(principal.tenant_id, "sse", token)
+        connections.close(principal.tenant_id, KIND, token)
     return response
 
 

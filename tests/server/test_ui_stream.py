@@ -177,15 +177,21 @@ async def test_an_interrupted_answer_ends_with_an_error_part(aiohttp_client: Any
 async def test_a_quiet_answer_is_kept_alive_with_comments(aiohttp_client: Any,
                                                           settings: Settings,
                                                           tenant: Tenant) -> None:
-    client = await aiohttp_client(create_app(dataclasses.replace(settings, ws_heartbeat_s=0.2)))
+    client = await aiohttp_client(create_app(dataclasses.replace(
+        settings, ws_heartbeat_s=0.2, stream_grace_s=60.0)))
     sid = await new_session(client, tenant)
+    # the producer leaves (its answer is held for it) so that the WebSocket's own
+    # heartbeat, as short as the stream's here, cannot cut it under load meanwhile
     producer = await connect(client, tenant, sid)
-    started = await start(producer, role="assistant")
+    stream_id = (await start(producer, role="assistant"))["stream_id"]
+    await producer.close()
     resp = await client.get(f"{SESSIONS}/{sid}/ui-stream", headers=tenant.headers)
     await _parts(resp, until="text-start")
-    async with asyncio.timeout(DEADLINE_S):  # the producer is silent: only comments come
+    async with asyncio.timeout(DEADLINE_S):  # nothing streams: only comments come
         assert await resp.content.readuntil(b"\n\n") == b": keep-alive\n\n"
-    await producer.send_json({"type": "stream.end", "stream_id": started["stream_id"]})
+    producer = await connect(client, tenant, sid)
+    await producer.send_json({"type": "stream.resume", "ref": "r", "stream_id": stream_id})
+    await producer.send_json({"type": "stream.end", "stream_id": stream_id})
     assert (await _parts(resp))[-2:] == [{"type": "finish", "finishReason": "stop"}, "[DONE]"]
     await producer.close()
 
