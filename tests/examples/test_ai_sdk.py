@@ -25,7 +25,7 @@ from tests.support.procs import ROOT, Server
 
 EXAMPLE = ROOT / "examples" / "ai-sdk"
 NODE_DEADLINE_S = 120.0
-TESTS = 5  # in examples/ai-sdk/test
+TESTS = 6  # in examples/ai-sdk/test
 
 
 @pytest.fixture

@@ -99,6 +99,7 @@ async function producer(sessionId) {
     // a round trip: every frame sent before it has been handled by the server
     sync: async (ref) => reply(ref, send({ type: 'ping', ref })),
     end: (streamId) => send({ type: 'stream.end', ref: 'e', stream_id: streamId }),
+    abort: (streamId, reason) => send({ type: 'stream.abort', ref: 'a', stream_id: streamId, reason }),
     close: () => ws.close(),
   };
 }
@@ -170,6 +171,35 @@ test('useChat reconnecting mid-answer reads all of it once, to its end', async (
     assert.equal(stored.status, 'complete');
     assert.equal(stored.content, sent);
     assert.equal(textOf(last), stored.content); // nothing missed, nothing twice
+  } finally {
+    p.close();
+  }
+});
+
+test('an answer stopped by its user reads as far as it went, without an error', async () => {
+  const sid = await newSession();
+  const p = await producer(sid);
+  try {
+    const { stream_id: streamId, message_id: messageId } = await p.start();
+    p.delta(streamId, 'Half an');
+    const r = await fetch(`${BASE}/api/v1/sessions/${sid}/messages/${messageId}/ui-stream`, {
+      headers: { 'X-Api-Key': KEY },
+    });
+    const errors = [];
+    let last;
+    let stopped = false;
+    for await (const message of readUIMessageStream({ stream: chunks(r), onError: (e) => errors.push(e) })) {
+      last = message;
+      if (!stopped && textOf(message) === 'Half an') {
+        stopped = true;
+        p.abort(streamId, 'user pressed stop');
+      }
+    }
+    assert.ok(stopped, 'the reader saw the text streamed before the stop');
+    assert.equal(textOf(last), 'Half an');
+    assert.deepEqual(errors, []);
+    const stored = await api('GET', `/sessions/${sid}/messages/${messageId}`);
+    assert.equal(stored.status, 'aborted');
   } finally {
     p.close();
   }
