@@ -246,3 +246,24 @@ async def test_credentials_as_for_the_event_stream(client: Any, tenant: Tenant) 
     assert r.status == 404  # another user's session
     r = await client.get(path, headers=bearer(await token(["read", "write"])))
     assert r.status == 403 and (await r.json())["code"] == "forbidden"  # no stream scope
+
+
+async def test_a_page_of_an_allowed_origin_may_read_it(aiohttp_client: Any, settings: Settings,
+                                                      tenant: Tenant) -> None:
+    page = "https://app.example"
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, cors_origins=(page,))))
+    sid = await new_session(client, tenant)
+    producer = await connect(client, tenant, sid)
+    started = await start(producer, role="assistant")
+    headers = {**tenant.headers, "Origin": page}
+    for path in (f"{SESSIONS}/{sid}/ui-stream",
+                 f"{SESSIONS}/{sid}/messages/{started['message_id']}/ui-stream"):
+        resp = await client.get(path, headers=headers)
+        _check_headers(resp)  # a live answer: the headers go out before the body
+        assert resp.headers["Access-Control-Allow-Origin"] == page
+        resp.close()
+    r = await client.get(f"{SESSIONS}/{sid}/ui-stream", headers={**headers,
+                                                                  "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    r.close()
+    await producer.close()
