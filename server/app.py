@@ -38,6 +38,7 @@ from chat_storage.server.routes import (
     search,
     sessions,
     tokens,
+    ui_stream,
     ws,
 )
 from chat_storage.server.routes import web as web_page
@@ -46,7 +47,8 @@ from chat_storage.server.tokens import OIDC_KEY, TOKENS_KEY, Tokens
 from chat_storage.server.transport import heartbeat
 
 ROUTE_TABLES = (ops.routes, docs.routes, sessions.routes, messages.routes, attachments.routes,
-                search.routes, exports.routes, ws.routes, events.routes, tokens.routes)
+                search.routes, exports.routes, ws.routes, events.routes, tokens.routes,
+                ui_stream.routes)
 
 
 class Shutdown:

@@ -60,6 +60,10 @@ _HEADERS: dict[str, dict[str, Any]] = {
                        "with the same Idempotency-Key.",
         "schema": {"type": "string", "enum": ["true"]},
     },
+    "x-vercel-ai-ui-message-stream": {
+        "description": "`v1`: the body is a UI message stream of the Vercel AI SDK (its "
+                       "parts as `data:` lines, ending with `data: [DONE]`).",
+        "schema": {"type": "string", "enum": ["v1"]}},
     "WWW-Authenticate": {
         "description": "`ApiKey, Bearer`: send a key in X-Api-Key or a user token in "
                        "Authorization; `Bearer error=\"invalid_token\"` for a token that "
@@ -304,6 +308,8 @@ def _response_headers(ep: Endpoint, status: int, is_error: bool) -> dict[str, An
         names.append("WWW-Authenticate")
     if ep.idempotent and 200 <= status < 300:
         names.append("Idempotent-Replayed")
+    if status == 200:
+        names += ep.headers
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 

@@ -61,6 +61,9 @@ class Endpoint:
     # the router's path when it must differ from ``path`` (a regex that keeps a
     # parameter from matching a sibling resource's name)
     router_path: str | None = None
+    # headers its 200 answer carries beyond every response's (names of the OpenAPI
+    # document's components/headers)
+    headers: tuple[str, ...] = ()
 
     @property
     def required_scope(self) -> Scope | None:

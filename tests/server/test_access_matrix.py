@@ -114,6 +114,9 @@ ROWS: dict[tuple[str, str], Row] = {
     ("POST", SESSION + "/ws-tickets"): Row(201, scope="read", token_scope="stream"),
     ("GET", SESSION + "/ws"): Row(101, scope="write", token_scope="stream", websocket=True),
     ("GET", SESSION + "/events"): Row(200, token_scope="stream"),
+    ("GET", SESSION + "/messages/{message_id}/ui-stream"): Row(200, token_scope="stream"),
+    # the fixture's message is stored complete: no answer in progress
+    ("GET", SESSION + "/ui-stream"): Row(204, token_scope="stream"),
     ("POST", "/api/v1/tokens"): Row(201, body=lambda f: {"user_id": A}, tenant_wide=True),
 }
 

@@ -111,3 +111,19 @@ async def test_tool_calls_are_documented_as_served(client: Any, tenant: Tenant) 
     ref = end["payload"]["$ref"].rsplit("/", 1)[-1]
     assert "tool_calls" in components["schemas"][ref]["properties"]
     assert end["examples"][0]["payload"]["tool_calls"][0]["name"] == "search_docs"
+
+
+async def test_ui_streams_are_documented_with_their_marker_header(client: Any,
+                                                                  tenant: Tenant) -> None:
+    sid = await new_session(client, tenant)
+    paths = (await document(client))["paths"]
+    message_route = paths[f"{SESSIONS}/{{session_id}}/messages/{{message_id}}/ui-stream"]["get"]
+    session_route = paths[f"{SESSIONS}/{{session_id}}/ui-stream"]["get"]
+    for op in (message_route, session_route):
+        ok = op["responses"]["200"]
+        assert "text/event-stream" in ok["content"]
+        assert "x-vercel-ai-ui-message-stream" in ok["headers"]
+        assert op["x-token-scope"] == "stream"
+    assert "204" in session_route["responses"] and "204" not in message_route["responses"]
+    r = await client.get(f"{SESSIONS}/{sid}/ui-stream", headers=tenant.headers)
+    assert r.status == 204  # documented: no answer in progress
