@@ -30,12 +30,16 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from chat_storage.storage.crypto import ingest as sealed_ingest
+from chat_storage.storage.crypto.envelope import Unreadable
+from chat_storage.storage.crypto.keyring import DataKey
 from chat_storage.storage.errors import StorageError
 from chat_storage.storage.messages import NewMessage
 from chat_storage.storage.redis_keys import RedisKeys
 
 DATA_FIELD = b"d"
 FORMAT_VERSION = 1
+SEALED_START = b'{"v":2,'  # how orjson writes a sealed payload (storage.crypto.ingest)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 Fields = dict[bytes, bytes]
 
@@ -74,13 +78,15 @@ class Entry:
 class Delivery:
     """An entry as read from the stream: its stream id, raw fields and decoded entry.
 
-    ``entry`` is ``None`` when the fields cannot be decoded (``error`` says why).
+    ``entry`` is ``None`` when the fields cannot be decoded (``error`` says why), or
+    are sealed (``key_id``) and not opened yet (:func:`opened`).
     """
 
     id: str
     fields: Fields
     entry: Entry | None
     error: str | None = None
+    key_id: uuid.UUID | None = None  # sealed: the consumer opens it with this data key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,9 +99,17 @@ class Stats:
     dead: int  # entries in the dead-letter stream
 
 
-def encode(entry: Entry) -> bytes:
-    """The stream payload of ``entry``."""
-    return orjson.dumps({
+def encode(entry: Entry, key: DataKey | None = None) -> bytes:
+    """The stream payload of ``entry``; with ``key`` (an encrypted tenant's session),
+    its messages sealed (``storage.crypto.ingest``)."""
+    payload = _plain(entry)
+    if key is not None:
+        payload = sealed_ingest.seal_messages(key, entry.tenant_id, entry.session_id, payload)
+    return orjson.dumps(payload)
+
+
+def _plain(entry: Entry) -> dict[str, Any]:
+    return {
         "v": FORMAT_VERSION, "t": str(entry.tenant_id), "s": str(entry.session_id),
         "w": entry.wrap, **({"c": dict(entry.trace)} if entry.trace else {}),
         "m": [{"id": str(m.id), "role": m.role, "content": m.content,
@@ -104,13 +118,16 @@ def encode(entry: Entry) -> bytes:
                "context": m.context, "metadata": m.metadata, "usage": m.usage,
                "a": [str(a) for a in m.attachment_ids]}
               for m in entry.messages],
-    })
+    }
 
 
-def decode(payload: bytes) -> Entry:
-    """The entry in ``payload``; :class:`ValueError` if it is not one of ours."""
+def decode(payload: bytes, key: DataKey | None = None) -> Entry:
+    """The entry in ``payload`` (sealed: opened with ``key``); :class:`ValueError` if it
+    is not one of ours, ``Unreadable`` if it does not open."""
     try:
         data = orjson.loads(payload)
+        if key is not None and isinstance(data, dict):
+            data = sealed_ingest.open_messages(key, data)
         if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
             raise ValueError("unknown entry format")
         raw = data["m"]
@@ -141,9 +158,26 @@ def _text(value: bytes | str) -> str:
 
 def _delivery(entry_id: bytes | str, fields: Fields) -> Delivery:
     try:
-        return Delivery(_text(entry_id), fields, decode(fields[DATA_FIELD]))
-    except (KeyError, ValueError) as exc:
+        payload = fields[DATA_FIELD]
+        if payload.startswith(SEALED_START):  # opened by the consumer, which has the keys
+            key_id = sealed_ingest.key_of(orjson.loads(payload))
+            if key_id is not None:
+                return Delivery(_text(entry_id), fields, None, key_id=key_id)
+        return Delivery(_text(entry_id), fields, decode(payload))
+    except (KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
         return Delivery(_text(entry_id), fields, None, str(exc) or "no payload")
+
+
+def opened(delivery: Delivery, key: DataKey | None) -> Delivery:
+    """A sealed ``delivery`` opened with ``key``; an error (dead-lettered) if its key is
+    gone (``None``: the user was erased) or it does not open."""
+    if key is None:
+        return dataclasses.replace(delivery, key_id=None, error="unreadable: its key is gone")
+    try:
+        entry = decode(delivery.fields[DATA_FIELD], key)
+    except (ValueError, Unreadable) as exc:
+        return dataclasses.replace(delivery, key_id=None, error=f"unreadable: {exc}")
+    return dataclasses.replace(delivery, entry=entry, key_id=None)
 
 
 class IngestStream:
@@ -158,15 +192,16 @@ class IngestStream:
         self._client = client
         self._append = client.register_script(_APPEND)
 
-    async def append(self, entry: Entry) -> str:
-        """Append ``entry`` and return its stream id.
+    async def append(self, entry: Entry, key: DataKey | None = None) -> str:
+        """Append ``entry`` (its messages sealed under ``key``, if given); its stream id.
 
         Raises :class:`IngestFull` or :class:`IngestUnavailable` (not appended).
         """
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                entry_id = await self._append(keys=[self.keys.ingest_stream],
-                                              args=[self.max_backlog, DATA_FIELD, encode(entry)])
+                entry_id = await self._append(
+                    keys=[self.keys.ingest_stream],
+                    args=[self.max_backlog, DATA_FIELD, encode(entry, key)])
         except REDIS_ERRORS as exc:
             # a timeout leaves it unknown whether the entry went in; the client is told
             # 503 and may retry: at worst the message is stored twice under two ids

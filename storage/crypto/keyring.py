@@ -67,6 +67,16 @@ class Keyring:
         hit = cache.get(key)
         return None if hit is None or hit[0] < time.monotonic() else hit
 
+    def cached(self, key_id: uuid.UUID) -> DataKey | None:
+        """The opened key ``key_id`` if this process holds it now (no I/O)."""
+        hit = self._fresh(self._keys, key_id)
+        return None if hit is None else hit[1]
+
+    def cached_session(self, session_id: uuid.UUID) -> tuple[bool, DataKey | None]:
+        """``(known, key)``: what :meth:`for_session` would answer without I/O, if it can."""
+        hit = self._fresh(self._sessions, session_id)
+        return (False, None) if hit is None else (True, hit[1])
+
     async def for_session(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
                           session_id: uuid.UUID) -> DataKey | None:
         """The key that seals new content of a session; ``None``: its tenant is not
