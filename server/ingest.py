@@ -42,7 +42,6 @@ from chat_storage.server.handlers import message_location
 from chat_storage.server.jsonio import json_response
 from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import db
-from chat_storage.storage.crypto.ingest import sealing_key
 from chat_storage.storage.crypto.keyring import DataKey
 from chat_storage.storage.idempotency import Claim, record_response
 from chat_storage.storage.ingest import Entry, IngestFull, IngestUnavailable
@@ -122,8 +121,8 @@ async def _sealing_key(request: web.Request, entry: Entry, claim: Claim | None,
         return key
     settings = request.app[SETTINGS_KEY]
     try:
-        return await db.call(request.app[POOL_KEY], lambda conn: sealing_key(
-            conn, keyring, entry.tenant_id, entry.session_id),
+        return await db.call(request.app[POOL_KEY], lambda conn: keyring.for_copies(
+            conn, entry.tenant_id, entry.session_id),
             acquire_timeout_s=settings.db_acquire_timeout_s)
     except BaseException:
         await idempotency.release(request, claim)

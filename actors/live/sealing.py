@@ -35,6 +35,7 @@ from chat_storage.storage import db
 from chat_storage.storage.crypto import events as sealed_events
 from chat_storage.storage.crypto.envelope import Unreadable
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
+from chat_storage.storage.errors import NotFound
 from chat_storage.storage.records import SessionKey
 from chat_storage.supervisor import Supervisor
 
@@ -91,14 +92,10 @@ class Sealing:
         async def read(conn: asyncpg.Connection) -> dict[SessionKey, object]:
             found: dict[SessionKey, object] = {}
             for key in missing:
-                data_key = await self.keyring.for_session(conn, key[0], key[1])
-                if data_key is None and not self.keyring.cached_session(key[1])[0]:
-                    # no such session (deleted meanwhile): plain only if its tenant is
-                    encrypted = await conn.fetchval(
-                        "SELECT encrypted FROM tenants WHERE id = $1", key[0])
-                    found[key] = _DROP if encrypted else None
-                else:
-                    found[key] = data_key
+                try:
+                    found[key] = await self.keyring.for_copies(conn, key[0], key[1])
+                except NotFound:  # an encrypted tenant's session, deleted meanwhile
+                    found[key] = _DROP
             return found
 
         try:

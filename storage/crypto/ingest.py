@@ -15,11 +15,8 @@ import base64
 import uuid
 from typing import Any
 
-import asyncpg
-
 from chat_storage.storage.crypto.envelope import open_sealed, place, seal
-from chat_storage.storage.crypto.keyring import DataKey, Keyring
-from chat_storage.storage.errors import NotFound
+from chat_storage.storage.crypto.keyring import DataKey
 
 SEALED_VERSION = 2
 _AD_PART = b"ingest\x00"
@@ -50,17 +47,3 @@ def open_messages(key: DataKey, payload: dict[str, Any]) -> dict[str, Any]:
     opened = open_sealed(key.aead, base64.b64decode(str(payload["x"])), ad)
     out = {k: v for k, v in payload.items() if k not in ("k", "x")}
     return {**out, "v": 1, "m": opened["m"]}
-
-
-async def sealing_key(conn: asyncpg.Connection, keyring: Keyring, tenant_id: uuid.UUID,
-                      session_id: uuid.UUID) -> DataKey | None:
-    """The key that seals an entry for the session; ``None``: its tenant is not encrypted.
-
-    :class:`NotFound` if the tenant is encrypted and the session does not exist: there
-    is no user's key to seal it with.
-    """
-    key = await keyring.for_session(conn, tenant_id, session_id)
-    if key is None and not keyring.cached_session(session_id)[0] and await conn.fetchval(
-            "SELECT encrypted FROM tenants WHERE id = $1", tenant_id):
-        raise NotFound("session not found")
-    return key

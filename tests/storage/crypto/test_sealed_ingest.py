@@ -12,7 +12,6 @@ import pytest
 from redis.asyncio import Redis
 
 from chat_storage.storage import sessions
-from chat_storage.storage.crypto.ingest import sealing_key
 from chat_storage.storage.crypto.kek import open_kek
 from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import NotFound
@@ -37,11 +36,11 @@ async def test_an_encrypted_tenants_entry_waits_sealed_and_opens_for_the_consume
         sid = uuid.UUID(str((await sessions.create(conn, tenant.id, user_id="u"))["id"]))
         psid = uuid.UUID(str((await sessions.create(conn, other_tenant.id,
                                                      user_id="u"))["id"]))
-        key = await sealing_key(conn, keyring, tenant.id, sid)
+        key = await keyring.for_copies(conn, tenant.id, sid)
         assert key is not None
-        assert await sealing_key(conn, keyring, other_tenant.id, psid) is None
+        assert await keyring.for_copies(conn, other_tenant.id, psid) is None
         with pytest.raises(NotFound):  # no user's key to seal for: refused, not queued
-            await sealing_key(conn, keyring, tenant.id, uuid.uuid4())
+            await keyring.for_copies(conn, tenant.id, uuid.uuid4())
     said, meta = f"said-{secrets.token_hex(8)}", f"meta-{secrets.token_hex(8)}"
     message = NewMessage(id=new_id(), role="user", content=said, metadata={"m": meta},
                          context=[{"doc": said}])
