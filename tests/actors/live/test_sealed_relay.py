@@ -1,7 +1,8 @@
 """Two replicas' fan-outs in this process, on real Redis and Postgres: an encrypted
 tenant's events cross Redis sealed and open on the other replica, in order, even when
 that replica must first read the key; when the key cannot be read, nothing is published
-(never plain text). A plain tenant's events stay plain (the scan sees them)."""
+(never plain text). A plain tenant's events stay plain (the scan sees them). The
+sweeper recovers a dead replica's sealed deltas."""
 
 from __future__ import annotations
 
@@ -15,23 +16,28 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from chat_storage.actors.live import events, relay
 from chat_storage.actors.live.config import HubConfig
 from chat_storage.actors.live.fanout import Fanout
 from chat_storage.actors.live.outbox import Outbox
 from chat_storage.actors.live.sealing import Sealing
 from chat_storage.actors.live.source import SessionSource
-from chat_storage.actors.live.stream_state import HeldStreams
+from chat_storage.actors.live.stream_state import HeldStreams, StreamConfig
+from chat_storage.actors.live.streams import Streams
+from chat_storage.actors.live.sweeper import Sweeper
 from chat_storage.storage import db, sessions
 from chat_storage.storage.broker import RedisBroker
 from chat_storage.storage.crypto.kek import open_kek
 from chat_storage.storage.crypto.keyring import Keyring
+from chat_storage.storage.ids import new_id
+from chat_storage.storage.messages import NewMessage, WriteGroup
 from chat_storage.supervisor import Supervisor
 from tests.actors.conftest import MakeRegistry, metric, msg
 from tests.conftest import REDIS_URL, Tenant
 from tests.support.encryption import switched_off_after
 from tests.support.redisscan import everything
 
-CONFIG = HubConfig(send_queue=64, sweep=False)
+CONFIG = HubConfig(send_queue=64, sweep=False, stream=StreamConfig(grace_s=60.0))
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +54,9 @@ class Replica:
         self.broker = RedisBroker.from_url(REDIS_URL, tasks=tasks, prefix=prefix)
         held = HeldStreams()
         self.sealing = Sealing(keyring, pool, tasks=tasks)
-        source = SessionSource(pool, self.broker, held, keyring=keyring, sealing=self.sealing)
-        self.fanout = Fanout(self.broker, source, held, CONFIG, tasks=tasks)
+        self.source = SessionSource(pool, self.broker, held, keyring=keyring,
+                                    sealing=self.sealing)
+        self.fanout = Fanout(self.broker, self.source, held, CONFIG, tasks=tasks)
         self.fanout.start()
 
     async def close(self) -> None:
@@ -130,3 +137,42 @@ async def test_an_event_whose_key_cannot_be_read_is_not_published(
         await redis.aclose()
         await a.close()
         await ring.close()
+
+
+async def test_the_sweeper_recovers_a_dead_replicas_sealed_deltas(
+        make_registry: MakeRegistry, pool: asyncpg.Pool, tenant: Tenant, tasks: Supervisor,
+        prefix: str) -> None:
+    await pool.execute("UPDATE tenants SET encrypted = true WHERE id = $1", tenant.id)
+    kek = f"local:{secrets.token_hex(32)}"
+    ring_dead, ring = Keyring(await open_kek(kek)), Keyring(await open_kek(kek))
+    a = Replica(pool, ring, prefix, tasks)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        registry = await make_registry(listener=a.fanout)
+        async with pool.acquire() as conn:
+            sid = uuid.UUID(str((await sessions.create(conn, tenant.id, user_id="u"))["id"]))
+        key, message_id = (tenant.id, sid), new_id()
+        await registry.write(tenant.id, sid, WriteGroup([NewMessage(
+            id=message_id, role="assistant", content="", status="streaming")]))
+        # its replica died after a checkpoint; what it streamed since is in Redis, sealed
+        head, tail = "checkpointed ", f"lost-{secrets.token_hex(8)}"
+        await pool.execute("UPDATE messages SET content = $2, stream_seen_at = now() - "
+                           "interval '1 hour' WHERE id = $1", message_id, head)
+        dead = Sealing(ring_dead, pool, tasks=tasks)
+        delta = events.delta(str(message_id), len(head), tail)
+        [sealed] = await dead.envelopes(b"dead", [(key, delta)])
+        assert sealed is not None and tail.encode() not in sealed
+        await a.broker.publish(relay.channel(key), sealed)
+        streams = Streams(pool, CONFIG.stream, HeldStreams(), a.fanout.emit, writer=registry,
+                          tasks=tasks)
+        sweeper = Sweeper(streams, a.source, HeldStreams(), a.fanout.emit, CONFIG,
+                          tasks=tasks)
+        assert await sweeper.sweep() == 1
+        row = await pool.fetchrow("SELECT status, content FROM messages WHERE id = $1",
+                                  message_id)
+        assert (row["status"], row["content"]) == ("interrupted", head + tail)
+    finally:
+        await redis.aclose()
+        await a.close()
+        await ring.close()
+        await ring_dead.close()
