@@ -114,7 +114,9 @@ class Services:
                 undo.push_async_callback(redis.aclose)
             live = config.live(settings)
             held = HeldStreams()
-            sealing = None if keyring is None else Sealing(
+            # encrypted tenants' events are sealed where they leave the process (Redis);
+            # the memory broker is this process's memory, like the feeds it serves
+            sealing = None if keyring is None or redis is None else Sealing(
                 keyring, pool, tasks=tasks, acquire_timeout_s=live.stream.acquire_timeout_s)
             source = SessionSource(pool, broker, held,
                                    acquire_timeout_s=live.stream.acquire_timeout_s,
