@@ -7,7 +7,10 @@ this run), both with ``CHAT_ENCRYPTION_KEK``; tenants ``plain`` and ``sealed``
 
 - ``delta``  one producer per session on A streams deltas of ``--delta-chars``
   characters as fast as A takes them (a ping every 64 deltas bounds what is in flight);
-- ``create`` ``--concurrency`` clients POST messages to those sessions on A.
+- ``create`` ``--concurrency`` clients POST messages to those sessions on A;
+- ``ingest`` the same against C, a third process with ``CHAT_INGEST_MODE=async``: its
+  CPU per message covers the 202 (the entry sealed for ``sealed``) and the consumer
+  that opens and stores it (the phase waits until B has every ``message.created``).
 
 Every event crosses Redis: A publishes it (sealed for ``sealed``), B reads and opens it
 once, then hands it to its subscribers. Figures per phase and tenant: A's CPU µs per
@@ -44,6 +47,8 @@ from chat_storage.storage.crypto.keyring import DataKey
 from loadtest import bench_clients as clients
 from loadtest import harness
 from loadtest.bench_crypto import TENANTS, cpu_us, prepare
+
+PHASES = ("delta", "create", "ingest")
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,7 +142,8 @@ async def stream_deltas(http: aiohttp.ClientSession, base: str, key: str, sid: s
 
 
 async def create_messages(http: aiohttp.ClientSession, base: str, key: str,
-                          sessions: list[str], stop_at: float, concurrency: int) -> int:
+                          sessions: list[str], stop_at: float, concurrency: int,
+                          status: int = 201) -> int:
     done = 0
 
     async def client(i: int) -> None:
@@ -149,7 +155,7 @@ async def create_messages(http: aiohttp.ClientSession, base: str, key: str,
             async with http.post(f"{base}/api/v1/sessions/{sid}/messages",
                                  json=clients.message(n), headers={"X-Api-Key": key}) as r:
                 await r.read()
-                done += r.status == 201
+                done += r.status == status
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     return done
@@ -185,12 +191,16 @@ async def main() -> None:
                "CHAT_RATE_LIMIT_PER_S": "1000000000", "CHAT_RATE_LIMIT_BURST": "1000000000",
                "CHAT_ENCRYPTION_KEK": args.kek, "CHAT_MAINTENANCE_INTERVAL_S": "0",
                "PYTHONPATH": str(harness.ROOT)}
-        ports = harness.free_port(), harness.free_port()
+        ports = harness.free_port(), harness.free_port(), harness.free_port()
+        async_env = {**env, "CHAT_INGEST_MODE": "async"}
         with harness.process(harness.service_cmd(None, ports[0]), env, logdir / "a.log") as pa, \
-                harness.process(harness.service_cmd(None, ports[1]), env, logdir / "b.log") as pb:
-            a, b = (f"http://127.0.0.1:{p}" for p in ports)
+                harness.process(harness.service_cmd(None, ports[1]), env, logdir / "b.log") as pb, \
+                harness.process(harness.service_cmd(None, ports[2]), async_env,
+                                logdir / "c.log") as pc:
+            a, b, c = (f"http://127.0.0.1:{p}" for p in ports)
             await harness.wait_ready(f"{a}/readyz", pa, logdir / "a.log")
             await harness.wait_ready(f"{b}/readyz", pb, logdir / "b.log")
+            await harness.wait_ready(f"{c}/readyz", pc, logdir / "c.log")
             timeout = aiohttp.ClientTimeout(total=60)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 sessions = {t: await clients.create_sessions(a, keys[t], args.sessions)
@@ -200,17 +210,21 @@ async def main() -> None:
                     await watchers[t].open(http, b, keys[t], sessions[t])
                 for r in range(args.rounds):
                     order = TENANTS if r % 2 == 0 else TENANTS[::-1]
-                    for phase in ("delta", "create"):
+                    for phase in PHASES:
                         for t in order:
                             async def load(stop_at: float, t: str = t, phase: str = phase) -> int:
                                 if phase == "create":
                                     return await create_messages(http, a, keys[t], sessions[t],
                                                                  stop_at, args.concurrency)
+                                if phase == "ingest":
+                                    return await create_messages(http, c, keys[t], sessions[t],
+                                                                 stop_at, args.concurrency, 202)
                                 sent = await asyncio.gather(*(stream_deltas(
                                     http, a, keys[t], sid, stop_at, args.delta_chars)
                                     for sid in sessions[t]))
                                 return sum(sent)
-                            figures = await measure((pa.pid, pb.pid), watchers[t], load,
+                            writer = pc.pid if phase == "ingest" else pa.pid
+                            figures = await measure((writer, pb.pid), watchers[t], load,
                                                     args.duration)
                             runs.setdefault(f"{phase} {t}", []).append(figures)
                             print(f"  {phase} {t:<7} A {figures[0]:7.1f} µs/event  "
@@ -223,14 +237,14 @@ async def main() -> None:
     print(f"\nserver CPU µs ({args.rounds} rounds of {args.duration} s, {args.sessions} "
           f"sessions x {args.subscribers} subscribers on B, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f})")
-    for phase in ("delta", "create"):
-        for i, what in enumerate(("A per event published", "B per event received",
+    for phase in PHASES:
+        for i, what in enumerate(("A (C) per event published", "B per event received",
                                   "B per delivery")):
             ratios = [s[i] / p[i] for s, p in zip(runs[f"{phase} sealed"],
                                                   runs[f"{phase} plain"], strict=True)]
             plain = statistics.median(x[i] for x in runs[f"{phase} plain"])
             sealed = statistics.median(x[i] for x in runs[f"{phase} sealed"])
-            print(f"  {phase:<6} {what:<22} plain {plain:7.1f}  sealed {sealed:7.1f}"
+            print(f"  {phase:<6} {what:<26} plain {plain:7.1f}  sealed {sealed:7.1f}"
                   "  sealed/plain " + ", ".join(f"{x:.3f}" for x in ratios)
                   + f"; median {statistics.median(ratios):.3f}")
     print(f"\nserver logs: {logdir}")
