@@ -9,6 +9,7 @@ the prefix is read back (``tests/support/redisscan.py``) while a stream is live 
 after everything ended: no secret, and no delta's distinctive text, is there; a plain
 tenant's text written the same way is (the scan sees plain text where there is some).
 Watchers on another replica get the exact plain text, live and when they join late.
+The replicas' logs, at DEBUG, hold none of it either.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ async def write_every_way(http: aiohttp.ClientSession, a: Server, tenant: Tenant
 async def test_an_encrypted_tenants_text_is_never_plain_in_redis(
         own_db: tuple[str, asyncpg.Pool], tmp_path: Path, redis: Redis) -> None:
     database_url, pool = own_db
-    kek = {"CHAT_ENCRYPTION_KEK": f"local:{secrets.token_hex(32)}"}
+    kek = {"CHAT_ENCRYPTION_KEK": f"local:{secrets.token_hex(32)}", "CHAT_LOG_LEVEL": "DEBUG"}
     enc, plain = await make_tenant(pool, "enc"), await make_tenant(pool, "plain")
     redacting = await make_tenant(pool, "pii")
     await pool.execute("UPDATE tenants SET encrypted = true WHERE id = $1", enc.id)
@@ -210,6 +211,7 @@ async def test_an_encrypted_tenants_text_is_never_plain_in_redis(
             assert text.encode() in after, text
         for server in cluster.servers:
             log = server.log()
+            assert "listening" in log  # the log is there to search, at DEBUG
             for text in [*said.values(), *streamed, *aborted, dead]:
                 assert text not in log, (server.log_path.name, text)
     finally:
