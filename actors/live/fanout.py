@@ -7,6 +7,8 @@ come back from the broker with this process's own origin are ignored: they were
 delivered locally already. If the broker is down, local delivery goes on and other
 replicas' readers catch up from Postgres (the feed fills any hole in ``seq`` from there;
 events lost without a hole to show it are reconciled: ``actors.live.reconcile``).
+With a KEK configured and Redis, an encrypted tenant's events are sealed on their way
+to the broker and opened, in order, on their way back (``actors.live.sealing``).
 
 It is the write path's commit listener (``on_commit``, ``in_use``), so it is built
 before the registry and needs nothing that writes: the producers' streams it reads
