@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -185,9 +186,10 @@ async def main() -> None:
     name, url, keys = await prepare()
     logdir = Path(tempfile.mkdtemp(prefix="bench_crypto_live_"))
     runs: dict[str, list[tuple[float, float, float]]] = {}
+    prefix = f"bench{secrets.token_hex(4)}"
     try:
         env = {**os.environ, "DATABASE_URL": url, "CHAT_LOG_LEVEL": "WARNING",
-               "REDIS_URL": args.redis_url, "CHAT_REDIS_PREFIX": f"bench{secrets.token_hex(4)}",
+               "REDIS_URL": args.redis_url, "CHAT_REDIS_PREFIX": prefix,
                "CHAT_RATE_LIMIT_PER_S": "1000000000", "CHAT_RATE_LIMIT_BURST": "1000000000",
                "CHAT_ENCRYPTION_KEK": args.kek, "CHAT_MAINTENANCE_INTERVAL_S": "0",
                "PYTHONPATH": str(harness.ROOT)}
@@ -234,6 +236,12 @@ async def main() -> None:
                     await w.close()
     finally:
         await harness.drop_database(name)
+        redis = Redis.from_url(args.redis_url)
+        try:  # the session streams would expire; the ingest streams would not
+            async for key in redis.scan_iter(match=f"{prefix}:*"):
+                await redis.delete(key)
+        finally:
+            await redis.aclose()
     print(f"\nserver CPU µs ({args.rounds} rounds of {args.duration} s, {args.sessions} "
           f"sessions x {args.subscribers} subscribers on B, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f})")
