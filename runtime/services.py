@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from chat_storage.actors.live.fanout import Fanout
 from chat_storage.actors.live.hub import Hub
+from chat_storage.actors.live.sealing import Sealing
 from chat_storage.actors.live.source import SessionSource
 from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.actors.live.streams import Streams
@@ -113,9 +114,13 @@ class Services:
                 undo.push_async_callback(redis.aclose)
             live = config.live(settings)
             held = HeldStreams()
+            # encrypted tenants' events are sealed where they leave the process (Redis);
+            # the memory broker is this process's memory, like the feeds it serves
+            sealing = None if keyring is None or redis is None else Sealing(
+                keyring, pool, tasks=tasks, acquire_timeout_s=live.stream.acquire_timeout_s)
             source = SessionSource(pool, broker, held,
                                    acquire_timeout_s=live.stream.acquire_timeout_s,
-                                   keyring=keyring)
+                                   keyring=keyring, sealing=sealing)
             fanout = Fanout(broker, source, held, live, tasks=tasks)
             write = config.write(settings)
             committer = (sink or SharedCommitter)(Committer(pool, write, keyring), write, tasks)
@@ -142,7 +147,8 @@ class Services:
                                       max_backlog=settings.ingest_max_backlog)
                 consumer = IngestConsumer(ingest, registry, pool, tasks=tasks,
                                           batch=settings.ingest_batch,
-                                          claim_idle_s=settings.ingest_claim_idle_s)
+                                          claim_idle_s=settings.ingest_claim_idle_s,
+                                          keyring=keyring)
                 consumer.start()
                 log.info("async ingestion on", extra={"consumer": consumer.name})
             if settings.maintenance_interval_s > 0:

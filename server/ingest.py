@@ -4,7 +4,10 @@ Accepting: a validated ``POST …/messages`` (or ``…/batch``) becomes ONE entr
 Redis ingest stream, its message ids chosen now, and is answered **202** with
 ``{"id", "session_id", "status": "accepted"}`` (``{"data": [...]}`` for a batch) as soon
 as Redis has appended it. Postgres is not touched on the way (except to claim and
-record an ``Idempotency-Key``), so the session is not checked yet: an entry whose
+record an ``Idempotency-Key``, and, with a KEK configured, to learn once per session
+and ``CHAT_DATA_KEY_CACHE_S`` whether the entry is sealed and under which user's key:
+an encrypted tenant's entry never waits in Redis in plain text, and its session must
+exist, else 404), so the session is not checked yet: an entry whose
 session does not exist (or was deleted meanwhile), or whose ``parent_id`` is not a
 message of the session, is dead-lettered when it is persisted. A full backlog
 (``CHAT_INGEST_MAX_BACKLOG``) or an unreachable Redis is 503: nothing was accepted.
@@ -37,8 +40,9 @@ from chat_storage.server.auth import principal_of
 from chat_storage.server.errors import ApiError
 from chat_storage.server.handlers import message_location
 from chat_storage.server.jsonio import json_response
-from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY
+from chat_storage.server.state import INGEST_KEY, POOL_KEY, SETTINGS_KEY, keyring_of
 from chat_storage.storage import db
+from chat_storage.storage.crypto.keyring import DataKey
 from chat_storage.storage.idempotency import Claim, record_response
 from chat_storage.storage.ingest import Entry, IngestFull, IngestUnavailable
 from chat_storage.storage.messages import NewMessage
@@ -80,8 +84,9 @@ async def accept(request: web.Request, session_id: uuid.UUID, messages: Sequence
     stream = request.app[INGEST_KEY]
     entry = Entry(principal_of(request).tenant_id, session_id, messages, wrap,
                   tracing.inject() if tracing.ON else {})
+    key = await _sealing_key(request, entry, claim)
     try:
-        await stream.append(entry)
+        await stream.append(entry, key)
     except (IngestFull, IngestUnavailable) as exc:
         await idempotency.release(request, claim)
         full = isinstance(exc, IngestFull)
@@ -98,6 +103,30 @@ async def accept(request: web.Request, session_id: uuid.UUID, messages: Sequence
         await _record(request, claim, body)
     headers = {} if wrap else {"Location": message_location(items[0])}
     return json_response(body, status=202, headers=headers)
+
+
+async def _sealing_key(request: web.Request, entry: Entry, claim: Claim | None,
+                       ) -> DataKey | None:
+    """The key that seals the entry while it waits in Redis (an encrypted tenant's), read
+    from Postgres once per session and ``CHAT_DATA_KEY_CACHE_S``; ``None``: kept plain.
+
+    An encrypted tenant's session that does not exist is 404 now (there is no user's key
+    to seal for); a database that does not answer is 503. Nothing was accepted.
+    """
+    keyring = keyring_of(request)
+    if keyring is None:
+        return None
+    known, key = keyring.cached_session(entry.session_id)
+    if known:
+        return key
+    settings = request.app[SETTINGS_KEY]
+    try:
+        return await db.call(request.app[POOL_KEY], lambda conn: keyring.for_copies(
+            conn, entry.tenant_id, entry.session_id),
+            acquire_timeout_s=settings.db_acquire_timeout_s)
+    except BaseException:
+        await idempotency.release(request, claim)
+        raise
 
 
 async def _record(request: web.Request, claim: Claim, body: Any) -> None:

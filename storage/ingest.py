@@ -14,7 +14,9 @@ deleted, in one ``MULTI``). Acked entries are deleted rather than trimmed by len
 because ``MAXLEN`` could drop entries not stored yet; so ``XLEN`` of the stream is
 exactly what still has to be stored (pending + never delivered).
 
-Redis errors and timeouts become :class:`IngestUnavailable`.
+What an entry holds (plain, or sealed for an encrypted tenant) is
+:mod:`storage.ingest_entries`'s, re-exported here. Redis errors and timeouts become
+:class:`IngestUnavailable`.
 """
 
 from __future__ import annotations
@@ -22,22 +24,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from chat_storage.storage.crypto.keyring import DataKey
 from chat_storage.storage.errors import StorageError
-from chat_storage.storage.messages import NewMessage
+from chat_storage.storage.ingest_entries import (
+    DATA_FIELD,
+    Delivery,
+    Entry,
+    decode,
+    delivery,
+    encode,
+    opened,
+    text,
+)
 from chat_storage.storage.redis_keys import RedisKeys
 
-DATA_FIELD = b"d"
-FORMAT_VERSION = 1
+__all__ = ["DATA_FIELD", "Delivery", "Entry", "IngestFull", "IngestStream",
+           "IngestUnavailable", "Stats", "decode", "encode", "opened", "stored_ids"]
+
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-Fields = dict[bytes, bytes]
 
 # XLEN counts exactly the entries not stored yet (acked ones are deleted), so the
 # backlog check and the append are one atomic step.
@@ -58,32 +69,6 @@ class IngestFull(StorageError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
-    """One accepted request: a group of messages for one session of one tenant."""
-
-    tenant_id: uuid.UUID
-    session_id: uuid.UUID
-    messages: Sequence[NewMessage]
-    wrap: bool = False  # a batch request (the answer would be ``{"data": [...]}``)
-    # the accepting request's trace context as W3C headers (``traceparent``): the
-    # consumer's span continues that trace. Empty when tracing is off.
-    trace: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Delivery:
-    """An entry as read from the stream: its stream id, raw fields and decoded entry.
-
-    ``entry`` is ``None`` when the fields cannot be decoded (``error`` says why).
-    """
-
-    id: str
-    fields: Fields
-    entry: Entry | None
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Stats:
     """The figures of the stream that the lag gauges show."""
 
@@ -91,63 +76,6 @@ class Stats:
     pending: int  # delivered, not acknowledged yet
     backlog: int  # all entries not stored yet (lag + pending)
     dead: int  # entries in the dead-letter stream
-
-
-def encode(entry: Entry) -> bytes:
-    """The stream payload of ``entry``."""
-    return orjson.dumps({
-        "v": FORMAT_VERSION, "t": str(entry.tenant_id), "s": str(entry.session_id),
-        "w": entry.wrap, **({"c": dict(entry.trace)} if entry.trace else {}),
-        "m": [{"id": str(m.id), "role": m.role, "content": m.content,
-               "sender_id": m.sender_id,
-               "parent_id": None if m.parent_id is None else str(m.parent_id),
-               "context": m.context, "metadata": m.metadata, "usage": m.usage,
-               "a": [str(a) for a in m.attachment_ids],
-               # only when set: an entry stays readable by a release without tool calls
-               **({"tc": m.tool_calls} if m.tool_calls is not None else {}),
-               **({"tci": m.tool_call_id} if m.tool_call_id is not None else {})}
-              for m in entry.messages],
-    })
-
-
-def decode(payload: bytes) -> Entry:
-    """The entry in ``payload``; :class:`ValueError` if it is not one of ours."""
-    try:
-        data = orjson.loads(payload)
-        if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
-            raise ValueError("unknown entry format")
-        raw = data["m"]
-        if not isinstance(raw, list) or not raw:
-            raise ValueError("an entry needs at least one message")
-        messages = [
-            NewMessage(
-                id=uuid.UUID(m["id"]), role=str(m["role"]), content=str(m["content"]),
-                sender_id=m["sender_id"],
-                parent_id=None if m["parent_id"] is None else uuid.UUID(m["parent_id"]),
-                context=m["context"], metadata=dict(m["metadata"]), usage=m["usage"],
-                attachment_ids=tuple(uuid.UUID(a) for a in m.get("a", ())),
-                tool_calls=m.get("tc"), tool_call_id=m.get("tci"),
-            )
-            for m in raw
-        ]
-        carrier = data.get("c")
-        trace = ({str(k): str(v) for k, v in carrier.items()}
-                 if isinstance(carrier, dict) else {})
-        return Entry(uuid.UUID(data["t"]), uuid.UUID(data["s"]), messages, bool(data["w"]),
-                     trace)
-    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
-        raise ValueError(f"malformed entry: {exc!r}") from None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _delivery(entry_id: bytes | str, fields: Fields) -> Delivery:
-    try:
-        return Delivery(_text(entry_id), fields, decode(fields[DATA_FIELD]))
-    except (KeyError, ValueError) as exc:
-        return Delivery(_text(entry_id), fields, None, str(exc) or "no payload")
 
 
 class IngestStream:
@@ -162,22 +90,23 @@ class IngestStream:
         self._client = client
         self._append = client.register_script(_APPEND)
 
-    async def append(self, entry: Entry) -> str:
-        """Append ``entry`` and return its stream id.
+    async def append(self, entry: Entry, key: DataKey | None = None) -> str:
+        """Append ``entry`` (its messages sealed under ``key``, if given); its stream id.
 
         Raises :class:`IngestFull` or :class:`IngestUnavailable` (not appended).
         """
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                entry_id = await self._append(keys=[self.keys.ingest_stream],
-                                              args=[self.max_backlog, DATA_FIELD, encode(entry)])
+                entry_id = await self._append(
+                    keys=[self.keys.ingest_stream],
+                    args=[self.max_backlog, DATA_FIELD, encode(entry, key)])
         except REDIS_ERRORS as exc:
             # a timeout leaves it unknown whether the entry went in; the client is told
             # 503 and may retry: at worst the message is stored twice under two ids
             raise IngestUnavailable(f"redis: {exc!r}") from exc
         if entry_id is None:
             raise IngestFull(f"ingest backlog is at its limit ({self.max_backlog} entries)")
-        return _text(entry_id)
+        return text(entry_id)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -207,7 +136,7 @@ class IngestStream:
             raise IngestUnavailable(f"redis: {exc!r}") from exc
         if not reply:
             return []
-        return [_delivery(entry_id, fields) for entry_id, fields in reply[0][1]]
+        return [delivery(entry_id, fields) for entry_id, fields in reply[0][1]]
 
     async def claim(self, consumer: str, *, min_idle_ms: int, start: str,
                     count: int) -> tuple[str, list[Delivery]]:
@@ -228,9 +157,9 @@ class IngestStream:
             raise IngestUnavailable(f"redis: {exc}") from exc
         except REDIS_ERRORS as exc:
             raise IngestUnavailable(f"redis: {exc!r}") from exc
-        entries = [_delivery(entry_id, fields) for entry_id, fields in reply[1]
+        entries = [delivery(entry_id, fields) for entry_id, fields in reply[1]
                    if fields is not None]  # (Redis 6.2 lists deleted entries as nil)
-        return _text(reply[0]), entries
+        return text(reply[0]), entries
 
     async def ack(self, ids: Sequence[str]) -> None:
         """Mark ``ids`` stored: acknowledge and delete them, together."""

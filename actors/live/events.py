@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from chat_storage.storage.crypto import events as sealed_events
 from chat_storage.storage.jsoncodec import dumps
 from chat_storage.storage.records import SessionKey, StoredMessage
 
@@ -121,19 +122,35 @@ def tail(history: list[SessionEvent], stream_id: str, have: int) -> str:
 
 def deltas_of(stream_id: str) -> Callable[[bytes], bool]:
     """Whether a broker message (an :func:`envelope`) is a delta or snapshot of
-    ``stream_id``: what goes from the broker once a redacted stream is stored."""
+    ``stream_id``: what goes from the broker once a redacted stream is stored. A sealed
+    event is told by its readable header (``storage.crypto.events``)."""
     needle = stream_id.encode()
 
     def picks(data: bytes) -> bool:
         if needle not in data:
             return False
-        try:
-            body = orjson.loads(data.partition(b" ")[2])
-        except orjson.JSONDecodeError:
-            return False
-        return (isinstance(body, dict) and body.get("stream_id") == stream_id
-                and body.get("type") in (DELTA, SNAPSHOT))
+        fields = header_of(data.partition(b" ")[2])
+        return (fields is not None and fields.get("stream_id") == stream_id
+                and fields.get("type") in (DELTA, SNAPSHOT))
     return picks
+
+
+def header(event: SessionEvent) -> dict[str, Any]:
+    """What a sealed event keeps readable: its kind and position, no content."""
+    return {"type": event.kind, "stream_id": event.stream_id, "seq": event.seq,
+            "offset": event.offset}
+
+
+def header_of(body: bytes) -> dict[str, Any] | None:
+    """The plain body's fields, or a sealed one's header; ``None`` if neither."""
+    sealed = sealed_events.parse(body)
+    if sealed is not None:
+        return sealed.header
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def envelope(origin: bytes, event: SessionEvent) -> bytes:
@@ -141,30 +158,42 @@ def envelope(origin: bytes, event: SessionEvent) -> bytes:
     return origin + b" " + event.body
 
 
+def split(data: bytes) -> tuple[bytes, bytes]:
+    """``(origin, body)`` of an :func:`envelope` (the body plain JSON, or sealed)."""
+    origin, _, body = data.partition(b" ")
+    return origin, body
+
+
 def open_envelope(data: bytes,
                   skip_origin: bytes | None = None) -> tuple[bytes, SessionEvent | None]:
-    """``(origin, event)`` from :func:`envelope`; ``event`` is ``None`` if unreadable.
+    """``(origin, event)`` from :func:`envelope`; ``event`` is ``None`` if unreadable
+    (a sealed body is: ``actors.live.sealing`` opens those).
 
     An event from ``skip_origin`` is not parsed (``None``): it is this process's own.
     """
-    origin, _, body = data.partition(b" ")
+    origin, body = split(data)
     if origin == skip_origin:
         return origin, None
+    return origin, parse_body(body)
+
+
+def parse_body(body: bytes) -> SessionEvent | None:
+    """The event of a plain JSON ``body``; ``None`` if it is not one."""
     try:
         fields = orjson.loads(body)
         kind = fields["type"]
         if kind == DELTA:
-            return origin, SessionEvent(DELTA, body, 0, fields["stream_id"],
-                                        int(fields["offset"]), fields["delta"])
+            return SessionEvent(DELTA, body, 0, fields["stream_id"],
+                                int(fields["offset"]), fields["delta"])
         if kind == STARTED:
-            return origin, SessionEvent(STARTED, body, int(fields["seq"]), fields["stream_id"],
-                                        role=fields["role"])
+            return SessionEvent(STARTED, body, int(fields["seq"]), fields["stream_id"],
+                                role=fields["role"])
         if kind == RECONCILE:
-            return origin, reconcile()
+            return reconcile()
         if kind == CREATED or kind in FINALS:
             message = fields["message"]
-            return origin, SessionEvent(kind, body, int(message["seq"]), message["id"],
-                                        message=message)
+            return SessionEvent(kind, body, int(message["seq"]), message["id"],
+                                message=message)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         pass
-    return origin, None
+    return None

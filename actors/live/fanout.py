@@ -7,6 +7,8 @@ come back from the broker with this process's own origin are ignored: they were
 delivered locally already. If the broker is down, local delivery goes on and other
 replicas' readers catch up from Postgres (the feed fills any hole in ``seq`` from there;
 events lost without a hole to show it are reconciled: ``actors.live.reconcile``).
+With a KEK configured and Redis, an encrypted tenant's events are sealed on their way
+to the broker and opened, in order, on their way back (``actors.live.sealing``).
 
 It is the write path's commit listener (``on_commit``, ``in_use``), so it is built
 before the registry and needs nothing that writes: the producers' streams it reads
@@ -46,9 +48,10 @@ class Fanout:
         self._held = held
         self._feeds: dict[SessionKey, Feed] = {}
         self._unlisten: dict[SessionKey, Callable[[], None]] = {}
-        self._relay = relay.Relay(broker, self.in_use, tasks=tasks,
-                                  max_queue=config.publish_queue,
-                                  marker=events.envelope(self.origin, events.reconcile()))
+        # encrypted tenants' events are sealed for the broker and opened from it
+        self._sealing = source.sealing
+        self._relay = relay.Relay(broker, self.in_use, tasks=tasks, origin=self.origin,
+                                  max_queue=config.publish_queue, sealing=self._sealing)
         self._reconciler = Reconciler(source, tasks=tasks)
         self._tasks = tasks
         self._closers: set[asyncio.Task[None]] = set()
@@ -69,7 +72,7 @@ class Fanout:
         feed = self._feeds.get(key)
         if feed is not None:
             feed.ingest(event)
-        self._relay.send(key, events.envelope(self.origin, event))
+        self._relay.send(key, event)
 
     def scrub(self, key: SessionKey, drop: Callable[[bytes], bool]) -> None:
         """Delete the session's broker messages that ``drop`` picks, once every event
@@ -150,6 +153,8 @@ class Fanout:
     def _close_feed(self, key: SessionKey) -> None:
         feed = self._feeds.pop(key)
         self._reconciler.cancel(feed)
+        if self._sealing is not None:
+            self._sealing.forget(key)
         unlisten = self._unlisten.pop(key, None)
         if unlisten is not None:
             unlisten()
@@ -158,13 +163,9 @@ class Fanout:
         task.add_done_callback(self._closers.discard)
 
     def _listener(self, key: SessionKey) -> Callable[[broker_mod.BrokerMessage], None]:
-        def on_event(message: broker_mod.BrokerMessage) -> None:
-            _, event = events.open_envelope(message.data, skip_origin=self.origin)
-            if event is None:
-                return
+        def on_event(event: SessionEvent) -> None:
             if event.kind == events.RECONCILE:  # another replica lost events of this session
-                if (feed := self._feeds.get(key)) is not None:
-                    self._reconciler.request(feed)
+                lost()
                 return
             if event.kind in events.FINALS:
                 self._held.drop(event.stream_id)  # swept elsewhere: stop holding it
@@ -172,7 +173,24 @@ class Fanout:
             if feed is not None:
                 feed.ingest(event)
 
-        return on_event
+        def lost() -> None:
+            if (feed := self._feeds.get(key)) is not None:
+                self._reconciler.request(feed)
+
+        sealing = self._sealing
+
+        def on_message(message: broker_mod.BrokerMessage) -> None:
+            origin, body = events.split(message.data)
+            if origin == self.origin:
+                return  # delivered here already
+            if sealing is not None:
+                sealing.take(key, body, on_event, lost)
+                return
+            event = events.parse_body(body)
+            if event is not None:
+                on_event(event)
+
+        return on_message
 
     # ------------------------------------------------------------ shutdown
     async def flush(self, timeout_s: float) -> None:

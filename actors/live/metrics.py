@@ -22,3 +22,6 @@ BROKER_RECONCILES = Counter(
     "chat_feed_reconciles_total",
     "Reconciles with Postgres after broker events were lost: markers published, feeds "
     "reconciled, reconciles that failed (their subscribers were cut to resume)", ["what"])
+UNREADABLE = Counter("chat_broker_events_unreadable_total",
+                     "Sealed live events from the broker that did not open here (their key "
+                     "is gone or could not be read, or they were moved or altered)")

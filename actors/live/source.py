@@ -14,6 +14,7 @@ import asyncpg
 
 from chat_storage.actors.live import events, relay
 from chat_storage.actors.live.events import SessionEvent
+from chat_storage.actors.live.sealing import Sealing
 from chat_storage.actors.live.stream_state import HeldStreams
 from chat_storage.storage import broker as broker_mod
 from chat_storage.storage import db
@@ -29,10 +30,13 @@ class SessionSource:
     """Reads of a session's state for feeds, catch-ups and the sweeper."""
 
     def __init__(self, pool: asyncpg.Pool, broker: broker_mod.Broker, held: HeldStreams, *,
-                 acquire_timeout_s: float = 2.0, keyring: Keyring | None = None) -> None:
+                 acquire_timeout_s: float = 2.0, keyring: Keyring | None = None,
+                 sealing: Sealing | None = None) -> None:
         self._pool = pool
         # opens the sealed rows of encrypted tenants (None: no KEK configured)
         self.keyring = keyring
+        # seals encrypted tenants' live events for the broker, opens them from it
+        self.sealing = sealing
         self._broker = broker
         self._held = held
         self._acquire_timeout_s = acquire_timeout_s
@@ -74,7 +78,9 @@ class SessionSource:
             except broker_mod.Gap:
                 break
             for message in page:
-                _, event = events.open_envelope(message.data)
+                _, body = events.split(message.data)
+                event = (events.parse_body(body) if self.sealing is None
+                         else await self.sealing.open(key, body))
                 if event is not None:
                     out.append(event)
             if len(page) < 1000:

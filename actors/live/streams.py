@@ -265,6 +265,7 @@ class Streams:
                 metadata=metadata, usage=usage, tool_calls=tool_calls, keyring=self._keyring))
         except (Conflict, NotFound):
             self._drop(st)  # ended elsewhere (the sweeper) or erased: its final went out there
+            self._scrub_deltas(st)  # and so did a scrub, maybe before deltas sent from here
             raise StreamError("conflict", "the stream had already ended") from None
         except BaseException:
             st.ending = False
@@ -274,9 +275,13 @@ class Streams:
         self._drop(st, status)
         metrics.STREAMS_ENDED.labels(status).inc()
         self._emit(st.key, events.final(message))
+        self._scrub_deltas(st)
+        return message
+
+    def _scrub_deltas(self, st: OwnedStream) -> None:
+        """A redacting tenant's stream ended: its deltas (unredacted) leave the broker."""
         if st.redactor is not None and self._scrub is not None:
             self._scrub(st.key, events.deltas_of(st.id))
-        return message
 
     def _checkpoint_soon(self, st: OwnedStream) -> None:
         if st.saving is None and not st.ending:
@@ -292,6 +297,7 @@ class Streams:
             if not kept and not st.ending:
                 log.warning("streamed message ended elsewhere", extra={"stream_id": st.id})
                 self._drop(st)
+                self._scrub_deltas(st)
         except Exception as exc:
             metrics.CHECKPOINT_ERRORS.inc()
             log.warning("checkpoint failed", extra={"stream_id": st.id, "error": repr(exc)})

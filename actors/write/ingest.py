@@ -14,6 +14,10 @@ only acknowledged; an entry stored concurrently by a consumer that was slow rath
 than dead is refused by the primary key (its whole transaction rolls back, seq
 included) and then found stored.
 
+An encrypted tenant's entry is sealed (``storage.crypto.ingest``): it is opened here,
+with the keyring, before anything else; one whose key is gone (its user was erased)
+is dead-lettered still sealed (``unreadable``).
+
 Outcomes per entry: stored → ack; already stored → ack (``duplicate``); session not
 found, bad ``parent_id``, a payload we cannot decode or a row Postgres refuses →
 dead-lettered (never retried forever); anything else (overload, shutdown, database
@@ -37,8 +41,15 @@ from chat_storage import tracing
 from chat_storage.actors.write.errors import WriteError
 from chat_storage.actors.write.registry import Registry
 from chat_storage.storage import db
+from chat_storage.storage.crypto.keyring import Keyring
 from chat_storage.storage.errors import InvalidReference, NotFound, Unavailable
-from chat_storage.storage.ingest import Delivery, IngestStream, IngestUnavailable, stored_ids
+from chat_storage.storage.ingest import (
+    Delivery,
+    IngestStream,
+    IngestUnavailable,
+    opened,
+    stored_ids,
+)
 from chat_storage.storage.messages import WriteGroup
 from chat_storage.storage.writes import Stored
 from chat_storage.supervisor import Supervisor
@@ -71,8 +82,9 @@ class IngestConsumer:
     def __init__(self, stream: IngestStream, registry: Registry, pool: asyncpg.Pool, *,
                  tasks: Supervisor, batch: int = 100, claim_idle_s: float = 30.0,
                  block_ms: int = 1000, stats_interval_s: float = 5.0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, keyring: Keyring | None = None) -> None:
         self.stream = stream
+        self._keyring = keyring  # opens encrypted tenants' sealed entries
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch = batch
         self.claim_idle_s = claim_idle_s
@@ -165,15 +177,16 @@ class IngestConsumer:
         """
         if not deliveries:
             return False
-        dead = [(d, "malformed", d.error or "") for d in deliveries if d.entry is None]
+        deliveries, retry = await self._opened(deliveries)
+        dead = [(d, "unreadable" if (d.error or "").startswith("unreadable") else "malformed",
+                 d.error or "") for d in deliveries if d.entry is None]
         todo = [d for d in deliveries if d.entry is not None]
         done: list[str] = []
-        retry = 0
         if redelivered and todo:
             try:
                 stored, todo = await self._split_stored(todo)
             except Unavailable:
-                stored, retry, todo = [], len(todo), []
+                stored, retry, todo = [], retry + len(todo), []
             done += [d.id for d in stored]
             ENTRIES.labels("duplicate").inc(len(stored))
         results = await asyncio.gather(*(self._store(d) for d in todo), return_exceptions=True)
@@ -204,6 +217,25 @@ class IngestConsumer:
         await self._dead_letter(dead)
         await self.stream.ack(done)
         return retry > 0
+
+    async def _opened(self, deliveries: Sequence[Delivery]) -> tuple[list[Delivery], int]:
+        """``deliveries`` with the sealed ones opened, and how many are left pending
+        (their keys could not be read now, or this process has no KEK)."""
+        sealed = {d.key_id for d in deliveries if d.key_id is not None}
+        if not sealed:
+            return list(deliveries), 0
+        keyring = self._keyring
+        try:
+            if keyring is None:
+                raise Unavailable("no CHAT_ENCRYPTION_KEK to open sealed entries")
+            keys = await db.call(self._pool, lambda conn: keyring.by_ids(conn, sealed))
+        except Exception as exc:
+            log.warning("cannot open sealed ingest entries now; will retry",
+                        extra={"consumer": self.name, "error": repr(exc)})
+            return [d for d in deliveries if d.key_id is None], sum(
+                1 for d in deliveries if d.key_id is not None)
+        return [d if d.key_id is None else opened(d, keys.get(d.key_id))
+                for d in deliveries], 0
 
     async def _store(self, delivery: Delivery) -> Stored:
         entry = delivery.entry

@@ -20,6 +20,7 @@ import asyncpg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chat_storage.storage.crypto.kek import Kek, KekError
+from chat_storage.storage.errors import NotFound
 from chat_storage.storage.ids import new_id
 
 MAX_CACHED = 10_000
@@ -67,6 +68,16 @@ class Keyring:
         hit = cache.get(key)
         return None if hit is None or hit[0] < time.monotonic() else hit
 
+    def cached(self, key_id: uuid.UUID) -> DataKey | None:
+        """The opened key ``key_id`` if this process holds it now (no I/O)."""
+        hit = self._fresh(self._keys, key_id)
+        return None if hit is None else hit[1]
+
+    def cached_session(self, session_id: uuid.UUID) -> tuple[bool, DataKey | None]:
+        """``(known, key)``: what :meth:`for_session` would answer without I/O, if it can."""
+        hit = self._fresh(self._sessions, session_id)
+        return (False, None) if hit is None else (True, hit[1])
+
     async def for_session(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
                           session_id: uuid.UUID) -> DataKey | None:
         """The key that seals new content of a session; ``None``: its tenant is not
@@ -82,6 +93,20 @@ class Keyring:
             key = await self.for_user(conn, tenant_id, row["user_id"])
         if row is not None:
             self._remember(self._sessions, session_id, key)
+        return key
+
+    async def for_copies(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                         session_id: uuid.UUID) -> DataKey | None:
+        """The key that seals copies of a session's content kept elsewhere (Redis: live
+        events, queued writes); ``None``: its tenant is not encrypted.
+
+        :class:`NotFound` if the tenant is encrypted and the session does not exist:
+        there is no user's key to seal with, and a copy must not go plain.
+        """
+        key = await self.for_session(conn, tenant_id, session_id)
+        if key is None and not self.cached_session(session_id)[0] and await conn.fetchval(
+                "SELECT encrypted FROM tenants WHERE id = $1", tenant_id):
+            raise NotFound("session not found")
         return key
 
     async def for_new_session(self, conn: asyncpg.Connection, tenant_id: uuid.UUID,
