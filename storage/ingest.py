@@ -17,7 +17,8 @@ exactly what still has to be stored (pending + never delivered).
 Appends made in the same turn of the event loop (concurrent requests) are sent in one
 pipeline: one round trip and one pool connection for all of them instead of one each.
 Each is still its own atomic script call, and each caller is answered only once Redis
-has answered its own command (loadtest/RESULTS.md#async-ingestion).
+has answered its own command (figures: loadtest/RESULTS.md,
+#pipelined-appends-and-batches-in-flight-branch-ingest).
 
 Redis errors and timeouts become :class:`IngestUnavailable`.
 """

@@ -11,7 +11,8 @@ that order. Each batch acknowledges its entries only after their commit. A proce
 that dies mid-batch leaves its entries pending; another process takes them over once
 they have been idle long enough. Waiting for each batch's commit before reading the
 next left the shared committer idle between batches: the rate was one batch per
-commit latency (loadtest/RESULTS.md#async-ingestion).
+commit latency (figures: loadtest/RESULTS.md,
+#pipelined-appends-and-batches-in-flight-branch-ingest).
 
 Exactly once: the message ids were chosen when the entry was accepted. Before a
 redelivered entry is written, its ids are looked up and an entry already stored is
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -39,10 +41,17 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter, Gauge
 
 from chat_storage import tracing
 from chat_storage.actors.write.errors import WriteError
+from chat_storage.actors.write.ingest_metrics import (
+    DEAD_LETTERS,
+    ENTRIES,
+    PERSISTED,
+    RECLAIMED,
+    ROUND_ERRORS,
+    show,
+)
 from chat_storage.actors.write.registry import Registry
 from chat_storage.storage import db
 from chat_storage.storage.errors import InvalidReference, NotFound, Unavailable
@@ -52,22 +61,6 @@ from chat_storage.storage.writes import Stored
 from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-ENTRIES = Counter("chat_ingest_entries_total", "Ingest entries handled by this process's "
-                  "consumer, by outcome (stored, duplicate, dead, retry)", ["outcome"])
-PERSISTED = Counter("chat_ingest_messages_persisted_total",
-                    "Messages stored from the ingest stream by this process")
-DEAD_LETTERS = Counter("chat_ingest_dead_letters_total",
-                       "Ingest entries moved to the dead-letter stream, by reason", ["reason"])
-ROUND_ERRORS = Counter("chat_ingest_round_errors_total",
-                       "Consumer rounds that failed unexpectedly (entries left pending)")
-RECLAIMED = Counter("chat_ingest_reclaimed_total",
-                    "Pending ingest entries taken over from an idle consumer (XAUTOCLAIM)")
-# Figures of the shared stream (the same from every process: aggregate with max()).
-LAG = Gauge("chat_ingest_lag_entries", "Ingest entries not yet delivered to any consumer")
-PENDING = Gauge("chat_ingest_pending_entries", "Ingest entries delivered, not yet stored")
-BACKLOG = Gauge("chat_ingest_backlog_entries", "Ingest entries not yet stored (lag + pending)")
-DEAD = Gauge("chat_ingest_dead_entries", "Entries in the ingest dead-letter stream")
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 5.0
@@ -324,15 +317,9 @@ class IngestConsumer:
 
     async def _refresh_stats(self) -> None:
         while not self._stop.is_set():
-            try:
-                stats = await self.stream.stats()
-            except IngestUnavailable:
-                pass  # the loop logs Redis trouble; stale gauges beat a crashed task
-            else:
-                LAG.set(stats.lag)
-                PENDING.set(stats.pending)
-                BACKLOG.set(stats.backlog)
-                DEAD.set(stats.dead)
+            # the loop logs Redis trouble; stale gauges beat a crashed task
+            with contextlib.suppress(IngestUnavailable):
+                show(await self.stream.stats())
             await self._sleep(self.stats_interval_s)
 
 
