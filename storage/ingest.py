@@ -14,6 +14,12 @@ deleted, in one ``MULTI``). Acked entries are deleted rather than trimmed by len
 because ``MAXLEN`` could drop entries not stored yet; so ``XLEN`` of the stream is
 exactly what still has to be stored (pending + never delivered).
 
+Appends made in the same turn of the event loop (concurrent requests) are sent in one
+pipeline: one round trip and one pool connection for all of them instead of one each.
+Each is still its own atomic script call, and each caller is answered only once Redis
+has answered its own command (figures: loadtest/RESULTS.md,
+#pipelined-appends-and-batches-in-flight-branch-ingest).
+
 What an entry holds (plain, or sealed for an encrypted tenant) is
 :mod:`storage.ingest_entries`'s, re-exported here. Redis errors and timeouts become
 :class:`IngestUnavailable`.
@@ -29,7 +35,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from chat_storage.storage.crypto.keyring import DataKey
 from chat_storage.storage.errors import StorageError
@@ -88,25 +94,77 @@ class IngestStream:
         self.dead_max_len = dead_max_len
         self.op_timeout_s = op_timeout_s
         self._client = client
-        self._append = client.register_script(_APPEND)
+        self._stream_key = self.keys.ingest_stream
+        self._append_sha = client.register_script(_APPEND).sha
+        # appends of this loop turn, sent together at its end (see the module doc)
+        self._queued: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def append(self, entry: Entry, key: DataKey | None = None) -> str:
-        """Append ``entry`` (its messages sealed under ``key``, if given); its stream id.
+        """Append ``entry`` (its messages sealed under ``key``, if given) and return its
+        stream id, once Redis has answered.
 
         Raises :class:`IngestFull` or :class:`IngestUnavailable` (not appended).
         """
+        if self._loop is None:  # get_running_loop() costs a getpid() per call on 3.11
+            self._loop = asyncio.get_running_loop()
+        appended: asyncio.Future[str] = self._loop.create_future()
+        if not self._queued:
+            self._loop.call_soon(self._flush)
+        self._queued.append((encode(entry, key), appended))
+        return await appended
+
+    def _flush(self) -> None:
+        """Send the appends queued in this loop turn, in one pipeline."""
+        batch, self._queued = self._queued, []
+        assert self._loop is not None  # noqa: S101 - set by append(), which queued these
+        task = self._loop.create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future[str]]]) -> None:
+        replies: list[Any]
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                entry_id = await self._append(
-                    keys=[self.keys.ingest_stream],
-                    args=[self.max_backlog, DATA_FIELD, encode(entry, key)])
+                replies = await self._appends([payload for payload, _ in batch])
         except REDIS_ERRORS as exc:
-            # a timeout leaves it unknown whether the entry went in; the client is told
-            # 503 and may retry: at worst the message is stored twice under two ids
-            raise IngestUnavailable(f"redis: {exc!r}") from exc
-        if entry_id is None:
-            raise IngestFull(f"ingest backlog is at its limit ({self.max_backlog} entries)")
-        return text(entry_id)
+            # a timeout leaves it unknown whether the entries went in; the clients are
+            # told 503 and may retry: at worst a message is stored twice under two ids
+            replies = [exc] * len(batch)
+        except BaseException as exc:  # cancelled (the loop is closing): answer everyone
+            for _, appended in batch:
+                if not appended.done():
+                    appended.set_exception(IngestUnavailable(f"redis: {exc!r}"))
+            raise
+        for (_, appended), reply in zip(batch, replies, strict=True):
+            if appended.done():
+                continue  # its request went away
+            if isinstance(reply, Exception):
+                appended.set_exception(IngestUnavailable(f"redis: {reply!r}"))
+            elif reply is None:
+                appended.set_exception(IngestFull(
+                    f"ingest backlog is at its limit ({self.max_backlog} entries)"))
+            else:
+                appended.set_result(text(reply))
+
+    async def _appends(self, payloads: Sequence[bytes]) -> list[Any]:
+        """Run the append script once per payload, in one pipeline; each reply or error."""
+        replies = await self._pipelined(payloads)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # Redis restarted or flushed its scripts: nothing of those ran
+            await self._client.script_load(_APPEND)
+            again = await self._pipelined([payloads[n] for n in missing])
+            for n, reply in zip(missing, again, strict=True):
+                replies[n] = reply
+        return replies
+
+    async def _pipelined(self, payloads: Sequence[bytes]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.evalsha(self._append_sha, 1, self._stream_key, self.max_backlog, DATA_FIELD,
+                         payload)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""

@@ -1,12 +1,18 @@
 """The async-ingestion consumer: persists the ingest stream through the session mailboxes.
 
-One consumer per process, one task, one batch at a time. Each round it first takes
-over entries another consumer left pending for ``claim_idle_s`` (``XAUTOCLAIM``: that
-consumer died or is stuck), else reads new ones (``XREADGROUP``), then writes every
-entry through the registry (the same mailboxes, group commit and seq assignment as a
-synchronous write: in stream order per session within the batch) and acknowledges
-an entry only after its commit. A process that dies mid-batch leaves its entries
-pending; another process takes them over once they have been idle long enough.
+One consumer per process, one task reading, up to ``in_flight`` batches committing.
+Each round it first takes over entries another consumer left pending for
+``claim_idle_s`` (``XAUTOCLAIM``: that consumer died or is stuck), else reads new ones
+(``XREADGROUP``), then hands every entry to the registry (the same mailboxes, group
+commit and seq assignment as a synchronous write) and goes on to read the next batch
+while this one commits. The hand-over is synchronous and in stream order, batch after
+batch, so each session's mailbox holds its entries in stream order and stores them in
+that order. Each batch acknowledges its entries only after their commit. A process
+that dies mid-batch leaves its entries pending; another process takes them over once
+they have been idle long enough. Waiting for each batch's commit before reading the
+next left the shared committer idle between batches: the rate was one batch per
+commit latency (figures: loadtest/RESULTS.md,
+#pipelined-appends-and-batches-in-flight-branch-ingest).
 
 Exactly once: the message ids were chosen when the entry was accepted. Before a
 redelivered entry is written, its ids are looked up and an entry already stored is
@@ -28,17 +34,28 @@ unavailable, an unknown commit outcome) → left pending, retried after
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import asyncpg
-from prometheus_client import Counter, Gauge
 
 from chat_storage import tracing
 from chat_storage.actors.write.errors import WriteError
+from chat_storage.actors.write.ingest_metrics import (
+    DEAD_LETTERS,
+    ENTRIES,
+    PERSISTED,
+    RECLAIMED,
+    ROUND_ERRORS,
+    show,
+)
 from chat_storage.actors.write.registry import Registry
 from chat_storage.storage import db
 from chat_storage.storage.crypto.keyring import Keyring
@@ -56,22 +73,6 @@ from chat_storage.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-ENTRIES = Counter("chat_ingest_entries_total", "Ingest entries handled by this process's "
-                  "consumer, by outcome (stored, duplicate, dead, retry)", ["outcome"])
-PERSISTED = Counter("chat_ingest_messages_persisted_total",
-                    "Messages stored from the ingest stream by this process")
-DEAD_LETTERS = Counter("chat_ingest_dead_letters_total",
-                       "Ingest entries moved to the dead-letter stream, by reason", ["reason"])
-ROUND_ERRORS = Counter("chat_ingest_round_errors_total",
-                       "Consumer rounds that failed unexpectedly (entries left pending)")
-RECLAIMED = Counter("chat_ingest_reclaimed_total",
-                    "Pending ingest entries taken over from an idle consumer (XAUTOCLAIM)")
-# Figures of the shared stream (the same from every process: aggregate with max()).
-LAG = Gauge("chat_ingest_lag_entries", "Ingest entries not yet delivered to any consumer")
-PENDING = Gauge("chat_ingest_pending_entries", "Ingest entries delivered, not yet stored")
-BACKLOG = Gauge("chat_ingest_backlog_entries", "Ingest entries not yet stored (lag + pending)")
-DEAD = Gauge("chat_ingest_dead_entries", "Entries in the ingest dead-letter stream")
-
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 5.0
 
@@ -82,11 +83,13 @@ class IngestConsumer:
     def __init__(self, stream: IngestStream, registry: Registry, pool: asyncpg.Pool, *,
                  tasks: Supervisor, batch: int = 100, claim_idle_s: float = 30.0,
                  block_ms: int = 1000, stats_interval_s: float = 5.0,
-                 name: str | None = None, keyring: Keyring | None = None) -> None:
+                 in_flight: int = 3, name: str | None = None,
+                 keyring: Keyring | None = None) -> None:
         self.stream = stream
         self._keyring = keyring  # opens encrypted tenants' sealed entries
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch = batch
+        self.in_flight = max(1, in_flight)  # batches handed over and not yet acknowledged
         self.claim_idle_s = claim_idle_s
         self.block_ms = block_ms
         self.stats_interval_s = stats_interval_s
@@ -95,6 +98,9 @@ class IngestConsumer:
         self._supervisor = tasks
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # stream ids of the entries in this consumer's batches under way: XAUTOCLAIM
+        # finds them too once their commit takes longer than claim_idle_s
+        self._holding: set[str] = set()
 
     def start(self) -> None:
         """Start the consumer loop and the gauge refresher."""
@@ -102,13 +108,13 @@ class IngestConsumer:
                        self._supervisor.spawn(self._refresh_stats(), name="ingest-stats")]
 
     def stop_reading(self) -> None:
-        """Take no new entries; the batch under way still finishes and is acknowledged."""
+        """Take no new entries; the batches under way still finish and are acknowledged."""
         self._stop.set()
 
     async def close(self, timeout_s: float) -> None:
-        """Stop reading, let the batch under way finish within ``timeout_s``, then end.
+        """Stop reading, let the batches under way finish within ``timeout_s``, then end.
 
-        Past the deadline the batch is abandoned unacknowledged: another consumer (or
+        Past the deadline they are abandoned unacknowledged: another consumer (or
         this service's next start) takes it over, and what did commit is not repeated.
         """
         self.stop_reading()
@@ -129,22 +135,43 @@ class IngestConsumer:
             pass
 
     async def _run(self) -> None:
+        window: collections.deque[asyncio.Task[bool]] = collections.deque()
+        try:
+            await self._loop(window)
+            # stopping: the batches under way still commit and are acknowledged
+            for task in window:
+                try:
+                    await task
+                except Exception:
+                    log.warning("ingest batch failed while stopping; its entries stay "
+                                "pending", exc_info=True, extra={"consumer": self.name})
+        finally:
+            for task in window:
+                self._supervisor.cancel(task)  # only if _run itself is cancelled
+
+    async def _loop(self, window: collections.deque[asyncio.Task[bool]]) -> None:
         loop = asyncio.get_running_loop()
         delay = BACKOFF_MIN_S
         claim_at = 0.0  # the first round looks for entries left by dead consumers
         cursor = "0-0"
         ready = False
         while not self._stop.is_set():
+            retry = False
             try:
                 if not ready:
                     await self.stream.ensure_group()
                     ready = True
+                # room for one more batch; batches are collected oldest first
+                while window and (len(window) >= self.in_flight or window[0].done()):
+                    retry = await window.popleft() or retry
                 deliveries: list[Delivery] = []
                 redelivered = loop.time() >= claim_at
                 if redelivered:
-                    cursor, deliveries = await self.stream.claim(
+                    cursor, claimed = await self.stream.claim(
                         self.name, min_idle_ms=int(self.claim_idle_s * 1000), start=cursor,
                         count=self.batch)
+                    # entries of our own batches still committing are ours already
+                    deliveries = [d for d in claimed if d.id not in self._holding]
                     RECLAIMED.inc(len(deliveries))
                     if cursor == "0-0":  # scanned the whole pending list: next scan later
                         claim_at = loop.time() + max(0.1, self.claim_idle_s / 2)
@@ -152,7 +179,10 @@ class IngestConsumer:
                     redelivered = False
                     deliveries = await self.stream.read(self.name, count=self.batch,
                                                         block_ms=self.block_ms)
-                retry = await self.persist(deliveries, redelivered=redelivered)
+                settle = await self.begin(deliveries, redelivered=redelivered)
+                if settle is not None:
+                    window.append(self._supervisor.spawn(settle, name="ingest-batch",
+                                                         awaited=True))
             except IngestUnavailable as exc:
                 log.warning("ingest stream unavailable; backing off",
                             extra={"consumer": self.name, "error": str(exc), "delay_s": delay})
@@ -175,8 +205,19 @@ class IngestConsumer:
         ``redelivered``: they may have been stored already (look first). Returns
         whether any was left pending for a retry (the caller backs off).
         """
+        settle = await self.begin(deliveries, redelivered=redelivered)
+        return False if settle is None else await settle
+
+    async def begin(self, deliveries: Sequence[Delivery], *, redelivered: bool
+                    ) -> Coroutine[Any, Any, bool] | None:
+        """Hand ``deliveries`` to the session mailboxes, in order, before returning.
+
+        Returns what settles them (awaits their commits, then acknowledges or
+        dead-letters each one, and says whether any was left pending for a retry);
+        ``None`` if there were none. See :meth:`persist`.
+        """
         if not deliveries:
-            return False
+            return None
         deliveries, retry = await self._opened(deliveries)
         dead = [(d, "unreadable" if (d.error or "").startswith("unreadable") else "malformed",
                  d.error or "") for d in deliveries if d.entry is None]
@@ -189,34 +230,12 @@ class IngestConsumer:
                 stored, retry, todo = [], retry + len(todo), []
             done += [d.id for d in stored]
             ENTRIES.labels("duplicate").inc(len(stored))
-        results = await asyncio.gather(*(self._store(d) for d in todo), return_exceptions=True)
-        collided: list[Delivery] = []
-        for delivery, result in zip(todo, results, strict=True):
-            if isinstance(result, list):
-                done.append(delivery.id)
-                ENTRIES.labels("stored").inc()
-                PERSISTED.inc(len(result))
-            elif isinstance(result, asyncpg.UniqueViolationError):
-                collided.append(delivery)  # stored meanwhile by a slow consumer, presumably
-            elif (reason := _dead_reason(result)) is not None:
-                dead.append((delivery, reason, repr(result)))
-            else:
-                retry += 1
-                if not isinstance(result, WriteError | Unavailable):
-                    log.warning("ingest write failed; will retry", extra={
-                        "entry": delivery.id, "error": repr(result)})
-        if collided:
-            try:
-                stored, unsure = await self._split_stored(collided)
-            except Unavailable:
-                stored, unsure = [], collided
-            done += [d.id for d in stored]
-            ENTRIES.labels("duplicate").inc(len(stored))
-            retry += len(unsure)
-        ENTRIES.labels("retry").inc(retry)
-        await self._dead_letter(dead)
-        await self.stream.ack(done)
-        return retry > 0
+        # no await from here to the last submit: the next batch is handed over after this
+        # one, so every session's mailbox holds its entries in stream order
+        writes = [self._submit(d) for d in todo]
+        ids = [d.id for d in deliveries]
+        self._holding.update(ids)
+        return self._settle(ids, todo, writes, dead, done, retry)
 
     async def _opened(self, deliveries: Sequence[Delivery]) -> tuple[list[Delivery], int]:
         """``deliveries`` with the sealed ones opened, and how many are left pending
@@ -237,21 +256,71 @@ class IngestConsumer:
         return [d if d.key_id is None else opened(d, keys.get(d.key_id))
                 for d in deliveries], 0
 
-    async def _store(self, delivery: Delivery) -> Stored:
+    async def _settle(self, ids: list[str], todo: list[Delivery],
+                      writes: list[asyncio.Future[Stored]],
+                      dead: list[tuple[Delivery, str, str]], done: list[str],
+                      retry: int) -> bool:
+        try:
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            collided: list[Delivery] = []
+            for delivery, result in zip(todo, results, strict=True):
+                if isinstance(result, list):
+                    done.append(delivery.id)
+                    ENTRIES.labels("stored").inc()
+                    PERSISTED.inc(len(result))
+                elif isinstance(result, asyncpg.UniqueViolationError):
+                    collided.append(delivery)  # stored meanwhile by a slow consumer, presumably
+                elif (reason := _dead_reason(result)) is not None:
+                    dead.append((delivery, reason, repr(result)))
+                else:
+                    retry += 1
+                    if not isinstance(result, WriteError | Unavailable):
+                        log.warning("ingest write failed; will retry", extra={
+                            "entry": delivery.id, "error": repr(result)})
+            if collided:
+                try:
+                    stored, unsure = await self._split_stored(collided)
+                except Unavailable:
+                    stored, unsure = [], collided
+                done += [d.id for d in stored]
+                ENTRIES.labels("duplicate").inc(len(stored))
+                retry += len(unsure)
+            ENTRIES.labels("retry").inc(retry)
+            await self._dead_letter(dead)
+            await self.stream.ack(done)
+            return retry > 0
+        finally:
+            self._holding.difference_update(ids)
+
+    def _submit(self, delivery: Delivery) -> asyncio.Future[Stored]:
+        """Queue the entry in its session's mailbox; the future resolves after COMMIT."""
         entry = delivery.entry
-        # S101: narrows the type: persist() passes decoded entries only
+        # S101: narrows the type: begin() passes decoded entries only
         assert entry is not None  # noqa: S101
         group = WriteGroup(entry.messages, wrap=entry.wrap)
-        if not (tracing.ON and entry.trace):
-            return await self._registry.write(entry.tenant_id, entry.session_id, group)
-        # the accepting request's trace goes on here: this span is its child, and the
-        # commit's span links to this one (the mailbox takes the current span)
-        with tracing.span("ingest consume", parent=tracing.extract(entry.trace),
-                          span_kind="CONSUMER", attributes={
-                              "messaging.system": "redis", "messaging.message.id": delivery.id,
-                              "chat.session_id": str(entry.session_id),
-                              "chat.messages": len(entry.messages)}):
-            return await self._registry.write(entry.tenant_id, entry.session_id, group)
+        span = None
+        if tracing.ON and entry.trace:
+            # the accepting request's trace goes on here: this span is its child, lasts
+            # until the commit, and the commit's span links to it (the mailbox takes the
+            # current span)
+            span = tracing.start("ingest consume", parent=tracing.extract(entry.trace),
+                                 span_kind="CONSUMER", attributes={
+                                     "messaging.system": "redis",
+                                     "messaging.message.id": delivery.id,
+                                     "chat.session_id": str(entry.session_id),
+                                     "chat.messages": len(entry.messages)})
+            token = tracing.activate(span)
+        try:
+            write = self._registry.submit(entry.tenant_id, entry.session_id, group)
+        except Exception as exc:  # overloaded or shutting down: not stored, retried later
+            write = asyncio.get_running_loop().create_future()
+            write.set_exception(exc)
+        finally:
+            if span is not None:
+                tracing.deactivate(token)
+        if span is not None:
+            write.add_done_callback(functools.partial(_end_span, span))
+        return write
 
     async def _split_stored(
         self, deliveries: Sequence[Delivery]
@@ -281,16 +350,18 @@ class IngestConsumer:
 
     async def _refresh_stats(self) -> None:
         while not self._stop.is_set():
-            try:
-                stats = await self.stream.stats()
-            except IngestUnavailable:
-                pass  # the loop logs Redis trouble; stale gauges beat a crashed task
-            else:
-                LAG.set(stats.lag)
-                PENDING.set(stats.pending)
-                BACKLOG.set(stats.backlog)
-                DEAD.set(stats.dead)
+            # the loop logs Redis trouble; stale gauges beat a crashed task
+            with contextlib.suppress(IngestUnavailable):
+                show(await self.stream.stats())
             await self._sleep(self.stats_interval_s)
+
+
+def _end_span(span: Any, write: asyncio.Future[Stored]) -> None:
+    if write.cancelled():
+        tracing.fail(span, "cancelled")
+    elif (error := write.exception()) is not None:
+        tracing.fail(span, error)
+    span.end()
 
 
 # Errors about the entry itself: writing it again would fail again.

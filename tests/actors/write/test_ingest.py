@@ -6,8 +6,9 @@
   consumer that stored it before dying, one claimed from a consumer that did not.
 - Session deleted (or a bad parent_id) → dead-lettered, counted, never retried.
 - A full backlog is 503; an Idempotency-Key replays the 202.
-- A server process SIGKILLed while its batch waits on the database: another process
-  takes the entries over with XAUTOCLAIM; nothing is lost or doubled.
+- A server process SIGKILLed while its batches wait on the database (several batches
+  in flight): another process takes the entries over with XAUTOCLAIM; nothing is lost
+  or doubled, and the session's messages are stored in the order they were accepted.
 """
 
 from __future__ import annotations
@@ -329,14 +330,23 @@ async def test_killed_process_entries_are_reclaimed_nothing_lost_or_doubled(
                     assert r.status == 202
                     accepted.append((await r.json())["id"])
 
-            async def holds_a_batch() -> bool:
-                return int((await redis.xpending(stream_key, group))["pending"]) > 0
+            async def holds_batches() -> bool:
+                return int((await redis.xpending(stream_key, group))["pending"]) >= 3
 
-            # (its first read may have found one entry or two: a batch is what is there)
-            await until(holds_a_batch, "the first process holds a batch")
+            # more than one batch (of at most 2) handed over while the first cannot
+            # commit: its next batches wait behind it in the session's mailbox
+            await until(holds_batches, "the first process holds several batches")
             await first.kill()  # mid-batch: its entries stay pending under its name
         held = await redis.xpending(stream_key, group)
-        assert 1 <= held["pending"] <= 2 and len(held["consumers"]) == 1
+        assert 3 <= held["pending"] <= 6 and len(held["consumers"]) == 1
+
+        async def all_idle() -> bool:
+            entries = await redis.xpending_range(stream_key, group, "-", "+", 10)
+            return all(e["time_since_delivered"] > 1100 for e in entries)
+
+        # the next process's first round then takes them all over before it reads the
+        # entries never delivered: the session's order is kept across the crash
+        await until(all_idle, "the dead process's entries are idle past CLAIM_IDLE_S")
         async with running(tmp_path, env) as (second,):
             await lock.rollback()  # the database is fast again
             lock = None
@@ -354,7 +364,9 @@ async def test_killed_process_entries_are_reclaimed_nothing_lost_or_doubled(
             assert metric_total(text, "chat_ingest_entries_total", outcome="stored") + (
                 metric_total(text, "chat_ingest_entries_total", outcome="duplicate")) == 10
         rows = await stored(pool, sid)
-        assert sorted(str(r["id"]) for r in rows) == sorted(accepted)  # each exactly once
+        # each exactly once, in the order accepted
+        assert [str(r["id"]) for r in rows] == accepted
+        assert [r["content"] for r in rows] == [f"m{n}" for n in range(10)]
         assert [r["seq"] for r in rows] == list(range(1, 11))
         assert await pool.fetchval("SELECT last_seq FROM sessions WHERE id = $1", sid) == 10
     finally:
