@@ -169,7 +169,7 @@ def _turns() -> list[ChatMessage]:
 async def test_chat_memory_buffer_keeps_the_newest_turns_within_its_token_limit(
         client: Client) -> None:
     store = ChatStorageChatStore(client=client, user_id="ann-memory")
-    # whitespace tokens: exact counts (and tiktoken's default would be downloaded)
+    # whitespace tokens, so the counts below are plain to see
     memory = ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="chat",
                                             token_limit=5, tokenizer_fn=str.split)
     turns = _turns()
