@@ -80,6 +80,17 @@ def test_a_key_is_one_session_of_the_stores_user(client: Client) -> None:
         "home", "work"]
 
 
+def test_of_two_sessions_made_for_one_key_at_once_the_older_is_the_keys(
+        client: Client) -> None:
+    older = client.sessions.create("ann-race", metadata={"llama_index_key": "k"})
+    client.messages.create(older["id"], "user", "first")
+    newer = client.sessions.create("ann-race", metadata={"llama_index_key": "k"})
+    client.messages.create(newer["id"], "user", "second")  # newest activity: listed first
+    store = ChatStorageChatStore(client=client, user_id="ann-race")
+    assert store.get_messages("k") == [ChatMessage(content="first")]
+    assert store.session_id("k") == older["id"] and store.get_keys() == ["k"]
+
+
 def test_deleting_makes_tombstones_and_indexes_count_what_remains(client: Client) -> None:
     store = ChatStorageChatStore(client=client, user_id="ann-del")
     store.set_messages("k", [ChatMessage(content=t) for t in ["a", "b", "c", "d"]])
