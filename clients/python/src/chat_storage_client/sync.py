@@ -201,6 +201,11 @@ class Client:
     def check_version(self) -> str:
         return self._loop.run(self._async.check_version())
 
+    def call(self, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """Run ``call(async_client)`` on this client's loop and wait for its result: several
+        async calls as one blocking step (the sync twin of :meth:`call_async`)."""
+        return self._loop.run(call(self._async))
+
     async def call_async(self, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
         """Await ``call(async_client)`` from another event loop: it runs on this client's
         loop, and the caller's loop is not blocked meanwhile."""
