@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { cpLength } from "../src/index.js";
+import { Position, cpLength } from "../src/index.js";
 import { client, control, seeded, sleep, unique, until, words } from "./support.js";
 
 class Follower {
@@ -11,12 +11,16 @@ class Follower {
     this.seqs = [];
     this.texts = new Map();  // stream_id -> text
     this.final = new Map();  // message id -> message
+    this.resent = 0;         // code points sent again (a snapshot of text already had)
   }
 
   take(f) {
     if (f.type === "message.created") this.seqs.push(f.message.seq);
     else if (f.type === "stream.started") { this.seqs.push(f.seq); this.texts.set(f.stream_id, ""); }
-    else if (f.type === "stream.snapshot") this.texts.set(f.stream_id, f.content);
+    else if (f.type === "stream.snapshot") {
+      this.resent += cpLength(this.texts.get(f.stream_id) || "");
+      this.texts.set(f.stream_id, f.content);
+    }
     else if (f.type === "stream.delta") {
       const text = this.texts.get(f.stream_id);
       assert.equal(f.offset, cpLength(text), "a delta lost or repeated");
@@ -78,7 +82,23 @@ test("a watcher whose socket is cut resumes from its last seq and offset", async
     assert.equal(seen.texts.get(id), text, "the watcher's text of an answer");
     assert.equal(seen.final.get(id).content, text);
   }
+  // resumed from its offsets (subscribe's `streams`): the rest of each answer, not all of it again
+  assert.equal(seen.resent, 0);
   // leaving the loop closes the watch's socket
   await producer.messages.create(sid, { role: "user", content: "wake the loop" });
   await following;
+});
+
+test("a position drops what it had and trims an overlapping delta (code points)", () => {
+  const p = new Position(0);
+  assert.ok(p.take({ type: "message.created", message: { id: "m1", seq: 1 } }));
+  assert.equal(p.take({ type: "message.created", message: { id: "m1", seq: 1 } }), null);
+  assert.ok(p.take({ type: "stream.started", stream_id: "s", message_id: "s", seq: 2, role: "assistant" }));
+  assert.ok(p.take({ type: "stream.delta", stream_id: "s", offset: 0, delta: "a😀中" }));
+  assert.equal(p.take({ type: "stream.delta", stream_id: "s", offset: 1, delta: "😀" }), null);
+  assert.deepEqual(p.take({ type: "stream.delta", stream_id: "s", offset: 2, delta: "中文👩‍💻" }),
+    { type: "stream.delta", stream_id: "s", offset: 3, delta: "文👩‍💻" });
+  assert.deepEqual(p.subscribeFrame(), { type: "subscribe", after_seq: 2, streams: [{ seq: 2, offset: 7 }] });
+  assert.ok(p.take({ type: "stream.completed", message: { id: "s", seq: 2 } }));
+  assert.deepEqual(p.subscribeFrame(), { type: "subscribe", after_seq: 2, streams: [] });
 });
