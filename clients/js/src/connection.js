@@ -28,7 +28,7 @@ export class Connection {
     this.opens = 0;              // sockets opened so far
     this._delays = [minDelayMs, maxDelayMs];
     this._ws = null;
-    this._pending = new Map();   // ref -> {resolve, reject, timer, text, sentOn}
+    this._pending = new Map();   // ref -> {resolve, reject, timer, type, text, sentOn}
     this._refs = 0;
     this._failures = 0;          // connections in a row that failed
     this._closed = false;
@@ -58,7 +58,7 @@ export class Connection {
         // sent and not answered: the socket is half-open; replace it
         if (waiter.sentOn !== null && waiter.sentOn === this._ws) this._drop(this._ws, 4000, "reply timeout");
       }, timeoutMs);
-      const waiter = { resolve, reject, timer, text: JSON.stringify({ ...frame, ref }), sentOn: null };
+      const waiter = { resolve, reject, timer, type: frame.type, text: JSON.stringify({ ...frame, ref }), sentOn: null };
       this._pending.set(ref, waiter);
       if (this.isOpen()) this._sendWaiting(waiter);
     });
@@ -131,17 +131,17 @@ export class Connection {
     this._ws = null;
     ws.onopen = ws.onmessage = ws.onclose = null;
     try { ws.close(code === 1000 ? 1000 : 4000); } catch { /* already closing */ }
-    const lost = new Lost(`connection lost (close code ${code}${reason ? `: ${reason}` : ""})`);
-    lost.closeCode = code;
+    const why = `close code ${code}${reason ? `: ${reason}` : ""}`;
     for (const [ref, p] of this._pending) {
       clearTimeout(p.timer);
-      p.reject(lost);
+      // sent or not, the caller decides: a create may have been stored
+      p.reject(Object.assign(new Lost(`connection lost before the reply to ${p.type} (${why})`), { closeCode: code }));
       this._pending.delete(ref);
     }
     if (this.hooks.onLost) this.hooks.onLost(code);
     if (this._closed) return;
-    if (FATAL_CLOSE_CODES.has(code)) return this._fail(new ConnectionFailed(`the server closed the connection with ${code}${reason ? `: ${reason}` : ""}`));
-    this._retry(lost);
+    if (FATAL_CLOSE_CODES.has(code)) return this._fail(new ConnectionFailed(`the server closed the connection with ${why}`));
+    this._retry(new Lost(`connection lost (${why})`));
   }
 
   async _retry(err) {

@@ -119,16 +119,15 @@ export class Transport {
     for (let attempt = 0; attempt < this.retry.attempts; attempt++) {
       if (attempt) await sleep(this._waitMs(attempt, last));
       let r;
+      let text;
       try {
         r = await this._fetch(url, { method, headers, body: data, signal: AbortSignal.timeout(this.timeoutMs) });
-        if (r.status < 400) {
-          const text = await r.text();
-          return { status: r.status, headers: r.headers, text, body: raw || !text ? null : JSON.parse(text) };
-        }
+        if (r.status < 400) text = await r.text();
       } catch (err) {
         last = new ConnectionFailed(`${method} ${path}: ${err && err.message}`, { cause: err });
         continue;
       }
+      if (text !== undefined) return { status: r.status, headers: r.headers, text, body: raw || !text ? null : JSON.parse(text) };
       last = await errorOf(r);
       if (!RETRY_STATUSES.has(r.status) && last.code !== "idempotency_in_flight") throw last;
     }

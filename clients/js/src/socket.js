@@ -10,7 +10,7 @@
 //   "state"  {state}  connecting, open, reconnecting, failed, closed
 //   "error"  {error}  a refused frame nobody waited for, or a failure to reconnect
 
-import { StreamError } from "./errors.js";
+import { fromBody } from "./errors.js";
 import { Connection } from "./connection.js";
 import { Position } from "./position.js";
 import { Stream } from "./answer.js";
@@ -93,7 +93,7 @@ export class SessionSocket extends EventTarget {
       for (const s of streams) s._resync(waitMs);
       return;
     }
-    const error = Object.assign(new StreamError(f.message || "refused", { body: f }), {});
+    const error = fromBody(0, f);
     if (streams.length === 1) streams[0]._refuse(error);
     this._emit("error", { error });
   }

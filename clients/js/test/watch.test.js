@@ -30,7 +30,6 @@ class Follower {
 }
 
 test("a watcher whose socket is cut resumes from its last seq and offset", async () => {
-  const ROUNDS = 5;
   const rng = seeded(7);
   const producer = client();
   const watcher = client({ via: "proxy", retry: { attempts: 8 } });
@@ -38,15 +37,20 @@ test("a watcher whose socket is cut resumes from its last seq and offset", async
   await producer.messages.create(sid, { role: "system", content: "before the watch" });
 
   const seen = new Follower();
-  const events = watcher.watch(sid, { fromSeq: 0 });
-  let done = false;
+  const stop = new AbortController();
   const following = (async () => {
-    for await (const f of events) {
-      seen.take(f);
-      if (done) break;
-    }
+    for await (const f of watcher.watch(sid, { fromSeq: 0, signal: stop.signal })) seen.take(f);
   })();
+  try {
+    await produceWhileCutting(producer, sid, seen, rng);
+  } finally {
+    stop.abort(); // ends the loop and closes the watch's socket, even when the test failed
+  }
+  await following;
+});
 
+async function produceWhileCutting(producer, sid, seen, rng) {
+  const ROUNDS = 5;
   await until(() => seen.seqs.length === 1, 15_000, "the catch-up");
   const answers = new Map();
   const cutsBefore = (await control("stats")).cuts;
@@ -72,7 +76,6 @@ test("a watcher whose socket is cut resumes from its last seq and offset", async
   assert.ok((await control("stats")).cuts - cutsBefore >= ROUNDS);
 
   await until(() => [...answers.keys()].every((id) => seen.final.has(id)), 20_000, "every answer's end");
-  done = true;
   const last = await producer.messages.list(sid, { order: "desc", maxItems: 1 }).toArray();
   const lastSeq = last[0].seq;
   assert.equal(lastSeq, 1 + ROUNDS * 3);
@@ -84,10 +87,7 @@ test("a watcher whose socket is cut resumes from its last seq and offset", async
   }
   // resumed from its offsets (subscribe's `streams`): the rest of each answer, not all of it again
   assert.equal(seen.resent, 0);
-  // leaving the loop closes the watch's socket
-  await producer.messages.create(sid, { role: "user", content: "wake the loop" });
-  await following;
-});
+}
 
 test("a position drops what it had and trims an overlapping delta (code points)", () => {
   const p = new Position(0);

@@ -233,6 +233,8 @@ export interface SocketOptions {
 export interface WatchOptions extends Omit<SocketOptions, "afterSeq" | "subscribe" | "keep"> {
   /** Events after this seq (default 0). */
   fromSeq?: number;
+  /** Aborting it ends the iteration and closes the socket (as leaving the loop does). */
+  signal?: AbortSignal;
 }
 
 export class ChatStorage {

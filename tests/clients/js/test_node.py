@@ -122,7 +122,9 @@ async def test_the_js_client_against_a_real_server(
     env = clean_env(CS_BASE_URL=server.base, CS_PROXY_URL=proxy.base, CS_SLOW_URL=slow_server.base,
                     CS_CONTROL_URL=control, CS_API_KEY=tenant.key, NO_COLOR="1")
     # one file at a time: the proxy's cuts are for the test that asks for them
-    code, output = await run_node(node, "--test", "--test-concurrency=1", "--test-reporter=spec",
+    # --test-force-exit: a failed test that leaves a socket reconnecting cannot hang the run
+    code, output = await run_node(node, "--test", "--test-concurrency=1", "--test-force-exit",
+                                  "--test-reporter=spec",
                                   f"--test-timeout={TEST_TIMEOUT_MS}",
                                   f"{TESTS.relative_to(ROOT)}/*.test.js", env=env)
     assert code == 0, f"node --test failed (exit {code}):\n{output[-20000:]}"
