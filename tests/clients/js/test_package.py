@@ -10,7 +10,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from tests.support.node import node_or_skip, packages_or_skip
+import pytest
+
+from tests.support.node import IN_CI, SETUP_HINT, node_or_skip, packages_or_skip
 from tests.support.procs import ROOT
 
 PACKAGE = ROOT / "clients" / "js"
@@ -41,8 +43,12 @@ def run(*cmd: str | Path, cwd: Path, node: str) -> str:
 
 
 def npm() -> str:
+    """npm (Debian's is enough to pack and install), skipped outside CI when missing."""
     found = shutil.which("npm")
-    assert found is not None, "npm is missing"
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"npm is missing: {SETUP_HINT}")
+        pytest.skip(f"npm is missing: {SETUP_HINT}")
     return found
 
 
