@@ -25,6 +25,8 @@ COPY actors ./actors
 COPY storage ./storage
 COPY sql ./sql
 COPY web ./web
+# the JavaScript client the demo page imports (chat_storage/client_js links to it)
+COPY clients/js/src ./clients/js/src
 # with the tracing extra: OTEL_* turns tracing on (docs/observability.md); off, it costs
 # nothing (loadtest/RESULTS.md)
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --constraint constraints.txt '.[tracing]'

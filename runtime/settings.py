@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # installed as plain files, so the resource directories are real paths.
 DEFAULT_MIGRATIONS_DIR = Path(str(resources.files("chat_storage") / "sql"))
 DEFAULT_WEB_DIR = Path(str(resources.files("chat_storage") / "web"))
+# the JavaScript client's modules (clients/js/src), which the demo page imports
+DEFAULT_JS_CLIENT_DIR = Path(str(resources.files("chat_storage") / "client_js"))
 # The embedded database and local files live in the user's data directory (one per
 # user, wherever the command is run); CHAT_DATA_DIR overrides it.
 DEFAULT_DATA_DIR = platformdirs.user_data_path("chat-storage", appauthor=False)

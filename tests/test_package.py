@@ -59,9 +59,9 @@ def test_the_wheel_holds_one_package_with_its_data(installed: Path, tmp_path: Pa
     out = run(installed / "python", "-c",
               "import importlib.util as u, chat_storage as c; "
               "from chat_storage.runtime.settings import DEFAULT_MIGRATIONS_DIR as m, "
-              "DEFAULT_WEB_DIR as w; "
+              "DEFAULT_WEB_DIR as w, DEFAULT_JS_CLIENT_DIR as j; "
               "print(c.__file__); print(sorted(p.name for p in m.glob('*.sql'))[0]); "
-              "print((w / 'index.html').is_file()); "
+              "print((w / 'index.html').is_file() and (j / 'index.js').is_file()); "
               "print([n for n in ('server', 'actors', 'storage') if u.find_spec(n)])",
               cwd=tmp_path)
     origin, first_migration, page, top_level = out.splitlines()
@@ -109,6 +109,8 @@ async def _exercise(base: str, proc: asyncio.subprocess.Process) -> None:
                 await asyncio.sleep(0.1)
         async with http.get(f"{base}/") as r:  # the demo page, from the package
             assert r.status == 200 and "<html" in (await r.text()).lower()
+        async with http.get(f"{base}/web/client/index.js") as r:  # the JS client it imports
+            assert r.status == 200 and "ChatStorage" in await r.text()
         headers = {"X-Api-Key": KEY}
         async with http.post(f"{base}/api/v1/sessions", json={"user_id": "u1"},
                              headers=headers) as r:
@@ -125,7 +127,9 @@ async def _exercise(base: str, proc: asyncio.subprocess.Process) -> None:
 def test_the_image_copies_every_folder_the_package_links_to() -> None:
     """The Dockerfile builds the wheel from copied folders: one it forgets is a package
     that installs without a layer."""
-    linked = {p.name for p in (ROOT / "chat_storage").iterdir() if p.is_symlink()}
+    # each link's target, as a folder of the checkout (client_js -> clients/js/src)
+    linked = {str((p.parent / p.readlink()).resolve().relative_to(ROOT))
+              for p in (ROOT / "chat_storage").iterdir() if p.is_symlink()}
     copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
               if line.startswith("COPY ") and "--from" not in line}
     assert linked and linked <= copied, sorted(linked - copied)

@@ -4,7 +4,7 @@
 // user token only (web/token.js: sessionStorage, renewed before it expires), never a
 // tenant API key; the WebSocket is opened with a single-use ticket (browsers cannot
 // set headers on it). Query parameters: echo_delay_ms, token_ttl_s, refresh_margin_s.
-import { ChatStorage } from "/web/chat-storage.js";
+import { ChatStorage } from "/web/client/index.js"; // the chat-storage-client package (clients/js)
 import { TokenKeeper } from "/web/token.js";
 
 const $ = (id) => document.getElementById(id);

@@ -8,7 +8,7 @@
 //   (ChatStorage.exchangeKey) and kept nowhere, so when the token is about to
 //   expire the page asks for the key again ("expiring" event).
 // A real application gets its tokens from its own backend (docs/auth.md).
-import { ApiError, ChatStorage } from "/web/chat-storage.js";
+import { ChatStorage, fromBody } from "/web/client/index.js"; // the chat-storage-client package (clients/js)
 
 const SLOT = "chat-storage.token";
 const store = window.sessionStorage;
@@ -54,7 +54,7 @@ export class TokenKeeper extends EventTarget {
     const r = await fetch(this.baseUrl + "/dev/tokens", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
     if (r.status === 404 || r.status === 403) return null;
     const data = await r.json().catch(() => null);
-    if (!r.ok) throw new ApiError(r.status, data);
+    if (!r.ok) throw fromBody(r.status, data, { requestId: r.headers.get("X-Request-ID") });
     return this._keep(data, "dev");
   }
 

@@ -131,8 +131,16 @@ async def test_page_is_served_with_a_strict_policy(client: Any) -> None:
     r = await client.get("/")
     assert r.status == 200 and r.content_type == "text/html"
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
-    r = await client.get("/web/chat-storage.js")
+    r = await client.get("/web/chat-storage.js")  # the older address: re-exports the package
     assert r.status == 200 and r.content_type == "text/javascript"
+    assert 'from "./client/index.js"' in await r.text()
+    # the page imports the JS client package (clients/js/src) from /web/client/
+    assert 'from "/web/client/index.js"' in await (await client.get("/web/app.js")).text()
+    for name in ("index.js", "client.js", "answer.js"):
+        r = await client.get(f"/web/client/{name}")
+        assert r.status == 200 and r.content_type == "text/javascript"
+    assert (await client.get("/web/client/index.d.ts")).status == 404
+    assert (await client.get("/web/client/..%2Fpackage.json")).status == 404
     assert (await client.get("/web/../server/app.py")).status == 404
     assert (await client.get("/web/nope.js")).status == 404
 
