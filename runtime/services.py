@@ -144,7 +144,7 @@ class Services:
                 if redis is None:  # Settings refuses this; a clear error all the same
                     raise RuntimeError("async ingestion needs REDIS_URL")
                 ingest = IngestStream(redis, prefix=settings.redis_prefix,
-                                      max_backlog=settings.ingest_max_backlog)
+                                      max_backlog=settings.ingest_max_backlog, tasks=tasks)
                 consumer = IngestConsumer(ingest, registry, pool, tasks=tasks,
                                           batch=settings.ingest_batch,
                                           claim_idle_s=settings.ingest_claim_idle_s,

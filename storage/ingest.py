@@ -50,6 +50,7 @@ from chat_storage.storage.ingest_entries import (
     text,
 )
 from chat_storage.storage.redis_keys import RedisKeys
+from chat_storage.supervisor import Supervisor
 
 __all__ = ["DATA_FIELD", "Delivery", "Entry", "IngestFull", "IngestStream",
            "IngestUnavailable", "Stats", "decode", "encode", "opened", "stored_ids"]
@@ -88,7 +89,8 @@ class IngestStream:
     """The ingest stream and its consumer group, on one Redis client (see module doc)."""
 
     def __init__(self, client: Redis, *, prefix: str, max_backlog: int = 100_000,
-                 dead_max_len: int = 100_000, op_timeout_s: float = 2.0) -> None:
+                 dead_max_len: int = 100_000, op_timeout_s: float = 2.0,
+                 tasks: Supervisor | None = None) -> None:
         self.keys = RedisKeys(prefix)
         self.max_backlog = max_backlog
         self.dead_max_len = dead_max_len
@@ -98,7 +100,7 @@ class IngestStream:
         self._append_sha = client.register_script(_APPEND).sha
         # appends of this loop turn, sent together at its end (see the module doc)
         self._queued: list[tuple[bytes, asyncio.Future[str]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._tasks = tasks or Supervisor()  # owns the tasks that send them
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def append(self, entry: Entry, key: DataKey | None = None) -> str:
@@ -118,10 +120,12 @@ class IngestStream:
     def _flush(self) -> None:
         """Send the appends queued in this loop turn, in one pipeline."""
         batch, self._queued = self._queued, []
-        assert self._loop is not None  # noqa: S101 - set by append(), which queued these
-        task = self._loop.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        try:
+            self._tasks.spawn(self._send(batch), name="ingest:append")
+        except RuntimeError as exc:  # shutting down: nothing was sent
+            for _, appended in batch:
+                if not appended.done():
+                    appended.set_exception(IngestUnavailable(f"not sent: {exc}"))
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future[str]]]) -> None:
         replies: list[Any]

@@ -60,8 +60,9 @@ def test_the_packed_tarball_installs_offline_and_imports_with_types(tmp_path: Pa
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
     # what ships: the modules, the declarations, the README; not the tests nor the lock
-    assert {"package/package.json", "package/README.md", "package/src/index.js",
-            "package/types/index.d.ts"} <= names, sorted(names)
+    shipped = {f"package/{name}" for name in ("package.json", "README.md", "src/index.js",
+                                              "types/index.d.ts")}
+    assert shipped <= names, sorted(names)
     assert not any(n.startswith(("package/test/", "package/node_modules/")) for n in names)
     manifest = json.loads((PACKAGE / "package.json").read_text())
     assert (manifest["type"], manifest["engines"]["node"]) == ("module", ">=22")
