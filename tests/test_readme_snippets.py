@@ -86,3 +86,15 @@ async def test_the_snippet_runs(heading: str, server: Server, tenant: Tenant,
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, err.decode()[-3000:]
     assert out.decode().strip() == PRINTS[heading]
+
+
+def test_the_langchain_switch_adds_exactly_lines_the_runnable_block_runs() -> None:
+    """The ``diff`` block cannot run (it needs langchain_postgres and its database), so
+    what it adds must be lines of the block that does run."""
+    section = subsections()["### LangChain"]
+    [switch] = re.findall(r"```diff\n(.*?)```", section, re.S)
+    added = [line[1:] for line in switch.splitlines() if line.startswith("+")]
+    removed = [line for line in switch.splitlines() if line.startswith("-")]
+    assert added and len(added) == len(removed)
+    runnable = python_blocks(section)[0].splitlines()
+    assert all(line in runnable for line in added), added
