@@ -50,6 +50,11 @@ def test_messages_round_trip_with_roles_blocks_and_kwargs(client: Client) -> Non
         ("system", "Answer from the sources."), ("user", "How tall is a zebra?"),
         ("assistant", ""), ("tool", "1.4 m"), ("assistant", "About\n1.4 m.")]
     assert stored[4]["context"] == [{"source_id": "wiki/zebra", "score": 0.9}]
+    # tool calls in the API's shape are the message's own fields, not metadata
+    assert stored[2]["tool_calls"] == [{"id": "c1", "name": "lookup",
+                                        "arguments": {"q": "zebra"}}]
+    assert stored[3]["tool_call_id"] == "c1"
+    assert stored[2]["metadata"] == stored[3]["metadata"] == {}
     assert stored[0]["metadata"] == {"llama_index": {"role": "developer"}}
     assert stored[1]["metadata"] == {}  # nothing the API has no field for
     store.add_message("trip", ChatMessage(role="user", content="And a horse?"))
@@ -199,3 +204,13 @@ async def test_chat_memory_buffer_keeps_the_newest_turns_within_its_token_limit(
     assert later.get() == turns
     memory.reset()
     assert later.get() == [] and store.get_keys() == []
+
+
+def test_a_tool_reply_that_names_no_call_still_round_trips(client: Client) -> None:
+    store = ChatStorageChatStore(client=client, user_id="ann")
+    given = [ChatMessage(role="function", content="42", additional_kwargs={"name": "calc"}),
+             ChatMessage(role="tool", content="ok")]
+    store.set_messages("legacy", given)
+    assert store.get_messages("legacy") == given
+    stored = list(client.messages.list(store.session_id("legacy")))
+    assert [m["role"] for m in stored] == ["tool", "tool"]

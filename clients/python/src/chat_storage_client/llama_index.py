@@ -24,7 +24,11 @@ them (system, tool, assistant, assistant) and read back as they were. The text i
 message's ``content``; RAG sources in ``additional_kwargs["context"]`` (a list of
 ``{source_id, …}``) are its ``context``; the rest of ``additional_kwargs`` and content
 blocks other than one text block (images, …) are kept under ``metadata["llama_index"]``,
-which the server caps (``CHAT_MAX_METADATA_BYTES``, 16 KiB a message).
+which the server caps (``CHAT_MAX_METADATA_BYTES``, 16 KiB a message). Tool calls in
+the API's shape (``additional_kwargs["tool_calls"]`` as ``[{id, name, arguments}]``) and
+a tool message's ``additional_kwargs["tool_call_id"]`` are the message's own
+``tool_calls`` / ``tool_call_id``; a tool message with no call id is stored with
+``llama_index:none``, which is not read back.
 
 Give it a sync :class:`Client`: it serves the sync and the async methods, and
 ``ChatMemoryBuffer.aget`` runs the sync ``get_messages`` in a thread. An
@@ -54,6 +58,8 @@ ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "s
 KEY = "llama_index"  # the message metadata key of what the API has no field for
 SESSION_KEY = "llama_index_key"  # the session metadata key naming a store key
 MAX_BATCH = 500  # messages per create_many (the API's limit)
+MAX_ID = 256  # the API's longest tool call id
+NO_CALL_ID = "llama_index:none"  # a tool message that named no call (a legacy "function")
 
 
 def to_api(message: ChatMessage) -> dict[str, Any]:
@@ -67,13 +73,14 @@ def to_api(message: ChatMessage) -> dict[str, Any]:
     context = extra.get("context")
     if _is_context(context):
         del extra["context"]
-    if extra:
-        kept["additional_kwargs"] = extra
     if not (len(message.blocks) == 1 and isinstance(message.blocks[0], TextBlock)):
         kept["blocks"] = dumped["blocks"]
     body: dict[str, Any] = {"role": ROLES[role], "content": message.content or ""}
     if _is_context(context):
         body["context"] = context
+    body.update(_tool_fields(body["role"], extra))
+    if extra:
+        kept["additional_kwargs"] = extra
     if kept:
         body["metadata"] = {KEY: kept}
     return body
@@ -85,11 +92,34 @@ def from_api(message: Message) -> ChatMessage:
     extra = dict(kept.get("additional_kwargs") or {})
     if message.get("context"):
         extra.setdefault("context", message["context"])
+    if message.get("tool_calls"):
+        extra.setdefault("tool_calls", message["tool_calls"])
+    if message.get("tool_call_id") not in (None, NO_CALL_ID):
+        extra.setdefault("tool_call_id", message["tool_call_id"])
     data: dict[str, Any] = {"role": kept.get("role") or message["role"],
                             "additional_kwargs": extra}
     if "blocks" in kept:
         return ChatMessage.model_validate({**data, "blocks": kept["blocks"]})
     return ChatMessage(content=message["content"], **data)
+
+
+def _tool_fields(role: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The API's ``tool_calls`` / ``tool_call_id`` taken out of ``extra`` (a message's
+    ``additional_kwargs``) where they have the API's shape; other shapes (a provider's
+    own, such as OpenAI's ``function`` objects) stay in ``extra``, kept in metadata."""
+    calls, call_id = extra.get("tool_calls"), extra.get("tool_call_id")
+    if role == "assistant" and isinstance(calls, list) and calls and all(
+            isinstance(c, dict) and set(c) == {"id", "name", "arguments"}
+            and isinstance(c["id"], str) and c["id"] and isinstance(c["name"], str)
+            and c["name"] and isinstance(c["arguments"], dict) for c in calls):
+        del extra["tool_calls"]
+        return {"tool_calls": calls}
+    if role != "tool":
+        return {}
+    if isinstance(call_id, str) and 0 < len(call_id) <= MAX_ID:
+        del extra["tool_call_id"]
+        return {"tool_call_id": call_id}
+    return {"tool_call_id": NO_CALL_ID}  # the API needs one; this one is not read back
 
 
 def _is_context(value: Any) -> bool:
