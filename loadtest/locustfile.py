@@ -10,8 +10,8 @@ these tasks (weight: task, and the requests it sends, named as in locust's stats
   pages through ``GET …/messages?order=desc&cursor={cursor}``
 - 3 ``list_sessions``: ``GET /api/v1/sessions?user_id={user_id}``; sometimes opens
   another of the user's chats
-- 2 ``send_tool_turn``: ``POST …/messages/batch``, a question, the retrieval tool's
-  result and the answer stored together
+- 2 ``send_tool_turn``: ``POST …/messages/batch``, a question, the assistant's call of
+  the retrieval tool, the tool's result and the answer stored together
 - 2 ``search``: ``GET /api/v1/search?q={q}&user_id={user_id}``
 - 1 ``new_chat``: ``POST /api/v1/sessions`` (one in ten is a temporary chat)
 - 1 ``rename_or_star``: ``PATCH /api/v1/sessions/{session_id}``
@@ -254,9 +254,12 @@ class ChatUser(FastHttpUser):
         question = self._question()
         answer = self._answer(question)
         retrieved = json.dumps({"retrieved": [c["source_id"] for c in answer["context"]]})
+        call_id = f"call-{self.rng.getrandbits(48):012x}"
         batch: list[dict[str, Any]] = [
             {"role": "user", "content": question, "sender_id": self.user_id},
-            {"role": "tool", "content": retrieved, "metadata": {"tool": "retriever"}},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": call_id, "name": "retriever", "arguments": {"query": question}}]},
+            {"role": "tool", "content": retrieved, "tool_call_id": call_id},
             answer,
         ]
         first = self.sessions[session_id] + 1

@@ -38,7 +38,7 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 USERS = 4
 RUN_S = 5
 LOCUST_TIMEOUT_S = 60.0  # the run, its start-up and the users' last tasks (--stop-timeout)
-BATCH_MESSAGES = 3  # the locustfile's send_tool_turn: question, tool result, answer
+BATCH_MESSAGES = 4  # the locustfile's send_tool_turn: question, tool call, tool result, answer
 
 # every request the scenario's tasks send, as (method, name) in locust's stats
 SESSIONS = "/api/v1/sessions"

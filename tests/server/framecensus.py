@@ -24,8 +24,15 @@ def _package_modules() -> Iterator[tuple[Path, ast.Module]]:
                 yield path, ast.parse(path.read_text(), str(path))
 
 
+# modules that read events but write another protocol's parts, documented in
+# /openapi.json rather than /asyncapi.json: the AI SDK's UI message stream
+OTHER_PROTOCOLS = frozenset({"uistream"})
+
+
 def _builds_frames(path: Path, tree: ast.Module) -> bool:
     """The frame modules themselves, and every module that imports one of them."""
+    if path.stem in OTHER_PROTOCOLS:
+        return False
     if path.stem in ("events", "frames"):
         return True
     for node in ast.walk(tree):
