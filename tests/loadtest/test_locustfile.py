@@ -153,8 +153,13 @@ async def test_scenario_runs_every_task_without_failure_and_stores_it(
     r = await client.get(f"{SESSIONS}/{busiest['id']}/messages", params={"limit": "200"},
                          headers=tenant.headers)
     assert r.status == 200
-    answers = [m for m in (await r.json())["data"] if m["role"] == "assistant"]
+    history = (await r.json())["data"]
+    answers = [m for m in history if m["role"] == "assistant" and not m["tool_calls"]]
     assert answers and all(m["context"] and m["usage"]["total_tokens"] > 0 for m in answers)
+    # a tool turn's reply names the call the assistant made just before it
+    calls = {c["id"] for m in history for c in m["tool_calls"] or ()}
+    replies = [m["tool_call_id"] for m in history if m["role"] == "tool"]
+    assert set(replies) <= calls
     r = await client.get("/api/v1/feedback", headers=tenant.headers)
     assert r.status == 200
     assert (await r.json())["data"]
