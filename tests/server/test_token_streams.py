@@ -25,7 +25,7 @@ from tests.conftest import TEST_SECRET_KEY, Tenant
 from tests.support.bearer import bearer
 from tests.support.idp import Idp
 from tests.support.procs import replica_env, running
-from tests.support.streamkit import parse_sse, recv, subscribe
+from tests.support.streamkit import parse_sse, recv_until, start, subscribe
 
 CACHE_S = 0.5  # CHAT_API_KEY_CACHE_S: the sweep's interval
 JWKS_S = 1.0  # CHAT_OIDC_JWKS_CACHE_S
@@ -67,11 +67,16 @@ async def _open(http: aiohttp.ClientSession, sid: str,
 async def _alive(ws: aiohttp.ClientWebSocketResponse) -> None:
     ref = uuid.uuid4().hex[:8]
     await ws.send_json({"type": "ping", "ref": ref})
-    assert (await recv(ws)) == {"type": "pong", "ref": ref}
+    frames = await recv_until(ws, lambda f: f.get("ref") == ref)
+    assert frames[-1] == {"type": "pong", "ref": ref}
 
 
 async def _closed(ws: aiohttp.ClientWebSocketResponse, reason: str, within_s: float) -> None:
-    msg = await ws.receive(timeout=within_s)
+    """The next non-text frame, within ``within_s``, closes with 4401 for ``reason``."""
+    async with asyncio.timeout(within_s):
+        msg = await ws.receive()
+        while msg.type == aiohttp.WSMsgType.TEXT:  # the session's live events before it
+            msg = await ws.receive()
     assert msg.type == aiohttp.WSMsgType.CLOSE, (msg.type, msg.data)
     assert (msg.data, msg.extra) == (4401, reason)
 
@@ -92,6 +97,10 @@ async def test_retired_signing_key_ends_its_tokens_streams(
     events = await http.get(f"/api/v1/sessions/{sid}/events", headers=bearer(token))
     assert events.status == 200
     await events.content.readuntil(b"\n\n")  # the retry line: the stream is open
+    await start(by_key, role="assistant")  # an answer in progress, for the ui-stream
+    answer = await http.get(f"/api/v1/sessions/{sid}/ui-stream", headers=bearer(token))
+    assert answer.status == 200
+    await answer.content.readuntil(b"\n\n")  # its first part: the stream is open
 
     async with pool.acquire() as conn:
         assert await signing_keys.rotate(conn, tenant.name) is not None
@@ -102,6 +111,9 @@ async def test_retired_signing_key_ends_its_tokens_streams(
     async with asyncio.timeout(WITHIN_S):
         rest = parse_sse((await events.content.read()).decode())
     assert rest[-1]["event"] == "error" and '"code":"unauthorized"' in rest[-1]["data"]
+    async with asyncio.timeout(WITHIN_S):
+        parts = (await answer.content.read()).decode()
+    assert parts.endswith('"errorText":"token\'s signing key retired"}\n\ndata: [DONE]\n\n'), parts
     assert time.monotonic() - rotated_at < WITHIN_S
     await _alive(by_key)  # the API key's socket is untouched
     await by_key.close()
