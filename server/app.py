@@ -24,9 +24,19 @@ from chat_storage.runtime.deadline import Deadline
 from chat_storage.runtime.secrets import sealer_from_settings
 from chat_storage.runtime.services import Services
 from chat_storage.runtime.settings import Settings
-from chat_storage.server import auth, cors, middlewares, objects, revocation, state, streaming
+from chat_storage.server import (
+    auth,
+    cors,
+    credential_watch,
+    middlewares,
+    objects,
+    revocation,
+    state,
+    streaming,
+)
 from chat_storage.server.auththrottle import AuthThrottle
 from chat_storage.server.oidc import OidcVerifier
+from chat_storage.server.oidc_keys import JWKS_KEY
 from chat_storage.server.routes import (
     attachments,
     dev_tokens,
@@ -79,6 +89,7 @@ def create_app(settings: Settings, *, sink: SinkFactory | None = None) -> web.Ap
     middlewares.setup(app)
     streaming.setup(app)  # open WebSockets and event streams, the ticket authenticator
     revocation.setup(app)  # a revoked key's streams closed
+    credential_watch.setup(app)  # streams of expired tokens, retired signing keys closed
     heartbeat.setup(app)  # one timer pings every WebSocket
     objects.setup(app)  # the local store's upload and download URLs
     for table in ROUTE_TABLES:
@@ -101,6 +112,7 @@ async def _services(app: web.Application, *,
         leeway_s=settings.token_leeway_s, acquire_timeout_s=settings.db_acquire_timeout_s)
     oidc = OidcVerifier.open(services.pool, settings)  # with its own HTTP client
     app[OIDC_KEY] = oidc.verify
+    app[JWKS_KEY] = oidc.keys  # for credential_watch: an issuer's withdrawn keys
     yield
     deadline = app[SHUTDOWN_KEY].deadline or Deadline(app[SETTINGS_KEY].shutdown_timeout_s)
     await oidc.close()  # the requests that could use it are over

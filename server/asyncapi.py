@@ -163,7 +163,8 @@ def _ws_channel(messages: dict[str, Any]) -> dict[str, Any]:
             "tenant's connection limit (429). A bad frame gets an `error` frame and the "
             "connection stays open. Close codes: 1001 server shutting down, 1008 binary "
             "frame, 1009 frame too large, 1013 the client read too slowly (subscribe "
-            "again from its last seq), 4401 the API key was revoked."),
+            "again from its last seq), 4401 the credential no longer holds (API key "
+            "revoked, token expired, token's signing key retired; the reason says which)."),
         "servers": [{"$ref": "#/servers/ws"}, {"$ref": "#/servers/wss"}],
         "parameters": _SESSION_PARAMETER,
         "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages},

@@ -107,9 +107,11 @@ class OidcVerifier:
         except InvalidToken:
             raise InvalidToken(f"its {tenant.user_claim!r} claim is not a user id (text of "
                                "1 to 128 printable characters)") from None
+        expires = float(claims["exp"])  # required, and a number: PyJWT checked it
         principal = user_principal(tenant.tenant_id, tenant.tenant_name, user_id, _ALL_SCOPES,
-                                   limits=tenant.limits, credential="oidc")
-        return principal, float(claims["exp"])  # required, and a number: PyJWT checked it
+                                   limits=tenant.limits, credential="oidc",
+                                   expires_at=expires, oidc_key=(issuer, kid))
+        return principal, expires
 
     async def _tenants(self, issuer: str) -> list[TrustingTenant]:
         tenants = self._trusting.get(issuer)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp import web
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
@@ -120,6 +121,20 @@ class JwksCache:
         if found is None:
             raise KeyRefused()
         return found
+
+    async def publishes(self, issuer: str, kid: str | None) -> bool | None:
+        """Whether ``issuer`` still publishes key ``kid``, its set fetched again once older
+        than ``ttl_s`` (as :meth:`key` would); ``None``: no keys of it are at hand. While
+        a fetch fails, the keys held are the answer, as they are for :meth:`key`."""
+        entry = self._issuers.setdefault(issuer, _Issuer())
+        if time.monotonic() >= entry.fetched_at + self.ttl_s and self._due(entry, kid):
+            seen = entry.generation
+            async with entry.lock:
+                if entry.generation == seen:
+                    await self._refresh(issuer, entry)
+        if not entry.keys:
+            return None
+        return _named(entry.keys, kid) is not None
 
     def _due(self, entry: _Issuer, kid: str | None) -> bool:
         now = time.monotonic()
@@ -243,3 +258,6 @@ def allowed_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+JWKS_KEY = web.AppKey("oidc_jwks", JwksCache)

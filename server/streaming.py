@@ -18,6 +18,7 @@ from aiohttp import web
 
 from chat_storage.actors.live import metrics as stream_metrics
 from chat_storage.server import auth, cors
+from chat_storage.server.conngroups import Deadlines, Groups
 from chat_storage.server.errors import ApiError
 from chat_storage.server.state import HUB_KEY, POOL_KEY, SETTINGS_KEY
 from chat_storage.storage import db, tickets
@@ -27,9 +28,15 @@ from chat_storage.storage.principal import Principal
 STREAM_PATHS = ("/ws", "/events")  # where a ticket may stand in for the API key
 
 
+Revoker = Callable[[str], Awaitable[None]]  # ends a stream as unauthorized, saying why
+KEY_REVOKED = "API key revoked"
+
+
 class Connections:
-    """Open streaming connections: counted per tenant, all closed on shutdown, and those
-    of an API key closed when it is revoked (:mod:`.revocation`).
+    """Open streaming connections: counted per tenant, all closed on shutdown, and ended
+    as unauthorized when their credential no longer holds: an API key revoked
+    (:mod:`.revocation`), a user token's signing key retired, an OIDC token's key no
+    longer published by its issuer, a token expired (:mod:`.credential_watch`).
 
     A tenant may have at most its own cap (``tenants update --max-stream-connections``,
     carried by the principal) open at once in this process, else ``per_tenant`` (the
@@ -40,9 +47,11 @@ class Connections:
         self.per_tenant = per_tenant
         self._counts: dict[uuid.UUID, int] = {}
         self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
-        # API-key connections: key id -> {token: what closes it as revoked}
-        self._by_key: dict[str, dict[int, Callable[[], Awaitable[None]]]] = {}
-        self._key_of: dict[int, str] = {}
+        self._revokers: dict[int, Revoker] = {}
+        self._by_key: Groups[str] = Groups()  # an API key's id
+        self._by_signer: Groups[str] = Groups()  # a user token's (or its ticket's) kid
+        self._by_oidc: Groups[tuple[str, str | None]] = Groups()  # (issuer, kid)
+        self._deadlines = Deadlines()  # a bearer token's exp
         self._ids = itertools.count()
 
     def cap(self, principal: Principal) -> int:
@@ -51,9 +60,10 @@ class Connections:
         return self.per_tenant if own is None else own
 
     def open(self, principal: Principal, kind: str, closer: Callable[[], Awaitable[None]],
-             revoke: Callable[[], Awaitable[None]] | None = None) -> int:
+             revoke: Revoker | None = None) -> int:
         """Count a new connection of ``principal``'s tenant; 429 past its cap. Returns
-        its token. ``closer`` ends it on shutdown; ``revoke``, if its API key is revoked."""
+        its token. ``closer`` ends it on shutdown; ``revoke``, when its credential no
+        longer holds."""
         tenant_id = principal.tenant_id
         count = self._counts.get(tenant_id, 0)
         if count >= self.cap(principal):
@@ -62,22 +72,30 @@ class Connections:
         self._counts[tenant_id] = count + 1
         token = next(self._ids)
         self._closers[token] = closer
-        if revoke is not None and not principal.is_user:
-            self._by_key.setdefault(principal.key_id, {})[token] = revoke
-            self._key_of[token] = principal.key_id
+        if revoke is not None:
+            self._watch(principal, token, revoke)
         stream_metrics.CONNECTIONS.labels(kind).inc()
         return token
+
+    def _watch(self, principal: Principal, token: int, revoke: Revoker) -> None:
+        self._revokers[token] = revoke
+        if not principal.is_user:
+            self._by_key.add(principal.key_id, token)
+        elif principal.oidc_key is not None:
+            self._by_oidc.add(principal.oidc_key, token)
+        elif principal.credential_id.startswith(tickets.TOKEN_CREDENTIAL):
+            kid = principal.credential_id.removeprefix(tickets.TOKEN_CREDENTIAL)
+            self._by_signer.add(kid, token)
+        if principal.expires_at is not None:
+            self._deadlines.add(principal.expires_at, token)
 
     def close(self, tenant_id: uuid.UUID, kind: str, token: int) -> None:
         """Forget a connection that ended."""
         if self._closers.pop(token, None) is None:
             return
-        key_id = self._key_of.pop(token, None)
-        if key_id is not None:
-            of_key = self._by_key.get(key_id, {})
-            of_key.pop(token, None)
-            if not of_key:
-                self._by_key.pop(key_id, None)
+        if self._revokers.pop(token, None) is not None:
+            for groups in (self._by_key, self._by_signer, self._by_oidc):
+                groups.discard(token)
         stream_metrics.CONNECTIONS.labels(kind).dec()
         count = self._counts.get(tenant_id, 1) - 1
         if count > 0:
@@ -90,12 +108,38 @@ class Connections:
 
     def key_ids(self) -> list[str]:
         """The API keys that have connections open."""
-        return list(self._by_key)
+        return self._by_key.keys()
+
+    def signer_ids(self) -> list[str]:
+        """The signing keys (kids) of the user tokens that have connections open."""
+        return self._by_signer.keys()
+
+    def oidc_keys(self) -> list[tuple[str, str | None]]:
+        """The (issuer, kid) of the OIDC tokens that have connections open."""
+        return self._by_oidc.keys()
 
     async def revoke(self, key_ids: set[str]) -> int:
         """Close every connection of ``key_ids`` as revoked; how many."""
-        revokers = [r for k in key_ids for r in self._by_key.get(k, {}).values()]
-        await asyncio.gather(*(r() for r in revokers), return_exceptions=True)
+        return await self._end(self._by_key.members(key_ids), KEY_REVOKED)
+
+    async def revoke_signers(self, kids: set[str], reason: str) -> int:
+        """End the connections of the user tokens signed by ``kids``; how many."""
+        return await self._end(self._by_signer.members(kids), reason)
+
+    async def revoke_oidc(self, keys: set[tuple[str, str | None]], reason: str) -> int:
+        """End the connections of the OIDC tokens signed by ``keys``; how many."""
+        return await self._end(self._by_oidc.members(keys), reason)
+
+    async def expire(self, now: float, reason: str) -> int:
+        """End the connections whose token expired at ``now`` or before; how many."""
+        ended = await self._end(self._deadlines.due(now), reason)
+        if len(self._deadlines) > 2 * len(self._revokers) + 1024:
+            self._deadlines.keep_only(set(self._revokers))  # ended ones' entries
+        return ended
+
+    async def _end(self, tokens: list[int], reason: str) -> int:
+        revokers = [r for r in (self._revokers.get(t) for t in tokens) if r is not None]
+        await asyncio.gather(*(r(reason) for r in revokers), return_exceptions=True)
         return len(revokers)
 
     async def close_all(self) -> None:

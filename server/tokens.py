@@ -120,10 +120,11 @@ class Tokens:
                         _REQUIRED)
         if claims["tid"] != str(key.tenant_id):
             raise InvalidToken("signature does not match (the token was altered)")
+        expires = float(claims["exp"])
         return user_principal(
             key.tenant_id, key.tenant_name, user_of(claims["sub"]), scopes_of(claims["scope"]),
             session_ids=_sessions_of(claims.get("sessions")), limits=key.limits,
-            credential="token", credential_id=f"token:{key.kid}"), float(claims["exp"])
+            credential="token", credential_id=f"token:{key.kid}", expires_at=expires), expires
 
     async def _active_key(self, tenant_id: uuid.UUID) -> SigningKey:
         # read each time, not cached: a token minted with a key rotated a moment ago

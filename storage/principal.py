@@ -47,6 +47,11 @@ class Principal:
     credential: Credential = "key"
     # a user's: what vouches for it (``token:<kid>`` of a user token, ``oidc``)
     credential_id: str = ""
+    # a bearer token's ``exp`` (Unix time; ``None``: a key, or a ticket's principal),
+    # and an OIDC token's issuer and ``kid``: what ends its open streams
+    # (server/credential_watch.py)
+    expires_at: float | None = None
+    oidc_key: tuple[str, str | None] | None = None
 
     @property
     def is_user(self) -> bool:
@@ -58,9 +63,10 @@ def user_principal(
     tenant_id: uuid.UUID, tenant_name: str, user_id: str, scopes: frozenset[TokenScope],
     *, session_ids: frozenset[uuid.UUID] | None = None, limits: Limits = NO_OVERRIDES,
     credential: Credential = "token", credential_id: str = "",
+    expires_at: float | None = None, oidc_key: tuple[str, str | None] | None = None,
 ) -> Principal:
     """A user's principal; its ``key_id`` is the user's rate-limit bucket in the tenant."""
     return Principal(
         tenant_id, tenant_name, f"user:{tenant_id}:{user_id}", "read", limits,
         user_id=user_id, user_scopes=scopes, session_ids=session_ids, credential=credential,
-        credential_id=credential_id or credential)
+        credential_id=credential_id or credential, expires_at=expires_at, oidc_key=oidc_key)

@@ -83,6 +83,13 @@ async def key_by_id(conn: asyncpg.Connection, kid: str, sealer: Sealer) -> Signi
     return None if row is None else _opened(row, sealer)
 
 
+async def active_ids(conn: asyncpg.Connection, kids: list[str]) -> set[str]:
+    """Those of ``kids`` that are still active (not retired, not deleted)."""
+    rows = await conn.fetch(
+        "SELECT id FROM signing_keys WHERE id = ANY($1::text[]) AND retired_at IS NULL", kids)
+    return {row["id"] for row in rows}
+
+
 async def rotate(conn: asyncpg.Connection, tenant: str) -> str | None:
     """Retire tenant ``tenant``'s active key; the next token minted makes a new one.
 

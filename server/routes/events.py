@@ -88,14 +88,14 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
     outbox = Outbox(settings.ws_send_queue, on_overflow=cut)
 
-    revoked = False
+    revoked: str | None = None  # why its credential no longer holds
 
     async def close() -> None:
         outbox.close()
 
-    async def revoke() -> None:
+    async def revoke(reason: str) -> None:
         nonlocal revoked
-        revoked = True
+        revoked = reason
         outbox.close()
 
     connections = app[CONNECTIONS_KEY]
@@ -126,8 +126,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             await response.write(framing.sse_error(api.code, api.message))
             return response
         await sender
-        if revoked:  # its key was revoked (server.revocation): say so, then end
-            await response.write(framing.sse_error("unauthorized", "API key revoked"))
+        if revoked:  # its credential no longer holds (server.revocation): say so, end
+            await response.write(framing.sse_error("unauthorized", revoked))
     except (ConnectionCut, ConnectionError):
         pass
     finally:

@@ -96,14 +96,14 @@ async def _follow(request: web.Request, session_id: uuid.UUID,
             transport.abort()
 
     outbox = Outbox(settings.ws_send_queue, on_overflow=cut)
-    revoked = False
+    revoked: str | None = None  # why its credential no longer holds
 
     async def close() -> None:
         outbox.close()
 
-    async def revoke() -> None:
+    async def revoke(reason: str) -> None:
         nonlocal revoked
-        revoked = True
+        revoked = reason
         outbox.close()
 
     connections = app[CONNECTIONS_KEY]
@@ -133,8 +133,8 @@ async def _follow(request: web.Request, session_id: uuid.UUID,
             await response.write(uistream.error(api.message))
             return response
         await sender
-        if revoked:  # its key was revoked (server.revocation): say so, then end
-            await response.write(uistream.error("API key revoked"))
+        if revoked:  # its credential no longer holds (server.revocation): say so, end
+            await response.write(uistream.error(revoked))
     except (ConnectionCut, ConnectionError):
         pass
     finally:

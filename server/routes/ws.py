@@ -6,11 +6,13 @@ one connection is this handler's task reading frames, plus the writer emptying t
 connection's bounded outbox (``server.transport.writer``: a loop callback, with a task
 only while the socket is backed up); nothing else ever writes to the socket.
 
-Close codes: 1001 server shutting down; 4401 its API key was revoked (within
-``CHAT_API_KEY_CACHE_S``); 1008 a binary frame (protocol violation);
-1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the client did not read fast enough
-and its send queue (``CHAT_WS_SEND_QUEUE`` frames) overflowed — reconnect and
-``subscribe`` from where it was. Frames and their replies: ``docs/streaming.md``.
+Close codes: 1001 server shutting down; 4401 its credential no longer holds: its API
+key was revoked, its token expired or its signing key was retired (within
+``CHAT_API_KEY_CACHE_S``; server.revocation, server.credential_watch); 1008 a binary
+frame (protocol violation); 1009 a frame over ``CHAT_WS_MAX_FRAME_BYTES``; 1013 the
+client did not read fast enough and its send queue (``CHAT_WS_SEND_QUEUE`` frames)
+overflowed — reconnect and ``subscribe`` from where it was. Frames and their replies:
+``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -187,9 +189,10 @@ class Connection:
         """Close with 1001 (server going away)."""
         await self._close(1001, "server shutting down")
 
-    async def revoke(self) -> None:
-        """Close with 4401 (its API key was revoked)."""
-        await self._close(REVOKED_CLOSE, "API key revoked")
+    async def revoke(self, reason: str) -> None:
+        """Close with 4401 (its API key was revoked, its token expired or its signing key
+        retired: ``reason`` says which)."""
+        await self._close(REVOKED_CLOSE, reason)
 
     # ------------------------------------------------------------ frames
     async def _handle(self, raw: str) -> None:
