@@ -2,27 +2,30 @@
 
 This is the only module that reads ``os.environ`` (via :meth:`Settings.from_env`,
 which takes the mapping explicitly). Every value is validated at start-up and a bad
-one raises :class:`SettingsError` with a one-line message naming the variable.
+one raises :class:`SettingsError` with a one-line message naming the variable. The
+variables' names and the parsers of their text are in :mod:`.envvars`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import platformdirs
 
 from chat_storage import tracing
+from chat_storage.runtime import envvars
+from chat_storage.runtime.envvars import SettingsError, check_origins, env_name, parse_origin
 from chat_storage.storage.crypto import kek
 
-T = TypeVar("T")
-log = logging.getLogger(__name__)
+# the names callers (and tests) import from here
+__all__ = ["DEFAULT_DATA_DIR", "DEFAULT_JS_CLIENT_DIR", "DEFAULT_MIGRATIONS_DIR",
+           "DEFAULT_WEB_DIR", "DEV_TENANT", "LEGACY_DATA_DIR", "Settings", "SettingsError",
+           "env_name", "parse_origin"]
 
 # Package data of ``chat_storage`` (shipped in the wheel); the package is always
 # installed as plain files, so the resource directories are real paths.
@@ -38,10 +41,6 @@ LEGACY_DATA_DIR = Path(".chat-storage")
 # the tenant of the embedded database's first-run key, and of the demo page's dev
 # tokens (CHAT_DEV_TOKENS)
 DEV_TENANT = "dev"
-
-
-class SettingsError(ValueError):
-    """A setting has a bad value; the message is one line naming the variable."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,10 +189,10 @@ class Settings:
         for field in dataclasses.fields(cls):
             if field.name == "tracing":
                 continue
-            var, raw = _lookup(env, _env_name(field.name))
+            var, raw = envvars.lookup(env, envvars.env_name(field.name))
             if raw is None:
                 continue
-            parse = _PARSERS.get(field.name) or _parser_for(field.type)
+            parse = envvars.PARSERS.get(field.name) or envvars.parser_for(field.type)
             try:
                 values[field.name] = parse(raw)
             except (ValueError, TypeError) as exc:
@@ -215,7 +214,7 @@ class Settings:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise SettingsError(f"{_env_name(name)} must be greater than 0")
+                raise SettingsError(f"{env_name(name)} must be greater than 0")
         positive_float = (
             "rate_limit_per_s", "shutdown_timeout_s", "db_connect_timeout_s",
             "db_acquire_timeout_s", "write_timeout_s", "actor_idle_s",
@@ -224,7 +223,7 @@ class Settings:
         )
         for name in positive_float:
             if getattr(self, name) <= 0:
-                raise SettingsError(f"{_env_name(name)} must be greater than 0")
+                raise SettingsError(f"{env_name(name)} must be greater than 0")
         if not 0 < self.port < 65536:
             raise SettingsError("CHAT_PORT must be between 1 and 65535")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
@@ -273,7 +272,7 @@ class Settings:
                 kek.check_url(url)
             except ValueError as exc:
                 # the message never repeats the value: it may be a key
-                raise SettingsError(f"{_env_name(name)}: {exc}") from None
+                raise SettingsError(f"{env_name(name)}: {exc}") from None
         if self.data_key_cache_s <= 0:
             raise SettingsError("CHAT_DATA_KEY_CACHE_S must be greater than 0")
         if not 0 <= self.token_leeway_s <= 300:
@@ -281,115 +280,6 @@ class Settings:
         if self.oidc_jwks_cache_s <= 0:
             raise SettingsError("CHAT_OIDC_JWKS_CACHE_S must be greater than 0")
         try:
-            _check_origins(self.cors_origins)
+            check_origins(self.cors_origins)
         except ValueError as exc:
             raise SettingsError(f"CHAT_CORS_ORIGINS: {exc}") from None
-
-
-# Deprecated variable -> the variable it now spells. Setting both is an error: which
-# one wins would be a guess.
-_DEPRECATED = {"CHAT_CORS_ORIGINS": "CHAT_ALLOWED_ORIGINS"}
-
-
-def _lookup(env: Mapping[str, str], var: str) -> tuple[str, str | None]:
-    """The variable that sets ``var`` (itself or its deprecated name) and its value."""
-    raw = env.get(var) or None
-    old = _DEPRECATED.get(var)
-    old_raw = (env.get(old) or None) if old is not None else None
-    if old is None or old_raw is None:
-        return var, raw
-    if raw is not None:
-        raise SettingsError(f"{old} is the deprecated name of {var}: set {var} only")
-    log.warning("%s is deprecated, use %s", old, var, extra={"variable": old, "use": var})
-    return old, old_raw
-
-
-def _env_name(field: str) -> str:
-    return _ENV_NAMES.get(field, "CHAT_" + field.upper())
-
-
-def _parse_bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
-
-
-def _parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        tenant, sep, key = item.partition(":")
-        if not sep or not tenant or not key:
-            raise ValueError("expected tenant:key[,tenant:key...]")
-        pairs.append((tenant, key))
-    return tuple(pairs)
-
-
-def _parse_csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def parse_origin(text: str) -> str:
-    """``text`` as a browser sends it in ``Origin``: ``scheme://host[:port]``, in lower
-    case, without a default port; a trailing ``/`` is dropped. ``ValueError`` for
-    anything else (a path, a query, user info, another scheme)."""
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{text!r} is not an origin") from None
-    scheme, host = parts.scheme.lower(), (parts.hostname or "")
-    if (scheme not in ("http", "https") or not host or parts.username is not None
-            or parts.path not in ("", "/") or parts.query or parts.fragment
-            or "@" in parts.netloc):
-        raise ValueError(f"{text!r} is not an origin (http(s)://host[:port], no path)")
-    if ":" in host:
-        host = f"[{host}]"  # IPv6 literal
-    if port is None or port == {"http": 80, "https": 443}[scheme]:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
-
-
-def _check_origins(origins: tuple[str, ...]) -> None:
-    if "*" in origins and len(origins) > 1:
-        raise ValueError("'*' allows every origin: list it alone")
-    for item in origins:
-        if item != "*":
-            parse_origin(item)
-
-
-def _parse_origins(raw: str) -> tuple[str, ...]:
-    items = _parse_csv(raw)
-    _check_origins(items)
-    return tuple(item if item == "*" else parse_origin(item) for item in items)
-
-
-def _parser_for(annotation: object) -> Callable[[str], Any]:
-    text = str(annotation)
-    if "bool" in text:
-        return _parse_bool
-    if "Path" in text:
-        return Path
-    if "float" in text:
-        return float
-    if "int" in text:
-        return int
-    return str
-
-
-_ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL",
-              "s3_bucket": "S3_BUCKET", "s3_endpoint_url": "S3_ENDPOINT_URL",
-              "s3_public_url": "S3_PUBLIC_URL",
-              "s3_region": "S3_REGION", "s3_access_key_id": "S3_ACCESS_KEY_ID",
-              "s3_secret_access_key": "S3_SECRET_ACCESS_KEY", "s3_sse": "S3_SSE",
-              "s3_sse_kms_key_id": "S3_SSE_KMS_KEY_ID"}
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "api_keys": _parse_api_keys,
-    "cors_origins": _parse_origins,
-    "ingest_mode": lambda raw: raw.strip().lower(),
-}

@@ -31,7 +31,7 @@ import asyncpg
 import orjson
 import pytest
 
-from chat_storage.runtime.settings import Settings, _env_name
+from chat_storage.runtime.settings import Settings, env_name
 from chat_storage.server.serving import GC_THRESHOLDS, tune_gc
 from chat_storage.storage import apikeys, db, sessions, tenants
 from tests.conftest import ADMIN_URL, db_url
@@ -612,7 +612,7 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
         assert lines[number - 1].startswith("# "), f"{var} has no comment line"
         values[var] = value
     # ``tracing`` is set by the standard OTEL_* variables (docs/observability.md), not a CHAT_ one
-    wanted = {_env_name(field.name) for field in dataclasses.fields(Settings)
+    wanted = {env_name(field.name) for field in dataclasses.fields(Settings)
               if field.name != "tracing"}
     assert set(values) == wanted
     assert Settings.from_env(values) == Settings()
