@@ -76,6 +76,21 @@ class WriteGroup:
     wrap: bool = False
 
 
+Stored = list[StoredMessage]  # one write group's messages, in seq order
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionBatch:
+    """The write groups of one session that go into one transaction, in this order."""
+
+    tenant_id: uuid.UUID
+    session_id: uuid.UUID
+    groups: Sequence[WriteGroup]
+    # the trace spans of the writes (OpenTelemetry span contexts, opaque here): the
+    # group commit's span links to them (chat_storage.tracing); empty when tracing is off
+    links: Sequence[object] = ()
+
+
 def to_json(row: Mapping[str, Any] | asyncpg.Record) -> dict[str, Any]:
     """The API's message object from a row of :data:`COLUMNS`, for REST reads, with the
     row's ``sealed`` and ``data_key_id`` when it is sealed (for

@@ -4,7 +4,8 @@ Sequence numbers are assigned inside the inserting transaction by bumping
 ``sessions.last_seq`` under that row's lock, so concurrent writers on any replica
 get consecutive, gap-free numbers in commit order. One statement can store the
 batches of many sessions; message ids are chosen before the commit, so a retry can
-never store a message twice (the primary key refuses it).
+never store a message twice (the primary key refuses it). The references a message
+makes (its parent, its attachments) are checked and linked by :mod:`.write_refs`.
 """
 
 from __future__ import annotations
@@ -20,31 +21,22 @@ from chat_storage.storage import usage
 from chat_storage.storage.crypto.keyring import DataKey, Keyring
 from chat_storage.storage.crypto.rows import PLAIN_OF_SEALED, seal_message
 from chat_storage.storage.db import dumps_json
-from chat_storage.storage.errors import InvalidReference, NotFound
+from chat_storage.storage.errors import NotFound
 from chat_storage.storage.idempotency import record_response
 from chat_storage.storage.messages import (
     COLUMNS,
     LINKED_FIELDS,
     NewMessage,
-    WriteGroup,
+    SessionBatch,
+    Stored,
     to_stored,
 )
 from chat_storage.storage.records import StoredMessage
+from chat_storage.storage.write_refs import check_parents, claim_attachments, link_attachments
 
-Stored = list[StoredMessage]  # one write group's messages, in seq order
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SessionBatch:
-    """The write groups of one session that go into one transaction, in this order."""
-
-    tenant_id: uuid.UUID
-    session_id: uuid.UUID
-    groups: Sequence[WriteGroup]
-    # the trace spans of the writes (OpenTelemetry span contexts, opaque here): the
-    # group commit's span links to them (chat_storage.tracing); empty when tracing is off
-    links: Sequence[object] = ()
-
+# SessionBatch and Stored live with WriteGroup; the write path imports them from here
+__all__ = ["SessionBatch", "Stored", "fetch_by_ids", "fetch_settled", "insert_batches",
+           "prefer_generic_plans"]
 
 async def prefer_generic_plans(conn: asyncpg.Connection) -> None:
     """Plan the group-commit statement once per connection, for every batch size.
@@ -108,7 +100,7 @@ async def insert_batches(
     results: list[list[Stored | Exception]] = [[[] for _ in b.groups] for b in batches]
     keys = [None if keyring is None else
             await keyring.for_session(conn, b.tenant_id, b.session_id) for b in batches]
-    await _check_parents(conn, batches, results)
+    await check_parents(conn, batches, results)
     linking = any(m.attachment_ids for b in batches for g in b.groups for m in g.messages)
     if not linking and not any(g.idem is not None for b in batches for g in b.groups):
         keep = _kept(batches, results)
@@ -117,14 +109,14 @@ async def insert_batches(
                   results)
         return results
     async with conn.transaction():
-        claimed = await _claim_attachments(conn, batches, results) if linking else {}
+        claimed = await claim_attachments(conn, batches, results) if linking else {}
         keep = _kept(batches, results)
         if not keep:
             return results
         _fill(batches, keep, await conn.fetch(_INSERT, *_insert_args(batches, keep, keys)), results,
               claimed)
         if linking:
-            await _link_attachments(conn, batches, keep, results)
+            await link_attachments(conn, batches, keep, results)
         for bi, gi in keep:
             group, stored = batches[bi].groups[gi], results[bi][gi]
             if group.idem is None or isinstance(stored, Exception):
@@ -226,107 +218,6 @@ def _insert_args(batches: Sequence[SessionBatch], keep: Sequence[tuple[int, int]
 
 def _json(value: Any) -> str | None:
     return None if value is None else dumps_json(value)
-
-
-async def _check_parents(
-    conn: asyncpg.Connection,
-    batches: Sequence[SessionBatch],
-    results: list[list[Stored | Exception]],
-) -> None:
-    """Mark the groups whose ``parent_id``s are not messages of their session."""
-    wanted = {m.parent_id for b in batches for g in b.groups for m in g.messages
-              if m.parent_id is not None}
-    if not wanted:
-        return
-    rows = await conn.fetch(
-        "SELECT id, session_id FROM messages "
-        "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[])",
-        list(wanted), list({b.tenant_id for b in batches}),
-    )
-    session_of = {r["id"]: r["session_id"] for r in rows}
-    for bi, batch in enumerate(batches):
-        for gi, group in enumerate(batch.groups):
-            bad = next((j for j, m in enumerate(group.messages) if m.parent_id is not None
-                        and session_of.get(m.parent_id) != batch.session_id), None)
-            if bad is not None:
-                field = f"messages.{bad}.parent_id" if group.wrap else "parent_id"
-                results[bi][gi] = InvalidReference(field, "is not a message of this session")
-
-
-async def _claim_attachments(
-    conn: asyncpg.Connection,
-    batches: Sequence[SessionBatch],
-    results: list[list[Stored | Exception]],
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """Lock the attachments the groups name; refuse the groups that cannot have them.
-
-    An attachment can be linked if it belongs to the group's session, is ``ready`` and
-    is not linked yet, nor named twice. The batch's sessions are locked first, in id
-    order, as every writer and session delete does; then no other transaction can link
-    the locked attachments before this one ends. Returns the locked rows, by id.
-    """
-    await conn.execute(
-        "SELECT 1 FROM sessions WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) "
-        "ORDER BY id FOR NO KEY UPDATE",
-        [b.session_id for b in batches], list({b.tenant_id for b in batches}),
-    )
-    wanted = [a for b in batches for g in b.groups for m in g.messages for a in m.attachment_ids]
-    rows = await conn.fetch(
-        "SELECT id, session_id, status, message_id, name, mime, size, sha256 FROM attachments "
-        "WHERE id = ANY($1::uuid[]) AND tenant_id = ANY($2::uuid[]) ORDER BY id FOR UPDATE",
-        wanted, list({b.tenant_id for b in batches}),
-    )
-    found = {r["id"]: r for r in rows}
-    taken: set[uuid.UUID] = set()
-    for bi, batch in enumerate(batches):
-        for gi, group in enumerate(batch.groups):
-            if isinstance(results[bi][gi], Exception):
-                continue
-            problem = _attachment_problem(group, batch.session_id, found, taken)
-            if problem is not None:
-                results[bi][gi] = InvalidReference(*problem)
-    return found
-
-
-def _attachment_problem(
-    group: WriteGroup, session_id: uuid.UUID, found: Mapping[uuid.UUID, asyncpg.Record],
-    taken: set[uuid.UUID],
-) -> tuple[str, str] | None:
-    """(field, message) for the first attachment ``group`` cannot link, else None.
-
-    The group's attachments join ``taken`` only if it can link them all.
-    """
-    mine: set[uuid.UUID] = set()
-    for j, m in enumerate(group.messages):
-        prefix = f"messages.{j}." if group.wrap else ""
-        for k, aid in enumerate(m.attachment_ids):
-            field, row = f"{prefix}attachment_ids.{k}", found.get(aid)
-            if row is None or row["session_id"] != session_id:
-                return field, "is not an attachment of this session"
-            if row["status"] != "ready":
-                return field, "is not uploaded yet: complete the upload first"
-            if row["message_id"] is not None or aid in taken or aid in mine:
-                return field, "is already attached to a message"
-            mine.add(aid)
-    taken |= mine
-    return None
-
-
-async def _link_attachments(
-    conn: asyncpg.Connection, batches: Sequence[SessionBatch],
-    keep: Sequence[tuple[int, int]], results: list[list[Stored | Exception]],
-) -> None:
-    """Point the claimed attachments at the messages just stored, keeping their order."""
-    links = [(aid, m.id, pos) for bi, gi in keep if not isinstance(results[bi][gi], Exception)
-             for m in batches[bi].groups[gi].messages
-             for pos, aid in enumerate(m.attachment_ids)]
-    if links:
-        await conn.execute(
-            "UPDATE attachments AS a SET message_id = p.message_id, link_pos = p.pos "
-            "FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) AS p(id, message_id, pos) "
-            "WHERE a.id = p.id",
-            [a for a, _, _ in links], [m for _, m, _ in links], [p for _, _, p in links],
-        )
 
 
 async def fetch_settled(
