@@ -4,8 +4,8 @@ Every :class:`~server.routing.Endpoint` names the pydantic models it validates a
 answers with; their JSON schemas (draft 2020-12, which OpenAPI 3.1 uses as is) go to
 ``components.schemas`` and operations refer to them. The errors every endpoint can
 answer (auth, rate limit, body checks, overload) and the headers every response
-carries are added here from the endpoint's flags, so route modules declare only
-what is particular to them.
+carries are added from the endpoint's flags (:mod:`.openapi_responses`, which builds
+each operation's responses), so route modules declare only what is particular to them.
 
 Each authenticated operation names the API-key scope it needs in ``x-required-scope``
 (``read`` < ``write`` < ``admin``; a key reaches its own scope and those below it).
@@ -13,62 +13,23 @@ Each authenticated operation names the API-key scope it needs in ``x-required-sc
 
 from __future__ import annotations
 
-import http
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from chat_storage.server.openapi_responses import HEADERS, JSON, PATH_PARAM, Refs, responses
 from chat_storage.server.routing import Endpoint
 from chat_storage.server.schemas import Error
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
 REF_TEMPLATE = "#/components/schemas/{model}"
-JSON = "application/json"
-# (model, "validation" | "serialization") -> {"$ref": ...}
-Refs = Mapping[tuple[Any, str], dict[str, Any]]
-_PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")
 
 # Path parameters that are not UUIDs; any other ``*_id`` is one.
 _PATH_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
-}
-
-_HEADERS: dict[str, dict[str, Any]] = {
-    "X-Request-ID": {
-        "description": "The client's request id if it sent a valid one, else a new one; "
-                       "it is in every log line and error body of the request.",
-        "schema": {"type": "string"},
-    },
-    "RateLimit-Limit": {"description": "Token bucket capacity (the burst) of the API key.",
-                        "schema": {"type": "integer"}},
-    "RateLimit-Remaining": {"description": "Tokens left in the bucket.",
-                            "schema": {"type": "integer"}},
-    "RateLimit-Reset": {"description": "Seconds until the bucket is full again.",
-                        "schema": {"type": "integer"}},
-    "RateLimit-Policy": {
-        "description": "The key's limits: `<requests per second>;w=1;burst=<capacity>`; "
-                       "they may differ per tenant and per key.",
-        "schema": {"type": "string"}, "example": "100;w=1;burst=200"},
-    "Retry-After": {"description": "Seconds to wait before retrying; nothing was stored.",
-                    "schema": {"type": "integer"}},
-    "Idempotent-Replayed": {
-        "description": "`true` when this is the stored answer to an earlier request "
-                       "with the same Idempotency-Key.",
-        "schema": {"type": "string", "enum": ["true"]},
-    },
-    "x-vercel-ai-ui-message-stream": {
-        "description": "`v1`: the body is a UI message stream of the Vercel AI SDK (its "
-                       "parts as `data:` lines, ending with `data: [DONE]`).",
-        "schema": {"type": "string", "enum": ["v1"]}},
-    "WWW-Authenticate": {
-        "description": "`ApiKey, Bearer`: send a key in X-Api-Key or a user token in "
-                       "Authorization; `Bearer error=\"invalid_token\"` for a token that "
-                       "does not verify.",
-        "schema": {"type": "string"}},
 }
 
 _IDEMPOTENCY_KEY_PARAM: dict[str, Any] = {
@@ -80,21 +41,6 @@ _IDEMPOTENCY_KEY_PARAM: dict[str, Any] = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
-_ERROR_MESSAGES = {
-    400: "The body, query or a field is invalid, or the query has a parameter the "
-         "route does not take (see `code` and `errors`).",
-    401: "No API key.",
-    403: "The API key is unknown or revoked.",
-    404: "No such resource (or it belongs to another tenant).",
-    409: "Conflict (e.g. the same Idempotency-Key is still in flight).",
-    413: "The request body is over the configured limit.",
-    415: "Content-Type is not application/json.",
-    422: "The Idempotency-Key was used with a different body.",
-    429: "Rate limit exceeded; see Retry-After.",
-    503: "Overloaded or the database is unavailable; nothing was stored. See Retry-After.",
-}
-
-
 def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage") -> dict[str, Any]:
     """The OpenAPI 3.1 document describing ``endpoints``."""
     endpoints = list(endpoints)
@@ -103,7 +49,7 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
     tags: dict[str, None] = {}
     operation_ids: set[str] = set()
     for ep in endpoints:
-        path = _PATH_PARAM.sub(r"{\1}", ep.path)
+        path = PATH_PARAM.sub(r"{\1}", ep.path)
         operation = _operation(ep, refs, schemas)
         operation["operationId"] = _unique_id(ep, operation_ids)
         paths.setdefault(path, {})[ep.method.lower()] = operation
@@ -126,7 +72,7 @@ def build_document(endpoints: Iterable[Endpoint], *, title: str = "chat-storage"
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            "headers": _HEADERS,
+            "headers": HEADERS,
             "securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
                 "UserToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
@@ -169,7 +115,7 @@ def _operation(ep: Endpoint, refs: Refs, schemas: dict[str, Any]) -> dict[str, A
             "required": True,
             "content": {JSON: {"schema": refs[(ep.body, "validation")]}},
         }
-    operation["responses"] = _responses(ep, refs)
+    operation["responses"] = responses(ep, refs)
     operation["security"] = ([{"ApiKey": []}] if ep.user_access is None
                              else [{"ApiKey": []}, {"UserToken": []}]) if ep.auth else []
     if ep.required_scope is not None:
@@ -181,7 +127,7 @@ def _operation(ep: Endpoint, refs: Refs, schemas: dict[str, Any]) -> dict[str, A
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     params = []
-    for name in _PATH_PARAM.findall(path):
+    for name in PATH_PARAM.findall(path):
         schema = _PATH_PARAM_SCHEMAS.get(name)
         if schema is None:
             schema = ({"type": "string", "format": "uuid"} if name.endswith("_id") or name == "aid"
@@ -225,92 +171,6 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
         return {**rest[0], **schema}
     schema["anyOf"] = rest
     return schema
-
-
-def _standard_errors(ep: Endpoint) -> set[int]:
-    """Error statuses an endpoint can answer because of the middlewares and its inputs."""
-    statuses: set[int] = set()
-    if ep.auth:  # an /api/v1 route: also refuses unknown query parameters
-        statuses |= {400, 401, 403, 429, 503}
-    if ep.body is not None:
-        statuses |= {400, 413, 415}
-    if ep.query is not None:
-        statuses.add(400)
-    if _PATH_PARAM.search(ep.path):
-        statuses.add(404)
-    if ep.idempotent:
-        statuses |= {409, 422}
-    return statuses
-
-
-def _responses(ep: Endpoint, refs: Refs) -> dict[str, Any]:
-    declared: dict[int, type[pydantic.BaseModel] | str | None] = dict(ep.responses)
-    for status in _standard_errors(ep):
-        declared.setdefault(status, Error)
-    out: dict[str, Any] = {}
-    for status in sorted(declared):
-        out[str(status)] = _response(ep, status, declared[status], refs)
-    return out
-
-
-def _response(
-    ep: Endpoint, status: int, model: type[pydantic.BaseModel] | str | None, refs: Refs
-) -> dict[str, Any]:
-    description = _ERROR_MESSAGES.get(status) if model is Error else None
-    if description is None:
-        try:
-            description = http.HTTPStatus(status).phrase
-        except ValueError:
-            description = f"Status {status}"
-    response: dict[str, Any] = {
-        "description": description, "headers": _response_headers(ep, status, model is Error),
-    }
-    if isinstance(model, str):  # media types, comma-separated (an export's formats)
-        response["content"] = {
-            media: {"schema": _media_schema(media.split(";")[0].strip())}
-            for media in (m.strip() for m in model.split(","))}
-    elif model is not None:
-        response["content"] = {JSON: {"schema": refs[(model, "serialization")]}}
-    return response
-
-
-# one Server-Sent Event as a client's parser sees it (what a validator checks each
-# event against); `data` is one JSON frame of docs/streaming.md
-SSE_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string"},
-        "data": {"type": "string", "contentMediaType": JSON},
-        "id": {"type": "string"},
-        "retry": {"type": "integer", "minimum": 0},
-    },
-}
-
-
-def _media_schema(media: str) -> dict[str, Any]:
-    """A JSON document may be any JSON value, an event stream is events; anything else
-    (JSON Lines, Markdown) is text."""
-    if media == JSON or media.endswith("+json"):
-        return {}
-    if media == "text/event-stream":
-        return dict(SSE_EVENT_SCHEMA)
-    return {"type": "string"}
-
-
-def _response_headers(ep: Endpoint, status: int, is_error: bool) -> dict[str, Any]:
-    names = ["X-Request-ID"]
-    if ep.auth and status not in (401, 403):
-        names += ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset",
-                  "RateLimit-Policy"]
-    if is_error and status in (429, 503):
-        names.append("Retry-After")
-    if status == 401:
-        names.append("WWW-Authenticate")
-    if ep.idempotent and 200 <= status < 300:
-        names.append("Idempotent-Replayed")
-    if status == 200:
-        names += ep.headers
-    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 
 def _unique_id(ep: Endpoint, used: set[str]) -> str:
