@@ -62,6 +62,10 @@ class Subscription:
 
     def offer(self, event: SessionEvent, *, force: bool = False) -> None:
         """Send ``event`` unless the client has it already."""
+        if event.kind in events.FINALS:
+            tail = self._tail(event)
+            if tail is not None:
+                self.outbox.put(self._render(tail), force=force)
         out = self._filter(event)
         if out is not None:
             self.outbox.put(self._render(out), force=force)
@@ -80,6 +84,7 @@ class Subscription:
         if message["status"] == "streaming":
             self.streams[sid] = [int(message["seq"]), offset]
         elif message["status"] in events.FINAL_BY_STATUS:
+            self.streams[sid] = [int(message["seq"]), offset]  # its final event sends the rest
             self.offer(events.final(message), force=True)
 
     def catch_up(self, stream_id: str, seq: int, content: str) -> None:
@@ -142,6 +147,19 @@ class Subscription:
             self.seq_hi = max(self.seq_hi, ev.seq)
             return None if ev.stream_id in self.own else ev
         return ev
+
+    def _tail(self, final: SessionEvent) -> SessionEvent | None:
+        """What the client lacks of a stream that ended, as one delta before its final
+        event: a client that was away (a resume, or a catch-up that met the end) still
+        gets every character as a delta, as it would have live."""
+        state = self.streams.get(final.stream_id)
+        content = final.message.get("content") if final.message is not None else None
+        if (state is None or final.stream_id in self._final or final.stream_id in self.own
+                or not isinstance(content, str) or len(content) <= state[1]):
+            return None
+        tail = events.delta(final.stream_id, state[1], content[state[1]:])
+        state[1] = tail.end
+        return tail
 
     def _mark_final(self, stream_id: str) -> None:
         # only needed to drop late duplicates, so a bounded memory is enough

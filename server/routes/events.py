@@ -5,7 +5,7 @@ and ``data: <the JSON frame>``. The ``id`` is the client's position after the ev
 ``<seq>`` (every message up to ``seq`` received) followed by ``,<seq>:<offset>`` for
 each stream in progress (its first ``offset`` code points received), e.g.
 ``42,41:1337``. A reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and
-gets exactly what it lacks: later messages, the rest of each stream as one delta, or
+gets exactly what it lacks: later messages, the rest of each stream as one delta, then
 the final event of a stream that ended meanwhile. ``after_seq`` starts a new reader
 from a position of its choice (``Last-Event-ID`` wins when both are given).
 

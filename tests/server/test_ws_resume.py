@@ -172,9 +172,13 @@ async def test_subscribe_resumes_exactly_from_a_stream_offset(client: Any, tenan
     frames = await recv_until(reader, lambda f: f["type"] == "stream.completed")
     assert frames[-1]["message"]["content"] == "0123456789abcdef"
     await reader.close()
-    # a stream that ended while the client was away: it gets the final event
+    # a stream that ended while the client was away: the rest as one delta, then the
+    # final event (appending every delta gives the whole answer)
     reader = await connect(client, tenant, sid)
     await subscribe(reader, after_seq=seq, streams=[{"seq": seq, "offset": 10}])
+    frame = await recv(reader)
+    assert frame == {"type": "stream.delta", "stream_id": stream_id, "offset": 10,
+                     "delta": "abcdef"}
     frame = await recv(reader)
     assert frame["type"] == "stream.completed"
     assert frame["message"]["content"] == "0123456789abcdef"

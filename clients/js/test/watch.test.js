@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Position, cpLength } from "../src/index.js";
+import { Position, SessionSocket, cpLength } from "../src/index.js";
 import { client, control, seeded, sleep, unique, until, words } from "./support.js";
 
 class Follower {
@@ -101,4 +101,29 @@ test("a position drops what it had and trims an overlapping delta (code points)"
   assert.deepEqual(p.subscribeFrame(), { type: "subscribe", after_seq: 2, streams: [{ seq: 2, offset: 7 }] });
   assert.ok(p.take({ type: "stream.completed", message: { id: "s", seq: 2 } }));
   assert.deepEqual(p.subscribeFrame(), { type: "subscribe", after_seq: 2, streams: [] });
+});
+
+test("a watcher away when an answer ended gets the rest as a delta, then the end", async () => {
+  const producer = client();
+  const sid = (await producer.sessions.create({ user_id: unique("away") })).id;
+  const answer = await producer.streamAnswer(sid);
+  answer.write("Hello ");
+  answer.write("世界😀, and the rest");
+  const stored = await answer.end();
+  // a socket that had the answer up to "Hello " when it went away (as after a cut)
+  const socket = new SessionSocket(client(), sid, { afterSeq: answer.seq, keep: false });
+  socket.position.take({ type: "stream.started", stream_id: answer.id, message_id: answer.id, seq: answer.seq, role: "assistant" });
+  socket.position.take({ type: "stream.delta", stream_id: answer.id, offset: 0, delta: "Hello " });
+  const frames = [];
+  socket.addEventListener("event", (e) => frames.push(e.detail.frame));
+  socket.connect();
+  try {
+    await until(() => frames.some((f) => f.type === "stream.completed"), 15_000, "the answer's end");
+  } finally {
+    socket.close();
+  }
+  // appending every delta gives the whole answer, as it would have live
+  assert.deepEqual(frames.map((f) => [f.type, f.offset, f.delta]),
+    [["stream.delta", 6, "世界😀, and the rest"], ["stream.completed", undefined, undefined]]);
+  assert.equal(frames[1].message.content, stored.content);
 });

@@ -332,8 +332,8 @@ async def test_answer_ending_during_catch_up_is_reported_once(
     got = await _received(outbox)
     if when == "before":  # the read has it complete: no stream.completed after it
         assert got == [("created", 1, "Hello")]
-    else:  # the read saw it streaming (nothing checkpointed): its end comes live
-        assert got == [("started", 1), ("stream.completed", 1, "Hello")]
+    else:  # the read saw it streaming (nothing checkpointed): its text, then its end
+        assert got == [("started", 1), ("delta", 0, "Hello"), ("stream.completed", 1, "Hello")]
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

@@ -79,8 +79,11 @@ async def test_a_feed_learns_from_postgres_what_it_was_never_told(
     assert await outbox.take(0.3) == []  # nothing comes by itself
     before = metric("chat_feed_reconciles_total", what="feed")
     fanout.reconcile()
-    got = await frames_until(outbox, lambda fs: len(fs) == 2)
-    assert [(f["type"], f["message"]["seq"], f["message"]["content"]) for f in got] == [
+    got = await frames_until(outbox, lambda fs: len(fs) == 3)
+    # the answer's text it never had comes as a delta before the answer's end
+    assert got[0] == {"type": "stream.delta", "stream_id": str(answer), "offset": 0,
+                      "delta": "the answer"}
+    assert [(f["type"], f["message"]["seq"], f["message"]["content"]) for f in got[1:]] == [
         ("stream.completed", 1, "the answer"), ("message.created", 2, "thanks")]
     assert metric("chat_feed_reconciles_total", what="feed") == before + 1
     fanout.reconcile()  # once more: nothing new, nothing twice

@@ -66,3 +66,41 @@ def test_a_resuming_client_gets_exactly_what_it_lacks_of_a_stream() -> None:
                events.delta("m1", 9, "ld"), events.snapshot("m1", 1, "Hello world!"))
     assert resume(9, *lagging) == [("stream.delta", 9, "ld"),
                                    ("stream.snapshot", 12, "Hello world!")]
+
+
+def test_a_stream_that_ended_while_the_client_was_away_sends_the_rest_before_its_end() -> None:
+    """A resuming client that had part of a stream which has since ended gets the rest
+    as one delta, then the final event: appending every delta gives the whole answer
+    (the JS watch test lost the tail of an answer that ended while its socket was cut)."""
+    done = {"id": "m1", "seq": 1, "role": "assistant", "status": "complete", "content": "Hello"}
+
+    def sent(outbox: Outbox) -> list[tuple[str, int | None, str | None]]:
+        frames = [orjson.loads(f) for f in outbox._items]
+        return [(f["type"], f.get("offset"), f.get("delta")) for f in frames]
+
+    # it ended before the resume read it
+    outbox = Outbox(100)
+    sub = Subscription(outbox, after_seq=1)
+    sub.knows(done, 3)  # type: ignore[arg-type]  # the fields it reads
+    sub.go_live()
+    assert sent(outbox) == [("stream.delta", 3, "lo"), ("stream.completed", None, None)]
+
+    # it ended while the catch-up read (its final event waited among the live ones)
+    outbox = Outbox(100)
+    sub = Subscription(outbox, after_seq=1)
+    sub.knows(dict(done, status="streaming"), 3)  # type: ignore[arg-type]
+    sub.deliver(events.final(done))  # type: ignore[arg-type]
+    sub.go_live()
+    assert sent(outbox) == [("stream.delta", 3, "lo"), ("stream.completed", None, None)]
+    sub.offer(events.final(done))  # type: ignore[arg-type]  # a late duplicate: nothing
+    assert len(outbox) == 2
+
+    # a client that had it all, or a stream it did not know: the final event alone
+    for known in (5, None):
+        outbox = Outbox(100)
+        sub = Subscription(outbox, after_seq=1)
+        if known is not None:
+            sub.knows(done, known)  # type: ignore[arg-type]
+        sub.go_live()
+        sub.offer(events.final(done))  # type: ignore[arg-type]
+        assert sent(outbox) == [("stream.completed", None, None)]

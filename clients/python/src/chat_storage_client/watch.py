@@ -3,7 +3,7 @@
 The position is the highest ``seq`` seen plus, for each answer in progress, how many
 characters of it were seen. A dropped connection is replaced and re-subscribed with
 ``after_seq`` and ``streams`` (docs/streaming.md, "Exact resume"): the server sends what
-is missing as one delta from there, or the answer's final event if it ended meanwhile.
+is missing as one delta from there, then the answer's final event if it ended meanwhile.
 Deltas the watcher already has are dropped (an overlapping one is trimmed), so a
 consumer that appends every ``stream.delta`` gets the exact text.
 """
